@@ -1,0 +1,89 @@
+// Types of the C++ addon's exports (native/*.cc). Offsets and lengths are
+// bytes as JavaScript numbers (exact up to 2^53). The trailing path arguments
+// only label errors; the kernel works on the file descriptors.
+
+export interface DataExtentBatch {
+  /** [offset, length] pairs of data, in order, clipped to [start, end). */
+  extents: Array<[number, number]>;
+  /** Where the next call should start; equals `end` when the range is done. */
+  next: number;
+}
+
+export interface FiemapExtent {
+  logical: number;
+  physical: number;
+  length: number;
+  flags: number;
+}
+
+export interface StatfsResult {
+  type: number;
+  bsize: number;
+  frsize: number;
+  blocks: number;
+  bfree: number;
+  bavail: number;
+  files: number;
+  ffree: number;
+  namelen: number;
+}
+
+export interface DmVersion {
+  major: number;
+  minor: number;
+  patch: number;
+}
+
+export interface DmDevice {
+  name: string;
+  major: number;
+  minor: number;
+}
+
+export interface FileConstants {
+  FALLOC_FL_KEEP_SIZE: number;
+  FALLOC_FL_PUNCH_HOLE: number;
+  FALLOC_FL_ZERO_RANGE: number;
+  FIEMAP_EXTENT_LAST: number;
+  FIEMAP_EXTENT_UNKNOWN: number;
+  FIEMAP_EXTENT_DELALLOC: number;
+  FIEMAP_EXTENT_UNWRITTEN: number;
+  FIEMAP_EXTENT_SHARED: number;
+}
+
+export interface NativeAddon {
+  /** ioctl(dst, FICLONE, src): dst shares every block of src. */
+  ficlone(dstFd: number, srcFd: number, srcPath?: string, dstPath?: string): Promise<void>;
+  /** ioctl(dst, FICLONERANGE): block-aligned ranges; length 0 = to src EOF. */
+  ficloneRange(
+    dstFd: number, srcFd: number, srcOffset: number, length: number, dstOffset: number,
+    srcPath?: string, dstPath?: string,
+  ): Promise<void>;
+  /** copy_file_range until `length` bytes or src EOF; resolves the bytes copied. */
+  copyFileRange(
+    srcFd: number, srcOffset: number, dstFd: number, dstOffset: number, length: number,
+    srcPath?: string, dstPath?: string,
+  ): Promise<number>;
+  /** pread/pwrite of one range; blocks of `skipZeroBlockSize` that read as zero are not written (0: write all). */
+  copyByReadWrite(
+    srcFd: number, srcOffset: number, dstFd: number, dstOffset: number, length: number,
+    skipZeroBlockSize: number, srcPath?: string, dstPath?: string,
+  ): Promise<{ bytesRead: number; bytesWritten: number }>;
+  /** SEEK_DATA/SEEK_HOLE walk of [start, end), at most `maxExtents` extents. */
+  dataExtents(fd: number, start: number, end: number, maxExtents: number, path?: string): Promise<DataExtentBatch>;
+  /** FS_IOC_FIEMAP from `start` for `length` bytes, at most `maxExtents`. */
+  fiemap(fd: number, start: number, length: number, maxExtents: number, sync: boolean, path?: string): Promise<FiemapExtent[]>;
+  fallocate(fd: number, mode: number, offset: number, length: number, path?: string): Promise<void>;
+  fsync(fd: number, path?: string): Promise<void>;
+  fdatasync(fd: number, path?: string): Promise<void>;
+  statfs(path: string): Promise<StatfsResult>;
+  blkGetSize64(fd: number, path?: string): Promise<number>;
+  blkSszGet(fd: number, path?: string): Promise<number>;
+  blkDiscard(fd: number, offset: number, length: number, path?: string): Promise<void>;
+  blkZeroOut(fd: number, offset: number, length: number, path?: string): Promise<void>;
+  /** DM_VERSION on /dev/mapper/control: the kernel's ioctl interface version. */
+  dmVersion(): Promise<DmVersion>;
+  /** DM_LIST_DEVICES: every mapped device with its dev_t. */
+  dmListDevices(): Promise<DmDevice[]>;
+  fileConstants: FileConstants;
+}

@@ -1,0 +1,61 @@
+import { open, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import t from 'tap';
+
+import { native } from '../../src/native/binding.js';
+import { isSystemError, systemError } from '../../src/native/system-error.js';
+import { tempDir } from '../helpers/temp-dir.js';
+
+t.test('a failed kernel call rejects with a Node-shaped error carrying the caller stack', async (t) => {
+  const failure = await native.fsync(987654, '/some/label').catch((e: unknown) => e);
+  t.ok(isSystemError(failure, 'EBADF'), 'code EBADF');
+  const e = failure as Error & Record<string, unknown>;
+  t.equal(e.errno, -9);
+  t.equal(e.syscall, 'fsync');
+  t.equal(e.path, '/some/label');
+  t.equal(e.message, "EBADF: bad file descriptor, fsync '/some/label'");
+  t.match(e.stack, /native-binding\.test\.[jt]s:\d+/, 'stack points at the JavaScript caller');
+});
+
+t.test('statfs of an absent path is ENOENT with the path', async (t) => {
+  await t.rejects(native.statfs('/nonexistent/volagent'), {
+    code: 'ENOENT', errno: -2, syscall: 'statfs', path: '/nonexistent/volagent',
+    message: "ENOENT: no such file or directory, statfs '/nonexistent/volagent'",
+  });
+});
+
+t.test('bad arguments reject with a TypeError before reaching the kernel', async (t) => {
+  await t.rejects(native.fsync(-1), { name: 'TypeError', code: 'ERR_INVALID_ARG_TYPE' });
+  await t.rejects(native.copyFileRange(0, 1.5, 1, 0, 10), { name: 'TypeError', message: /"srcOffset" argument is out of range/ });
+  await t.rejects(native.statfs('a\0b'), { name: 'TypeError', message: /must not contain NUL/ });
+  await t.rejects(native.fallocate(0, 0, 0, 0), { name: 'TypeError', message: /"length" argument is out of range/ });
+  await t.rejects(native.dataExtents(0, 0, 10, 0), { name: 'TypeError', message: /"maxExtents"/ });
+});
+
+t.test('two-file errors name both paths', async (t) => {
+  const dir = await tempDir(t);
+  await writeFile(path.join(dir, 'a'), 'data');
+  const a = await open(path.join(dir, 'a'), 'r');
+  t.teardown(() => a.close());
+  // The destination is open read-only: the kernel refuses with EBADF.
+  await t.rejects(native.copyFileRange(a.fd, 0, a.fd, 100, 4, 'a', 'b'), {
+    code: 'EBADF', syscall: 'copy_file_range', path: 'a', dest: 'b',
+    message: "EBADF: bad file descriptor, copy_file_range 'a' -> 'b'",
+  });
+});
+
+t.test('statfs reports the filesystem type and sizes', async (t) => {
+  const s = await native.statfs(tmpdir());
+  t.ok(s.type > 0);
+  t.ok(s.bsize >= 512);
+  t.ok(s.blocks >= s.bfree && s.bfree >= s.bavail);
+});
+
+t.test('TypeScript-made system errors have the same shape', async (t) => {
+  const e = systemError('EISDIR', 'open', '/x');
+  t.equal(e.message, "EISDIR: illegal operation on a directory, open '/x'");
+  t.equal(e.errno, -21);
+  t.ok(isSystemError(e, 'EISDIR'));
+  t.notOk(isSystemError(new Error('EISDIR: text alone is not enough')));
+});

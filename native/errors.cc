@@ -1,5 +1,6 @@
 #include "errors.h"
 
+#include <errno.h>
 #include <string.h>
 #include <uv.h>
 
@@ -22,6 +23,9 @@ static std::string ErrorName(int errnum) {
 }
 
 static std::string Description(int errnum) {
+  // libuv describes errno 95 as "operation not supported on socket" whatever
+  // the object; FICLONE and fallocate return it for files.
+  if (errnum == EOPNOTSUPP) return "operation not supported";
   const char* uvText = uv_strerror(-errnum);
   if (uvText != nullptr && strncmp(uvText, "Unknown", 7) != 0) return uvText;
   char buf[256];

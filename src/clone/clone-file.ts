@@ -60,6 +60,8 @@ interface Endpoint {
   path: string;
   kind: 'file' | 'block';
   size: number;
+  /** Permission bits. */
+  mode: number;
 }
 
 async function openSource(path: string): Promise<Endpoint> {
@@ -67,9 +69,10 @@ async function openSource(path: string): Promise<Endpoint> {
   try {
     const stat = await handle.stat();
     if (stat.isDirectory()) throw systemError('EISDIR', 'open', path);
-    if (stat.isBlockDevice()) return { handle, path, kind: 'block', size: await native.blkGetSize64(handle.fd, path) };
+    const mode = stat.mode & 0o7777;
+    if (stat.isBlockDevice()) return { handle, path, kind: 'block', size: await native.blkGetSize64(handle.fd, path), mode };
     if (!stat.isFile()) throw systemError('EINVAL', 'open', path);
-    return { handle, path, kind: 'file', size: stat.size };
+    return { handle, path, kind: 'file', size: stat.size, mode };
   } catch (error) {
     await handle.close();
     throw error;
@@ -84,7 +87,7 @@ async function openDestination(path: string, source: Endpoint, mode: number): Pr
   try {
     const flags = fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL;
     const handle = await open(path, flags, mode);
-    return { handle, path, kind: 'file', size: 0, created: true };
+    return { handle, path, kind: 'file', size: 0, mode, created: true };
   } catch (error) {
     if (!isSystemError(error, 'EEXIST', 'EISDIR')) throw error;
     const handle = await open(path, fsConstants.O_RDONLY).catch(() => undefined);
@@ -97,7 +100,7 @@ async function openDestination(path: string, source: Endpoint, mode: number): Pr
   try {
     const size = await native.blkGetSize64(handle.fd, path);
     if (size < source.size) throw systemError('ENOSPC', 'open', source.path, path);
-    return { handle, path, kind: 'block', size, created: false };
+    return { handle, path, kind: 'block', size, mode: source.mode, created: false };
   } catch (error) {
     await handle.close();
     throw error;
@@ -206,8 +209,7 @@ export async function cloneFile(sourcePath: string, destinationPath: string, opt
   const source = await openSource(sourcePath);
   let dest: (Endpoint & { created: boolean }) | undefined;
   try {
-    const sourceMode = (await source.handle.stat()).mode & 0o7777;
-    dest = await openDestination(destinationPath, source, options.mode ?? sourceMode);
+    dest = await openDestination(destinationPath, source, options.mode ?? source.mode);
     let result: CloneResult;
     if (allowed.includes('reflink') && source.kind === 'file' && dest.kind === 'file' && (await tryReflink(source, dest))) {
       result = { method: 'reflink', bytesCopied: 0, bytesTotal: source.size };

@@ -1,0 +1,130 @@
+// `npm test`: runs every lane (unit, privileged, vm) with node-tap and prints
+// one closing line "N passed, N failed, N skipped".
+//
+// As root, the Debian packages a lane needs are installed when missing. Not
+// root, the privileged and vm lanes are skipped with the reason. With CI=true
+// a skipped lane, a skipped test or a lane that ran nothing is a failure.
+//
+//   npm test                  every lane
+//   npm test -- --lane unit   one lane (repeatable)
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, readdirSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const ci = ['true', '1'].includes(process.env.CI ?? '');
+const isRoot = process.getuid?.() === 0;
+
+const LANES = [
+  { name: 'unit', dir: 'dist/test/unit', timeout: 120, jobs: 2, packages: [] },
+  { name: 'privileged', dir: 'dist/test/privileged', timeout: 600, jobs: 1, packages: ['xfsprogs', 'btrfs-progs', 'e2fsprogs', 'util-linux'], root: true },
+  { name: 'vm', dir: 'dist/test/vm', timeout: 900, jobs: 1, packages: ['qemu-system-x86', 'linux-image-amd64', 'busybox-static', 'cpio'], root: true },
+];
+
+function missingPackages(packages) {
+  return packages.filter((name) => {
+    const q = spawnSync('dpkg-query', ['-W', '-f=${Status}', name], { encoding: 'utf8' });
+    return q.status !== 0 || !q.stdout.includes('install ok installed');
+  });
+}
+
+let aptUpdated = false;
+function installPackages(packages) {
+  const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
+  if (!aptUpdated) {
+    const update = spawnSync('apt-get', ['update', '-qq'], { stdio: 'inherit', env });
+    if (update.status !== 0) return 'apt-get update failed';
+    aptUpdated = true;
+  }
+  console.log(`# installing Debian packages: ${packages.join(' ')}`);
+  const install = spawnSync('apt-get', ['install', '-y', '-qq', '--no-install-recommends', ...packages], { stdio: 'inherit', env });
+  return install.status === 0 ? undefined : `apt-get install ${packages.join(' ')} failed`;
+}
+
+/** Why the lane cannot run here, or undefined when it can (after installing what it needs). */
+function prepare(lane) {
+  if (lane.root && !isRoot) return 'needs root (loop devices, mounts, qemu with host devices)';
+  const missing = missingPackages(lane.packages);
+  if (missing.length > 0) {
+    if (!isRoot) return `needs Debian packages: ${missing.join(' ')}`;
+    const failure = installPackages(missing);
+    if (failure) return failure;
+  }
+  return undefined;
+}
+
+function testFiles(dir) {
+  const abs = path.join(root, dir);
+  if (!existsSync(abs)) return [];
+  return readdirSync(abs, { recursive: true })
+    .map(String)
+    .filter((f) => f.endsWith('.test.js'))
+    .sort()
+    .map((f) => path.join(dir, f));
+}
+
+async function sweep() {
+  const { sweepLeftovers } = await import(path.join(root, 'dist/test/helpers/loop-fs.js'));
+  for (const line of await sweepLeftovers()) console.log(`# swept leftover ${line}`);
+}
+
+/** Runs tap on the files, echoing its TAP stream, and reads the final `# { total: ... }` summary. */
+function runTap(lane, files) {
+  const tap = path.join(root, 'node_modules', '.bin', 'tap');
+  const args = ['--reporter=tap', `--timeout=${lane.timeout}`, `--jobs=${lane.jobs}`, '--disable-coverage', ...files];
+  return new Promise((resolve) => {
+    const child = spawn(tap, args, { cwd: root, stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, VOLAGENT_LANE: lane.name } });
+    let tail = '';
+    child.stdout.on('data', (chunk) => {
+      process.stdout.write(chunk);
+      tail = (tail + chunk.toString()).slice(-4096);
+    });
+    child.on('close', (code) => {
+      const summary = [...tail.matchAll(/^# \{ (total: .*) \}$/gm)].at(-1)?.[1] ?? '';
+      const count = (key) => Number(new RegExp(`\\b${key}: (\\d+)`).exec(summary)?.[1] ?? 0);
+      resolve({ code: code ?? 1, total: count('total'), pass: count('pass'), fail: count('fail'), skip: count('skip'), todo: count('todo') });
+    });
+  });
+}
+
+const { values } = parseArgs({ options: { lane: { type: 'string', multiple: true } } });
+const chosen = values.lane ?? LANES.map((l) => l.name);
+const unknown = chosen.filter((name) => !LANES.some((l) => l.name === name));
+if (unknown.length > 0) {
+  console.error(`unknown lane(s): ${unknown.join(', ')}; lanes: ${LANES.map((l) => l.name).join(', ')}`);
+  process.exit(2);
+}
+
+const totals = { passed: 0, failed: 0, skipped: 0 };
+const problems = [];
+for (const lane of LANES.filter((l) => chosen.includes(l.name))) {
+  console.log(`# lane ${lane.name}`);
+  const reason = prepare(lane);
+  if (reason) {
+    console.log(`# lane ${lane.name} skipped: ${reason}`);
+    totals.skipped += 1;
+    if (ci) problems.push(`lane ${lane.name} skipped under CI: ${reason}`);
+    continue;
+  }
+  if (lane.root) await sweep();
+  const files = testFiles(lane.dir);
+  if (files.length === 0) {
+    problems.push(`lane ${lane.name} has no test files in ${lane.dir} (did the build run?)`);
+    continue;
+  }
+  const result = await runTap(lane, files);
+  totals.passed += result.pass;
+  totals.failed += result.fail;
+  totals.skipped += result.skip;
+  console.log(`# lane ${lane.name}: ${result.pass} passed, ${result.fail} failed, ${result.skip} skipped, ${result.todo} todo`);
+  if (result.code !== 0) problems.push(`lane ${lane.name}: tap exited ${result.code}`);
+  if (result.total === 0) problems.push(`lane ${lane.name} ran no test`);
+  if (ci && result.skip > 0) problems.push(`lane ${lane.name}: ${result.skip} skipped under CI`);
+  if (ci && result.todo > 0) problems.push(`lane ${lane.name}: ${result.todo} todo under CI`);
+}
+
+for (const problem of problems) console.log(`# FAILED: ${problem}`);
+console.log(`${totals.passed} passed, ${totals.failed} failed, ${totals.skipped} skipped`);
+process.exit(problems.length > 0 || totals.failed > 0 ? 1 : 0);

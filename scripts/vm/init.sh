@@ -63,7 +63,8 @@ mount -t tmpfs -o mode=1777 tmpfs $R/dev/shm
 [ -e $R/dev/stdin ] || ln -s /proc/self/fd/0 $R/dev/stdin
 [ -e $R/dev/stdout ] || ln -s /proc/self/fd/1 $R/dev/stdout
 [ -e $R/dev/stderr ] || ln -s /proc/self/fd/2 $R/dev/stderr
-mount -t tmpfs -o mode=1777 tmpfs $R/tmp || fail "mount /tmp"
+# /tmp is not a fresh tmpfs: the repo (a CI clone) may live there. The
+# overlay already makes it writable, with the writes kept in the tmpfs upper.
 mount -t tmpfs -o mode=0755 tmpfs $R/run || fail "mount /run"
 mount --bind /job $R/vmjob || fail "bind /vmjob"
 

@@ -1,6 +1,6 @@
 // Guest-only tap file: runs inside the VM via runGuestTests() (see
 // test/vm/boot.test.ts), never directly on the host.
-import { existsSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 
 import t from 'tap';
 
@@ -19,6 +19,10 @@ if (!inVmGuest()) {
     t.equal(process.env.VOLAGENT_IN_VM, '1');
     const mounts = readFileSync('/proc/self/mounts', 'utf8');
     t.match(mounts, /^overlay \/ overlay /m, 'root is overlay');
-    t.match(mounts, /^tmpfs \/tmp tmpfs /m, '/tmp is tmpfs');
+    t.notMatch(mounts, / \/tmp /, '/tmp is not a separate mount: the host /tmp (maybe the repo) stays visible');
+    const probe = `/tmp/volagent-guest-probe-${process.pid}`;
+    writeFileSync(probe, 'guest');
+    t.equal(readFileSync(probe, 'utf8'), 'guest', '/tmp is writable (into the overlay)');
+    rmSync(probe);
   });
 }

@@ -1,0 +1,233 @@
+// The catalog: the only writer of durable state (DESIGN.md). SQLite in WAL
+// mode with synchronous=FULL, so a committed transaction survives a crash of
+// the agent and a power loss. Every state change is a compare-and-set on the
+// current state, so two writers can never both win a transition.
+import { mkdirSync } from 'node:fs';
+import path from 'node:path';
+
+import BetterSqlite3 from 'better-sqlite3';
+import type { Database } from 'better-sqlite3';
+
+import { migrate } from './migrations.js';
+import type { ObjectState } from './volume-state.js';
+import { canTransition, TRANSITIONAL_STATES } from './volume-state.js';
+
+export type VolumeKind = 'volume' | 'image';
+export type SourceKind = 'volume' | 'snapshot' | 'image';
+
+export interface VolumeRow {
+  id: string;
+  pool: string;
+  tenant: string;
+  kind: VolumeKind;
+  sizeBytes: number;
+  state: ObjectState;
+  source?: { kind: SourceKind; id: string };
+  cloneMethod?: string;
+  readOnly: boolean;
+  /** Canonical form of the creating request, to tell a repeat from a conflict. */
+  requestKey: string;
+  operationId?: string;
+  error?: string;
+  createdAt: string;
+  updatedAt: string;
+}
+
+export interface NewVolume {
+  id: string;
+  pool: string;
+  tenant: string;
+  kind: VolumeKind;
+  sizeBytes: number;
+  source?: { kind: SourceKind; id: string };
+  readOnly?: boolean;
+  requestKey: string;
+  operationId?: string;
+}
+
+export interface VolumeFilter {
+  pool?: string;
+  tenant?: string;
+  kind?: VolumeKind;
+  state?: ObjectState;
+}
+
+export interface OperationRow {
+  id: string;
+  kind: string;
+  targetId: string;
+  state: 'running' | 'succeeded' | 'failed' | 'cancelled';
+  doneBytes: number;
+  totalBytes: number;
+  error?: string;
+  createdAt: string;
+  updatedAt: string;
+}
+
+interface VolumeRecord {
+  id: string; pool: string; tenant: string; kind: VolumeKind; size_bytes: number; state: ObjectState;
+  source_kind: SourceKind | null; source_id: string | null; clone_method: string | null; read_only: number;
+  request_key: string; operation_id: string | null; error: string | null; created_at: string; updated_at: string;
+}
+
+interface OperationRecord {
+  id: string; kind: string; target_id: string; state: OperationRow['state']; done_bytes: number; total_bytes: number;
+  error: string | null; created_at: string; updated_at: string;
+}
+
+function toVolume(r: VolumeRecord): VolumeRow {
+  return {
+    id: r.id, pool: r.pool, tenant: r.tenant, kind: r.kind, sizeBytes: r.size_bytes, state: r.state,
+    ...(r.source_kind && r.source_id ? { source: { kind: r.source_kind, id: r.source_id } } : {}),
+    ...(r.clone_method ? { cloneMethod: r.clone_method } : {}),
+    readOnly: r.read_only === 1, requestKey: r.request_key,
+    ...(r.operation_id ? { operationId: r.operation_id } : {}),
+    ...(r.error ? { error: r.error } : {}),
+    createdAt: r.created_at, updatedAt: r.updated_at,
+  };
+}
+
+function toOperation(r: OperationRecord): OperationRow {
+  return {
+    id: r.id, kind: r.kind, targetId: r.target_id, state: r.state, doneBytes: r.done_bytes, totalBytes: r.total_bytes,
+    ...(r.error ? { error: r.error } : {}), createdAt: r.created_at, updatedAt: r.updated_at,
+  };
+}
+
+export class IllegalTransitionError extends Error {
+  override name = 'IllegalTransitionError';
+  constructor(readonly id: string, readonly from: ObjectState, readonly to: ObjectState) {
+    super(`volume ${id}: no transition from ${from} to ${to}`);
+  }
+}
+
+export class Catalog {
+  private constructor(readonly db: Database, readonly file: string, private readonly now: () => string) {}
+
+  /** Opens (creating if needed) and migrates the catalog at `file`. */
+  static open(file: string, options: { now?: () => string } = {}): Catalog {
+    if (file !== ':memory:') mkdirSync(path.dirname(file), { recursive: true });
+    const db = new BetterSqlite3(file);
+    try {
+      db.pragma('journal_mode = WAL');
+      db.pragma('synchronous = FULL');
+      db.pragma('foreign_keys = ON');
+      db.pragma('busy_timeout = 5000');
+      migrate(db);
+    } catch (error) {
+      db.close();
+      throw error;
+    }
+    return new Catalog(db, file, options.now ?? (() => new Date().toISOString()));
+  }
+
+  close(): void {
+    this.db.close();
+  }
+
+  /** Runs `fn` in one IMMEDIATE transaction (the write lock is taken up front). */
+  transaction<T>(fn: () => T): T {
+    return this.db.transaction(fn).immediate();
+  }
+
+  // --- volumes ---
+
+  getVolume(id: string): VolumeRow | undefined {
+    const r = this.db.prepare('SELECT * FROM volumes WHERE id = ?').get(id) as VolumeRecord | undefined;
+    return r && toVolume(r);
+  }
+
+  listVolumes(filter: VolumeFilter = {}): VolumeRow[] {
+    const clauses: string[] = [];
+    const values: string[] = [];
+    for (const [column, value] of [['pool', filter.pool], ['tenant', filter.tenant], ['kind', filter.kind], ['state', filter.state]] as const) {
+      if (value !== undefined) {
+        clauses.push(`${column} = ?`);
+        values.push(value);
+      }
+    }
+    const where = clauses.length > 0 ? `WHERE ${clauses.join(' AND ')}` : '';
+    return (this.db.prepare(`SELECT * FROM volumes ${where} ORDER BY created_at, id`).all(...values) as VolumeRecord[]).map(toVolume);
+  }
+
+  /**
+   * Records the intent to create a volume (state `creating`). Returns the
+   * existing row instead when the id is taken, so the caller can tell an
+   * identical repeat (same requestKey) from a conflict.
+   */
+  insertCreating(v: NewVolume): { inserted: true; row: VolumeRow } | { inserted: false; row: VolumeRow } {
+    return this.transaction(() => {
+      const existing = this.getVolume(v.id);
+      if (existing) return { inserted: false as const, row: existing };
+      const at = this.now();
+      this.db.prepare(`INSERT INTO volumes (id, pool, tenant, kind, size_bytes, state, source_kind, source_id, read_only,
+        request_key, operation_id, created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'creating', ?, ?, ?, ?, ?, ?, ?)`).run(
+        v.id, v.pool, v.tenant, v.kind, v.sizeBytes, v.source?.kind ?? null, v.source?.id ?? null, v.readOnly ? 1 : 0,
+        v.requestKey, v.operationId ?? null, at, at);
+      return { inserted: true as const, row: this.getVolume(v.id)! };
+    });
+  }
+
+  /**
+   * Moves a volume from `from` to `to` if it is still in `from`; false when it
+   * is absent or another writer moved it first. Throws on a move the state
+   * machine does not allow.
+   */
+  transitionVolume(id: string, from: ObjectState, to: ObjectState, changes: { cloneMethod?: string; sizeBytes?: number; error?: string; readOnly?: boolean } = {}): boolean {
+    if (!canTransition(from, to)) throw new IllegalTransitionError(id, from, to);
+    const result = this.db.prepare(`UPDATE volumes SET state = ?, updated_at = ?,
+        clone_method = COALESCE(?, clone_method), size_bytes = COALESCE(?, size_bytes),
+        error = ?, read_only = COALESCE(?, read_only)
+      WHERE id = ? AND state = ?`).run(
+      to, this.now(), changes.cloneMethod ?? null, changes.sizeBytes ?? null, to === 'error' ? (changes.error ?? 'unknown error') : null,
+      changes.readOnly === undefined ? null : changes.readOnly ? 1 : 0, id, from);
+    return result.changes === 1;
+  }
+
+  updateVolume(id: string, changes: { sizeBytes?: number; readOnly?: boolean }): boolean {
+    const result = this.db.prepare(`UPDATE volumes SET updated_at = ?, size_bytes = COALESCE(?, size_bytes),
+      read_only = COALESCE(?, read_only) WHERE id = ? AND state = 'available'`).run(
+      this.now(), changes.sizeBytes ?? null, changes.readOnly === undefined ? null : changes.readOnly ? 1 : 0, id);
+    return result.changes === 1;
+  }
+
+  /** Deletes the row of a volume whose backend object is gone (state `deleting`). */
+  removeVolume(id: string): boolean {
+    return this.db.prepare(`DELETE FROM volumes WHERE id = ? AND state = 'deleting'`).run(id).changes === 1;
+  }
+
+  /** Rows left in creating or deleting: what start-up must reconcile. */
+  transitionalVolumes(): VolumeRow[] {
+    const marks = TRANSITIONAL_STATES.map(() => '?').join(', ');
+    return (this.db.prepare(`SELECT * FROM volumes WHERE state IN (${marks}) ORDER BY created_at, id`).all(...TRANSITIONAL_STATES) as VolumeRecord[]).map(toVolume);
+  }
+
+  // --- operations ---
+
+  insertOperation(op: { id: string; kind: string; targetId: string; totalBytes: number }): OperationRow {
+    const at = this.now();
+    this.db.prepare(`INSERT INTO operations (id, kind, target_id, state, total_bytes, created_at, updated_at)
+      VALUES (?, ?, ?, 'running', ?, ?, ?)`).run(op.id, op.kind, op.targetId, op.totalBytes, at, at);
+    return this.getOperation(op.id)!;
+  }
+
+  getOperation(id: string): OperationRow | undefined {
+    const r = this.db.prepare('SELECT * FROM operations WHERE id = ?').get(id) as OperationRecord | undefined;
+    return r && toOperation(r);
+  }
+
+  /** Progress is advisory: written without waiting for a transaction of its own elsewhere. */
+  recordProgress(id: string, doneBytes: number, totalBytes: number): void {
+    this.db.prepare(`UPDATE operations SET done_bytes = ?, total_bytes = ?, updated_at = ? WHERE id = ? AND state = 'running'`)
+      .run(doneBytes, totalBytes, this.now(), id);
+  }
+
+  finishOperation(id: string, state: 'succeeded' | 'failed' | 'cancelled', error?: string): boolean {
+    return this.db.prepare(`UPDATE operations SET state = ?, error = ?, updated_at = ? WHERE id = ? AND state = 'running'`)
+      .run(state, error ?? null, this.now(), id).changes === 1;
+  }
+
+  runningOperations(): OperationRow[] {
+    return (this.db.prepare(`SELECT * FROM operations WHERE state = 'running' ORDER BY created_at, id`).all() as OperationRecord[]).map(toOperation);
+  }
+}

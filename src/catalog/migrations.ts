@@ -1,0 +1,73 @@
+// Versioned schema. PRAGMA user_version holds the number of migrations
+// applied; each runs in its own transaction, so a crash leaves the schema at a
+// whole version. Append only: never edit a migration that has shipped.
+import type { Database } from 'better-sqlite3';
+
+export const MIGRATIONS: readonly string[] = [
+  // 1: volumes, snapshots, operations.
+  `
+  CREATE TABLE volumes (
+    id            TEXT PRIMARY KEY,
+    pool          TEXT NOT NULL,
+    tenant        TEXT NOT NULL,
+    kind          TEXT NOT NULL CHECK (kind IN ('volume', 'image')),
+    size_bytes    INTEGER NOT NULL CHECK (size_bytes >= 0),
+    state         TEXT NOT NULL CHECK (state IN ('creating', 'available', 'deleting', 'error')),
+    source_kind   TEXT CHECK (source_kind IN ('volume', 'snapshot', 'image')),
+    source_id     TEXT,
+    clone_method  TEXT,
+    read_only     INTEGER NOT NULL DEFAULT 0 CHECK (read_only IN (0, 1)),
+    request_key   TEXT NOT NULL,
+    operation_id  TEXT,
+    error         TEXT,
+    created_at    TEXT NOT NULL,
+    updated_at    TEXT NOT NULL
+  ) STRICT;
+  CREATE INDEX volumes_by_pool ON volumes (pool);
+  CREATE INDEX volumes_by_tenant ON volumes (tenant);
+  CREATE INDEX volumes_by_state ON volumes (state);
+
+  CREATE TABLE snapshots (
+    volume_id     TEXT NOT NULL REFERENCES volumes (id),
+    id            TEXT NOT NULL,
+    pool          TEXT NOT NULL,
+    size_bytes    INTEGER NOT NULL CHECK (size_bytes >= 0),
+    state         TEXT NOT NULL CHECK (state IN ('creating', 'available', 'deleting', 'error')),
+    error         TEXT,
+    created_at    TEXT NOT NULL,
+    updated_at    TEXT NOT NULL,
+    PRIMARY KEY (volume_id, id)
+  ) STRICT;
+
+  CREATE TABLE operations (
+    id            TEXT PRIMARY KEY,
+    kind          TEXT NOT NULL,
+    target_id     TEXT NOT NULL,
+    state         TEXT NOT NULL CHECK (state IN ('running', 'succeeded', 'failed', 'cancelled')),
+    done_bytes    INTEGER NOT NULL DEFAULT 0,
+    total_bytes   INTEGER NOT NULL DEFAULT 0,
+    error         TEXT,
+    created_at    TEXT NOT NULL,
+    updated_at    TEXT NOT NULL
+  ) STRICT;
+  `,
+];
+
+export function schemaVersion(db: Database): number {
+  return db.pragma('user_version', { simple: true }) as number;
+}
+
+/** Applies the migrations past the database's version; refuses a database newer than this code. */
+export function migrate(db: Database, migrations: readonly string[] = MIGRATIONS): { from: number; to: number } {
+  const from = schemaVersion(db);
+  if (from > migrations.length) {
+    throw new Error(`catalog schema version ${from} is newer than this volagent understands (${migrations.length}); refusing to open it`);
+  }
+  for (let version = from; version < migrations.length; version++) {
+    db.transaction(() => {
+      db.exec(migrations[version]!);
+      db.pragma(`user_version = ${version + 1}`);
+    })();
+  }
+  return { from, to: migrations.length };
+}

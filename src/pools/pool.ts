@@ -1,0 +1,82 @@
+// The one interface every storage backend implements (DESIGN.md "Pools").
+// A backend stores named objects (volumes and snapshots) and knows nothing of
+// tenants, images or the catalog: the domain layer decides object names and
+// records intent in the catalog before calling a backend.
+import type { CloneMethod } from '../clone/clone-file.js';
+
+export type Backend = 'file' | 'thin';
+
+export interface PoolCapabilities {
+  /** Clones share blocks with their source (FICLONE, thin snapshots). */
+  reflink: boolean;
+  /** A clone costs the same whatever the source's size. */
+  constantTimeClone: boolean;
+}
+
+export interface PoolCapacity {
+  totalBytes: number;
+  usedBytes: number;
+  freeBytes: number;
+  dataPercent?: number;
+  metadataPercent?: number;
+}
+
+export interface ObjectInfo {
+  sizeBytes: number;
+  /** Bytes the backend has allocated for this object (shared blocks count in full). */
+  allocatedBytes: number;
+  readOnly: boolean;
+}
+
+export interface CloneRequest {
+  /** Grow the clone to this size when larger than the source; smaller is an error. */
+  sizeBytes?: number;
+  /** Make the new object read-only (snapshots, image-volumes). */
+  readOnly?: boolean;
+  signal?: AbortSignal;
+  onProgress?: (doneBytes: number, totalBytes: number) => void;
+}
+
+export interface CloneOutcome {
+  method: CloneMethod | 'thin_snapshot';
+  bytesCopied: number;
+}
+
+/**
+ * Object names match OBJECT_NAME (the API's id pattern, plus '@' to join a
+ * volume and a snapshot id). Every mutating call either completes or leaves
+ * no object under the name; work in progress lives under temporary names
+ * that `listTemporaries` reports and `removeTemporary` deletes.
+ */
+export interface Pool {
+  readonly name: string;
+  readonly backend: Backend;
+  /** Checks the backing store (fails fast: missing, not writable) and probes capabilities once. */
+  open(): Promise<void>;
+  capabilities(): PoolCapabilities;
+  capacity(): Promise<PoolCapacity>;
+  /** A new sparse object of sizeBytes; EEXIST if the name is taken. */
+  create(name: string, sizeBytes: number): Promise<void>;
+  /** A new object `target` with the content of `source`; EEXIST if taken, ENOENT if source absent. */
+  clone(source: string, target: string, request?: CloneRequest): Promise<CloneOutcome>;
+  /** Grows an object; a smaller size is EINVAL. */
+  resize(name: string, sizeBytes: number): Promise<void>;
+  setReadOnly(name: string, readOnly: boolean): Promise<void>;
+  /** Removes an object; absent is not an error. */
+  remove(name: string): Promise<void>;
+  /** undefined when absent. */
+  stat(name: string): Promise<ObjectInfo | undefined>;
+  /** Names of complete objects. */
+  list(): Promise<string[]>;
+  /** Leftovers of interrupted operations. */
+  listTemporaries(): Promise<string[]>;
+  removeTemporary(temporary: string): Promise<void>;
+  /** A path the exports layer can open (file path or device node). */
+  objectPath(name: string): string;
+}
+
+export const OBJECT_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}(@[A-Za-z0-9][A-Za-z0-9._-]{0,127})?$/;
+
+export function isObjectName(name: string): boolean {
+  return OBJECT_NAME.test(name) && !name.includes('..');
+}

@@ -1,0 +1,308 @@
+// volagentd's configuration (DESIGN.md "Processes, files, defaults"): TOML,
+// validated whole at start-up. Every error names the file and the key, e.g.
+//   /etc/volagent/volagent.toml: pools[1].block_size: must be a multiple of 64KiB
+// Relative paths are resolved against the config file's directory (the
+// embedded default's, against the working directory).
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+
+import { parse as parseToml } from 'smol-toml';
+
+import { parseBytes } from '../units/bytes.js';
+
+export type Role = 'admin' | 'reader';
+
+export interface AllowRule {
+  uid?: number;
+  gid?: number;
+  role: Role;
+}
+
+export type ListenAddress = { kind: 'unix'; path: string } | { kind: 'tcp'; host: string; port: number };
+
+export interface ImageCacheConfig {
+  maxBytes?: number;
+  maxCount?: number;
+}
+
+export interface FilePoolConfig {
+  name: string;
+  backend: 'file';
+  path: string;
+  imageCache?: ImageCacheConfig;
+}
+
+export interface ThinPoolConfig {
+  name: string;
+  backend: 'thin';
+  dataDevice: string;
+  metadataDevice: string;
+  blockSizeBytes: number;
+  lowWaterPercent: number;
+  imageCache?: ImageCacheConfig;
+}
+
+export type PoolConfig = FilePoolConfig | ThinPoolConfig;
+
+export interface AgentConfig {
+  /** The file read, or "<embedded default>". */
+  source: string;
+  control: { socket: string; allow: AllowRule[] };
+  catalog: { path: string };
+  nbd: { listen: ListenAddress[] };
+  pools: PoolConfig[];
+  /** Tenant that owns internal Image-Volumes. */
+  internalTenant: string;
+}
+
+export const EMBEDDED_DEFAULT_SOURCE = '<embedded default>';
+
+export const EMBEDDED_DEFAULT_TOML = `
+[control]
+socket = "./var/control.sock"
+
+[catalog]
+path = "./var/catalog.db"
+
+[nbd]
+listen = ["unix:./var/nbd.sock"]
+
+[[pools]]
+name = "default"
+backend = "file"
+path = "./var/pools/default"
+`;
+
+export class ConfigError extends Error {
+  override name = 'ConfigError';
+  constructor(readonly source: string, readonly key: string, problem: string) {
+    super(`${source}: ${key ? `${key}: ` : ''}${problem}`);
+  }
+}
+
+const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
+const MIN_THIN_BLOCK = 64 * 1024;
+const MAX_THIN_BLOCK = 1024 * 1024 * 1024;
+
+type Table = Record<string, unknown>;
+
+function isTable(value: unknown): value is Table {
+  return typeof value === 'object' && value !== null && !Array.isArray(value) && !(value instanceof Date);
+}
+
+/** Reads one TOML table, remembering the keys taken so leftovers can be reported as unknown. */
+class TableReader {
+  private readonly taken = new Set<string>();
+
+  constructor(private readonly values: Table, private readonly where: string, private readonly source: string, private readonly baseDir: string) {}
+
+  fail(key: string, problem: string): never {
+    throw new ConfigError(this.source, this.keyPath(key), problem);
+  }
+
+  keyPath(key: string): string {
+    return this.where ? `${this.where}.${key}` : key;
+  }
+
+  private take(key: string): unknown {
+    this.taken.add(key);
+    return this.values[key];
+  }
+
+  has(key: string): boolean {
+    return this.values[key] !== undefined;
+  }
+
+  string(key: string, fallback?: string): string {
+    const value = this.take(key) ?? fallback;
+    if (value === undefined) this.fail(key, 'is required');
+    if (typeof value !== 'string' || value.length === 0) this.fail(key, 'must be a non-empty string');
+    if (value.includes('\0')) this.fail(key, 'must not contain NUL');
+    return value;
+  }
+
+  name(key: string): string {
+    const value = this.string(key);
+    if (!NAME.test(value)) this.fail(key, `must match ${NAME.source}`);
+    return value;
+  }
+
+  path(key: string, fallback?: string): string {
+    return path.resolve(this.baseDir, this.string(key, fallback));
+  }
+
+  integer(key: string, min: number, max: number): number | undefined {
+    const value = this.take(key);
+    if (value === undefined) return undefined;
+    const n = typeof value === 'bigint' ? Number(value) : value;
+    if (typeof n !== 'number' || !Number.isInteger(n) || n < min || n > max) this.fail(key, `must be an integer from ${min} to ${max}`);
+    return n;
+  }
+
+  bytes(key: string, fallback?: string): number | undefined {
+    const value = this.take(key) ?? fallback;
+    if (value === undefined) return undefined;
+    if (typeof value === 'number' && Number.isSafeInteger(value) && value >= 0) return value;
+    if (typeof value !== 'string') this.fail(key, 'must be a size: bytes, or a string like "64KiB"');
+    try {
+      return parseBytes(value);
+    } catch (error) {
+      return this.fail(key, (error as Error).message);
+    }
+  }
+
+  percent(key: string, fallback: string): number {
+    const value = this.take(key) ?? fallback;
+    const match = typeof value === 'string' ? /^(\d+(?:\.\d+)?)%$/.exec(value.trim()) : null;
+    const n = match ? Number(match[1]) : NaN;
+    if (!(n >= 0 && n <= 100)) this.fail(key, 'must be a percentage like "10%"');
+    return n;
+  }
+
+  table(key: string): TableReader {
+    const value = this.take(key) ?? {};
+    if (!isTable(value)) this.fail(key, 'must be a table');
+    return new TableReader(value, this.keyPath(key), this.source, this.baseDir);
+  }
+
+  optionalTable(key: string): TableReader | undefined {
+    return this.has(key) ? this.table(key) : (this.take(key), undefined);
+  }
+
+  array(key: string): unknown[] {
+    const value = this.take(key) ?? [];
+    if (!Array.isArray(value)) this.fail(key, 'must be an array');
+    return value;
+  }
+
+  element(key: string, index: number, value: unknown): TableReader {
+    const at = `${this.keyPath(key)}[${index}]`;
+    if (!isTable(value)) throw new ConfigError(this.source, at, 'must be a table');
+    return new TableReader(value, at, this.source, this.baseDir);
+  }
+
+  /** Call after reading: any key not read is a typo or a setting this version lacks. */
+  done(): void {
+    for (const key of Object.keys(this.values)) {
+      if (!this.taken.has(key)) this.fail(key, 'unknown key');
+    }
+  }
+}
+
+function parseListen(text: string, reader: TableReader, key: string): ListenAddress {
+  if (text.startsWith('unix:')) {
+    const socketPath = text.slice('unix:'.length);
+    if (!socketPath || socketPath.startsWith('@')) reader.fail(key, `"${text}": a unix address is a filesystem path (never abstract)`);
+    return { kind: 'unix', path: socketPath };
+  }
+  const tcp = /^tcp:(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$/.exec(text);
+  const port = tcp ? Number(tcp[2]) : NaN;
+  if (!tcp || port < 1 || port > 65535) return reader.fail(key, `"${text}": must be "unix:/path" or "tcp:host:port"`);
+  return { kind: 'tcp', host: tcp[1]!.replace(/^\[|\]$/g, ''), port };
+}
+
+function readImageCache(reader: TableReader): ImageCacheConfig | undefined {
+  const cache = reader.optionalTable('image_cache');
+  if (!cache) return undefined;
+  const maxBytes = cache.bytes('max_bytes');
+  const maxCount = cache.integer('max_count', 0, 1_000_000);
+  cache.done();
+  return { ...(maxBytes !== undefined ? { maxBytes } : {}), ...(maxCount !== undefined ? { maxCount } : {}) };
+}
+
+function readPool(pool: TableReader): PoolConfig {
+  const name = pool.name('name');
+  const backend = pool.string('backend');
+  let result: PoolConfig;
+  if (backend === 'file') {
+    result = { name, backend, path: pool.path('path') };
+  } else if (backend === 'thin') {
+    const blockSizeBytes = pool.bytes('block_size', '64KiB')!;
+    if (blockSizeBytes < MIN_THIN_BLOCK || blockSizeBytes > MAX_THIN_BLOCK || blockSizeBytes % MIN_THIN_BLOCK !== 0) {
+      pool.fail('block_size', 'must be a multiple of 64KiB from 64KiB to 1GiB (dm-thin data block size)');
+    }
+    result = {
+      name, backend, blockSizeBytes,
+      dataDevice: pool.path('data_device'),
+      metadataDevice: pool.path('metadata_device'),
+      lowWaterPercent: pool.percent('low_water', '10%'),
+    };
+  } else {
+    return pool.fail('backend', `must be "file" or "thin" (got ${JSON.stringify(backend)})`);
+  }
+  const imageCache = readImageCache(pool);
+  if (imageCache) result.imageCache = imageCache;
+  pool.done();
+  return result;
+}
+
+/** Validates parsed TOML into an AgentConfig. */
+export function readConfig(document: Table, source: string, baseDir: string): AgentConfig {
+  const top = new TableReader(document, '', source, baseDir);
+
+  const control = top.table('control');
+  const socket = control.path('socket', '/run/volagent/control.sock');
+  const allow = control.array('allow').map((value, i) => {
+    const rule = control.element('allow', i, value);
+    const uid = rule.integer('uid', 0, 2 ** 32 - 2);
+    const gid = rule.integer('gid', 0, 2 ** 32 - 2);
+    const role = rule.string('role');
+    if (role !== 'admin' && role !== 'reader') rule.fail('role', 'must be "admin" or "reader"');
+    if ((uid === undefined) === (gid === undefined)) throw new ConfigError(source, `control.allow[${i}]`, 'needs exactly one of uid or gid');
+    rule.done();
+    return { ...(uid !== undefined ? { uid } : {}), ...(gid !== undefined ? { gid } : {}), role } as AllowRule;
+  });
+  control.done();
+
+  const catalog = top.table('catalog');
+  const catalogPath = catalog.path('path', '/var/lib/volagent/catalog.db');
+  catalog.done();
+
+  const nbd = top.table('nbd');
+  const listen = nbd.array('listen').map((value, i) => {
+    const key = `listen[${i}]`;
+    if (typeof value !== 'string') return nbd.fail(key, 'must be a string');
+    const address = parseListen(value, nbd, key);
+    return address.kind === 'unix' ? { kind: 'unix' as const, path: path.resolve(baseDir, address.path) } : address;
+  });
+  nbd.done();
+
+  const agent = top.optionalTable('agent');
+  const internalTenant = agent ? agent.name('internal_tenant') : 'volagent-internal';
+  agent?.done();
+
+  const pools = top.array('pools').map((value, i) => readPool(top.element('pools', i, value)));
+  if (pools.length === 0) top.fail('pools', 'at least one pool is required');
+  const seen = new Set<string>();
+  pools.forEach((pool, i) => {
+    if (seen.has(pool.name)) throw new ConfigError(source, `pools[${i}].name`, `duplicate pool name "${pool.name}"`);
+    seen.add(pool.name);
+  });
+  top.done();
+
+  return { source, control: { socket, allow }, catalog: { path: catalogPath }, nbd: { listen }, pools, internalTenant };
+}
+
+/** Parses TOML text; syntax errors keep the parser's line and column. */
+export function parseConfig(text: string, source: string, baseDir: string): AgentConfig {
+  let document: Table;
+  try {
+    document = parseToml(text) as Table;
+  } catch (error) {
+    throw new ConfigError(source, '', `not valid TOML: ${(error as Error).message.split('\n')[0]}`);
+  }
+  return readConfig(document, source, baseDir);
+}
+
+/** The config in `file`, or the embedded default (paths under the working directory) when no file is given. */
+export async function loadConfig(file?: string): Promise<AgentConfig> {
+  if (file === undefined) return parseConfig(EMBEDDED_DEFAULT_TOML, EMBEDDED_DEFAULT_SOURCE, process.cwd());
+  const absolute = path.resolve(file);
+  let text: string;
+  try {
+    text = await readFile(absolute, 'utf8');
+  } catch (error) {
+    throw new ConfigError(absolute, '', `cannot read: ${(error as Error).message}`);
+  }
+  return parseConfig(text, absolute, path.dirname(absolute));
+}

@@ -1,0 +1,99 @@
+import { writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import t from 'tap';
+
+import { ConfigError, EMBEDDED_DEFAULT_SOURCE, loadConfig, parseConfig } from '../../src/daemon/config.js';
+import { tempDir } from '../helpers/temp-dir.js';
+
+// The example of DESIGN.md, verbatim.
+const DESIGN_EXAMPLE = `
+[control]
+socket = "/run/volagent/control.sock"   # ignored under systemd socket activation
+allow = [{ uid = 0, role = "admin" }, { gid = 998, role = "admin" }, { uid = 1001, role = "reader" }]
+
+[catalog]
+path = "/var/lib/volagent/catalog.db"
+
+[nbd]
+listen = ["unix:/run/volagent/nbd.sock", "tcp:127.0.0.1:10809"]
+
+[[pools]]
+name = "fast"
+backend = "file"                 # reflink when the filesystem can, else copy_file_range
+path = "/srv/volagent/fast"
+image_cache = { max_bytes = "200GiB", max_count = 50 }
+
+[[pools]]
+name = "thin0"
+backend = "thin"                 # agent-owned dm-thin pool
+data_device = "/dev/vdb"
+metadata_device = "/dev/vdc"
+block_size = "64KiB"
+low_water = "10%"
+`;
+
+t.test('the embedded default runs under the working directory', async (t) => {
+  const config = await loadConfig();
+  t.same(config, {
+    source: EMBEDDED_DEFAULT_SOURCE,
+    control: { socket: path.resolve('var/control.sock'), allow: [] },
+    catalog: { path: path.resolve('var/catalog.db') },
+    nbd: { listen: [{ kind: 'unix', path: path.resolve('var/nbd.sock') }] },
+    pools: [{ name: 'default', backend: 'file', path: path.resolve('var/pools/default') }],
+    internalTenant: 'volagent-internal',
+  });
+});
+
+t.test("DESIGN.md's example reads as documented", async (t) => {
+  const config = parseConfig(DESIGN_EXAMPLE, '/etc/volagent/volagent.toml', '/etc/volagent');
+  t.same(config.control.allow, [{ uid: 0, role: 'admin' }, { gid: 998, role: 'admin' }, { uid: 1001, role: 'reader' }]);
+  t.same(config.nbd.listen, [{ kind: 'unix', path: '/run/volagent/nbd.sock' }, { kind: 'tcp', host: '127.0.0.1', port: 10809 }]);
+  t.same(config.pools, [
+    { name: 'fast', backend: 'file', path: '/srv/volagent/fast', imageCache: { maxBytes: 200 * 2 ** 30, maxCount: 50 } },
+    { name: 'thin0', backend: 'thin', dataDevice: '/dev/vdb', metadataDevice: '/dev/vdc', blockSizeBytes: 65536, lowWaterPercent: 10 },
+  ]);
+});
+
+t.test('relative paths resolve against the config file directory', async (t) => {
+  const dir = await tempDir(t);
+  const file = path.join(dir, 'volagent.toml');
+  await writeFile(file, '[catalog]\npath = "state/catalog.db"\n[[pools]]\nname = "p"\nbackend = "file"\npath = "pools/p"\n');
+  const config = await loadConfig(file);
+  t.equal(config.catalog.path, path.join(dir, 'state/catalog.db'));
+  t.equal(config.pools[0]?.backend === 'file' && config.pools[0].path, path.join(dir, 'pools/p'));
+  t.equal(config.control.socket, '/run/volagent/control.sock', 'production default socket');
+});
+
+t.test('every error names the file and the key', async (t) => {
+  const pool = '[[pools]]\nname = "p"\nbackend = "file"\npath = "/srv/p"\n';
+  const cases: Array<[string, string]> = [
+    ['[control]\nsocket = 5\n' + pool, 'f.toml: control.socket: must be a non-empty string'],
+    ['[control]\nsockett = "/x"\n' + pool, 'f.toml: control.sockett: unknown key'],
+    ['[control]\nallow = [{ uid = 0, role = "root" }]\n' + pool, 'f.toml: control.allow[0].role: must be "admin" or "reader"'],
+    ['[control]\nallow = [{ uid = 0, gid = 0, role = "admin" }]\n' + pool, 'f.toml: control.allow[0]: needs exactly one of uid or gid'],
+    ['[control]\nallow = [{ uid = -1, role = "admin" }]\n' + pool, 'f.toml: control.allow[0].uid: must be an integer from 0 to 4294967294'],
+    ['[nbd]\nlisten = ["unix:@abstract"]\n' + pool, 'f.toml: nbd.listen[0]: "unix:@abstract": a unix address is a filesystem path (never abstract)'],
+    ['[nbd]\nlisten = ["tcp:127.0.0.1:99999"]\n' + pool, 'f.toml: nbd.listen[0]: "tcp:127.0.0.1:99999": must be "unix:/path" or "tcp:host:port"'],
+    ['', 'f.toml: pools: at least one pool is required'],
+    [pool.replace('"file"', '"lvm"'), 'f.toml: pools[0].backend: must be "file" or "thin" (got "lvm")'],
+    [pool.replace('name = "p"', 'name = "../p"'), 'f.toml: pools[0].name: must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$'],
+    [pool + pool, 'f.toml: pools[1].name: duplicate pool name "p"'],
+    [pool + 'image_cache = { max_bytes = "lots" }\n', 'f.toml: pools[0].image_cache.max_bytes: not a size: "lots" (use bytes or a unit like 64KiB, 10GiB)'],
+    ['[[pools]]\nname = "t"\nbackend = "thin"\ndata_device = "/dev/a"\nmetadata_device = "/dev/b"\nblock_size = "96KiB"\n',
+      'f.toml: pools[0].block_size: must be a multiple of 64KiB from 64KiB to 1GiB (dm-thin data block size)'],
+    ['[[pools]]\nname = "t"\nbackend = "thin"\ndata_device = "/dev/a"\nmetadata_device = "/dev/b"\nlow_water = "ten"\n',
+      'f.toml: pools[0].low_water: must be a percentage like "10%"'],
+    ['[[pools]]\nname = "t"\nbackend = "thin"\nmetadata_device = "/dev/b"\n', 'f.toml: pools[0].data_device: is required'],
+    [pool + 'colour = "blue"\n', 'f.toml: pools[0].colour: unknown key'],
+    ['surprise = 1\n' + pool, 'f.toml: surprise: unknown key'],
+  ];
+  for (const [text, message] of cases) {
+    t.throws(() => parseConfig(text, 'f.toml', '/'), { name: 'ConfigError', message }, message);
+  }
+  t.type(new ConfigError('f', 'k', 'p'), Error);
+});
+
+t.test('syntax errors and unreadable files are ConfigErrors naming the file', async (t) => {
+  t.throws(() => parseConfig('[control\n', 'bad.toml', '/'), { name: 'ConfigError', message: /^bad\.toml: not valid TOML: / });
+  await t.rejects(loadConfig('/nonexistent/volagent.toml'), { name: 'ConfigError', message: /^\/nonexistent\/volagent\.toml: cannot read: ENOENT/ });
+});

@@ -51,7 +51,7 @@ const ZERO_STEP_BYTES = 256 * 1024 * 1024;
 const ZERO_DETECT_BYTES = 4096;
 
 /** FICLONE fails with these where reflink is impossible: other filesystem, no support, unaligned, not a regular file. */
-const REFLINK_UNSUPPORTED = ['EXDEV', 'EOPNOTSUPP', 'ENOTSUP', 'EINVAL', 'ENOTTY', 'ENOSYS', 'EBADF'];
+export const REFLINK_UNSUPPORTED: readonly string[] = ['EXDEV', 'EOPNOTSUPP', 'ENOTSUP', 'EINVAL', 'ENOTTY', 'ENOSYS', 'EBADF'];
 /** copy_file_range fails with these where only read/write can work (block devices, old kernels, special files). */
 const COPY_RANGE_UNSUPPORTED = ['EXDEV', 'EOPNOTSUPP', 'ENOTSUP', 'EINVAL', 'ENOSYS', 'EBADF', 'ESPIPE'];
 

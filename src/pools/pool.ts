@@ -43,8 +43,9 @@ export interface CloneOutcome {
 }
 
 /**
- * Object names match OBJECT_NAME (the API's id pattern, plus '@' to join a
- * volume and a snapshot id). Every mutating call either completes or leaves
+ * Object names match OBJECT_NAME (a backend may refuse a valid name it cannot
+ * store with ENAMETOOLONG: a file is `<name>.raw` within NAME_MAX, 255 bytes). The pattern is the API's id
+ * pattern, plus '@' to join a volume and a snapshot id. Every mutating call either completes or leaves
  * no object under the name; work in progress lives under temporary names
  * that `listTemporaries` reports and `removeTemporary` deletes.
  */

@@ -1,0 +1,53 @@
+// The one registry of API error codes (DESIGN.md "Control API"). Every fault
+// the agent answers is {"error": {"code", "message", "details"}} with the
+// status given here; docs/api.md documents each code (a unit test checks).
+
+export const ERROR_CODES = {
+  BAD_REQUEST: { status: 400, meaning: 'The request is malformed: bad JSON, a wrong type, a missing field.' },
+  INVALID_ID: { status: 400, meaning: 'An id does not match ^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$ or contains "..".' },
+  INVALID_SIZE: { status: 400, meaning: 'sizeBytes is not a positive integer number of bytes, or not a multiple of 512.' },
+  UNKNOWN_FIELD: { status: 400, meaning: 'The body has a field this API version does not define.' },
+  SHRINK_NOT_SUPPORTED: { status: 400, meaning: 'A resize or clone asked for a size smaller than the current one.' },
+  POOL_NOT_FOUND: { status: 404, meaning: 'No pool of that name is configured.' },
+  VOLUME_NOT_FOUND: { status: 404, meaning: 'No volume with that id.' },
+  SNAPSHOT_NOT_FOUND: { status: 404, meaning: 'No snapshot with that id on that volume.' },
+  IMAGE_NOT_FOUND: { status: 404, meaning: 'No image with that id.' },
+  OPERATION_NOT_FOUND: { status: 404, meaning: 'No operation with that id.' },
+  ROUTE_NOT_FOUND: { status: 404, meaning: 'No such route in API version 1.' },
+  METHOD_NOT_ALLOWED: { status: 405, meaning: 'The route exists but not with this method.' },
+  FORBIDDEN: { status: 403, meaning: 'The peer (by SO_PEERCRED) may not make this request.' },
+  IMAGE_NOT_VISIBLE: { status: 403, meaning: 'The image is private to another tenant.' },
+  VOLUME_EXISTS: { status: 409, meaning: 'A volume with that id exists with a different definition.' },
+  SNAPSHOT_EXISTS: { status: 409, meaning: 'A snapshot with that id exists with a different definition.' },
+  VOLUME_BUSY: { status: 409, meaning: 'The volume is exported, being cloned from, or changing state.' },
+  VOLUME_READ_ONLY: { status: 409, meaning: 'The volume is an Image-Volume or otherwise read-only.' },
+  PAYLOAD_TOO_LARGE: { status: 413, meaning: 'The body is larger than the route accepts (1 MiB for JSON).' },
+  UNSUPPORTED_FOR_POOL: { status: 422, meaning: "The pool's backend cannot do this." },
+  INSUFFICIENT_SPACE: { status: 507, meaning: 'The pool is out of space; the partial result was removed and the source is intact.' },
+  INTERNAL: { status: 500, meaning: 'An agent fault; the log has the details.' },
+} as const;
+
+export type ErrorCode = keyof typeof ERROR_CODES;
+
+export interface ErrorBody {
+  error: { code: ErrorCode; message: string; details: Record<string, unknown> };
+}
+
+export class ApiError extends Error {
+  override name = 'ApiError';
+  readonly status: number;
+
+  constructor(readonly code: ErrorCode, message: string, readonly details: Record<string, unknown> = {}) {
+    super(message);
+    this.status = ERROR_CODES[code].status;
+  }
+
+  toBody(): ErrorBody {
+    return { error: { code: this.code, message: this.message, details: this.details } };
+  }
+
+  /** Client faults (4xx) are logged at info, agent faults at error. */
+  get isClientFault(): boolean {
+    return this.status < 500;
+  }
+}

@@ -1,0 +1,320 @@
+// The `file` backend (DESIGN.md "Pools"): a pool is a directory, each object
+// a sparse raw file `<path>/objects/<name>.raw`. Clones go through the clone
+// engine (FICLONE, else copy_file_range over data extents, else read/write).
+//
+// Commit protocol for every new object: write it under a temporary name in
+// the same directory (`objects/.tmp-<name>-<random>.raw`), fsync it, publish
+// it with link(temp, final) + unlink(temp), then fsync the directory.
+// link(2) fails with EEXIST when the final name exists, atomically, so the
+// final name is never overwritten and of two racing writers exactly one wins.
+// rename(2) would silently replace, check-then-rename races, and
+// renameat2(RENAME_NOREPLACE) is not exposed by Node or the addon. A crash
+// between link and unlink leaves a complete, fsync'd object plus a second
+// name for it under `.tmp-*`, which listTemporaries reports and
+// removeTemporary unlinks without touching the object. open() checks that
+// the filesystem supports hard links.
+import { randomBytes } from 'node:crypto';
+import { constants as fsConstants } from 'node:fs';
+import type { FileHandle } from 'node:fs/promises';
+import { link, mkdir, open, readdir, stat, unlink } from 'node:fs/promises';
+import path from 'node:path';
+
+import { throwIfAborted } from '../clone/abort.js';
+import { cloneFile, REFLINK_UNSUPPORTED } from '../clone/clone-file.js';
+import { native } from '../native/binding.js';
+import { isSystemError, systemError } from '../native/system-error.js';
+import type { Backend, CloneOutcome, CloneRequest, ObjectInfo, Pool, PoolCapabilities, PoolCapacity } from './pool.js';
+import { isObjectName } from './pool.js';
+
+export interface FilePoolConfig {
+  name: string;
+  /** The pool's directory; it must exist. Objects live in its `objects/` subdirectory. */
+  path: string;
+}
+
+const OBJECT_SUFFIX = '.raw';
+const TEMP_PREFIX = '.tmp-';
+/** Temporaries this backend makes: `.tmp-<label>-<12 hex>.raw`. */
+const TEMPORARY_NAME = /^\.tmp-[A-Za-z0-9._@-]*-[0-9a-f]{12}\.raw$/;
+/** Longest label kept in a temporary's name, so it stays under NAME_MAX (255). */
+const TEMP_LABEL_MAX = 200;
+const NAME_MAX = 255;
+/** Mode bits of writable and read-only objects. */
+const MODE_WRITABLE = 0o644;
+const MODE_READ_ONLY = 0o444;
+/** FICLONE fails with these where the filesystem cannot share blocks. */
+
+function checkSize(sizeBytes: number, op: string, at: string): void {
+  if (!Number.isSafeInteger(sizeBytes) || sizeBytes < 0) throw systemError('EINVAL', op, at);
+}
+
+async function unlinkIfPresent(file: string): Promise<void> {
+  try {
+    await unlink(file);
+  } catch (error) {
+    if (!isSystemError(error, 'ENOENT')) throw error;
+  }
+}
+
+export class FilePool implements Pool {
+  readonly name: string;
+  readonly backend: Backend = 'file';
+  readonly path: string;
+  private readonly objectsDir: string;
+  private probed: PoolCapabilities | undefined;
+
+  constructor(config: FilePoolConfig) {
+    this.name = config.name;
+    this.path = path.resolve(config.path);
+    this.objectsDir = path.join(this.path, 'objects');
+  }
+
+  /**
+   * Fails fast when the pool directory is missing (ENOENT), not a directory
+   * (ENOTDIR) or not writable (EACCES/EROFS; tried by creating a file, since
+   * root passes access(2)); makes `objects/`; probes FICLONE and link(2) once.
+   */
+  async open(): Promise<void> {
+    await this.openDirectory(this.path).then((dir) => dir.close());
+    const probe = path.join(this.path, `.volagent-probe-${randomBytes(6).toString('hex')}`);
+    await (await open(probe, 'wx', MODE_WRITABLE)).close();
+    await unlink(probe);
+    try {
+      await mkdir(this.objectsDir);
+      await this.syncDirectory(this.path);
+    } catch (error) {
+      if (!isSystemError(error, 'EEXIST')) throw error;
+    }
+    await this.openDirectory(this.objectsDir).then((dir) => dir.close());
+    this.probed = await this.probeCapabilities();
+  }
+
+  capabilities(): PoolCapabilities {
+    if (this.probed === undefined) throw new Error(`pool '${this.name}': capabilities() called before open()`);
+    return { ...this.probed };
+  }
+
+  /** statfs(2) of the objects' filesystem; used counts blocks reserved for root as used. */
+  async capacity(): Promise<PoolCapacity> {
+    const s = await native.statfs(this.objectsDir);
+    const totalBytes = s.blocks * s.frsize;
+    return { totalBytes, usedBytes: totalBytes - s.bfree * s.frsize, freeBytes: s.bavail * s.frsize };
+  }
+
+  async create(name: string, sizeBytes: number): Promise<void> {
+    const target = this.objectPath(name);
+    checkSize(sizeBytes, 'create', target);
+    await this.refuseExisting(target);
+    const temp = this.temporaryPath(name);
+    try {
+      const handle = await open(temp, fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL, MODE_WRITABLE);
+      try {
+        await handle.truncate(sizeBytes); // sparse: no blocks allocated
+        await handle.chmod(MODE_WRITABLE); // exact bits whatever the umask
+        await native.fsync(handle.fd, temp);
+      } finally {
+        await handle.close();
+      }
+      await this.publish(temp, target);
+    } catch (error) {
+      await unlinkIfPresent(temp).catch(() => undefined);
+      throw error;
+    }
+  }
+
+  async clone(source: string, target: string, request: CloneRequest = {}): Promise<CloneOutcome> {
+    const sourcePath = this.objectPath(source);
+    const targetPath = this.objectPath(target);
+    const { sizeBytes, readOnly = false, signal, onProgress } = request;
+    if (sizeBytes !== undefined) checkSize(sizeBytes, 'clone', targetPath);
+    throwIfAborted(signal);
+    await this.refuseExisting(targetPath);
+    const sourceSize = (await stat(sourcePath)).size; // ENOENT before any file is made
+    if (sizeBytes !== undefined && sizeBytes < sourceSize) throw systemError('EINVAL', 'clone', sourcePath, targetPath);
+    const temp = this.temporaryPath(target);
+    try {
+      const result = await cloneFile(sourcePath, temp, {
+        fsync: true,
+        mode: MODE_WRITABLE,
+        ...(signal ? { signal } : {}),
+        ...(onProgress ? { onProgress: (p) => onProgress(p.doneBytes, p.totalBytes) } : {}),
+      });
+      // The source may have changed between stat and clone: judge on what was cloned.
+      if (sizeBytes !== undefined && sizeBytes < result.bytesTotal) throw systemError('EINVAL', 'clone', sourcePath, targetPath);
+      const handle = await open(temp, fsConstants.O_WRONLY);
+      try {
+        if (sizeBytes !== undefined && sizeBytes > result.bytesTotal) await handle.truncate(sizeBytes);
+        await handle.chmod(readOnly ? MODE_READ_ONLY : MODE_WRITABLE);
+        await native.fsync(handle.fd, temp);
+      } finally {
+        await handle.close();
+      }
+      throwIfAborted(signal); // last point of no return: after publish the clone is done
+      await this.publish(temp, targetPath);
+      return { method: result.method, bytesCopied: result.bytesCopied };
+    } catch (error) {
+      await unlinkIfPresent(temp).catch(() => undefined);
+      throw error;
+    }
+  }
+
+  /** Grows an object (ftruncate keeps the new range a hole); smaller is EINVAL, equal a no-op. */
+  async resize(name: string, sizeBytes: number): Promise<void> {
+    const target = this.objectPath(name);
+    checkSize(sizeBytes, 'resize', target);
+    const current = await stat(target);
+    if (sizeBytes < current.size) throw systemError('EINVAL', 'resize', target);
+    if (sizeBytes === current.size) return;
+    // Root ignores mode bits, so a read-only object is refused here rather than by open(2).
+    if ((current.mode & 0o222) === 0) throw systemError('EPERM', 'resize', target);
+    const handle = await open(target, fsConstants.O_WRONLY);
+    try {
+      await handle.truncate(sizeBytes);
+      await native.fsync(handle.fd, target);
+    } finally {
+      await handle.close();
+    }
+  }
+
+  /**
+   * Read-only is the file mode (0444 vs 0644). Root, which the agent usually
+   * is, ignores mode bits: the agent's API, not the kernel, enforces that a
+   * read-only object is never written (exports, resize); the mode records the
+   * flag durably and protects against other local users.
+   */
+  async setReadOnly(name: string, readOnly: boolean): Promise<void> {
+    const target = this.objectPath(name);
+    const handle = await open(target, fsConstants.O_RDONLY);
+    try {
+      await handle.chmod(readOnly ? MODE_READ_ONLY : MODE_WRITABLE);
+      await native.fsync(handle.fd, target);
+    } finally {
+      await handle.close();
+    }
+  }
+
+  async remove(name: string): Promise<void> {
+    await unlinkIfPresent(this.objectPath(name));
+    await this.syncDirectory(this.objectsDir);
+  }
+
+  async stat(name: string): Promise<ObjectInfo | undefined> {
+    const target = this.objectPath(name);
+    try {
+      const s = await stat(target);
+      return { sizeBytes: s.size, allocatedBytes: s.blocks * 512, readOnly: (s.mode & 0o222) === 0 };
+    } catch (error) {
+      if (isSystemError(error, 'ENOENT')) return undefined;
+      throw error;
+    }
+  }
+
+  async list(): Promise<string[]> {
+    const entries = await readdir(this.objectsDir, { withFileTypes: true });
+    return entries
+      .filter((e) => e.isFile() && e.name.endsWith(OBJECT_SUFFIX))
+      .map((e) => e.name.slice(0, -OBJECT_SUFFIX.length))
+      .filter(isObjectName)
+      .sort();
+  }
+
+  /** File names (in `objects/`) of temporaries left by interrupted operations. */
+  async listTemporaries(): Promise<string[]> {
+    const entries = await readdir(this.objectsDir, { withFileTypes: true });
+    return entries.filter((e) => e.isFile() && TEMPORARY_NAME.test(e.name)).map((e) => e.name).sort();
+  }
+
+  async removeTemporary(temporary: string): Promise<void> {
+    if (!TEMPORARY_NAME.test(temporary)) throw systemError('EINVAL', 'unlink', temporary);
+    await unlinkIfPresent(path.join(this.objectsDir, temporary));
+    await this.syncDirectory(this.objectsDir);
+  }
+
+  /** Throws EINVAL for a name outside OBJECT_NAME, ENAMETOOLONG when `<name>.raw` exceeds NAME_MAX. */
+  objectPath(name: string): string {
+    if (typeof name !== 'string' || !isObjectName(name)) throw systemError('EINVAL', 'open', String(name));
+    const file = name + OBJECT_SUFFIX;
+    if (Buffer.byteLength(file) > NAME_MAX) throw systemError('ENAMETOOLONG', 'open', path.join(this.objectsDir, file));
+    return path.join(this.objectsDir, file);
+  }
+
+  private temporaryPath(label: string): string {
+    return path.join(this.objectsDir, `${TEMP_PREFIX}${label.slice(0, TEMP_LABEL_MAX)}-${randomBytes(6).toString('hex')}${OBJECT_SUFFIX}`);
+  }
+
+  /** Cheap early EEXIST so a long copy is not made for nothing; link(2) in publish is the real guard. */
+  private async refuseExisting(target: string): Promise<void> {
+    try {
+      await stat(target);
+    } catch (error) {
+      if (isSystemError(error, 'ENOENT')) return;
+      throw error;
+    }
+    throw systemError('EEXIST', 'link', target);
+  }
+
+  /**
+   * Makes the fsync'd `temp` visible as `target`, never replacing it:
+   * link(2) is EEXIST when target exists. The directory is fsync'd so the
+   * new entry survives a power loss; if that fails the object is withdrawn.
+   */
+  private async publish(temp: string, target: string): Promise<void> {
+    try {
+      await link(temp, target);
+    } catch (error) {
+      if (isSystemError(error, 'EEXIST')) throw systemError('EEXIST', 'link', target);
+      throw error;
+    }
+    await unlink(temp);
+    try {
+      await this.syncDirectory(this.objectsDir);
+    } catch (error) {
+      await unlinkIfPresent(target).catch(() => undefined);
+      throw error;
+    }
+  }
+
+  /** Opens a directory (O_DIRECTORY: ENOTDIR for anything else, ENOENT when absent). */
+  private openDirectory(dir: string): Promise<FileHandle> {
+    return open(dir, fsConstants.O_RDONLY | fsConstants.O_DIRECTORY);
+  }
+
+  /** fsync(2) on a directory fd makes its entries (creates, links, unlinks) durable. */
+  private async syncDirectory(dir: string): Promise<void> {
+    const handle = await this.openDirectory(dir);
+    try {
+      await native.fsync(handle.fd, dir);
+    } finally {
+      await handle.close();
+    }
+  }
+
+  /**
+   * One FICLONE between two probe files decides reflink support; a link(2)
+   * between them checks the hard links the commit protocol needs.
+   */
+  private async probeCapabilities(): Promise<PoolCapabilities> {
+    const source = this.temporaryPath('probe');
+    const dest = this.temporaryPath('probe');
+    const linked = this.temporaryPath('probe');
+    let src: FileHandle | undefined;
+    let dst: FileHandle | undefined;
+    try {
+      src = await open(source, 'wx+', MODE_WRITABLE);
+      await src.write(Buffer.alloc(4096, 0xa5), 0, 4096, 0);
+      dst = await open(dest, 'wx', MODE_WRITABLE);
+      await link(source, linked);
+      try {
+        await native.ficlone(dst.fd, src.fd, source, dest);
+        return { reflink: true, constantTimeClone: true };
+      } catch (error) {
+        if (isSystemError(error, ...REFLINK_UNSUPPORTED)) return { reflink: false, constantTimeClone: false };
+        throw error;
+      }
+    } finally {
+      await src?.close().catch(() => undefined);
+      await dst?.close().catch(() => undefined);
+      for (const file of [source, dest, linked]) await unlinkIfPresent(file).catch(() => undefined);
+    }
+  }
+}

@@ -4,7 +4,7 @@
 // otherwise pread/pwrite does, skipping blocks that read as zero. The next
 // method is tried only on error codes that mean "not possible here".
 import type { FileHandle } from 'node:fs/promises';
-import { constants as fsConstants, open, unlink } from 'node:fs/promises';
+import { constants as fsConstants, open, stat, unlink } from 'node:fs/promises';
 
 import { native } from '../native/binding.js';
 import { isSystemError, systemError } from '../native/system-error.js';
@@ -90,11 +90,9 @@ async function openDestination(path: string, source: Endpoint, mode: number): Pr
     return { handle, path, kind: 'file', size: 0, mode, created: true };
   } catch (error) {
     if (!isSystemError(error, 'EEXIST', 'EISDIR')) throw error;
-    const handle = await open(path, fsConstants.O_RDONLY).catch(() => undefined);
-    const stat = await handle?.stat();
-    await handle?.close();
-    if (stat?.isDirectory()) throw systemError('EISDIR', 'open', path);
-    if (!stat?.isBlockDevice()) throw error;
+    const existing = await stat(path).catch(() => undefined);
+    if (existing?.isDirectory()) throw systemError('EISDIR', 'open', path);
+    if (!existing?.isBlockDevice()) throw error;
   }
   const handle = await open(path, fsConstants.O_WRONLY);
   try {

@@ -8,7 +8,10 @@ import path from 'node:path';
 
 import { parse as parseToml } from 'smol-toml';
 
+import type { ImageCacheConfig, PoolConfig } from '../pools/pool-config.js';
 import { parseBytes } from '../units/bytes.js';
+
+export type { FilePoolConfig, ImageCacheConfig, PoolConfig, ThinPoolConfig } from '../pools/pool-config.js';
 
 export type Role = 'admin' | 'reader';
 
@@ -19,30 +22,6 @@ export interface AllowRule {
 }
 
 export type ListenAddress = { kind: 'unix'; path: string } | { kind: 'tcp'; host: string; port: number };
-
-export interface ImageCacheConfig {
-  maxBytes?: number;
-  maxCount?: number;
-}
-
-export interface FilePoolConfig {
-  name: string;
-  backend: 'file';
-  path: string;
-  imageCache?: ImageCacheConfig;
-}
-
-export interface ThinPoolConfig {
-  name: string;
-  backend: 'thin';
-  dataDevice: string;
-  metadataDevice: string;
-  blockSizeBytes: number;
-  lowWaterPercent: number;
-  imageCache?: ImageCacheConfig;
-}
-
-export type PoolConfig = FilePoolConfig | ThinPoolConfig;
 
 export interface AgentConfig {
   /** The file read, or "<embedded default>". */

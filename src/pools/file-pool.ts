@@ -25,12 +25,10 @@ import { native } from '../native/binding.js';
 import { isSystemError, systemError } from '../native/system-error.js';
 import type { Backend, CloneOutcome, CloneRequest, ObjectInfo, Pool, PoolCapabilities, PoolCapacity } from './pool.js';
 import { isObjectName } from './pool.js';
+import type { FilePoolConfig } from './pool-config.js';
 
-export interface FilePoolConfig {
-  name: string;
-  /** The pool's directory; it must exist. Objects live in its `objects/` subdirectory. */
-  path: string;
-}
+/** Objects live in the `objects/` subdirectory of the pool's `path`. */
+export type FilePoolOptions = Pick<FilePoolConfig, 'name' | 'path'>;
 
 const OBJECT_SUFFIX = '.raw';
 const TEMP_PREFIX = '.tmp-';
@@ -42,7 +40,6 @@ const NAME_MAX = 255;
 /** Mode bits of writable and read-only objects. */
 const MODE_WRITABLE = 0o644;
 const MODE_READ_ONLY = 0o444;
-/** FICLONE fails with these where the filesystem cannot share blocks. */
 
 function checkSize(sizeBytes: number, op: string, at: string): void {
   if (!Number.isSafeInteger(sizeBytes) || sizeBytes < 0) throw systemError('EINVAL', op, at);
@@ -63,7 +60,7 @@ export class FilePool implements Pool {
   private readonly objectsDir: string;
   private probed: PoolCapabilities | undefined;
 
-  constructor(config: FilePoolConfig) {
+  constructor(config: FilePoolOptions) {
     this.name = config.name;
     this.path = path.resolve(config.path);
     this.objectsDir = path.join(this.path, 'objects');

@@ -2,14 +2,13 @@
 // (STYLE.md 9: one backend per file behind one interface).
 import { FilePool } from './file-pool.js';
 import type { Pool } from './pool.js';
+import type { PoolConfig } from './pool-config.js';
 
 export type { Backend, CloneOutcome, CloneRequest, ObjectInfo, Pool, PoolCapabilities, PoolCapacity } from './pool.js';
 export { isObjectName, OBJECT_NAME } from './pool.js';
 export { FilePool } from './file-pool.js';
 
-export type PoolConfig =
-  | { name: string; backend: 'file'; path: string }
-  | { name: string; backend: 'thin'; dataDevice: string; metadataDevice: string; blockSizeBytes?: number };
+export type { FilePoolConfig, ImageCacheConfig, PoolConfig, ThinPoolConfig } from './pool-config.js';
 
 /** Makes the backend for `config`; the caller still has to `open()` it. */
 export function createPool(config: PoolConfig): Pool {

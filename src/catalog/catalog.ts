@@ -52,16 +52,39 @@ export interface VolumeFilter {
   state?: ObjectState;
 }
 
+export type OperationState = 'running' | 'succeeded' | 'failed' | 'cancelled';
+
 export interface OperationRow {
   id: string;
   kind: string;
   targetId: string;
-  state: 'running' | 'succeeded' | 'failed' | 'cancelled';
+  state: OperationState;
   doneBytes: number;
   totalBytes: number;
+  error?: { code: string; message: string };
+  createdAt: string;
+  updatedAt: string;
+}
+
+export interface SnapshotRow {
+  volumeId: string;
+  id: string;
+  pool: string;
+  sizeBytes: number;
+  state: ObjectState;
+  cloneMethod?: string;
+  operationId?: string;
   error?: string;
   createdAt: string;
   updatedAt: string;
+}
+
+export interface NewSnapshot {
+  volumeId: string;
+  id: string;
+  pool: string;
+  sizeBytes: number;
+  operationId?: string;
 }
 
 interface VolumeRecord {
@@ -71,8 +94,13 @@ interface VolumeRecord {
 }
 
 interface OperationRecord {
-  id: string; kind: string; target_id: string; state: OperationRow['state']; done_bytes: number; total_bytes: number;
-  error: string | null; created_at: string; updated_at: string;
+  id: string; kind: string; target_id: string; state: OperationState; done_bytes: number; total_bytes: number;
+  error: string | null; error_code: string | null; created_at: string; updated_at: string;
+}
+
+interface SnapshotRecord {
+  volume_id: string; id: string; pool: string; size_bytes: number; state: ObjectState; clone_method: string | null;
+  operation_id: string | null; error: string | null; created_at: string; updated_at: string;
 }
 
 function toVolume(r: VolumeRecord): VolumeRow {
@@ -90,7 +118,18 @@ function toVolume(r: VolumeRecord): VolumeRow {
 function toOperation(r: OperationRecord): OperationRow {
   return {
     id: r.id, kind: r.kind, targetId: r.target_id, state: r.state, doneBytes: r.done_bytes, totalBytes: r.total_bytes,
-    ...(r.error ? { error: r.error } : {}), createdAt: r.created_at, updatedAt: r.updated_at,
+    ...(r.error ? { error: { code: r.error_code ?? 'INTERNAL', message: r.error } } : {}),
+    createdAt: r.created_at, updatedAt: r.updated_at,
+  };
+}
+
+function toSnapshot(r: SnapshotRecord): SnapshotRow {
+  return {
+    volumeId: r.volume_id, id: r.id, pool: r.pool, sizeBytes: r.size_bytes, state: r.state,
+    ...(r.clone_method ? { cloneMethod: r.clone_method } : {}),
+    ...(r.operation_id ? { operationId: r.operation_id } : {}),
+    ...(r.error ? { error: r.error } : {}),
+    createdAt: r.created_at, updatedAt: r.updated_at,
   };
 }
 
@@ -196,10 +235,70 @@ export class Catalog {
     return this.db.prepare(`DELETE FROM volumes WHERE id = ? AND state = 'deleting'`).run(id).changes === 1;
   }
 
+  /**
+   * Forgets a volume whose creation did not complete (state `creating`): the
+   * backend guarantees no object was published under its name.
+   */
+  discardCreatingVolume(id: string): boolean {
+    return this.db.prepare(`DELETE FROM volumes WHERE id = ? AND state = 'creating'`).run(id).changes === 1;
+  }
+
   /** Rows left in creating or deleting: what start-up must reconcile. */
   transitionalVolumes(): VolumeRow[] {
     const marks = TRANSITIONAL_STATES.map(() => '?').join(', ');
     return (this.db.prepare(`SELECT * FROM volumes WHERE state IN (${marks}) ORDER BY created_at, id`).all(...TRANSITIONAL_STATES) as VolumeRecord[]).map(toVolume);
+  }
+
+  // --- snapshots (ids unique per agent) ---
+
+  getSnapshot(volumeId: string, id: string): SnapshotRow | undefined {
+    const r = this.db.prepare('SELECT * FROM snapshots WHERE volume_id = ? AND id = ?').get(volumeId, id) as SnapshotRecord | undefined;
+    return r && toSnapshot(r);
+  }
+
+  /** The snapshot with this id, whatever its volume. */
+  findSnapshot(id: string): SnapshotRow | undefined {
+    const r = this.db.prepare('SELECT * FROM snapshots WHERE id = ?').get(id) as SnapshotRecord | undefined;
+    return r && toSnapshot(r);
+  }
+
+  listSnapshots(volumeId?: string): SnapshotRow[] {
+    const rows = volumeId === undefined
+      ? this.db.prepare('SELECT * FROM snapshots ORDER BY created_at, id').all()
+      : this.db.prepare('SELECT * FROM snapshots WHERE volume_id = ? ORDER BY created_at, id').all(volumeId);
+    return (rows as SnapshotRecord[]).map(toSnapshot);
+  }
+
+  /** Records the intent to make a snapshot; returns the existing row (of any volume) when the id is taken. */
+  insertSnapshotCreating(s: NewSnapshot): { inserted: boolean; row: SnapshotRow } {
+    return this.transaction(() => {
+      const existing = this.findSnapshot(s.id);
+      if (existing) return { inserted: false, row: existing };
+      const at = this.now();
+      this.db.prepare(`INSERT INTO snapshots (volume_id, id, pool, size_bytes, state, operation_id, created_at, updated_at)
+        VALUES (?, ?, ?, ?, 'creating', ?, ?, ?)`).run(s.volumeId, s.id, s.pool, s.sizeBytes, s.operationId ?? null, at, at);
+      return { inserted: true, row: this.getSnapshot(s.volumeId, s.id)! };
+    });
+  }
+
+  transitionSnapshot(volumeId: string, id: string, from: ObjectState, to: ObjectState, changes: { cloneMethod?: string; error?: string } = {}): boolean {
+    if (!canTransition(from, to)) throw new IllegalTransitionError(`${volumeId}@${id}`, from, to);
+    return this.db.prepare(`UPDATE snapshots SET state = ?, updated_at = ?, clone_method = COALESCE(?, clone_method), error = ?
+      WHERE volume_id = ? AND id = ? AND state = ?`).run(
+      to, this.now(), changes.cloneMethod ?? null, to === 'error' ? (changes.error ?? 'unknown error') : null, volumeId, id, from).changes === 1;
+  }
+
+  discardCreatingSnapshot(volumeId: string, id: string): boolean {
+    return this.db.prepare(`DELETE FROM snapshots WHERE volume_id = ? AND id = ? AND state = 'creating'`).run(volumeId, id).changes === 1;
+  }
+
+  removeSnapshot(volumeId: string, id: string): boolean {
+    return this.db.prepare(`DELETE FROM snapshots WHERE volume_id = ? AND id = ? AND state = 'deleting'`).run(volumeId, id).changes === 1;
+  }
+
+  transitionalSnapshots(): SnapshotRow[] {
+    const marks = TRANSITIONAL_STATES.map(() => '?').join(', ');
+    return (this.db.prepare(`SELECT * FROM snapshots WHERE state IN (${marks}) ORDER BY created_at, id`).all(...TRANSITIONAL_STATES) as SnapshotRecord[]).map(toSnapshot);
   }
 
   // --- operations ---
@@ -222,12 +321,19 @@ export class Catalog {
       .run(doneBytes, totalBytes, this.now(), id);
   }
 
-  finishOperation(id: string, state: 'succeeded' | 'failed' | 'cancelled', error?: string): boolean {
-    return this.db.prepare(`UPDATE operations SET state = ?, error = ?, updated_at = ? WHERE id = ? AND state = 'running'`)
-      .run(state, error ?? null, this.now(), id).changes === 1;
+  finishOperation(id: string, state: Exclude<OperationState, 'running'>, error?: { code: string; message: string }): boolean {
+    return this.db.prepare(`UPDATE operations SET state = ?, error = ?, error_code = ?, updated_at = ? WHERE id = ? AND state = 'running'`)
+      .run(state, error?.message ?? null, error?.code ?? null, this.now(), id).changes === 1;
   }
 
   runningOperations(): OperationRow[] {
     return (this.db.prepare(`SELECT * FROM operations WHERE state = 'running' ORDER BY created_at, id`).all() as OperationRecord[]).map(toOperation);
+  }
+
+  /** Running operations and the `finished` most recent ended ones, newest first. */
+  listOperations(finished = 100): OperationRow[] {
+    return (this.db.prepare(`SELECT * FROM operations WHERE state = 'running'
+      UNION ALL SELECT * FROM (SELECT * FROM operations WHERE state != 'running' ORDER BY created_at DESC, id DESC LIMIT ?)
+      ORDER BY created_at DESC, id DESC`).all(finished) as OperationRecord[]).map(toOperation);
   }
 }

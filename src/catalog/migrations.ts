@@ -51,6 +51,16 @@ export const MIGRATIONS: readonly string[] = [
     updated_at    TEXT NOT NULL
   ) STRICT;
   `,
+  // 2: snapshot ids unique per agent (a snapshot is named by its id alone as a
+  // clone source); snapshots record their clone method and operation; an
+  // operation's error keeps its API code.
+  `
+  CREATE UNIQUE INDEX snapshots_by_id ON snapshots (id);
+  ALTER TABLE snapshots ADD COLUMN clone_method TEXT;
+  ALTER TABLE snapshots ADD COLUMN operation_id TEXT;
+  ALTER TABLE operations ADD COLUMN error_code TEXT;
+  CREATE INDEX operations_by_state ON operations (state);
+  `,
 ];
 
 export function schemaVersion(db: Database): number {

@@ -32,7 +32,11 @@ export interface AgentConfig {
   pools: PoolConfig[];
   /** Tenant that owns internal Image-Volumes. */
   internalTenant: string;
+  /** How long delete and resize wait for clones reading their volume before VOLUME_BUSY (`[agent] lock_wait_ms`). */
+  lockWaitMs: number;
 }
+
+export const DEFAULT_LOCK_WAIT_MS = 2000;
 
 export const EMBEDDED_DEFAULT_SOURCE = '<embedded default>';
 
@@ -247,7 +251,8 @@ export function readConfig(document: Table, source: string, baseDir: string): Ag
   nbd.done();
 
   const agent = top.optionalTable('agent');
-  const internalTenant = agent ? agent.name('internal_tenant') : 'volagent-internal';
+  const internalTenant = agent?.has('internal_tenant') ? agent.name('internal_tenant') : 'volagent-internal';
+  const lockWaitMs = agent?.integer('lock_wait_ms', 0, 600_000) ?? DEFAULT_LOCK_WAIT_MS;
   agent?.done();
 
   const pools = top.array('pools').map((value, i) => readPool(top.element('pools', i, value)));
@@ -259,7 +264,7 @@ export function readConfig(document: Table, source: string, baseDir: string): Ag
   });
   top.done();
 
-  return { source, control: { socket, allow }, catalog: { path: catalogPath }, nbd: { listen }, pools, internalTenant };
+  return { source, control: { socket, allow }, catalog: { path: catalogPath }, nbd: { listen }, pools, internalTenant, lockWaitMs };
 }
 
 /** Parses TOML text; syntax errors keep the parser's line and column. */

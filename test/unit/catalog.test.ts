@@ -99,10 +99,10 @@ t.test('operations record progress and finish once', async (t) => {
   catalog.recordProgress('op1', 40, 100);
   t.match(catalog.getOperation('op1'), { state: 'running', doneBytes: 40, totalBytes: 100 });
   t.same(catalog.runningOperations().map((o) => o.id), ['op1']);
-  t.equal(catalog.finishOperation('op1', 'cancelled', 'cancelled by client'), true);
+  t.equal(catalog.finishOperation('op1', 'cancelled', { code: 'CANCELLED', message: 'cancelled by client' }), true);
   t.equal(catalog.finishOperation('op1', 'succeeded'), false, 'a finished operation stays finished');
   catalog.recordProgress('op1', 90, 100);
-  t.match(catalog.getOperation('op1'), { state: 'cancelled', doneBytes: 40, error: 'cancelled by client' });
+  t.match(catalog.getOperation('op1'), { state: 'cancelled', doneBytes: 40, error: { code: 'CANCELLED', message: 'cancelled by client' } });
 });
 
 t.test('a committed row survives SIGKILL of the writer; an uncommitted one does not', async (t) => {

@@ -41,6 +41,7 @@ t.test('the embedded default runs under the working directory', async (t) => {
     nbd: { listen: [{ kind: 'unix', path: path.resolve('var/nbd.sock') }] },
     pools: [{ name: 'default', backend: 'file', path: path.resolve('var/pools/default') }],
     internalTenant: 'volagent-internal',
+    lockWaitMs: 2000,
   });
 });
 

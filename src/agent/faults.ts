@@ -1,0 +1,24 @@
+// Turns what a backend or the lock table threw into the API fault the client
+// gets. Policy branches on error codes only (STYLE.md 2), never on messages.
+import { ApiError } from '../api/errors.js';
+import { isAbortError } from '../clone/abort.js';
+import { isSystemError } from '../native/system-error.js';
+import { LockBusyError } from './locks.js';
+import { OperationCancelledError } from './operations.js';
+
+export function toApiError(error: unknown, details: Record<string, unknown> = {}): ApiError {
+  if (error instanceof ApiError) return error;
+  if (error instanceof LockBusyError) {
+    return new ApiError('VOLUME_BUSY', error.message, { ...details, object: error.key, holders: error.holders });
+  }
+  if (error instanceof OperationCancelledError || isAbortError(error)) {
+    return new ApiError('OPERATION_CANCELLED', (error as Error).message, details);
+  }
+  if (isSystemError(error, 'ENOSPC', 'EDQUOT')) {
+    return new ApiError('INSUFFICIENT_SPACE', `${(error as Error).message}; the partial result was removed`, details);
+  }
+  if (isSystemError(error, 'EFBIG')) return new ApiError('INVALID_SIZE', `${(error as Error).message}: too large for this pool`, details);
+  if (isSystemError(error, 'ENAMETOOLONG')) return new ApiError('INVALID_ID', `${(error as Error).message}: the name is too long for this pool`, details);
+  const message = error instanceof Error ? error.message : String(error);
+  return new ApiError('INTERNAL', message, details);
+}

@@ -1,0 +1,181 @@
+// Compares the catalog with the pools and settles what differs
+// (DESIGN.md "Reliability contract", STYLE.md 10).
+//
+//   startup: before the socket listens. Operations left running are marked
+//            failed, rows left `creating` are rolled back (their object, if
+//            any, removed: the request was never answered as done), rows left
+//            `deleting` are finished, temporaries removed. Orphans, missing
+//            objects and size differences are reported and logged but kept:
+//            an empty catalog pointed at a full pool must not wipe it.
+//   check:   reports everything, changes nothing.
+//   repair:  settles everything: as startup, plus orphans removed, rows of
+//            missing objects marked `error`, row sizes set to the object's.
+// Objects that the running agent is making or reading right now (`isLive`)
+// are never touched.
+import type { Catalog } from '../catalog/catalog.js';
+import type { Pool } from '../pools/pool.js';
+import { snapshotObject } from './ids.js';
+
+export type ReconcileMode = 'startup' | 'check' | 'repair';
+
+export type DifferenceKind = 'temporary' | 'orphan' | 'missing' | 'size' | 'transitional' | 'operation';
+export type RepairAction = 'removed' | 'marked-error' | 'resized-row' | 'finished';
+
+export interface Difference {
+  kind: DifferenceKind;
+  pool?: string;
+  object?: string;
+  volume?: string;
+  snapshot?: string;
+  operation?: string;
+  detail: string;
+  action?: RepairAction;
+}
+
+export interface CheckReport {
+  /** Nothing differs any more (everything found was repaired, or nothing was found). */
+  clean: boolean;
+  repaired: boolean;
+  differences: Difference[];
+}
+
+const INTERRUPTED = { code: 'INTERNAL', message: 'interrupted: the agent stopped before the operation ended' };
+
+/** Which differences each mode settles. */
+const SETTLES: Record<ReconcileMode, ReadonlySet<DifferenceKind>> = {
+  startup: new Set(['temporary', 'transitional', 'operation']),
+  check: new Set(),
+  repair: new Set(['temporary', 'transitional', 'operation', 'orphan', 'missing', 'size']),
+};
+
+export interface ReconcileOptions {
+  mode: ReconcileMode;
+  isLive?: (object: string) => boolean;
+  isOperationLive?: (id: string) => boolean;
+}
+
+/** Label of a temporary `.tmp-<label>-<12 hex>.raw` (the object it was for, maybe truncated). */
+function temporaryLabel(temporary: string): string {
+  return temporary.replace(/^\.tmp-/, '').replace(/-[0-9a-f]{12}\.raw$/, '');
+}
+
+export async function reconcile(catalog: Catalog, pools: ReadonlyMap<string, Pool>, options: ReconcileOptions): Promise<CheckReport> {
+  const { mode } = options;
+  const isLive = options.isLive ?? (() => false);
+  const isOperationLive = options.isOperationLive ?? (() => false);
+  const settles = SETTLES[mode];
+  const differences: Difference[] = [];
+  const settle = async (difference: Difference, action: RepairAction, fix: () => Promise<unknown> | unknown): Promise<void> => {
+    if (settles.has(difference.kind)) {
+      await fix();
+      difference.action = action;
+    }
+    differences.push(difference);
+  };
+
+  // Objects are listed before rows are read: a row is written before its
+  // object, so an object seen without a row is a true orphan.
+  const objects = new Map<string, string[]>();
+  const temporaries = new Map<string, string[]>();
+  for (const [name, pool] of pools) {
+    objects.set(name, await pool.list());
+    temporaries.set(name, await pool.listTemporaries());
+  }
+
+  for (const op of catalog.runningOperations()) {
+    if (isOperationLive(op.id)) continue;
+    await settle({ kind: 'operation', operation: op.id, detail: `operation ${op.kind} of ${op.targetId} left running` }, 'finished',
+      () => catalog.finishOperation(op.id, 'failed', INTERRUPTED));
+  }
+
+  for (const row of catalog.transitionalVolumes()) {
+    if (isLive(row.id)) continue;
+    const pool = pools.get(row.pool);
+    const base = { kind: 'transitional' as const, pool: row.pool, object: row.id, volume: row.id };
+    if (!pool) {
+      differences.push({ ...base, detail: `volume left ${row.state} in pool ${row.pool}, which is not configured` });
+      continue;
+    }
+    if (row.state === 'creating') {
+      await settle({ ...base, detail: 'volume left creating: rolled back' }, 'removed', async () => {
+        await pool.remove(row.id);
+        catalog.discardCreatingVolume(row.id);
+      });
+    } else {
+      await settle({ ...base, detail: 'volume left deleting: delete finished' }, 'finished', async () => {
+        await pool.remove(row.id);
+        catalog.removeVolume(row.id);
+      });
+    }
+  }
+
+  for (const row of catalog.transitionalSnapshots()) {
+    const object = snapshotObject(row.volumeId, row.id);
+    if (isLive(object)) continue;
+    const pool = pools.get(row.pool);
+    const base = { kind: 'transitional' as const, pool: row.pool, object, volume: row.volumeId, snapshot: row.id };
+    if (!pool) {
+      differences.push({ ...base, detail: `snapshot left ${row.state} in pool ${row.pool}, which is not configured` });
+      continue;
+    }
+    if (row.state === 'creating') {
+      await settle({ ...base, detail: 'snapshot left creating: rolled back' }, 'removed', async () => {
+        await pool.remove(object);
+        catalog.discardCreatingSnapshot(row.volumeId, row.id);
+      });
+    } else {
+      await settle({ ...base, detail: 'snapshot left deleting: delete finished' }, 'finished', async () => {
+        await pool.remove(object);
+        catalog.removeSnapshot(row.volumeId, row.id);
+      });
+    }
+  }
+
+  for (const [name, pool] of pools) {
+    for (const temporary of temporaries.get(name)!) {
+      const label = temporaryLabel(temporary);
+      if (isLive(label)) continue;
+      await settle({ kind: 'temporary', pool: name, object: temporary, detail: 'temporary file of an interrupted write' }, 'removed',
+        () => pool.removeTemporary(temporary));
+    }
+  }
+
+  // Rows as they are now (after the transitional ones were settled).
+  const volumeRows = new Map(catalog.listVolumes().map((row) => [row.id, row]));
+  const snapshotRows = new Map(catalog.listSnapshots().map((row) => [snapshotObject(row.volumeId, row.id), row]));
+
+  for (const [name, pool] of pools) {
+    const present = new Set(objects.get(name)!);
+    for (const object of present) {
+      const row = volumeRows.get(object) ?? snapshotRows.get(object);
+      if ((row && row.pool === name) || isLive(object)) continue;
+      if (!(await pool.stat(object))) continue; // settled above (a rolled-back creation)
+      await settle({ kind: 'orphan', pool: name, object, detail: 'pool object with no catalog row' }, 'removed', () => pool.remove(object));
+    }
+    for (const row of volumeRows.values()) {
+      if (row.pool !== name || row.state !== 'available' || isLive(row.id)) continue;
+      const info = await pool.stat(row.id);
+      const base = { pool: name, object: row.id, volume: row.id };
+      if (!info) {
+        await settle({ kind: 'missing', ...base, detail: 'volume is available in the catalog but its object is gone' }, 'marked-error',
+          () => catalog.transitionVolume(row.id, 'available', 'error', { error: 'backend object missing' }));
+      } else if (info.sizeBytes !== row.sizeBytes) {
+        await settle({ kind: 'size', ...base, detail: `object is ${info.sizeBytes} bytes, the catalog says ${row.sizeBytes}` }, 'resized-row',
+          () => catalog.updateVolume(row.id, { sizeBytes: info.sizeBytes }));
+      }
+    }
+    for (const [object, row] of snapshotRows) {
+      if (row.pool !== name || row.state !== 'available' || isLive(object)) continue;
+      if (!(await pool.stat(object))) {
+        await settle({ kind: 'missing', pool: name, object, volume: row.volumeId, snapshot: row.id, detail: 'snapshot is available in the catalog but its object is gone' },
+          'marked-error', () => catalog.transitionSnapshot(row.volumeId, row.id, 'available', 'error', { error: 'backend object missing' }));
+      }
+    }
+  }
+
+  return {
+    clean: differences.every((d) => d.action !== undefined),
+    repaired: differences.some((d) => d.action !== undefined),
+    differences,
+  };
+}

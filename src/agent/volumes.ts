@@ -1,0 +1,517 @@
+// Volumes and their snapshots: idempotent creation, clones, resize, delete.
+//
+// Every change follows the same order (STYLE.md 10): take the locks, write
+// the intent row (`creating`, `deleting`) to the catalog, call the backend,
+// then write the outcome. A creation that fails or is cancelled leaves no
+// object (the Pool contract) and its row is discarded, so a half-made volume
+// is never visible; a crash in between is settled by reconcile at start-up.
+// A clone that is not constant-time runs as an operation (202) unless the
+// client waits; its locks are held by the operation, not by the request.
+import { ApiError } from '../api/errors.js';
+import type { Catalog, SnapshotRow, SourceKind, VolumeKind, VolumeRow } from '../catalog/catalog.js';
+import type { ObjectState } from '../catalog/volume-state.js';
+import type { CloneOutcome, Pool } from '../pools/pool.js';
+import { toApiError } from './faults.js';
+import { snapshotObject } from './ids.js';
+import type { LockTable, Release } from './locks.js';
+import type { OperationView, Operations, TaskContext } from './operations.js';
+import { newOperationId } from './operations.js';
+
+
+export type SourceRef = { volume: string } | { snapshot: string } | { image: string };
+
+export interface PutVolumeRequest {
+  id: string;
+  pool?: string;
+  tenant: string;
+  sizeBytes?: number;
+  source?: SourceRef;
+  /** Block until a long clone has ended instead of answering with its operation. */
+  wait: boolean;
+}
+
+export interface VolumeView {
+  id: string;
+  pool: string;
+  tenant: string;
+  kind: VolumeKind;
+  sizeBytes: number;
+  allocatedBytes: number;
+  state: ObjectState;
+  source?: SourceRef;
+  cloneMethod: string | null;
+  readOnly: boolean;
+  createdAt: string;
+  operation?: string;
+  error?: string;
+}
+
+export interface SnapshotView {
+  id: string;
+  volume: string;
+  pool: string;
+  tenant: string;
+  sizeBytes: number;
+  allocatedBytes: number;
+  state: ObjectState;
+  cloneMethod: string | null;
+  readOnly: true;
+  createdAt: string;
+  operation?: string;
+  error?: string;
+}
+
+/** `created`: 201; `exists`: 200 (an identical one was there); `started`: 202 with the operation. */
+export type PutOutcome<View> =
+  | { status: 'created' | 'exists'; view: View }
+  | { status: 'started'; view: View; operation: OperationView };
+
+interface ResolvedSource {
+  ref: SourceRef;
+  kind: SourceKind;
+  id: string;
+  pool: string;
+  object: string;
+  sizeBytes: number;
+}
+
+interface Pending {
+  operationId?: string;
+  done: Promise<void>;
+}
+
+export interface VolumeFilter {
+  pool?: string;
+  tenant?: string;
+  kind?: VolumeKind;
+}
+
+export class Volumes {
+  /** Creations in progress in this process, by pool object name. */
+  private readonly pending = new Map<string, Pending>();
+
+  constructor(
+    private readonly catalog: Catalog,
+    private readonly pools: ReadonlyMap<string, Pool>,
+    private readonly locks: LockTable,
+    private readonly operations: Operations,
+    /** How long delete and resize wait for readers (clones, snapshots) of their object. */
+    private readonly lockWaitMs: number,
+  ) {}
+
+  /** True while this process is making or reading `object`: reconcile leaves it alone. */
+  isLive(object: string): boolean {
+    return this.pending.has(object) || this.locks.isHeld(object);
+  }
+
+  // --- volumes ---
+
+  async list(filter: VolumeFilter = {}): Promise<VolumeView[]> {
+    if (filter.pool !== undefined) this.pool(filter.pool);
+    const rows = this.catalog.listVolumes(filter);
+    return Promise.all(rows.map((row) => this.volumeView(row)));
+  }
+
+  async get(id: string): Promise<VolumeView> {
+    return this.volumeView(this.volumeRow(id));
+  }
+
+  async put(request: PutVolumeRequest): Promise<PutOutcome<VolumeView>> {
+    return request.source === undefined ? this.createEmpty(request) : this.createClone(request, request.source);
+  }
+
+  async resize(id: string, sizeBytes: number): Promise<VolumeView> {
+    const release = await this.lock(id, 'exclusive', `resize ${id}`);
+    try {
+      const row = this.volumeRow(id);
+      if (row.state !== 'available') throw new ApiError('VOLUME_BUSY', `volume ${id} is ${row.state}`, { volume: id, state: row.state });
+      if (row.readOnly) throw new ApiError('VOLUME_READ_ONLY', `volume ${id} is read-only`, { volume: id });
+      if (sizeBytes < row.sizeBytes) {
+        throw new ApiError('SHRINK_NOT_SUPPORTED', `volume ${id} is ${row.sizeBytes} bytes; it can only grow`, { volume: id, sizeBytes: row.sizeBytes });
+      }
+      if (sizeBytes > row.sizeBytes) {
+        try {
+          await this.pool(row.pool).resize(id, sizeBytes);
+        } catch (error) {
+          throw toApiError(error, { volume: id });
+        }
+        this.catalog.updateVolume(id, { sizeBytes });
+      }
+      return await this.get(id);
+    } finally {
+      release();
+    }
+  }
+
+  /** Absent is done (204). Waits lockWaitMs for readers, then VOLUME_BUSY. */
+  async delete(id: string): Promise<void> {
+    const first = this.catalog.getVolume(id);
+    if (!first) return;
+    if (first.state === 'creating') throw this.busyCreating(id, first.operationId);
+    const release = await this.lock(id, 'exclusive', `delete ${id}`);
+    try {
+      const row = this.catalog.getVolume(id);
+      if (!row) return;
+      if (row.state === 'creating') throw this.busyCreating(id, row.operationId);
+      const snapshots = this.catalog.listSnapshots(id);
+      if (snapshots.length > 0) {
+        throw new ApiError('VOLUME_HAS_SNAPSHOTS', `volume ${id} has ${snapshots.length} snapshot(s); delete them first`, {
+          volume: id, snapshots: snapshots.map((s) => s.id),
+        });
+      }
+      if (row.state !== 'deleting') this.catalog.transitionVolume(id, row.state, 'deleting');
+      try {
+        await this.pool(row.pool).remove(id);
+      } catch (error) {
+        this.catalog.transitionVolume(id, 'deleting', 'error', { error: (error as Error).message });
+        throw toApiError(error, { volume: id });
+      }
+      this.catalog.removeVolume(id);
+    } finally {
+      release();
+    }
+  }
+
+  // --- snapshots ---
+
+  async listSnapshots(volumeId: string): Promise<SnapshotView[]> {
+    const volume = this.volumeRow(volumeId);
+    return Promise.all(this.catalog.listSnapshots(volumeId).map((s) => this.snapshotView(s, volume)));
+  }
+
+  async getSnapshot(volumeId: string, id: string): Promise<SnapshotView> {
+    const volume = this.volumeRow(volumeId);
+    const row = this.catalog.getSnapshot(volumeId, id);
+    if (!row) throw new ApiError('SNAPSHOT_NOT_FOUND', `volume ${volumeId} has no snapshot ${id}`, { volume: volumeId, snapshot: id });
+    return this.snapshotView(row, volume);
+  }
+
+  async putSnapshot(volumeId: string, id: string, wait: boolean): Promise<PutOutcome<SnapshotView>> {
+    const object = snapshotObject(volumeId, id);
+    const existing = this.catalog.findSnapshot(id);
+    if (existing) return this.repeatSnapshot(existing, volumeId, wait);
+    let volume = this.volumeRow(volumeId);
+    const pool = this.pool(volume.pool);
+    this.checkObjectName(pool, object, { volume: volumeId, snapshot: id });
+    const release = await this.lock(volumeId, 'shared', `snapshot ${object}`);
+    let handedOver = false;
+    try {
+      volume = this.volumeRow(volumeId);
+      this.requireAvailable(volume);
+      const operationId = pool.capabilities().constantTimeClone ? undefined : newOperationId();
+      const inserted = this.catalog.transaction(() => {
+        const result = this.catalog.insertSnapshotCreating({ volumeId, id, pool: pool.name, sizeBytes: volume.sizeBytes, ...(operationId ? { operationId } : {}) });
+        if (result.inserted && operationId) this.catalog.insertOperation({ id: operationId, kind: 'snapshot', targetId: object, totalBytes: volume.sizeBytes });
+        return result;
+      });
+      if (!inserted.inserted) return await this.repeatSnapshot(inserted.row, volumeId, wait);
+      handedOver = true;
+      const work = async (context?: TaskContext): Promise<void> => {
+        try {
+          const outcome = await pool.clone(volumeId, object, { readOnly: true, ...this.taskOptions(context) });
+          this.catalog.transitionSnapshot(volumeId, id, 'creating', 'available', { cloneMethod: outcome.method });
+        } catch (error) {
+          this.catalog.discardCreatingSnapshot(volumeId, id);
+          throw toApiError(error, { volume: volumeId, snapshot: id });
+        }
+      };
+      const started = this.start(object, volume.sizeBytes, operationId, work, release);
+      if (started && !wait) {
+        return { status: 'started', view: await this.getSnapshot(volumeId, id), operation: started };
+      }
+      await this.settled(object, true);
+      return { status: 'created', view: await this.getSnapshot(volumeId, id) };
+    } finally {
+      if (!handedOver) release();
+    }
+  }
+
+  async deleteSnapshot(volumeId: string, id: string): Promise<void> {
+    const object = snapshotObject(volumeId, id);
+    const first = this.catalog.getSnapshot(volumeId, id);
+    if (!first) return;
+    if (first.state === 'creating') throw this.busyCreating(object, first.operationId);
+    const release = await this.lock(object, 'exclusive', `delete ${object}`);
+    try {
+      const row = this.catalog.getSnapshot(volumeId, id);
+      if (!row) return;
+      if (row.state === 'creating') throw this.busyCreating(object, row.operationId);
+      if (row.state !== 'deleting') this.catalog.transitionSnapshot(volumeId, id, row.state, 'deleting');
+      try {
+        await this.pool(row.pool).remove(object);
+      } catch (error) {
+        this.catalog.transitionSnapshot(volumeId, id, 'deleting', 'error', { error: (error as Error).message });
+        throw toApiError(error, { volume: volumeId, snapshot: id });
+      }
+      this.catalog.removeSnapshot(volumeId, id);
+    } finally {
+      release();
+    }
+  }
+
+  // --- creation ---
+
+  private async createEmpty(request: PutVolumeRequest): Promise<PutOutcome<VolumeView>> {
+    const pool = this.pool(request.pool ?? this.defaultPoolName());
+    const { id, tenant, sizeBytes } = request;
+    if (sizeBytes === undefined) throw new ApiError('INVALID_SIZE', 'sizeBytes is required when there is no source', { field: 'sizeBytes' });
+    const requestKey = canonicalKey({ pool: pool.name, tenant, sizeBytes, source: null });
+    const existing = this.catalog.getVolume(id);
+    if (existing) return this.repeatVolume(existing, requestKey, request.wait);
+    this.checkObjectName(pool, id, { volume: id });
+    const inserted = this.catalog.insertCreating({ id, pool: pool.name, tenant, kind: 'volume', sizeBytes, requestKey });
+    if (!inserted.inserted) return this.repeatVolume(inserted.row, requestKey, request.wait);
+    const work = async (): Promise<void> => {
+      try {
+        await pool.create(id, sizeBytes);
+        this.catalog.transitionVolume(id, 'creating', 'available', { cloneMethod: 'create' });
+      } catch (error) {
+        this.catalog.discardCreatingVolume(id);
+        throw toApiError(error, { volume: id });
+      }
+    };
+    this.start(id, sizeBytes, undefined, work, () => undefined);
+    await this.settled(id, true);
+    return { status: 'created', view: await this.get(id) };
+  }
+
+  private async createClone(request: PutVolumeRequest, ref: SourceRef): Promise<PutOutcome<VolumeView>> {
+    const { id, tenant } = request;
+    let source = this.resolveSource(ref, tenant);
+    if (request.pool !== undefined && request.pool !== source.pool) {
+      this.pool(request.pool);
+      throw new ApiError('UNSUPPORTED_FOR_POOL', `a clone is made in its source's pool (${source.pool}), not in ${request.pool}`, {
+        pool: request.pool, sourcePool: source.pool,
+      });
+    }
+    const requestKey = canonicalKey({ pool: source.pool, tenant, sizeBytes: request.sizeBytes ?? null, source: ref });
+    const existing = this.catalog.getVolume(id);
+    if (existing) return this.repeatVolume(existing, requestKey, request.wait);
+    if (request.sizeBytes !== undefined && request.sizeBytes < source.sizeBytes) {
+      throw new ApiError('SHRINK_NOT_SUPPORTED', `the source is ${source.sizeBytes} bytes; a clone cannot be smaller`, {
+        sizeBytes: request.sizeBytes, sourceSizeBytes: source.sizeBytes,
+      });
+    }
+    const pool = this.pool(source.pool);
+    this.checkObjectName(pool, id, { volume: id });
+    const release = await this.lock(source.object, 'shared', `clone ${id}`);
+    let handedOver = false;
+    try {
+      source = this.resolveSource(ref, tenant); // it may have changed while we waited for the lock
+      const sizeBytes = request.sizeBytes ?? source.sizeBytes;
+      const operationId = pool.capabilities().constantTimeClone ? undefined : newOperationId();
+      const inserted = this.catalog.transaction(() => {
+        const result = this.catalog.insertCreating({
+          id, pool: pool.name, tenant, kind: 'volume', sizeBytes, requestKey, source: { kind: source.kind, id: source.id },
+          ...(operationId ? { operationId } : {}),
+        });
+        if (result.inserted && operationId) this.catalog.insertOperation({ id: operationId, kind: 'clone', targetId: id, totalBytes: source.sizeBytes });
+        return result;
+      });
+      if (!inserted.inserted) return await this.repeatVolume(inserted.row, requestKey, request.wait);
+      handedOver = true;
+      const resolved = source;
+      const work = async (context?: TaskContext): Promise<void> => {
+        let outcome: CloneOutcome | undefined;
+        try {
+          outcome = await pool.clone(resolved.object, id, {
+            ...(request.sizeBytes !== undefined ? { sizeBytes: request.sizeBytes } : {}),
+            ...this.taskOptions(context),
+          });
+          this.catalog.transitionVolume(id, 'creating', 'available', { cloneMethod: outcome.method, sizeBytes: Math.max(sizeBytes, resolved.sizeBytes) });
+        } catch (error) {
+          if (outcome) await pool.remove(id).catch(() => undefined); // published but not recorded: withdraw it
+          this.catalog.discardCreatingVolume(id);
+          throw toApiError(error, { volume: id });
+        }
+      };
+      const started = this.start(id, source.sizeBytes, operationId, work, release);
+      if (started && !request.wait) return { status: 'started', view: await this.get(id), operation: started };
+      await this.settled(id, true);
+      return { status: 'created', view: await this.get(id) };
+    } finally {
+      if (!handedOver) release();
+    }
+  }
+
+  /**
+   * Runs `work` for `object`: as an operation when `operationId` is given
+   * (returning its view), else directly. `release` is called when it ends.
+   */
+  private start(object: string, totalBytes: number, operationId: string | undefined,
+    work: (context?: TaskContext) => Promise<void>, release: Release): OperationView | undefined {
+    const done = (operationId ? this.operations.run(operationId, totalBytes, work) : work()).finally(() => {
+      release();
+      this.pending.delete(object);
+    });
+    done.catch(() => undefined); // awaited by whoever waits; an unwatched operation records its own outcome
+    this.pending.set(object, { ...(operationId ? { operationId } : {}), done });
+    return operationId ? this.operations.get(operationId) : undefined;
+  }
+
+  /** Waits for the creation of `object` to end; rethrows its fault when `rethrow`. */
+  private async settled(object: string, rethrow = true): Promise<void> {
+    const pending = this.pending.get(object);
+    if (!pending) return;
+    try {
+      await pending.done;
+    } catch (error) {
+      if (rethrow) throw toApiError(error);
+    }
+  }
+
+  private taskOptions(context?: TaskContext): { signal?: AbortSignal; onProgress?: (done: number, total: number) => void } {
+    return context ? { signal: context.signal, onProgress: (done, total) => context.progress(done, total) } : {};
+  }
+
+  /** The answer to a PUT whose id exists: the same definition is a repeat, another is a conflict. */
+  private async repeatVolume(row: VolumeRow, requestKey: string, wait: boolean): Promise<PutOutcome<VolumeView>> {
+    if (row.requestKey !== requestKey) {
+      throw new ApiError('VOLUME_EXISTS', `volume ${row.id} exists with a different definition`, { volume: row.id });
+    }
+    if (row.state === 'creating') {
+      const pending = this.pending.get(row.id);
+      if (!pending) throw this.busyCreating(row.id, row.operationId);
+      if (pending.operationId && !wait) {
+        return { status: 'started', view: await this.volumeView(row), operation: this.operations.get(pending.operationId)! };
+      }
+      await this.settled(row.id, true);
+    }
+    return { status: 'exists', view: await this.get(row.id) };
+  }
+
+  private async repeatSnapshot(row: SnapshotRow, volumeId: string, wait: boolean): Promise<PutOutcome<SnapshotView>> {
+    if (row.volumeId !== volumeId) {
+      throw new ApiError('SNAPSHOT_EXISTS', `snapshot ${row.id} exists on volume ${row.volumeId}`, { snapshot: row.id, volume: row.volumeId });
+    }
+    const object = snapshotObject(volumeId, row.id);
+    if (row.state === 'creating') {
+      const pending = this.pending.get(object);
+      if (!pending) throw this.busyCreating(object, row.operationId);
+      if (pending.operationId && !wait) {
+        return { status: 'started', view: await this.getSnapshot(volumeId, row.id), operation: this.operations.get(pending.operationId)! };
+      }
+      await this.settled(object, true);
+    }
+    return { status: 'exists', view: await this.getSnapshot(volumeId, row.id) };
+  }
+
+  private resolveSource(ref: SourceRef, tenant: string): ResolvedSource {
+    if ('volume' in ref) {
+      const row = this.volumeRow(ref.volume);
+      if (row.tenant !== tenant) {
+        throw new ApiError('SOURCE_NOT_VISIBLE', `volume ${row.id} belongs to another tenant`, { volume: row.id });
+      }
+      this.requireAvailable(row);
+      return { ref, kind: 'volume', id: row.id, pool: row.pool, object: row.id, sizeBytes: row.sizeBytes };
+    }
+    if ('snapshot' in ref) {
+      const snapshot = this.catalog.findSnapshot(ref.snapshot);
+      if (!snapshot) throw new ApiError('SNAPSHOT_NOT_FOUND', `snapshot ${ref.snapshot} does not exist`, { snapshot: ref.snapshot });
+      const volume = this.volumeRow(snapshot.volumeId);
+      if (volume.tenant !== tenant) {
+        throw new ApiError('SOURCE_NOT_VISIBLE', `snapshot ${snapshot.id} belongs to another tenant`, { snapshot: snapshot.id });
+      }
+      if (snapshot.state !== 'available') {
+        throw new ApiError('VOLUME_BUSY', `snapshot ${snapshot.id} is ${snapshot.state}`, { snapshot: snapshot.id, state: snapshot.state });
+      }
+      return { ref, kind: 'snapshot', id: snapshot.id, pool: snapshot.pool, object: snapshotObject(snapshot.volumeId, snapshot.id), sizeBytes: snapshot.sizeBytes };
+    }
+    throw new ApiError('IMAGE_NOT_FOUND', `image ${ref.image} does not exist`, { image: ref.image });
+  }
+
+  // --- helpers ---
+
+  private defaultPoolName(): string {
+    return this.pools.keys().next().value!;
+  }
+
+  private pool(name: string): Pool {
+    const pool = this.pools.get(name);
+    if (!pool) throw new ApiError('POOL_NOT_FOUND', `no pool named ${name}`, { pool: name, pools: [...this.pools.keys()] });
+    return pool;
+  }
+
+  private volumeRow(id: string): VolumeRow {
+    const row = this.catalog.getVolume(id);
+    if (!row) throw new ApiError('VOLUME_NOT_FOUND', `volume ${id} does not exist`, { volume: id });
+    return row;
+  }
+
+  private requireAvailable(row: VolumeRow): void {
+    if (row.state !== 'available') {
+      throw new ApiError('VOLUME_BUSY', `volume ${row.id} is ${row.state}`, { volume: row.id, state: row.state, ...(row.operationId ? { operation: row.operationId } : {}) });
+    }
+  }
+
+  /** The backend's own limits on names (a file name within NAME_MAX), before any intent is written. */
+  private checkObjectName(pool: Pool, object: string, details: Record<string, unknown>): void {
+    try {
+      pool.objectPath(object);
+    } catch (error) {
+      throw toApiError(error, details);
+    }
+  }
+
+  private busyCreating(object: string, operationId: string | undefined): ApiError {
+    return new ApiError('VOLUME_BUSY', `${object} is being created${operationId ? ` by operation ${operationId}` : ''}`, {
+      object, ...(operationId ? { operations: [operationId] } : {}),
+    });
+  }
+
+  private async lock(key: string, mode: 'shared' | 'exclusive', holder: string): Promise<Release> {
+    try {
+      return await this.locks.acquire(key, mode, holder, this.lockWaitMs);
+    } catch (error) {
+      throw toApiError(error, { operations: this.operationsOn(key) });
+    }
+  }
+
+  /** Operations whose work holds `key`, for VOLUME_BUSY details. */
+  private operationsOn(key: string): string[] {
+    return this.operations.list().filter((op) => op.state === 'running' && this.locks.holdersOf(key).some((h) => h.endsWith(` ${op.target}`))).map((op) => op.id);
+  }
+
+  private async volumeView(row: VolumeRow): Promise<VolumeView> {
+    const info = row.state === 'creating' ? undefined : await this.pools.get(row.pool)?.stat(row.id).catch(() => undefined);
+    return {
+      id: row.id,
+      pool: row.pool,
+      tenant: row.tenant,
+      kind: row.kind,
+      sizeBytes: row.sizeBytes,
+      allocatedBytes: info?.allocatedBytes ?? 0,
+      state: row.state,
+      ...(row.source ? { source: { [row.source.kind]: row.source.id } as SourceRef } : {}),
+      cloneMethod: row.cloneMethod ?? null,
+      readOnly: row.readOnly,
+      createdAt: row.createdAt,
+      ...(row.operationId ? { operation: row.operationId } : {}),
+      ...(row.error ? { error: row.error } : {}),
+    };
+  }
+
+  private async snapshotView(row: SnapshotRow, volume: VolumeRow): Promise<SnapshotView> {
+    const info = row.state === 'creating' ? undefined : await this.pools.get(row.pool)?.stat(snapshotObject(row.volumeId, row.id)).catch(() => undefined);
+    return {
+      id: row.id,
+      volume: row.volumeId,
+      pool: row.pool,
+      tenant: volume.tenant,
+      sizeBytes: row.sizeBytes,
+      allocatedBytes: info?.allocatedBytes ?? 0,
+      state: row.state,
+      cloneMethod: row.cloneMethod ?? null,
+      readOnly: true,
+      createdAt: row.createdAt,
+      ...(row.operationId ? { operation: row.operationId } : {}),
+      ...(row.error ? { error: row.error } : {}),
+    };
+  }
+}
+
+/** A request's definition in one canonical form (keys in a fixed order), to tell a repeat from a conflict. */
+export function canonicalKey(definition: { pool: string; tenant: string; sizeBytes: number | null; source: SourceRef | null }): string {
+  const source = definition.source === null ? null : Object.entries(definition.source)[0]!;
+  return JSON.stringify([definition.pool, definition.tenant, definition.sizeBytes, source]);
+}

@@ -1,0 +1,73 @@
+// Field checks shared by the route parsers: each turns untrusted JSON and
+// query values into typed values or throws the fault from the registry. No
+// storage logic here; the domain gets only values that passed these.
+import { isValidId } from '../agent/ids.js';
+import type { SourceRef } from '../agent/volumes.js';
+import { ApiError } from './errors.js';
+
+/** Sizes are whole 512-byte sectors, so every backend (files, dm-thin) can hold them. */
+export const SIZE_ALIGNMENT = 512;
+
+export function requireFields(body: Record<string, unknown>, allowed: readonly string[], where = 'body'): void {
+  const unknown = Object.keys(body).filter((key) => !allowed.includes(key));
+  if (unknown.length > 0) {
+    throw new ApiError('UNKNOWN_FIELD', `${where} has unknown field(s): ${unknown.join(', ')}`, { fields: unknown, allowed });
+  }
+}
+
+export function parseId(value: unknown, field: string): string {
+  if (!isValidId(value)) {
+    throw new ApiError('INVALID_ID', `${field} must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$ and not contain ".."`, {
+      field, ...(typeof value === 'string' ? { value: value.slice(0, 200) } : { type: typeOf(value) }),
+    });
+  }
+  return value;
+}
+
+export function parseOptionalId(value: unknown, field: string): string | undefined {
+  return value === undefined ? undefined : parseId(value, field);
+}
+
+export function parseSize(value: unknown, field = 'sizeBytes'): number {
+  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value <= 0) {
+    throw new ApiError('INVALID_SIZE', `${field} must be a positive integer number of bytes`, { field, ...(value === undefined ? {} : { value }) });
+  }
+  if (value % SIZE_ALIGNMENT !== 0) {
+    throw new ApiError('INVALID_SIZE', `${field} must be a multiple of ${SIZE_ALIGNMENT}`, { field, value });
+  }
+  return value;
+}
+
+export function parseSource(value: unknown): SourceRef {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+    throw new ApiError('BAD_REQUEST', 'source must be an object: {"volume": ID}, {"snapshot": ID} or {"image": ID}', { field: 'source' });
+  }
+  const entries = Object.entries(value);
+  requireFields(value as Record<string, unknown>, ['volume', 'snapshot', 'image'], 'source');
+  if (entries.length !== 1) {
+    throw new ApiError('BAD_REQUEST', 'source names exactly one of volume, snapshot or image', { field: 'source' });
+  }
+  const [kind, id] = entries[0]!;
+  const checked = parseId(id, `source.${kind}`);
+  return kind === 'volume' ? { volume: checked } : kind === 'snapshot' ? { snapshot: checked } : { image: checked };
+}
+
+/** Query flags: `true`/`1` or `false`/`0`; absent is false. */
+export function parseFlag(query: URLSearchParams, name: string): boolean {
+  const value = query.get(name);
+  if (value === null) return false;
+  if (value === 'true' || value === '1' || value === '') return true;
+  if (value === 'false' || value === '0') return false;
+  throw new ApiError('BAD_REQUEST', `query parameter ${name} must be true or false`, { parameter: name, value });
+}
+
+export function requireQuery(query: URLSearchParams, allowed: readonly string[]): void {
+  const unknown = [...new Set(query.keys())].filter((key) => !allowed.includes(key));
+  if (unknown.length > 0) {
+    throw new ApiError('BAD_REQUEST', `unknown query parameter(s): ${unknown.join(', ')}`, { parameters: unknown, allowed });
+  }
+}
+
+function typeOf(value: unknown): string {
+  return value === null ? 'null' : Array.isArray(value) ? 'array' : typeof value;
+}

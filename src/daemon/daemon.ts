@@ -1,0 +1,92 @@
+// Wiring and lifecycle of volagentd (STYLE.md 11): check every pool and fail
+// fast, open the catalog and reconcile, remove a stale socket, then listen.
+// stop() drains: no new connections, running operations cancelled (each
+// cleans up its partial object), in-flight requests answered, catalog closed.
+import { chmod, mkdir, unlink } from 'node:fs/promises';
+
+import { Agent } from '../agent/agent.js';
+import { createApiServer } from '../api/server.js';
+import { createPool } from '../pools/index.js';
+import type { Pool } from '../pools/pool.js';
+import type { AgentConfig } from './config.js';
+import { EMBEDDED_DEFAULT_SOURCE } from './config.js';
+import { prepareSocketPath } from './control-socket.js';
+import type { Logger } from './logger.js';
+
+/** DESIGN.md "Reliability contract": the socket is a filesystem path, mode 0660. */
+const SOCKET_MODE = 0o660;
+
+export class StartupError extends Error {
+  override name = 'StartupError';
+}
+
+export interface RunningDaemon {
+  agent: Agent;
+  socketPath: string;
+  /** Drains and stops; resolves when everything is closed. Safe to call twice. */
+  stop(reason: string): Promise<void>;
+}
+
+async function openPools(config: AgentConfig, logger: Logger): Promise<Pool[]> {
+  const pools: Pool[] = [];
+  for (const poolConfig of config.pools) {
+    // The embedded default is the developer's `npm start`: its pool directory
+    // under ./var is made on first start. A configured pool must exist.
+    if (config.source === EMBEDDED_DEFAULT_SOURCE && poolConfig.backend === 'file') await mkdir(poolConfig.path, { recursive: true });
+    const pool = createPool(poolConfig);
+    try {
+      await pool.open();
+    } catch (error) {
+      const where = 'path' in poolConfig ? ` at ${poolConfig.path}` : '';
+      throw new StartupError(`pool ${poolConfig.name}${where}: ${(error as Error).message}`, { cause: error });
+    }
+    logger.info({ pool: pool.name, backend: pool.backend, capabilities: pool.capabilities() }, 'pool opened');
+    pools.push(pool);
+  }
+  return pools;
+}
+
+export async function startDaemon(config: AgentConfig, logger: Logger): Promise<RunningDaemon> {
+  const pools = await openPools(config, logger);
+  const { agent, startup } = await Agent.open({ catalogPath: config.catalog.path, pools, lockWaitMs: config.lockWaitMs });
+  for (const difference of startup.differences) {
+    const level = difference.action ? 'info' : 'warn';
+    logger[level]({ ...difference }, difference.action ? 'start-up reconcile settled a difference' : 'start-up reconcile found a difference; `volagent check --repair` settles it');
+  }
+  const socketPath = config.control.socket;
+  const api = createApiServer(agent, logger);
+  try {
+    const { removedStale } = await prepareSocketPath(socketPath);
+    if (removedStale) logger.info({ socket: socketPath }, 'removed a stale control socket');
+    await new Promise<void>((resolve, reject) => {
+      api.server.once('error', reject);
+      api.server.listen(socketPath, () => {
+        api.server.off('error', reject);
+        resolve();
+      });
+    });
+    await chmod(socketPath, SOCKET_MODE);
+  } catch (error) {
+    await agent.close();
+    throw new StartupError(`control socket ${socketPath}: ${(error as Error).message}`, { cause: error });
+  }
+  logger.info({ socket: socketPath, catalog: config.catalog.path, pools: pools.map((p) => p.name), config: config.source }, 'volagentd listening');
+
+  let stopping: Promise<void> | undefined;
+  const stop = (reason: string): Promise<void> => {
+    stopping ??= (async () => {
+      logger.info({ reason, inFlight: api.inFlight() }, 'volagentd stopping');
+      const closed = new Promise<void>((resolve) => api.server.close(() => resolve()));
+      api.server.closeIdleConnections();
+      await agent.operations.cancelAll(`the agent is stopping (${reason})`);
+      await api.drained();
+      api.server.closeAllConnections();
+      await closed;
+      await agent.close();
+      await unlink(socketPath).catch(() => undefined);
+      logger.info({ reason }, 'volagentd stopped');
+    })();
+    return stopping;
+  };
+  return { agent, socketPath, stop };
+}

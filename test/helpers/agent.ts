@@ -1,0 +1,191 @@
+// A real volagentd for tests: its own config, catalog and socket under a
+// test directory, started as a child process (`bin/volagentd.js`), talked to
+// over the unix socket with node:http. Teardown kills it if it still runs.
+import type { ChildProcess } from 'node:child_process';
+import { spawn } from 'node:child_process';
+import { request as httpRequest } from 'node:http';
+import { readdir, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+import BetterSqlite3 from 'better-sqlite3';
+import type { Test } from 'tap';
+
+export const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
+export const VOLAGENTD = path.join(REPO_ROOT, 'bin', 'volagentd.js');
+export const VOLAGENT = path.join(REPO_ROOT, 'bin', 'volagent.js');
+
+export interface Reply {
+  status: number;
+  headers: Record<string, string | string[] | undefined>;
+  /** Parsed JSON, or undefined for an empty body. */
+  body: any;
+  text: string;
+}
+
+export interface RequestOptions {
+  /** Sent as it is instead of JSON.stringify(body). */
+  raw?: string | Buffer;
+  headers?: Record<string, string | number>;
+}
+
+/** One HTTP request on a unix socket. */
+export function requestOn(socketPath: string, method: string, urlPath: string, body?: unknown, options: RequestOptions = {}): Promise<Reply> {
+  return new Promise((resolve, reject) => {
+    const payload = options.raw ?? (body === undefined ? undefined : JSON.stringify(body));
+    const headers: Record<string, string | number> = { ...(payload !== undefined ? { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) } : {}), ...options.headers };
+    const req = httpRequest({ socketPath, method, path: urlPath, headers, agent: false }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (chunk: Buffer) => chunks.push(chunk));
+      res.on('end', () => {
+        const text = Buffer.concat(chunks).toString('utf8');
+        let parsed: unknown;
+        try {
+          parsed = text ? JSON.parse(text) : undefined;
+        } catch {
+          parsed = undefined;
+        }
+        resolve({ status: res.statusCode ?? 0, headers: res.headers, body: parsed, text });
+      });
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+    req.end(payload);
+  });
+}
+
+export interface PoolSpec {
+  name: string;
+  path: string;
+}
+
+export interface AgentSpec {
+  dir: string;
+  pools: PoolSpec[];
+  lockWaitMs?: number;
+}
+
+export interface AgentProcess {
+  socket: string;
+  catalogPath: string;
+  configFile: string;
+  child: ChildProcess;
+  /** Log lines (JSON) the agent wrote to stdout so far. */
+  logs: string[];
+  stderr: () => string;
+  request(method: string, urlPath: string, body?: unknown, options?: RequestOptions): Promise<Reply>;
+  /** SIGTERM, then resolves with the exit code. */
+  stop(signal?: NodeJS.Signals): Promise<number | null>;
+  /** SIGKILL, resolves when it is gone. */
+  kill(): Promise<void>;
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+}
+
+export async function writeAgentConfig(spec: AgentSpec): Promise<string> {
+  const configFile = path.join(spec.dir, 'volagent.toml');
+  const lines = [
+    '[control]', `socket = ${JSON.stringify(path.join(spec.dir, 'control.sock'))}`, '',
+    '[catalog]', `path = ${JSON.stringify(path.join(spec.dir, 'catalog.db'))}`, '',
+    '[nbd]', `listen = [${JSON.stringify(`unix:${path.join(spec.dir, 'nbd.sock')}`)}]`, '',
+    ...(spec.lockWaitMs !== undefined ? ['[agent]', `lock_wait_ms = ${spec.lockWaitMs}`, ''] : []),
+    ...spec.pools.flatMap((p) => ['[[pools]]', `name = ${JSON.stringify(p.name)}`, 'backend = "file"', `path = ${JSON.stringify(p.path)}`, '']),
+  ];
+  await writeFile(configFile, lines.join('\n'));
+  return configFile;
+}
+
+/** Spawns volagentd with `args` (no readiness wait): for start-up failure tests. */
+export function spawnAgent(args: string[], env: NodeJS.ProcessEnv = {}): ChildProcess {
+  return spawn(process.execPath, [VOLAGENTD, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
+}
+
+/** Collects a finished child's output and exit code. */
+export function outcomeOf(child: ChildProcess): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  let stdout = '';
+  let stderr = '';
+  child.stdout?.on('data', (d: Buffer) => { stdout += d.toString(); });
+  child.stderr?.on('data', (d: Buffer) => { stderr += d.toString(); });
+  return new Promise((resolve) => child.once('exit', (code) => resolve({ code, stdout, stderr })));
+}
+
+/** Starts an agent on `spec` and waits until it answers GET /v1/version. */
+export async function startAgent(t: Test, spec: AgentSpec): Promise<AgentProcess> {
+  const configFile = await writeAgentConfig(spec);
+  const socket = path.join(spec.dir, 'control.sock');
+  const child = spawnAgent(['--config', configFile]);
+  const logs: string[] = [];
+  let stderr = '';
+  let partial = '';
+  child.stdout!.on('data', (d: Buffer) => {
+    partial += d.toString();
+    const lines = partial.split('\n');
+    partial = lines.pop()!;
+    logs.push(...lines);
+  });
+  child.stderr!.on('data', (d: Buffer) => { stderr += d.toString(); });
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
+  let running = true;
+  void exited.then(() => { running = false; });
+  t.teardown(async () => {
+    if (running) {
+      child.kill('SIGKILL');
+      await exited;
+    }
+  });
+  const agent: AgentProcess = {
+    socket, catalogPath: path.join(spec.dir, 'catalog.db'), configFile, child, logs, stderr: () => stderr, exited,
+    request: (method, urlPath, body, options) => requestOn(socket, method, urlPath, body, options),
+    stop: async (signal = 'SIGTERM') => {
+      child.kill(signal);
+      return (await exited).code;
+    },
+    kill: async () => {
+      child.kill('SIGKILL');
+      await exited;
+    },
+  };
+  const deadline = Date.now() + 20_000;
+  for (;;) {
+    if (!running) throw new Error(`volagentd exited during start-up: ${stderr}`);
+    try {
+      const reply = await agent.request('GET', '/v1/version');
+      if (reply.status === 200) return agent;
+    } catch {
+      // not listening yet
+    }
+    if (Date.now() > deadline) throw new Error(`volagentd did not answer within 20 s: ${stderr}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+export interface CatalogSnapshot {
+  volumes: { id: string; state: string; pool: string; size_bytes: number }[];
+  snapshots: { volume_id: string; id: string; state: string }[];
+  operations: { id: string; state: string }[];
+}
+
+/** Reads the catalog directly (read-only; WAL lets it beside the running agent). */
+export function readCatalog(file: string): CatalogSnapshot {
+  const db = new BetterSqlite3(file, { readonly: true, fileMustExist: true });
+  try {
+    return {
+      volumes: db.prepare('SELECT id, state, pool, size_bytes FROM volumes ORDER BY id').all() as CatalogSnapshot['volumes'],
+      snapshots: db.prepare('SELECT volume_id, id, state FROM snapshots ORDER BY volume_id, id').all() as CatalogSnapshot['snapshots'],
+      operations: db.prepare('SELECT id, state FROM operations ORDER BY id').all() as CatalogSnapshot['operations'],
+    };
+  } finally {
+    db.close();
+  }
+}
+
+/** Every entry of a file pool's objects directory, temporaries included. */
+export async function poolEntries(poolPath: string): Promise<string[]> {
+  return (await readdir(path.join(poolPath, 'objects'))).sort();
+}
+
+/** Polls GET /v1/operations/{id} until it has ended. */
+export async function waitOperation(agent: AgentProcess, id: string): Promise<any> {
+  const reply = await agent.request('GET', `/v1/operations/${id}?wait=true`);
+  if (reply.status !== 200) throw new Error(`GET operation ${id}: ${reply.status} ${reply.text}`);
+  return reply.body;
+}

@@ -125,3 +125,39 @@ t.test('a committed row survives SIGKILL of the writer; an uncommitted one does 
   t.equal(catalog.getVolume('lost'), undefined, 'the open transaction rolled back');
   t.equal(catalog.db.pragma('integrity_check', { simple: true }), 'ok');
 });
+
+t.test('snapshot ids are unique per agent; intent, outcome and discard are compare-and-set', async (t) => {
+  const catalog = Catalog.open(':memory:');
+  t.teardown(() => catalog.close());
+  for (const id of ['v1', 'v2']) {
+    catalog.insertCreating({ id, pool: 'p', tenant: 't', kind: 'volume', sizeBytes: 512, requestKey: id });
+    catalog.transitionVolume(id, 'creating', 'available');
+  }
+  t.match(catalog.insertSnapshotCreating({ volumeId: 'v1', id: 's1', pool: 'p', sizeBytes: 512 }), { inserted: true, row: { volumeId: 'v1', id: 's1', state: 'creating' } });
+  t.match(catalog.insertSnapshotCreating({ volumeId: 'v2', id: 's1', pool: 'p', sizeBytes: 512 }), { inserted: false, row: { volumeId: 'v1' } }, 'the id is taken on v1');
+  t.throws(() => catalog.db.prepare(`INSERT INTO snapshots (volume_id, id, pool, size_bytes, state, created_at, updated_at) VALUES ('v2', 's1', 'p', 1, 'creating', 'x', 'x')`).run(),
+    /UNIQUE/, 'the schema enforces it too');
+  t.same(catalog.transitionalSnapshots().map((s) => s.id), ['s1']);
+  t.equal(catalog.transitionSnapshot('v1', 's1', 'creating', 'available', { cloneMethod: 'reflink' }), true);
+  t.equal(catalog.discardCreatingSnapshot('v1', 's1'), false, 'an available snapshot is not discarded');
+  t.match(catalog.findSnapshot('s1'), { volumeId: 'v1', state: 'available', cloneMethod: 'reflink' });
+  t.throws(() => catalog.db.prepare(`DELETE FROM volumes WHERE id = 'v1'`).run(), /FOREIGN KEY/, 'a volume row cannot go while it has snapshots');
+  t.equal(catalog.removeSnapshot('v1', 's1'), false, 'only a deleting snapshot is removed');
+  catalog.transitionSnapshot('v1', 's1', 'available', 'deleting');
+  t.equal(catalog.removeSnapshot('v1', 's1'), true);
+  t.same(catalog.listSnapshots(), []);
+  catalog.insertCreating({ id: 'v3', pool: 'p', tenant: 't', kind: 'volume', sizeBytes: 512, requestKey: 'k' });
+  t.equal(catalog.discardCreatingVolume('v3'), true);
+  t.equal(catalog.discardCreatingVolume('v1'), false, 'an available volume is never discarded');
+});
+
+t.test('listOperations: running first by age, then the newest finished ones', async (t) => {
+  let clock = 0;
+  const catalog = Catalog.open(':memory:', { now: () => new Date(Date.UTC(2026, 0, 1, 0, 0, clock++)).toISOString() });
+  t.teardown(() => catalog.close());
+  for (const id of ['a', 'b', 'c']) catalog.insertOperation({ id, kind: 'clone', targetId: id, totalBytes: 1 });
+  catalog.finishOperation('a', 'failed', { code: 'INSUFFICIENT_SPACE', message: 'ENOSPC' });
+  t.same(catalog.listOperations().map((o) => o.id), ['c', 'b', 'a']);
+  t.same(catalog.listOperations(0).map((o) => o.id), ['c', 'b'], 'finished ones are capped');
+  t.match(catalog.getOperation('a'), { state: 'failed', error: { code: 'INSUFFICIENT_SPACE', message: 'ENOSPC' } });
+});

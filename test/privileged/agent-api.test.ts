@@ -25,6 +25,10 @@ if (!skipUnlessRoot(t)) {
   t.teardown(() => xfs.cleanup());
   const ext4 = await makeLoopFs('ext4', 3 * GiB);
   t.teardown(() => ext4.cleanup());
+  const tiny = await makeLoopFs('ext4', 96 * MiB);
+  t.teardown(() => tiny.cleanup());
+  const tinyPool = path.join(tiny.mountPoint, 'pool');
+  await mkdir(tinyPool);
   const xfsPool = path.join(xfs.mountPoint, 'pool');
   const ext4Pool = path.join(ext4.mountPoint, 'pool');
   await mkdir(xfsPool);
@@ -32,7 +36,7 @@ if (!skipUnlessRoot(t)) {
   await mkdir(TEST_ROOT, { recursive: true });
   const dir = path.join(xfs.mountPoint, 'agent');
   await mkdir(dir);
-  const spec = { dir, pools: [{ name: 'fast', path: xfsPool }, { name: 'slow', path: ext4Pool }], lockWaitMs: 150 };
+  const spec = { dir, pools: [{ name: 'fast', path: xfsPool }, { name: 'slow', path: ext4Pool }, { name: 'tiny', path: tinyPool }], lockWaitMs: 150 };
   let agent: AgentProcess = await startAgent(t, spec);
   const objectFile = (poolPath: string, name: string): string => path.join(poolPath, 'objects', `${name}.raw`);
 
@@ -51,7 +55,7 @@ if (!skipUnlessRoot(t)) {
 
   /** Disk and catalog, to prove a refused request changed nothing. */
   async function state(): Promise<unknown> {
-    return { fast: await poolEntries(xfsPool), slow: await poolEntries(ext4Pool), catalog: readCatalog(agent.catalogPath) };
+    return { fast: await poolEntries(xfsPool), slow: await poolEntries(ext4Pool), tiny: await poolEntries(tinyPool), catalog: readCatalog(agent.catalogPath) };
   }
 
   await t.test('version and pools with probed capabilities and capacity', async (t) => {
@@ -63,9 +67,10 @@ if (!skipUnlessRoot(t)) {
     t.same(pools.body.map((p: any) => [p.name, p.backend, p.capabilities]), [
       ['fast', 'file', { reflink: true, constantTimeClone: true }],
       ['slow', 'file', { reflink: false, constantTimeClone: false }],
+      ['tiny', 'file', { reflink: false, constantTimeClone: false }],
     ]);
     for (const p of pools.body) {
-      t.ok(p.capacity.totalBytes > 1 * GiB && p.capacity.freeBytes > 0 && p.capacity.usedBytes >= 0, `${p.name} capacity ${JSON.stringify(p.capacity)}`);
+      t.ok(p.capacity.totalBytes > 64 * MiB && p.capacity.freeBytes > 0 && p.capacity.usedBytes >= 0, `${p.name} capacity ${JSON.stringify(p.capacity)}`);
     }
   });
 
@@ -223,6 +228,22 @@ if (!skipUnlessRoot(t)) {
     const ext4Snap = await agent.request('PUT', '/v1/volumes/src-c10/snapshots/slow-s1?wait=true');
     t.equal(ext4Snap.status, 201);
     t.match(ext4Snap.body, { cloneMethod: 'copy_file_range', readOnly: true });
+  });
+
+  await t.test('out of space: 507, the partial clone removed, the source intact, no row', async (t) => {
+    t.equal((await agent.request('PUT', '/v1/volumes/filler', { tenant: 'acme', pool: 'tiny', sizeBytes: 128 * MiB })).status, 201);
+    await fill(tinyPool, 'filler', 128 * MiB, 48);
+    const sourceHash = await sha256(objectFile(tinyPool, 'filler'));
+    const before = await state();
+    const reply = await agent.request('PUT', '/v1/volumes/overflow?wait=true', { tenant: 'acme', source: { volume: 'filler' } });
+    t.equal(reply.status, 507);
+    t.equal(reply.body.error.code, 'INSUFFICIENT_SPACE');
+    t.match(reply.body.error.message, /ENOSPC/);
+    t.same(await state(), { ...(before as object), catalog: { ...(before as any).catalog, operations: readCatalog(agent.catalogPath).operations } }, 'no file, no temporary, no row');
+    t.equal(await sha256(objectFile(tinyPool, 'filler')), sourceHash, 'the source is intact');
+    const failed = (await agent.request('GET', '/v1/operations')).body.find((o: any) => o.target === 'overflow');
+    t.match(failed, { state: 'failed', error: { code: 'INSUFFICIENT_SPACE' } });
+    t.equal((await agent.request('DELETE', '/v1/volumes/filler')).status, 204);
   });
 
   await t.test('delete: 204, the file and the row gone; absent is 204 too', async (t) => {

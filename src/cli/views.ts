@@ -1,0 +1,88 @@
+// Human renderings of the API objects: the rows of `ls`, `ops`, `pools` and
+// `snapshots`, and the "key: value" blocks of `show` and `ops ID`.
+import { formatBytes } from '../units/bytes.js';
+import type { Column } from './table.js';
+import { formatFields, formatTable } from './table.js';
+import type { Operation, Pool, Snapshot, SourceRef, Volume } from './api-types.js';
+
+export const yesNo = (value: boolean): string => (value ? 'yes' : 'no');
+
+export function sourceText(source: SourceRef | undefined): string | undefined {
+  if (!source) return undefined;
+  const [kind, id] = Object.entries(source)[0] ?? [];
+  return kind === undefined ? undefined : `${kind} ${String(id)}`;
+}
+
+export function sizeWithBytes(bytes: number): string {
+  return bytes < 1024 ? `${bytes} B` : `${formatBytes(bytes)} (${bytes} bytes)`;
+}
+
+export function progressText(op: Pick<Operation, 'doneBytes' | 'totalBytes'>): string {
+  const percent = op.totalBytes > 0 ? Math.floor((op.doneBytes / op.totalBytes) * 100) : 0;
+  return `${percent}% of ${formatBytes(op.totalBytes)}`;
+}
+
+const right = (header: string): Column => ({ header, align: 'right' });
+
+export function poolTable(pools: Pool[]): string {
+  return formatTable(['NAME', 'BACKEND', 'REFLINK', 'CONSTANT-TIME', right('TOTAL'), right('USED'), right('FREE')], pools.map((p) => [
+    p.name, p.backend, yesNo(p.capabilities.reflink), yesNo(p.capabilities.constantTimeClone),
+    formatBytes(p.capacity.totalBytes), formatBytes(p.capacity.usedBytes), formatBytes(p.capacity.freeBytes),
+  ]));
+}
+
+export function volumeTable(volumes: Volume[]): string {
+  return formatTable(['ID', 'POOL', 'TENANT', 'KIND', right('SIZE'), right('ALLOCATED'), 'STATE', 'METHOD', 'RO'], volumes.map((v) => [
+    v.id, v.pool, v.tenant, v.kind, formatBytes(v.sizeBytes), formatBytes(v.allocatedBytes), v.state, v.cloneMethod ?? '-', yesNo(v.readOnly),
+  ]));
+}
+
+export function snapshotTable(snapshots: Snapshot[]): string {
+  return formatTable(['ID', 'VOLUME', right('SIZE'), right('ALLOCATED'), 'STATE', 'METHOD', 'CREATED'], snapshots.map((s) => [
+    s.id, s.volume, formatBytes(s.sizeBytes), formatBytes(s.allocatedBytes), s.state, s.cloneMethod ?? '-', s.createdAt,
+  ]));
+}
+
+export function operationTable(operations: Operation[]): string {
+  return formatTable(['ID', 'KIND', 'TARGET', 'STATE', right('PROGRESS'), 'CREATED', 'ERROR'], operations.map((o) => [
+    o.id, o.kind, o.target, o.state, progressText(o), o.createdAt, o.error?.code ?? '',
+  ]));
+}
+
+export function volumeFields(v: Volume): string {
+  return formatFields([
+    ['id', v.id],
+    ['pool', v.pool],
+    ['tenant', v.tenant],
+    ['kind', v.kind],
+    ['size', sizeWithBytes(v.sizeBytes)],
+    ['allocated', sizeWithBytes(v.allocatedBytes)],
+    ['state', v.state],
+    ['source', sourceText(v.source)],
+    ['method', v.cloneMethod ?? '-'],
+    ['read-only', yesNo(v.readOnly)],
+    ['created', v.createdAt],
+    ['operation', v.operation],
+    ['error', v.error],
+  ]);
+}
+
+export function operationFields(o: Operation): string {
+  return formatFields([
+    ['id', o.id],
+    ['kind', o.kind],
+    ['target', o.target],
+    ['state', o.state],
+    ['progress', `${progressText(o)} (${o.doneBytes}/${o.totalBytes} bytes)`],
+    ['created', o.createdAt],
+    ['updated', o.updatedAt],
+    ['error', o.error ? `${o.error.code}: ${o.error.message}` : undefined],
+  ]);
+}
+
+/** One line about a volume that was made: `v2: 10.0 GiB in pool default, tenant t1, by reflink`. */
+export function volumeSummary(v: Volume): string {
+  const from = sourceText(v.source);
+  return `${v.id}: ${formatBytes(v.sizeBytes)} in pool ${v.pool}, tenant ${v.tenant}${from ? `, from ${from}` : ''}`
+    + `${v.cloneMethod && v.cloneMethod !== 'create' ? `, by ${v.cloneMethod}` : ''}`;
+}

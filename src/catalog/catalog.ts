@@ -6,7 +6,7 @@ import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 
 import BetterSqlite3 from 'better-sqlite3';
-import type { Database } from 'better-sqlite3';
+import type { Database, Statement } from 'better-sqlite3';
 
 import { migrate } from './migrations.js';
 import type { ObjectState } from './volume-state.js';
@@ -141,7 +141,19 @@ export class IllegalTransitionError extends Error {
 }
 
 export class Catalog {
+  /** Prepared once per SQL text: preparing costs more than running these small statements. */
+  private readonly statements = new Map<string, Statement>();
+
   private constructor(readonly db: Database, readonly file: string, private readonly now: () => string) {}
+
+  private sql(text: string): Statement {
+    let statement = this.statements.get(text);
+    if (!statement) {
+      statement = this.db.prepare(text);
+      this.statements.set(text, statement);
+    }
+    return statement;
+  }
 
   /** Opens (creating if needed) and migrates the catalog at `file`. */
   static open(file: string, options: { now?: () => string } = {}): Catalog {
@@ -172,7 +184,7 @@ export class Catalog {
   // --- volumes ---
 
   getVolume(id: string): VolumeRow | undefined {
-    const r = this.db.prepare('SELECT * FROM volumes WHERE id = ?').get(id) as VolumeRecord | undefined;
+    const r = this.sql('SELECT * FROM volumes WHERE id = ?').get(id) as VolumeRecord | undefined;
     return r && toVolume(r);
   }
 
@@ -186,7 +198,7 @@ export class Catalog {
       }
     }
     const where = clauses.length > 0 ? `WHERE ${clauses.join(' AND ')}` : '';
-    return (this.db.prepare(`SELECT * FROM volumes ${where} ORDER BY created_at, id`).all(...values) as VolumeRecord[]).map(toVolume);
+    return (this.sql(`SELECT * FROM volumes ${where} ORDER BY created_at, id`).all(...values) as VolumeRecord[]).map(toVolume);
   }
 
   /**
@@ -199,7 +211,7 @@ export class Catalog {
       const existing = this.getVolume(v.id);
       if (existing) return { inserted: false as const, row: existing };
       const at = this.now();
-      this.db.prepare(`INSERT INTO volumes (id, pool, tenant, kind, size_bytes, state, source_kind, source_id, read_only,
+      this.sql(`INSERT INTO volumes (id, pool, tenant, kind, size_bytes, state, source_kind, source_id, read_only,
         request_key, operation_id, created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'creating', ?, ?, ?, ?, ?, ?, ?)`).run(
         v.id, v.pool, v.tenant, v.kind, v.sizeBytes, v.source?.kind ?? null, v.source?.id ?? null, v.readOnly ? 1 : 0,
         v.requestKey, v.operationId ?? null, at, at);
@@ -214,7 +226,7 @@ export class Catalog {
    */
   transitionVolume(id: string, from: ObjectState, to: ObjectState, changes: { cloneMethod?: string; sizeBytes?: number; error?: string; readOnly?: boolean } = {}): boolean {
     if (!canTransition(from, to)) throw new IllegalTransitionError(id, from, to);
-    const result = this.db.prepare(`UPDATE volumes SET state = ?, updated_at = ?,
+    const result = this.sql(`UPDATE volumes SET state = ?, updated_at = ?,
         clone_method = COALESCE(?, clone_method), size_bytes = COALESCE(?, size_bytes),
         error = ?, read_only = COALESCE(?, read_only)
       WHERE id = ? AND state = ?`).run(
@@ -224,7 +236,7 @@ export class Catalog {
   }
 
   updateVolume(id: string, changes: { sizeBytes?: number; readOnly?: boolean }): boolean {
-    const result = this.db.prepare(`UPDATE volumes SET updated_at = ?, size_bytes = COALESCE(?, size_bytes),
+    const result = this.sql(`UPDATE volumes SET updated_at = ?, size_bytes = COALESCE(?, size_bytes),
       read_only = COALESCE(?, read_only) WHERE id = ? AND state = 'available'`).run(
       this.now(), changes.sizeBytes ?? null, changes.readOnly === undefined ? null : changes.readOnly ? 1 : 0, id);
     return result.changes === 1;
@@ -232,7 +244,7 @@ export class Catalog {
 
   /** Deletes the row of a volume whose backend object is gone (state `deleting`). */
   removeVolume(id: string): boolean {
-    return this.db.prepare(`DELETE FROM volumes WHERE id = ? AND state = 'deleting'`).run(id).changes === 1;
+    return this.sql(`DELETE FROM volumes WHERE id = ? AND state = 'deleting'`).run(id).changes === 1;
   }
 
   /**
@@ -240,32 +252,32 @@ export class Catalog {
    * backend guarantees no object was published under its name.
    */
   discardCreatingVolume(id: string): boolean {
-    return this.db.prepare(`DELETE FROM volumes WHERE id = ? AND state = 'creating'`).run(id).changes === 1;
+    return this.sql(`DELETE FROM volumes WHERE id = ? AND state = 'creating'`).run(id).changes === 1;
   }
 
   /** Rows left in creating or deleting: what start-up must reconcile. */
   transitionalVolumes(): VolumeRow[] {
     const marks = TRANSITIONAL_STATES.map(() => '?').join(', ');
-    return (this.db.prepare(`SELECT * FROM volumes WHERE state IN (${marks}) ORDER BY created_at, id`).all(...TRANSITIONAL_STATES) as VolumeRecord[]).map(toVolume);
+    return (this.sql(`SELECT * FROM volumes WHERE state IN (${marks}) ORDER BY created_at, id`).all(...TRANSITIONAL_STATES) as VolumeRecord[]).map(toVolume);
   }
 
   // --- snapshots (ids unique per agent) ---
 
   getSnapshot(volumeId: string, id: string): SnapshotRow | undefined {
-    const r = this.db.prepare('SELECT * FROM snapshots WHERE volume_id = ? AND id = ?').get(volumeId, id) as SnapshotRecord | undefined;
+    const r = this.sql('SELECT * FROM snapshots WHERE volume_id = ? AND id = ?').get(volumeId, id) as SnapshotRecord | undefined;
     return r && toSnapshot(r);
   }
 
   /** The snapshot with this id, whatever its volume. */
   findSnapshot(id: string): SnapshotRow | undefined {
-    const r = this.db.prepare('SELECT * FROM snapshots WHERE id = ?').get(id) as SnapshotRecord | undefined;
+    const r = this.sql('SELECT * FROM snapshots WHERE id = ?').get(id) as SnapshotRecord | undefined;
     return r && toSnapshot(r);
   }
 
   listSnapshots(volumeId?: string): SnapshotRow[] {
     const rows = volumeId === undefined
-      ? this.db.prepare('SELECT * FROM snapshots ORDER BY created_at, id').all()
-      : this.db.prepare('SELECT * FROM snapshots WHERE volume_id = ? ORDER BY created_at, id').all(volumeId);
+      ? this.sql('SELECT * FROM snapshots ORDER BY created_at, id').all()
+      : this.sql('SELECT * FROM snapshots WHERE volume_id = ? ORDER BY created_at, id').all(volumeId);
     return (rows as SnapshotRecord[]).map(toSnapshot);
   }
 
@@ -275,7 +287,7 @@ export class Catalog {
       const existing = this.findSnapshot(s.id);
       if (existing) return { inserted: false, row: existing };
       const at = this.now();
-      this.db.prepare(`INSERT INTO snapshots (volume_id, id, pool, size_bytes, state, operation_id, created_at, updated_at)
+      this.sql(`INSERT INTO snapshots (volume_id, id, pool, size_bytes, state, operation_id, created_at, updated_at)
         VALUES (?, ?, ?, ?, 'creating', ?, ?, ?)`).run(s.volumeId, s.id, s.pool, s.sizeBytes, s.operationId ?? null, at, at);
       return { inserted: true, row: this.getSnapshot(s.volumeId, s.id)! };
     });
@@ -283,56 +295,56 @@ export class Catalog {
 
   transitionSnapshot(volumeId: string, id: string, from: ObjectState, to: ObjectState, changes: { cloneMethod?: string; error?: string } = {}): boolean {
     if (!canTransition(from, to)) throw new IllegalTransitionError(`${volumeId}@${id}`, from, to);
-    return this.db.prepare(`UPDATE snapshots SET state = ?, updated_at = ?, clone_method = COALESCE(?, clone_method), error = ?
+    return this.sql(`UPDATE snapshots SET state = ?, updated_at = ?, clone_method = COALESCE(?, clone_method), error = ?
       WHERE volume_id = ? AND id = ? AND state = ?`).run(
       to, this.now(), changes.cloneMethod ?? null, to === 'error' ? (changes.error ?? 'unknown error') : null, volumeId, id, from).changes === 1;
   }
 
   discardCreatingSnapshot(volumeId: string, id: string): boolean {
-    return this.db.prepare(`DELETE FROM snapshots WHERE volume_id = ? AND id = ? AND state = 'creating'`).run(volumeId, id).changes === 1;
+    return this.sql(`DELETE FROM snapshots WHERE volume_id = ? AND id = ? AND state = 'creating'`).run(volumeId, id).changes === 1;
   }
 
   removeSnapshot(volumeId: string, id: string): boolean {
-    return this.db.prepare(`DELETE FROM snapshots WHERE volume_id = ? AND id = ? AND state = 'deleting'`).run(volumeId, id).changes === 1;
+    return this.sql(`DELETE FROM snapshots WHERE volume_id = ? AND id = ? AND state = 'deleting'`).run(volumeId, id).changes === 1;
   }
 
   transitionalSnapshots(): SnapshotRow[] {
     const marks = TRANSITIONAL_STATES.map(() => '?').join(', ');
-    return (this.db.prepare(`SELECT * FROM snapshots WHERE state IN (${marks}) ORDER BY created_at, id`).all(...TRANSITIONAL_STATES) as SnapshotRecord[]).map(toSnapshot);
+    return (this.sql(`SELECT * FROM snapshots WHERE state IN (${marks}) ORDER BY created_at, id`).all(...TRANSITIONAL_STATES) as SnapshotRecord[]).map(toSnapshot);
   }
 
   // --- operations ---
 
   insertOperation(op: { id: string; kind: string; targetId: string; totalBytes: number }): OperationRow {
     const at = this.now();
-    this.db.prepare(`INSERT INTO operations (id, kind, target_id, state, total_bytes, created_at, updated_at)
+    this.sql(`INSERT INTO operations (id, kind, target_id, state, total_bytes, created_at, updated_at)
       VALUES (?, ?, ?, 'running', ?, ?, ?)`).run(op.id, op.kind, op.targetId, op.totalBytes, at, at);
     return this.getOperation(op.id)!;
   }
 
   getOperation(id: string): OperationRow | undefined {
-    const r = this.db.prepare('SELECT * FROM operations WHERE id = ?').get(id) as OperationRecord | undefined;
+    const r = this.sql('SELECT * FROM operations WHERE id = ?').get(id) as OperationRecord | undefined;
     return r && toOperation(r);
   }
 
   /** Progress is advisory: written without waiting for a transaction of its own elsewhere. */
   recordProgress(id: string, doneBytes: number, totalBytes: number): void {
-    this.db.prepare(`UPDATE operations SET done_bytes = ?, total_bytes = ?, updated_at = ? WHERE id = ? AND state = 'running'`)
+    this.sql(`UPDATE operations SET done_bytes = ?, total_bytes = ?, updated_at = ? WHERE id = ? AND state = 'running'`)
       .run(doneBytes, totalBytes, this.now(), id);
   }
 
   finishOperation(id: string, state: Exclude<OperationState, 'running'>, error?: { code: string; message: string }): boolean {
-    return this.db.prepare(`UPDATE operations SET state = ?, error = ?, error_code = ?, updated_at = ? WHERE id = ? AND state = 'running'`)
+    return this.sql(`UPDATE operations SET state = ?, error = ?, error_code = ?, updated_at = ? WHERE id = ? AND state = 'running'`)
       .run(state, error?.message ?? null, error?.code ?? null, this.now(), id).changes === 1;
   }
 
   runningOperations(): OperationRow[] {
-    return (this.db.prepare(`SELECT * FROM operations WHERE state = 'running' ORDER BY created_at, id`).all() as OperationRecord[]).map(toOperation);
+    return (this.sql(`SELECT * FROM operations WHERE state = 'running' ORDER BY created_at, id`).all() as OperationRecord[]).map(toOperation);
   }
 
   /** Running operations and the `finished` most recent ended ones, newest first. */
   listOperations(finished = 100): OperationRow[] {
-    return (this.db.prepare(`SELECT * FROM operations WHERE state = 'running'
+    return (this.sql(`SELECT * FROM operations WHERE state = 'running'
       UNION ALL SELECT * FROM (SELECT * FROM operations WHERE state != 'running' ORDER BY created_at DESC, id DESC LIMIT ?)
       ORDER BY created_at DESC, id DESC`).all(finished) as OperationRecord[]).map(toOperation);
   }

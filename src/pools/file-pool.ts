@@ -131,7 +131,7 @@ export class FilePool implements Pool {
     const temp = this.temporaryPath(target);
     try {
       const result = await cloneFile(sourcePath, temp, {
-        fsync: true,
+        fsync: false, // one fsync below covers the data, the size and the mode
         mode: MODE_WRITABLE,
         ...(signal ? { signal } : {}),
         ...(onProgress ? { onProgress: (p) => onProgress(p.doneBytes, p.totalBytes) } : {}),

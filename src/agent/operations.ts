@@ -1,10 +1,11 @@
 // Long-running work (copy-fallback clones and snapshots) as operations: a row
 // in the catalog (inserted by the caller together with its target's intent),
 // a task running in this process with an AbortController, and live progress.
-// Progress is kept in memory for GET and written to the catalog at most once
-// per `progressIntervalMs`, so a long copy costs a few SQLite writes, not one
-// per step. Cancellation aborts the task's signal; the task stops within one
-// bounded native step and cleans up before the operation is marked ended.
+// Progress lives in memory while the task runs and is written with the
+// outcome: every catalog commit is an fsync on the JavaScript thread, and a
+// running copy's writeback can make one take hundreds of milliseconds (see
+// `npm run bench -- api`). After a crash the operation is marked failed
+// anyway, so progress written mid-way would tell nobody anything.
 import { randomUUID } from 'node:crypto';
 
 import { ApiError } from '../api/errors.js';
@@ -31,7 +32,6 @@ interface LiveOperation {
   controller: AbortController;
   doneBytes: number;
   totalBytes: number;
-  lastWrite: number;
   /** Settles when the task has ended and its row is final. */
   ended: Promise<void>;
 }
@@ -53,7 +53,7 @@ export function newOperationId(): string {
 export class Operations {
   private readonly live = new Map<string, LiveOperation>();
 
-  constructor(private readonly catalog: Catalog, private readonly progressIntervalMs = 1000) {}
+  constructor(private readonly catalog: Catalog) {}
 
   /**
    * Runs `task` for the operation row `id` (already inserted, state running).
@@ -62,32 +62,25 @@ export class Operations {
    */
   run(id: string, totalBytes: number, task: (context: TaskContext) => Promise<void>): Promise<void> {
     const controller = new AbortController();
-    const entry: LiveOperation = { controller, doneBytes: 0, totalBytes, lastWrite: 0, ended: Promise.resolve() };
+    const entry: LiveOperation = { controller, doneBytes: 0, totalBytes, ended: Promise.resolve() };
     this.live.set(id, entry);
     const context: TaskContext = {
       signal: controller.signal,
       progress: (doneBytes, total) => {
         entry.doneBytes = doneBytes;
         entry.totalBytes = total;
-        const now = Date.now();
-        if (now - entry.lastWrite >= this.progressIntervalMs) {
-          entry.lastWrite = now;
-          this.catalog.recordProgress(id, doneBytes, total);
-        }
       },
     };
     const outcome = (async () => {
       try {
         await task(context);
-        this.catalog.recordProgress(id, entry.totalBytes, entry.totalBytes);
-        this.catalog.finishOperation(id, 'succeeded');
+        this.finish(id, entry.totalBytes, entry.totalBytes, 'succeeded');
       } catch (error) {
-        this.catalog.recordProgress(id, entry.doneBytes, entry.totalBytes);
         if (controller.signal.aborted) {
-          this.catalog.finishOperation(id, 'cancelled', faultOf(controller.signal.reason));
+          this.finish(id, entry.doneBytes, entry.totalBytes, 'cancelled', faultOf(controller.signal.reason));
           throw new OperationCancelledError(`operation ${id} was cancelled`);
         }
-        this.catalog.finishOperation(id, 'failed', faultOf(error));
+        this.finish(id, entry.doneBytes, entry.totalBytes, 'failed', faultOf(error));
         throw error;
       } finally {
         this.live.delete(id);
@@ -95,6 +88,14 @@ export class Operations {
     })();
     entry.ended = outcome.then(() => undefined, () => undefined);
     return outcome;
+  }
+
+  /** Progress and outcome in one commit. */
+  private finish(id: string, doneBytes: number, totalBytes: number, state: 'succeeded' | 'failed' | 'cancelled', error?: { code: string; message: string }): void {
+    this.catalog.transaction(() => {
+      this.catalog.recordProgress(id, doneBytes, totalBytes);
+      this.catalog.finishOperation(id, state, error);
+    });
   }
 
   get(id: string): OperationView | undefined {

@@ -41,9 +41,9 @@ import { promisify } from 'node:util';
 
 import BetterSqlite3 from 'better-sqlite3';
 
-import { fiemapExtents } from '../src/clone/extents.js';
 import { native } from '../src/native/binding.js';
 import { FilePool } from '../src/pools/file-pool.js';
+import { extentCount } from '../test/helpers/files.js';
 import { VOLAGENTD, writeAgentConfig } from '../test/helpers/agent.js';
 import type { LoopFs } from '../test/helpers/loop-fs.js';
 import { makeLoopFs, TEST_ROOT } from '../test/helpers/loop-fs.js';
@@ -123,15 +123,6 @@ async function writeRuns(file: string, sizeBytes: number, runs: number, runBytes
     await handle.sync();
   } finally {
     await handle.close();
-  }
-}
-
-async function extentCount(file: string): Promise<number> {
-  const h = await open(file, 'r');
-  try {
-    return (await fiemapExtents(h.fd, (await h.stat()).size, file)).length;
-  } finally {
-    await h.close();
   }
 }
 

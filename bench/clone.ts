@@ -16,9 +16,8 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 
 import { cloneFile } from '../src/clone/clone-file.js';
-import { fiemapExtents } from '../src/clone/extents.js';
 import { native } from '../src/native/binding.js';
-import { makeSparseFile, spreadLayout } from '../test/helpers/files.js';
+import { extentCount, makeSparseFile, spreadLayout } from '../test/helpers/files.js';
 import type { LoopFs } from '../test/helpers/loop-fs.js';
 import { makeLoopFs, sweepLeftovers } from '../test/helpers/loop-fs.js';
 
@@ -49,15 +48,6 @@ async function sampled<T>(fn: () => Promise<T>): Promise<T> {
   } finally {
     clearInterval(timer);
     peakRss = Math.max(peakRss, process.memoryUsage.rss());
-  }
-}
-
-async function extentCount(file: string): Promise<number> {
-  const h = await open(file, 'r');
-  try {
-    return (await fiemapExtents(h.fd, (await h.stat()).size, file)).length;
-  } finally {
-    await h.close();
   }
 }
 

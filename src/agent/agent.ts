@@ -24,8 +24,8 @@ export interface AgentOptions {
   catalogPath: string;
   /** Opened pools, in configuration order (the first is the default). */
   pools: Pool[];
-  /** How long delete and resize wait for readers of their volume (default 2000). */
-  lockWaitMs?: number;
+  /** How long delete and resize wait for readers of their volume (`[agent] lock_wait_ms`). */
+  lockWaitMs: number;
 }
 
 export class Agent {
@@ -37,7 +37,7 @@ export class Agent {
   private constructor(readonly catalog: Catalog, options: AgentOptions) {
     this.pools = new Map(options.pools.map((pool) => [pool.name, pool]));
     this.operations = new Operations(catalog);
-    this.volumes = new Volumes(catalog, this.pools, this.locks, this.operations, options.lockWaitMs ?? 2000);
+    this.volumes = new Volumes(catalog, this.pools, this.locks, this.operations, options.lockWaitMs);
   }
 
   /**

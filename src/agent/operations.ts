@@ -92,10 +92,7 @@ export class Operations {
 
   /** Progress and outcome in one commit. */
   private finish(id: string, doneBytes: number, totalBytes: number, state: 'succeeded' | 'failed' | 'cancelled', error?: { code: string; message: string }): void {
-    this.catalog.transaction(() => {
-      this.catalog.recordProgress(id, doneBytes, totalBytes);
-      this.catalog.finishOperation(id, state, error);
-    });
+    this.catalog.finishOperation(id, state, error, { doneBytes, totalBytes });
   }
 
   get(id: string): OperationView | undefined {

@@ -219,7 +219,7 @@ export class Volumes {
       if (started && !wait) {
         return { status: 'started', view: await this.getSnapshot(volumeId, id), operation: started };
       }
-      await this.settled(object, true);
+      await this.settled(object);
       return { status: 'created', view: await this.getSnapshot(volumeId, id) };
     } finally {
       if (!handedOver) release();
@@ -271,7 +271,7 @@ export class Volumes {
       }
     };
     this.start(id, sizeBytes, undefined, work, () => undefined);
-    await this.settled(id, true);
+    await this.settled(id);
     return { status: 'created', view: await this.get(id) };
   }
 
@@ -327,7 +327,7 @@ export class Volumes {
       };
       const started = this.start(id, source.sizeBytes, operationId, work, release);
       if (started && !request.wait) return { status: 'started', view: await this.get(id), operation: started };
-      await this.settled(id, true);
+      await this.settled(id);
       return { status: 'created', view: await this.get(id) };
     } finally {
       if (!handedOver) release();
@@ -349,15 +349,26 @@ export class Volumes {
     return operationId ? this.operations.get(operationId) : undefined;
   }
 
-  /** Waits for the creation of `object` to end; rethrows its fault when `rethrow`. */
-  private async settled(object: string, rethrow = true): Promise<void> {
-    const pending = this.pending.get(object);
-    if (!pending) return;
+  /** Waits for the creation of `object` to end; rethrows its fault. */
+  private async settled(object: string): Promise<void> {
     try {
-      await pending.done;
+      await this.pending.get(object)?.done;
     } catch (error) {
-      if (rethrow) throw toApiError(error);
+      throw toApiError(error);
     }
+  }
+
+  /**
+   * A repeat of a request whose creation of `object` is still running: the
+   * running operation when the first answer was 202 and the repeat does not
+   * wait, else undefined once the creation has ended.
+   */
+  private async joinCreation(object: string, operationId: string | undefined, wait: boolean): Promise<OperationView | undefined> {
+    const pending = this.pending.get(object);
+    if (!pending) throw this.busyCreating(object, operationId);
+    if (pending.operationId && !wait) return this.operations.get(pending.operationId)!;
+    await this.settled(object);
+    return undefined;
   }
 
   private taskOptions(context?: TaskContext): { signal?: AbortSignal; onProgress?: (done: number, total: number) => void } {
@@ -369,14 +380,8 @@ export class Volumes {
     if (row.requestKey !== requestKey) {
       throw new ApiError('VOLUME_EXISTS', `volume ${row.id} exists with a different definition`, { volume: row.id });
     }
-    if (row.state === 'creating') {
-      const pending = this.pending.get(row.id);
-      if (!pending) throw this.busyCreating(row.id, row.operationId);
-      if (pending.operationId && !wait) {
-        return { status: 'started', view: await this.volumeView(row), operation: this.operations.get(pending.operationId)! };
-      }
-      await this.settled(row.id, true);
-    }
+    const running = row.state === 'creating' ? await this.joinCreation(row.id, row.operationId, wait) : undefined;
+    if (running) return { status: 'started', view: await this.volumeView(row), operation: running };
     return { status: 'exists', view: await this.get(row.id) };
   }
 
@@ -385,14 +390,8 @@ export class Volumes {
       throw new ApiError('SNAPSHOT_EXISTS', `snapshot ${row.id} exists on volume ${row.volumeId}`, { snapshot: row.id, volume: row.volumeId });
     }
     const object = snapshotObject(volumeId, row.id);
-    if (row.state === 'creating') {
-      const pending = this.pending.get(object);
-      if (!pending) throw this.busyCreating(object, row.operationId);
-      if (pending.operationId && !wait) {
-        return { status: 'started', view: await this.getSnapshot(volumeId, row.id), operation: this.operations.get(pending.operationId)! };
-      }
-      await this.settled(object, true);
-    }
+    const running = row.state === 'creating' ? await this.joinCreation(object, row.operationId, wait) : undefined;
+    if (running) return { status: 'started', view: await this.getSnapshot(volumeId, row.id), operation: running };
     return { status: 'exists', view: await this.getSnapshot(volumeId, row.id) };
   }
 

@@ -9,7 +9,7 @@ import type { Logger } from 'pino';
 
 import type { Agent } from '../agent/agent.js';
 import { toApiError } from '../agent/faults.js';
-import { BodyTooLargeError, checkDeclaredLength, parseJsonObject, readBody } from './body.js';
+import { BodyTooLargeError, parseJsonObject, readBody } from './body.js';
 import { ApiError } from './errors.js';
 import type { Reply } from './routes.js';
 import { matchRoute } from './routes.js';
@@ -57,7 +57,6 @@ export function createApiServer(agent: Agent, logger: Logger): ApiServer {
       }
       route = match.route.pattern;
       if (route.startsWith('/v1/volumes/:id')) volume = match.params[0];
-      checkDeclaredLength(request);
       const raw = await readBody(request);
       const body = match.route.body === 'none' ? undefined : parseJsonObject(raw, match.route.body === 'optional');
       reply = await match.route.handle(agent, { params: match.params, query: url.searchParams, body });

@@ -327,15 +327,18 @@ export class Catalog {
     return r && toOperation(r);
   }
 
-  /** Progress is advisory: written without waiting for a transaction of its own elsewhere. */
+  /** Progress of a running operation; an ended one keeps what it ended with. */
   recordProgress(id: string, doneBytes: number, totalBytes: number): void {
     this.sql(`UPDATE operations SET done_bytes = ?, total_bytes = ?, updated_at = ? WHERE id = ? AND state = 'running'`)
       .run(doneBytes, totalBytes, this.now(), id);
   }
 
-  finishOperation(id: string, state: Exclude<OperationState, 'running'>, error?: { code: string; message: string }): boolean {
-    return this.sql(`UPDATE operations SET state = ?, error = ?, error_code = ?, updated_at = ? WHERE id = ? AND state = 'running'`)
-      .run(state, error?.message ?? null, error?.code ?? null, this.now(), id).changes === 1;
+  /** Ends a running operation, with its final progress when given. */
+  finishOperation(id: string, state: Exclude<OperationState, 'running'>, error?: { code: string; message: string },
+    progress?: { doneBytes: number; totalBytes: number }): boolean {
+    return this.sql(`UPDATE operations SET state = ?, error = ?, error_code = ?, updated_at = ?,
+        done_bytes = COALESCE(?, done_bytes), total_bytes = COALESCE(?, total_bytes) WHERE id = ? AND state = 'running'`)
+      .run(state, error?.message ?? null, error?.code ?? null, this.now(), progress?.doneBytes ?? null, progress?.totalBytes ?? null, id).changes === 1;
   }
 
   runningOperations(): OperationRow[] {

@@ -3,6 +3,8 @@ import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { open, stat } from 'node:fs/promises';
 
+import { fiemapExtents } from '../../src/clone/extents.js';
+
 export interface Layout {
   sizeBytes: number;
   /** [offset, length] of each run of non-zero data to write. */
@@ -45,4 +47,14 @@ export async function sha256(file: string, length?: number): Promise<string> {
 
 export async function allocatedBytes(file: string): Promise<number> {
   return (await stat(file)).blocks * 512;
+}
+
+/** How many extents FIEMAP reports for the file. */
+export async function extentCount(file: string): Promise<number> {
+  const handle = await open(file, 'r');
+  try {
+    return (await fiemapExtents(handle.fd, (await handle.stat()).size, file)).length;
+  } finally {
+    await handle.close();
+  }
 }

@@ -1,8 +1,13 @@
 // The domain layer's front: one Agent owns the catalog, the pools, the locks
 // and the operations, and is what the transport calls. It never sees HTTP.
+// The catalog is read on this thread and written on the catalog writer
+// thread (src/catalog/writer.ts), so no commit's fsync stalls a request.
 import { createRequire } from 'node:module';
 
 import { Catalog } from '../catalog/catalog.js';
+import { CatalogWriter } from '../catalog/writer.js';
+import type { CatalogWrites } from '../catalog/writes.js';
+import { inlineWrites } from '../catalog/writes.js';
 import type { Pool, PoolCapabilities, PoolCapacity } from '../pools/pool.js';
 import type { Backend } from '../pools/pool.js';
 import { LockTable } from './locks.js';
@@ -34,10 +39,14 @@ export class Agent {
   readonly locks = new LockTable();
   readonly pools: ReadonlyMap<string, Pool>;
 
-  private constructor(readonly catalog: Catalog, options: AgentOptions) {
+  private constructor(readonly catalog: Catalog, private readonly writer: CatalogWriter, options: AgentOptions) {
     this.pools = new Map(options.pools.map((pool) => [pool.name, pool]));
-    this.operations = new Operations(catalog);
-    this.volumes = new Volumes(catalog, this.pools, this.locks, this.operations, options.lockWaitMs);
+    this.operations = new Operations(catalog, this.writes);
+    this.volumes = new Volumes(catalog, this.writes, this.pools, this.locks, this.operations, options.lockWaitMs);
+  }
+
+  get writes(): CatalogWrites {
+    return this.writer.writes;
   }
 
   /**
@@ -47,9 +56,11 @@ export class Agent {
   static async open(options: AgentOptions): Promise<{ agent: Agent; startup: CheckReport }> {
     const catalog = Catalog.open(options.catalogPath);
     try {
-      const agent = new Agent(catalog, options);
-      const startup = await reconcile(catalog, agent.pools, { mode: 'startup' });
-      return { agent, startup };
+      const pools = new Map(options.pools.map((pool) => [pool.name, pool]));
+      // Nothing is served yet: start-up writes go on this thread.
+      const startup = await reconcile(catalog, inlineWrites(catalog), pools, { mode: 'startup' });
+      const writer = await CatalogWriter.start(options.catalogPath);
+      return { agent: new Agent(catalog, writer, options), startup };
     } catch (error) {
       catalog.close();
       throw error;
@@ -71,7 +82,7 @@ export class Agent {
 
   /** `volagent check`: what differs now; with `repair`, settled. Live work is left alone. */
   check(repair: boolean): Promise<CheckReport> {
-    return reconcile(this.catalog, this.pools, {
+    return reconcile(this.catalog, this.writes, this.pools, {
       mode: repair ? 'repair' : 'check',
       isLive: (object) => this.volumes.isLive(object),
       isOperationLive: (id) => this.operations.isRunning(id),
@@ -81,6 +92,7 @@ export class Agent {
   /** Cancels running operations (each cleans up its partial object), then closes the catalog. */
   async close(reason = 'the agent is stopping'): Promise<void> {
     await this.operations.cancelAll(reason);
+    await this.writer.close();
     this.catalog.close();
   }
 }

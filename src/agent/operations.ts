@@ -2,14 +2,15 @@
 // in the catalog (inserted by the caller together with its target's intent),
 // a task running in this process with an AbortController, and live progress.
 // Progress lives in memory while the task runs and is written with the
-// outcome: every catalog commit is an fsync on the JavaScript thread, and a
-// running copy's writeback can make one take hundreds of milliseconds (see
-// `npm run bench -- api`). After a crash the operation is marked failed
-// anyway, so progress written mid-way would tell nobody anything.
+// outcome: every catalog commit is an fsync, and a running copy's writeback
+// can make one take hundreds of milliseconds (see `npm run bench -- api`).
+// After a crash the operation is marked failed anyway, so progress written
+// mid-way would tell nobody anything.
 import { randomUUID } from 'node:crypto';
 
 import { ApiError } from '../api/errors.js';
 import type { Catalog, OperationRow, OperationState } from '../catalog/catalog.js';
+import type { CatalogWrites } from '../catalog/writes.js';
 
 export interface OperationView {
   id: string;
@@ -53,7 +54,7 @@ export function newOperationId(): string {
 export class Operations {
   private readonly live = new Map<string, LiveOperation>();
 
-  constructor(private readonly catalog: Catalog) {}
+  constructor(private readonly catalog: Catalog, private readonly writes: CatalogWrites) {}
 
   /**
    * Runs `task` for the operation row `id` (already inserted, state running).
@@ -74,13 +75,13 @@ export class Operations {
     const outcome = (async () => {
       try {
         await task(context);
-        this.finish(id, entry.totalBytes, entry.totalBytes, 'succeeded');
+        await this.finish(id, entry.totalBytes, entry.totalBytes, 'succeeded');
       } catch (error) {
         if (controller.signal.aborted) {
-          this.finish(id, entry.doneBytes, entry.totalBytes, 'cancelled', faultOf(controller.signal.reason));
+          await this.finish(id, entry.doneBytes, entry.totalBytes, 'cancelled', faultOf(controller.signal.reason));
           throw new OperationCancelledError(`operation ${id} was cancelled`);
         }
-        this.finish(id, entry.doneBytes, entry.totalBytes, 'failed', faultOf(error));
+        await this.finish(id, entry.doneBytes, entry.totalBytes, 'failed', faultOf(error));
         throw error;
       } finally {
         this.live.delete(id);
@@ -91,8 +92,8 @@ export class Operations {
   }
 
   /** Progress and outcome in one commit. */
-  private finish(id: string, doneBytes: number, totalBytes: number, state: 'succeeded' | 'failed' | 'cancelled', error?: { code: string; message: string }): void {
-    this.catalog.finishOperation(id, state, error, { doneBytes, totalBytes });
+  private async finish(id: string, doneBytes: number, totalBytes: number, state: 'succeeded' | 'failed' | 'cancelled', error?: { code: string; message: string }): Promise<void> {
+    await this.writes.finishOperation(id, state, error, { doneBytes, totalBytes });
   }
 
   get(id: string): OperationView | undefined {

@@ -13,6 +13,7 @@
 // Objects that the running agent is making or reading right now (`isLive`)
 // are never touched.
 import type { Catalog } from '../catalog/catalog.js';
+import type { CatalogWrites } from '../catalog/writes.js';
 import type { Pool } from '../pools/pool.js';
 import { snapshotObject } from './ids.js';
 
@@ -59,7 +60,7 @@ function temporaryLabel(temporary: string): string {
   return temporary.replace(/^\.tmp-/, '').replace(/-[0-9a-f]{12}\.raw$/, '');
 }
 
-export async function reconcile(catalog: Catalog, pools: ReadonlyMap<string, Pool>, options: ReconcileOptions): Promise<CheckReport> {
+export async function reconcile(catalog: Catalog, writes: CatalogWrites, pools: ReadonlyMap<string, Pool>, options: ReconcileOptions): Promise<CheckReport> {
   const { mode } = options;
   const isLive = options.isLive ?? (() => false);
   const isOperationLive = options.isOperationLive ?? (() => false);
@@ -85,7 +86,7 @@ export async function reconcile(catalog: Catalog, pools: ReadonlyMap<string, Poo
   for (const op of catalog.runningOperations()) {
     if (isOperationLive(op.id)) continue;
     await settle({ kind: 'operation', operation: op.id, detail: `operation ${op.kind} of ${op.targetId} left running` }, 'finished',
-      () => catalog.finishOperation(op.id, 'failed', INTERRUPTED));
+      () => writes.finishOperation(op.id, 'failed', INTERRUPTED));
   }
 
   for (const row of catalog.transitionalVolumes()) {
@@ -99,12 +100,12 @@ export async function reconcile(catalog: Catalog, pools: ReadonlyMap<string, Poo
     if (row.state === 'creating') {
       await settle({ ...base, detail: 'volume left creating: rolled back' }, 'removed', async () => {
         await pool.remove(row.id);
-        catalog.discardCreatingVolume(row.id);
+        await writes.discardCreatingVolume(row.id);
       });
     } else {
       await settle({ ...base, detail: 'volume left deleting: delete finished' }, 'finished', async () => {
         await pool.remove(row.id);
-        catalog.removeVolume(row.id);
+        await writes.removeVolume(row.id);
       });
     }
   }
@@ -121,12 +122,12 @@ export async function reconcile(catalog: Catalog, pools: ReadonlyMap<string, Poo
     if (row.state === 'creating') {
       await settle({ ...base, detail: 'snapshot left creating: rolled back' }, 'removed', async () => {
         await pool.remove(object);
-        catalog.discardCreatingSnapshot(row.volumeId, row.id);
+        await writes.discardCreatingSnapshot(row.volumeId, row.id);
       });
     } else {
       await settle({ ...base, detail: 'snapshot left deleting: delete finished' }, 'finished', async () => {
         await pool.remove(object);
-        catalog.removeSnapshot(row.volumeId, row.id);
+        await writes.removeSnapshot(row.volumeId, row.id);
       });
     }
   }
@@ -158,17 +159,17 @@ export async function reconcile(catalog: Catalog, pools: ReadonlyMap<string, Poo
       const base = { pool: name, object: row.id, volume: row.id };
       if (!info) {
         await settle({ kind: 'missing', ...base, detail: 'volume is available in the catalog but its object is gone' }, 'marked-error',
-          () => catalog.transitionVolume(row.id, 'available', 'error', { error: 'backend object missing' }));
+          () => writes.transitionVolume(row.id, 'available', 'error', { error: 'backend object missing' }));
       } else if (info.sizeBytes !== row.sizeBytes) {
         await settle({ kind: 'size', ...base, detail: `object is ${info.sizeBytes} bytes, the catalog says ${row.sizeBytes}` }, 'resized-row',
-          () => catalog.updateVolume(row.id, { sizeBytes: info.sizeBytes }));
+          () => writes.updateVolume(row.id, { sizeBytes: info.sizeBytes }));
       }
     }
     for (const [object, row] of snapshotRows) {
       if (row.pool !== name || row.state !== 'available' || isLive(object)) continue;
       if (!(await pool.stat(object))) {
         await settle({ kind: 'missing', pool: name, object, volume: row.volumeId, snapshot: row.id, detail: 'snapshot is available in the catalog but its object is gone' },
-          'marked-error', () => catalog.transitionSnapshot(row.volumeId, row.id, 'available', 'error', { error: 'backend object missing' }));
+          'marked-error', () => writes.transitionSnapshot(row.volumeId, row.id, 'available', 'error', { error: 'backend object missing' }));
       }
     }
   }

@@ -9,6 +9,7 @@
 // client waits; its locks are held by the operation, not by the request.
 import { ApiError } from '../api/errors.js';
 import type { Catalog, SnapshotRow, SourceKind, VolumeKind, VolumeRow } from '../catalog/catalog.js';
+import type { CatalogWrites } from '../catalog/writes.js';
 import type { ObjectState } from '../catalog/volume-state.js';
 import type { CloneOutcome, Pool } from '../pools/pool.js';
 import { toApiError } from './faults.js';
@@ -89,9 +90,17 @@ export interface VolumeFilter {
 export class Volumes {
   /** Creations in progress in this process, by pool object name. */
   private readonly pending = new Map<string, Pending>();
+  /**
+   * Intent rows being written, by object name. The row is visible to reads
+   * once the writer thread has committed it, a moment before the write's
+   * promise resolves here: a repeat that sees it waits for that promise.
+   */
+  private readonly intents = new Map<string, Promise<unknown>>();
 
   constructor(
+    /** Reads; every write goes through `writes`. */
     private readonly catalog: Catalog,
+    private readonly writes: CatalogWrites,
     private readonly pools: ReadonlyMap<string, Pool>,
     private readonly locks: LockTable,
     private readonly operations: Operations,
@@ -101,7 +110,7 @@ export class Volumes {
 
   /** True while this process is making or reading `object`: reconcile leaves it alone. */
   isLive(object: string): boolean {
-    return this.pending.has(object) || this.locks.isHeld(object);
+    return this.pending.has(object) || this.intents.has(object) || this.locks.isHeld(object);
   }
 
   // --- volumes ---
@@ -135,7 +144,7 @@ export class Volumes {
         } catch (error) {
           throw toApiError(error, { volume: id });
         }
-        this.catalog.updateVolume(id, { sizeBytes });
+        await this.writes.updateVolume(id, { sizeBytes });
       }
       return await this.get(id);
     } finally {
@@ -159,14 +168,14 @@ export class Volumes {
           volume: id, snapshots: snapshots.map((s) => s.id),
         });
       }
-      if (row.state !== 'deleting') this.catalog.transitionVolume(id, row.state, 'deleting');
+      if (row.state !== 'deleting') await this.writes.transitionVolume(id, row.state, 'deleting');
       try {
         await this.pool(row.pool).remove(id);
       } catch (error) {
-        this.catalog.transitionVolume(id, 'deleting', 'error', { error: (error as Error).message });
+        await this.writes.transitionVolume(id, 'deleting', 'error', { error: (error as Error).message });
         throw toApiError(error, { volume: id });
       }
-      this.catalog.removeVolume(id);
+      await this.writes.removeVolume(id);
     } finally {
       release();
     }
@@ -199,19 +208,16 @@ export class Volumes {
       volume = this.volumeRow(volumeId);
       this.requireAvailable(volume);
       const operationId = pool.capabilities().constantTimeClone ? undefined : newOperationId();
-      const inserted = this.catalog.transaction(() => {
-        const result = this.catalog.insertSnapshotCreating({ volumeId, id, pool: pool.name, sizeBytes: volume.sizeBytes, ...(operationId ? { operationId } : {}) });
-        if (result.inserted && operationId) this.catalog.insertOperation({ id: operationId, kind: 'snapshot', targetId: object, totalBytes: volume.sizeBytes });
-        return result;
-      });
+      const inserted = await this.recordIntent(object, this.writes.insertSnapshotCreating({ volumeId, id, pool: pool.name, sizeBytes: volume.sizeBytes },
+        operationId ? { id: operationId, kind: 'snapshot', targetId: object, totalBytes: volume.sizeBytes } : undefined));
       if (!inserted.inserted) return await this.repeatSnapshot(inserted.row, volumeId, wait);
       handedOver = true;
       const work = async (context?: TaskContext): Promise<void> => {
         try {
           const outcome = await pool.clone(volumeId, object, { readOnly: true, ...this.taskOptions(context) });
-          this.catalog.transitionSnapshot(volumeId, id, 'creating', 'available', { cloneMethod: outcome.method });
+          await this.writes.transitionSnapshot(volumeId, id, 'creating', 'available', { cloneMethod: outcome.method });
         } catch (error) {
-          this.catalog.discardCreatingSnapshot(volumeId, id);
+          await this.writes.discardCreatingSnapshot(volumeId, id);
           throw toApiError(error, { volume: volumeId, snapshot: id });
         }
       };
@@ -236,14 +242,14 @@ export class Volumes {
       const row = this.catalog.getSnapshot(volumeId, id);
       if (!row) return;
       if (row.state === 'creating') throw this.busyCreating(object, row.operationId);
-      if (row.state !== 'deleting') this.catalog.transitionSnapshot(volumeId, id, row.state, 'deleting');
+      if (row.state !== 'deleting') await this.writes.transitionSnapshot(volumeId, id, row.state, 'deleting');
       try {
         await this.pool(row.pool).remove(object);
       } catch (error) {
-        this.catalog.transitionSnapshot(volumeId, id, 'deleting', 'error', { error: (error as Error).message });
+        await this.writes.transitionSnapshot(volumeId, id, 'deleting', 'error', { error: (error as Error).message });
         throw toApiError(error, { volume: volumeId, snapshot: id });
       }
-      this.catalog.removeSnapshot(volumeId, id);
+      await this.writes.removeSnapshot(volumeId, id);
     } finally {
       release();
     }
@@ -259,14 +265,14 @@ export class Volumes {
     const existing = this.catalog.getVolume(id);
     if (existing) return this.repeatVolume(existing, requestKey, request.wait);
     this.checkObjectName(pool, id, { volume: id });
-    const inserted = this.catalog.insertCreating({ id, pool: pool.name, tenant, kind: 'volume', sizeBytes, requestKey });
+    const inserted = await this.recordIntent(id, this.writes.insertCreating({ id, pool: pool.name, tenant, kind: 'volume', sizeBytes, requestKey }));
     if (!inserted.inserted) return this.repeatVolume(inserted.row, requestKey, request.wait);
     const work = async (): Promise<void> => {
       try {
         await pool.create(id, sizeBytes);
-        this.catalog.transitionVolume(id, 'creating', 'available', { cloneMethod: 'create' });
+        await this.writes.transitionVolume(id, 'creating', 'available', { cloneMethod: 'create' });
       } catch (error) {
-        this.catalog.discardCreatingVolume(id);
+        await this.writes.discardCreatingVolume(id);
         throw toApiError(error, { volume: id });
       }
     };
@@ -300,14 +306,9 @@ export class Volumes {
       source = this.resolveSource(ref, tenant); // it may have changed while we waited for the lock
       const sizeBytes = request.sizeBytes ?? source.sizeBytes;
       const operationId = pool.capabilities().constantTimeClone ? undefined : newOperationId();
-      const inserted = this.catalog.transaction(() => {
-        const result = this.catalog.insertCreating({
-          id, pool: pool.name, tenant, kind: 'volume', sizeBytes, requestKey, source: { kind: source.kind, id: source.id },
-          ...(operationId ? { operationId } : {}),
-        });
-        if (result.inserted && operationId) this.catalog.insertOperation({ id: operationId, kind: 'clone', targetId: id, totalBytes: source.sizeBytes });
-        return result;
-      });
+      const inserted = await this.recordIntent(id, this.writes.insertCreating(
+        { id, pool: pool.name, tenant, kind: 'volume', sizeBytes, requestKey, source: { kind: source.kind, id: source.id } },
+        operationId ? { id: operationId, kind: 'clone', targetId: id, totalBytes: source.sizeBytes } : undefined));
       if (!inserted.inserted) return await this.repeatVolume(inserted.row, requestKey, request.wait);
       handedOver = true;
       const resolved = source;
@@ -318,10 +319,10 @@ export class Volumes {
             ...(request.sizeBytes !== undefined ? { sizeBytes: request.sizeBytes } : {}),
             ...this.taskOptions(context),
           });
-          this.catalog.transitionVolume(id, 'creating', 'available', { cloneMethod: outcome.method, sizeBytes: Math.max(sizeBytes, resolved.sizeBytes) });
+          await this.writes.transitionVolume(id, 'creating', 'available', { cloneMethod: outcome.method, sizeBytes: Math.max(sizeBytes, resolved.sizeBytes) });
         } catch (error) {
           if (outcome) await pool.remove(id).catch(() => undefined); // published but not recorded: withdraw it
-          this.catalog.discardCreatingVolume(id);
+          await this.writes.discardCreatingVolume(id);
           throw toApiError(error, { volume: id });
         }
       };
@@ -364,11 +365,29 @@ export class Volumes {
    * wait, else undefined once the creation has ended.
    */
   private async joinCreation(object: string, operationId: string | undefined, wait: boolean): Promise<OperationView | undefined> {
-    const pending = this.pending.get(object);
+    let pending = this.pending.get(object);
+    const intent = pending ? undefined : this.intents.get(object);
+    if (intent) {
+      await intent.catch(() => undefined); // its writer, awaiting it first, has started the creation by now
+      pending = this.pending.get(object);
+    }
     if (!pending) throw this.busyCreating(object, operationId);
     if (pending.operationId && !wait) return this.operations.get(pending.operationId)!;
     await this.settled(object);
     return undefined;
+  }
+
+  /**
+   * Tracks the write of `object`'s intent row until it resolves. The writer
+   * awaits the returned promise before anyone else can (see joinCreation),
+   * so its continuation, which starts the creation, runs first.
+   */
+  private recordIntent<T>(object: string, write: Promise<T>): Promise<T> {
+    const tracked: Promise<T> = write.finally(() => {
+      if (this.intents.get(object) === tracked) this.intents.delete(object);
+    });
+    this.intents.set(object, tracked);
+    return tracked;
   }
 
   private taskOptions(context?: TaskContext): { signal?: AbortSignal; onProgress?: (done: number, total: number) => void } {

@@ -45,6 +45,14 @@ export interface NewVolume {
   operationId?: string;
 }
 
+/** An operation row inserted together with the intent of the object it makes. */
+export interface NewOperation {
+  id: string;
+  kind: string;
+  targetId: string;
+  totalBytes: number;
+}
+
 export interface VolumeFilter {
   pool?: string;
   tenant?: string;
@@ -204,17 +212,19 @@ export class Catalog {
   /**
    * Records the intent to create a volume (state `creating`). Returns the
    * existing row instead when the id is taken, so the caller can tell an
-   * identical repeat (same requestKey) from a conflict.
+   * identical repeat (same requestKey) from a conflict. `operation`, when
+   * given, is inserted in the same transaction and named by the row.
    */
-  insertCreating(v: NewVolume): { inserted: true; row: VolumeRow } | { inserted: false; row: VolumeRow } {
+  insertCreating(v: NewVolume, operation?: NewOperation): { inserted: true; row: VolumeRow } | { inserted: false; row: VolumeRow } {
     return this.transaction(() => {
       const existing = this.getVolume(v.id);
       if (existing) return { inserted: false as const, row: existing };
+      if (operation) this.insertOperation(operation);
       const at = this.now();
       this.sql(`INSERT INTO volumes (id, pool, tenant, kind, size_bytes, state, source_kind, source_id, read_only,
         request_key, operation_id, created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'creating', ?, ?, ?, ?, ?, ?, ?)`).run(
         v.id, v.pool, v.tenant, v.kind, v.sizeBytes, v.source?.kind ?? null, v.source?.id ?? null, v.readOnly ? 1 : 0,
-        v.requestKey, v.operationId ?? null, at, at);
+        v.requestKey, operation?.id ?? v.operationId ?? null, at, at);
       return { inserted: true as const, row: this.getVolume(v.id)! };
     });
   }
@@ -281,14 +291,18 @@ export class Catalog {
     return (rows as SnapshotRecord[]).map(toSnapshot);
   }
 
-  /** Records the intent to make a snapshot; returns the existing row (of any volume) when the id is taken. */
-  insertSnapshotCreating(s: NewSnapshot): { inserted: boolean; row: SnapshotRow } {
+  /**
+   * Records the intent to make a snapshot, with its operation when given;
+   * returns the existing row (of any volume) when the id is taken.
+   */
+  insertSnapshotCreating(s: NewSnapshot, operation?: NewOperation): { inserted: boolean; row: SnapshotRow } {
     return this.transaction(() => {
       const existing = this.findSnapshot(s.id);
       if (existing) return { inserted: false, row: existing };
+      if (operation) this.insertOperation(operation);
       const at = this.now();
       this.sql(`INSERT INTO snapshots (volume_id, id, pool, size_bytes, state, operation_id, created_at, updated_at)
-        VALUES (?, ?, ?, ?, 'creating', ?, ?, ?)`).run(s.volumeId, s.id, s.pool, s.sizeBytes, s.operationId ?? null, at, at);
+        VALUES (?, ?, ?, ?, 'creating', ?, ?, ?)`).run(s.volumeId, s.id, s.pool, s.sizeBytes, operation?.id ?? s.operationId ?? null, at, at);
       return { inserted: true, row: this.getSnapshot(s.volumeId, s.id)! };
     });
   }
@@ -315,7 +329,7 @@ export class Catalog {
 
   // --- operations ---
 
-  insertOperation(op: { id: string; kind: string; targetId: string; totalBytes: number }): OperationRow {
+  insertOperation(op: NewOperation): OperationRow {
     const at = this.now();
     this.sql(`INSERT INTO operations (id, kind, target_id, state, total_bytes, created_at, updated_at)
       VALUES (?, ?, ?, 'running', ?, ?, ?)`).run(op.id, op.kind, op.targetId, op.totalBytes, at, at);

@@ -1,0 +1,34 @@
+// The catalog's write methods as promises. In the agent they run on the
+// catalog writer thread (writer.ts), so a commit's fsync never blocks the
+// JavaScript thread; `inlineWrites` runs them on the calling thread, for
+// start-up (before anything is served) and for tools and tests.
+import type { Catalog } from './catalog.js';
+
+export const WRITE_METHODS = [
+  'insertCreating', 'transitionVolume', 'updateVolume', 'removeVolume', 'discardCreatingVolume',
+  'insertSnapshotCreating', 'transitionSnapshot', 'discardCreatingSnapshot', 'removeSnapshot',
+  'insertOperation', 'recordProgress', 'finishOperation',
+] as const satisfies ReadonlyArray<keyof Catalog>;
+
+export type WriteMethod = (typeof WRITE_METHODS)[number];
+
+/** Each write method of Catalog, resolving once its transaction is durable. */
+export type CatalogWrites = {
+  [M in WriteMethod]: (...args: Parameters<Catalog[M]>) => Promise<ReturnType<Catalog[M]>>;
+};
+
+export function isWriteMethod(name: unknown): name is WriteMethod {
+  return (WRITE_METHODS as readonly unknown[]).includes(name);
+}
+
+/** Calls `catalog`'s write method `method` with `args` (one place that knows the call is well-typed). */
+export function applyWrite(catalog: Catalog, method: WriteMethod, args: readonly unknown[]): unknown {
+  return (catalog[method] as (...a: unknown[]) => unknown).apply(catalog, args as unknown[]);
+}
+
+/** The writes of `catalog` on the calling thread, each its own commit. */
+export function inlineWrites(catalog: Catalog): CatalogWrites {
+  return Object.fromEntries(WRITE_METHODS.map((method) => [
+    method, (...args: unknown[]) => new Promise((resolve) => resolve(applyWrite(catalog, method, args))),
+  ])) as unknown as CatalogWrites;
+}

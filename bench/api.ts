@@ -578,6 +578,7 @@ export async function main(args: string[]): Promise<number> {
     // FilePool in this process on the same directory: the agent's per-clone file work without HTTP or catalog.
     const pool = new FilePool({ name: 'fast', path: fastPath });
     await pool.open();
+    onSignalCleanup.push(() => pool.close()); // before the unmount: it holds the pool's directory open
     const poolSide: Side = {
       name: 'pool',
       async clone(name) {
@@ -625,6 +626,7 @@ export async function main(args: string[]): Promise<number> {
     recordSteps = false;
     const c8 = await withHttpAgent(8, () => compare(sides, plan.clonesC8, 8, plan.rounds, xfs.mountPoint, 'c8'));
     await srcHandle.close();
+    await pool.close();
 
     // Event-loop probes, each stream on a connection of its own.
     console.log('bench api: event-loop probes (idle, beside reflink clones, beside the copy, beside both)');

@@ -1,6 +1,6 @@
 // File operations: reflink (FICLONE, FICLONERANGE), bounded copy steps
 // (copy_file_range, pread/pwrite), extent listing (SEEK_DATA/SEEK_HOLE, FIEMAP),
-// fallocate, fsync/fdatasync and statfs. Each export is one kernel operation
+// fallocate, fsync/fdatasync, statfs and rename without replace. Each export is one kernel operation
 // (or one bounded loop of it) on the libuv pool; callers own the descriptors.
 #include "exports.h"
 
@@ -8,6 +8,7 @@
 #include <fcntl.h>
 #include <linux/fiemap.h>
 #include <linux/fs.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -323,6 +324,23 @@ Napi::Value Statfs(const Napi::CallbackInfo& info) {
       });
 }
 
+// renameat2(2) with RENAME_NOREPLACE: atomically EEXIST when `to` exists,
+// else `from` is renamed. EINVAL when the filesystem does not support the
+// flag (ext4, XFS, btrfs and tmpfs do).
+Napi::Value RenameNoReplace(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string from = ArgString(info, 0, "from");
+  std::string to = ArgString(info, 1, "to");
+  if (env.IsExceptionPending()) return env.Undefined();
+  return PromiseWorker<NoResult>::Start(
+      env, "volagent.renameNoReplace",
+      [=](NoResult&, SysError& err) {
+        if (renameat2(AT_FDCWD, from.c_str(), AT_FDCWD, to.c_str(), RENAME_NOREPLACE) == 0) return true;
+        return err.set(errno, "rename", from, to);
+      },
+      Undefined);
+}
+
 }  // namespace
 
 void InitFileOps(Napi::Env env, Napi::Object exports) {
@@ -336,6 +354,7 @@ void InitFileOps(Napi::Env env, Napi::Object exports) {
   exports.Set("fsync", Napi::Function::New(env, Fsync, "fsync"));
   exports.Set("fdatasync", Napi::Function::New(env, Fdatasync, "fdatasync"));
   exports.Set("statfs", Napi::Function::New(env, Statfs, "statfs"));
+  exports.Set("renameNoReplace", Napi::Function::New(env, RenameNoReplace, "renameNoReplace"));
 
   Napi::Object constants = Napi::Object::New(env);
   constants.Set("FALLOC_FL_KEEP_SIZE", Napi::Number::New(env, FALLOC_FL_KEEP_SIZE));

@@ -27,7 +27,7 @@ export interface PoolView {
 
 export interface AgentOptions {
   catalogPath: string;
-  /** Opened pools, in configuration order (the first is the default). */
+  /** Opened pools, in configuration order (the first is the default); the agent closes them. */
   pools: Pool[];
   /** How long delete and resize wait for readers of their volume (`[agent] lock_wait_ms`). */
   lockWaitMs: number;
@@ -63,6 +63,7 @@ export class Agent {
       return { agent: new Agent(catalog, writer, options), startup };
     } catch (error) {
       catalog.close();
+      await Promise.all(options.pools.map((pool) => pool.close()));
       throw error;
     }
   }
@@ -89,10 +90,11 @@ export class Agent {
     });
   }
 
-  /** Cancels running operations (each cleans up its partial object), then closes the catalog. */
+  /** Cancels running operations (each cleans up its partial object), then closes the catalog and the pools. */
   async close(reason = 'the agent is stopping'): Promise<void> {
     await this.operations.cancelAll(reason);
     await this.writer.close();
     this.catalog.close();
+    await Promise.all([...this.pools.values()].map((pool) => pool.close()));
   }
 }

@@ -33,8 +33,17 @@ export interface CloneOptions {
   fsync?: boolean;
   /** Upper bound of one native copy step. Default 32 MiB. */
   stepBytes?: number;
-  /** Mode of a created destination file. Default: the source's permission bits. */
+  /**
+   * Mode of a created destination file, set exactly (fchmod: the umask does
+   * not apply). Default: the source's permission bits, under the umask.
+   */
   mode?: number;
+  /**
+   * Size a created destination file ends with, when larger than the source
+   * (the added range is a hole). Smaller than the source is EINVAL, before
+   * anything is created.
+   */
+  growTo?: number;
 }
 
 export interface CloneResult {
@@ -207,7 +216,11 @@ export async function cloneFile(sourcePath: string, destinationPath: string, opt
   const source = await openSource(sourcePath);
   let dest: (Endpoint & { created: boolean }) | undefined;
   try {
+    if (options.growTo !== undefined && !(Number.isSafeInteger(options.growTo) && options.growTo >= source.size)) {
+      throw systemError('EINVAL', 'clone', sourcePath, destinationPath);
+    }
     dest = await openDestination(destinationPath, source, options.mode ?? source.mode);
+    if (dest.created && options.mode !== undefined) await dest.handle.chmod(options.mode);
     let result: CloneResult;
     if (allowed.includes('reflink') && source.kind === 'file' && dest.kind === 'file' && (await tryReflink(source, dest))) {
       result = { method: 'reflink', bytesCopied: 0, bytesTotal: source.size };
@@ -218,6 +231,7 @@ export async function cloneFile(sourcePath: string, destinationPath: string, opt
       result = await copyDataExtents(source, dest, copyMethods, options);
     }
     throwIfAborted(options.signal);
+    if (dest.created && options.growTo !== undefined && options.growTo > source.size) await dest.handle.truncate(options.growTo);
     if (options.fsync) await native.fsync(dest.handle.fd, dest.path);
     return result;
   } catch (error) {
@@ -228,7 +242,6 @@ export async function cloneFile(sourcePath: string, destinationPath: string, opt
     }
     throw error;
   } finally {
-    await dest?.handle.close();
-    await source.handle.close();
+    await Promise.all([dest?.handle.close(), source.handle.close()]);
   }
 }

@@ -37,6 +37,7 @@ async function openPools(config: AgentConfig, logger: Logger): Promise<Pool[]> {
     try {
       await pool.open();
     } catch (error) {
+      await Promise.all(pools.map((opened) => opened.close()));
       const where = 'path' in poolConfig ? ` at ${poolConfig.path}` : '';
       throw new StartupError(`pool ${poolConfig.name}${where}: ${(error as Error).message}`, { cause: error });
     }

@@ -77,6 +77,8 @@ export interface NativeAddon {
   fsync(fd: number, path?: string): Promise<void>;
   fdatasync(fd: number, path?: string): Promise<void>;
   statfs(path: string): Promise<StatfsResult>;
+  /** renameat2(from, to, RENAME_NOREPLACE): EEXIST when `to` exists; EINVAL where the filesystem lacks the flag. */
+  renameNoReplace(from: string, to: string): Promise<void>;
   blkGetSize64(fd: number, path?: string): Promise<number>;
   blkSszGet(fd: number, path?: string): Promise<number>;
   blkDiscard(fd: number, offset: number, length: number, path?: string): Promise<void>;

@@ -4,15 +4,15 @@
 //
 // Commit protocol for every new object: write it under a temporary name in
 // the same directory (`objects/.tmp-<name>-<random>.raw`), fsync it, publish
-// it with link(temp, final) + unlink(temp), then fsync the directory.
-// link(2) fails with EEXIST when the final name exists, atomically, so the
-// final name is never overwritten and of two racing writers exactly one wins.
-// rename(2) would silently replace, check-then-rename races, and
-// renameat2(RENAME_NOREPLACE) is not exposed by Node or the addon. A crash
-// between link and unlink leaves a complete, fsync'd object plus a second
-// name for it under `.tmp-*`, which listTemporaries reports and
-// removeTemporary unlinks without touching the object. open() checks that
-// the filesystem supports hard links.
+// it with renameat2(temp, final, RENAME_NOREPLACE), then fsync the directory.
+// The rename fails with EEXIST when the final name exists, atomically, so the
+// final name is never overwritten and of two racing writers exactly one wins
+// (plain rename(2) would silently replace; check-then-rename races). Where
+// the filesystem lacks RENAME_NOREPLACE (probed once at open), link(temp,
+// final) + unlink(temp) gives the same guarantee in two steps: a crash
+// between them leaves a complete, fsync'd object plus a second name for it
+// under `.tmp-*`, which listTemporaries reports and removeTemporary unlinks
+// without touching the object.
 import { randomBytes } from 'node:crypto';
 import { constants as fsConstants } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
@@ -59,6 +59,10 @@ export class FilePool implements Pool {
   readonly path: string;
   private readonly objectsDir: string;
   private probed: PoolCapabilities | undefined;
+  /** renameat2(RENAME_NOREPLACE) works here (else publish links and unlinks). */
+  private renameNoReplace = false;
+  /** `objects/`, open from open() to close(): every publish fsyncs it. */
+  private objectsDirHandle: FileHandle | undefined;
 
   constructor(config: FilePoolOptions) {
     this.name = config.name;
@@ -69,7 +73,7 @@ export class FilePool implements Pool {
   /**
    * Fails fast when the pool directory is missing (ENOENT), not a directory
    * (ENOTDIR) or not writable (EACCES/EROFS; tried by creating a file, since
-   * root passes access(2)); makes `objects/`; probes FICLONE and link(2) once.
+   * root passes access(2)); makes `objects/`; probes FICLONE and the publish method once.
    */
   async open(): Promise<void> {
     await this.openDirectory(this.path).then((dir) => dir.close());
@@ -82,8 +86,21 @@ export class FilePool implements Pool {
     } catch (error) {
       if (!isSystemError(error, 'EEXIST')) throw error;
     }
-    await this.openDirectory(this.objectsDir).then((dir) => dir.close());
-    this.probed = await this.probeCapabilities();
+    const objectsDir = await this.openDirectory(this.objectsDir);
+    try {
+      this.probed = await this.probeCapabilities();
+    } catch (error) {
+      await objectsDir.close();
+      throw error;
+    }
+    await this.objectsDirHandle?.close();
+    this.objectsDirHandle = objectsDir;
+  }
+
+  async close(): Promise<void> {
+    const handle = this.objectsDirHandle;
+    this.objectsDirHandle = undefined;
+    await handle?.close();
   }
 
   capabilities(): PoolCapabilities {
@@ -125,27 +142,19 @@ export class FilePool implements Pool {
     const { sizeBytes, readOnly = false, signal, onProgress } = request;
     if (sizeBytes !== undefined) checkSize(sizeBytes, 'clone', targetPath);
     throwIfAborted(signal);
-    await this.refuseExisting(targetPath);
-    const sourceSize = (await stat(sourcePath)).size; // ENOENT before any file is made
-    if (sizeBytes !== undefined && sizeBytes < sourceSize) throw systemError('EINVAL', 'clone', sourcePath, targetPath);
+    // A reflink costs little: the publish's EEXIST is enough. A copy is not made for nothing.
+    if (!this.capabilities().constantTimeClone) await this.refuseExisting(targetPath);
     const temp = this.temporaryPath(target);
     try {
+      // The engine refuses a smaller size (EINVAL) before creating anything,
+      // grows the file, sets the exact mode and fsyncs data, size and mode at once.
       const result = await cloneFile(sourcePath, temp, {
-        fsync: false, // one fsync below covers the data, the size and the mode
-        mode: MODE_WRITABLE,
+        fsync: true,
+        mode: readOnly ? MODE_READ_ONLY : MODE_WRITABLE,
+        ...(sizeBytes !== undefined ? { growTo: sizeBytes } : {}),
         ...(signal ? { signal } : {}),
         ...(onProgress ? { onProgress: (p) => onProgress(p.doneBytes, p.totalBytes) } : {}),
       });
-      // The source may have changed between stat and clone: judge on what was cloned.
-      if (sizeBytes !== undefined && sizeBytes < result.bytesTotal) throw systemError('EINVAL', 'clone', sourcePath, targetPath);
-      const handle = await open(temp, fsConstants.O_WRONLY);
-      try {
-        if (sizeBytes !== undefined && sizeBytes > result.bytesTotal) await handle.truncate(sizeBytes);
-        await handle.chmod(readOnly ? MODE_READ_ONLY : MODE_WRITABLE);
-        await native.fsync(handle.fd, temp);
-      } finally {
-        await handle.close();
-      }
       throwIfAborted(signal); // last point of no return: after publish the clone is done
       await this.publish(temp, targetPath);
       return { method: result.method, bytesCopied: result.bytesCopied };
@@ -239,7 +248,7 @@ export class FilePool implements Pool {
     return path.join(this.objectsDir, `${TEMP_PREFIX}${label.slice(0, TEMP_LABEL_MAX)}-${randomBytes(6).toString('hex')}${OBJECT_SUFFIX}`);
   }
 
-  /** Cheap early EEXIST so a long copy is not made for nothing; link(2) in publish is the real guard. */
+  /** Cheap early EEXIST so a long copy is not made for nothing; publish is the real guard. */
   private async refuseExisting(target: string): Promise<void> {
     try {
       await stat(target);
@@ -251,18 +260,22 @@ export class FilePool implements Pool {
   }
 
   /**
-   * Makes the fsync'd `temp` visible as `target`, never replacing it:
-   * link(2) is EEXIST when target exists. The directory is fsync'd so the
-   * new entry survives a power loss; if that fails the object is withdrawn.
+   * Makes the fsync'd `temp` visible as `target`, never replacing it (EEXIST
+   * when target exists). The directory is fsync'd so the new entry survives
+   * a power loss; if that fails the object is withdrawn.
    */
   private async publish(temp: string, target: string): Promise<void> {
     try {
-      await link(temp, target);
+      if (this.renameNoReplace) {
+        await native.renameNoReplace(temp, target);
+      } else {
+        await link(temp, target);
+        await unlink(temp);
+      }
     } catch (error) {
-      if (isSystemError(error, 'EEXIST')) throw systemError('EEXIST', 'link', target);
+      if (isSystemError(error, 'EEXIST')) throw systemError('EEXIST', 'rename', target);
       throw error;
     }
-    await unlink(temp);
     try {
       await this.syncDirectory(this.objectsDir);
     } catch (error) {
@@ -278,6 +291,10 @@ export class FilePool implements Pool {
 
   /** fsync(2) on a directory fd makes its entries (creates, links, unlinks) durable. */
   private async syncDirectory(dir: string): Promise<void> {
+    if (dir === this.objectsDir && this.objectsDirHandle) {
+      await native.fsync(this.objectsDirHandle.fd, dir);
+      return;
+    }
     const handle = await this.openDirectory(dir);
     try {
       await native.fsync(handle.fd, dir);
@@ -287,20 +304,21 @@ export class FilePool implements Pool {
   }
 
   /**
-   * One FICLONE between two probe files decides reflink support; a link(2)
-   * between them checks the hard links the commit protocol needs.
+   * One FICLONE between two probe files decides reflink support. Publishing
+   * is probed the same way: renameat2(RENAME_NOREPLACE) of one probe onto a
+   * new name, then of another onto that name (which must be EEXIST); where
+   * the flag is not supported (EINVAL), link(2) must work instead.
    */
   private async probeCapabilities(): Promise<PoolCapabilities> {
-    const source = this.temporaryPath('probe');
-    const dest = this.temporaryPath('probe');
-    const linked = this.temporaryPath('probe');
+    const [source, dest, renamed, linked] = [1, 2, 3, 4].map(() => this.temporaryPath('probe')) as [string, string, string, string];
     let src: FileHandle | undefined;
     let dst: FileHandle | undefined;
     try {
       src = await open(source, 'wx+', MODE_WRITABLE);
       await src.write(Buffer.alloc(4096, 0xa5), 0, 4096, 0);
       dst = await open(dest, 'wx', MODE_WRITABLE);
-      await link(source, linked);
+      this.renameNoReplace = await this.probeRenameNoReplace(dest, renamed, source);
+      if (!this.renameNoReplace) await link(source, linked);
       try {
         await native.ficlone(dst.fd, src.fd, source, dest);
         return { reflink: true, constantTimeClone: true };
@@ -311,7 +329,24 @@ export class FilePool implements Pool {
     } finally {
       await src?.close().catch(() => undefined);
       await dst?.close().catch(() => undefined);
-      for (const file of [source, dest, linked]) await unlinkIfPresent(file).catch(() => undefined);
+      for (const file of [source, dest, renamed, linked]) await unlinkIfPresent(file).catch(() => undefined);
     }
+  }
+
+  /** Renames `from` to the new name `to`, then checks `other` cannot replace it. False where the flag is unsupported. */
+  private async probeRenameNoReplace(from: string, to: string, other: string): Promise<boolean> {
+    try {
+      await native.renameNoReplace(from, to);
+    } catch (error) {
+      if (isSystemError(error, 'EINVAL', 'ENOSYS')) return false;
+      throw error;
+    }
+    try {
+      await native.renameNoReplace(other, to);
+    } catch (error) {
+      if (isSystemError(error, 'EEXIST')) return true;
+      throw error;
+    }
+    throw new Error(`pool '${this.name}': renameat2(RENAME_NOREPLACE) replaced an existing file in ${this.objectsDir}`);
   }
 }

@@ -54,6 +54,8 @@ export interface Pool {
   readonly backend: Backend;
   /** Checks the backing store (fails fast: missing, not writable) and probes capabilities once. */
   open(): Promise<void>;
+  /** Releases what open() holds (descriptors); objects are untouched. Safe to call twice. */
+  close(): Promise<void>;
   capabilities(): PoolCapabilities;
   capacity(): Promise<PoolCapacity>;
   /** A new sparse object of sizeBytes; EEXIST if the name is taken. */

@@ -26,10 +26,13 @@ const EXPECTED: Record<'xfs' | 'ext4', { reflink: boolean; method: string }> = {
 
 async function poolOn(t: Test, fsType: FsType): Promise<{ pool: FilePool; objects: string; root: string }> {
   const fs = await makeLoopFs(fsType, 512 * MiB);
-  t.teardown(() => fs.cleanup());
   const root = path.join(fs.mountPoint, 'pool');
-  await mkdir(root);
   const pool = new FilePool({ name: `${fsType}-pool`, path: root });
+  t.teardown(async () => {
+    await pool.close(); // its directory handle would keep the filesystem busy
+    await fs.cleanup();
+  });
+  await mkdir(root);
   await pool.open();
   return { pool, objects: path.join(root, 'objects'), root };
 }

@@ -57,6 +57,35 @@ t.test('bad input gets a Node-shaped error and changes nothing', async (t) => {
   t.equal(await readFile(path.join(dir, 'src'), 'utf8'), 'source', 'source untouched');
 });
 
+t.test('growTo makes a larger destination with a hole; smaller is EINVAL before anything is made', async (t) => {
+  const dir = await tempDir(t);
+  const src = path.join(dir, 'src');
+  await writeFile(src, Buffer.alloc(MiB, 3));
+  const grown = path.join(dir, 'grown');
+  await cloneFile(src, grown, { methods: ['copy_file_range'], growTo: 4 * MiB });
+  t.equal((await stat(grown)).size, 4 * MiB);
+  t.ok((await stat(grown)).blocks * 512 < 2 * MiB, 'the added range is a hole');
+  t.same((await readFile(grown)).subarray(0, MiB), await readFile(src));
+  for (const growTo of [MiB - 1, -1, 1.5]) {
+    await t.rejects(cloneFile(src, path.join(dir, 'small'), { growTo }), { code: 'EINVAL', path: src }, `growTo ${growTo}`);
+    t.notOk(existsSync(path.join(dir, 'small')), 'nothing created');
+  }
+  await cloneFile(src, path.join(dir, 'same'), { growTo: MiB });
+  t.equal((await stat(path.join(dir, 'same'))).size, MiB, 'equal to the source is no change');
+});
+
+t.test('mode is set exactly, whatever the umask', async (t) => {
+  const dir = await tempDir(t);
+  const src = path.join(dir, 'src');
+  await writeFile(src, 'data');
+  const previous = process.umask(0o077);
+  t.teardown(() => void process.umask(previous));
+  await cloneFile(src, path.join(dir, 'ro'), { mode: 0o444 });
+  await cloneFile(src, path.join(dir, 'rw'), { mode: 0o644 });
+  t.equal((await stat(path.join(dir, 'ro'))).mode & 0o777, 0o444);
+  t.equal((await stat(path.join(dir, 'rw'))).mode & 0o777, 0o644, 'not cut to 0600 by the umask');
+});
+
 t.test('progress is monotone and ends at the total', async (t) => {
   const dir = await tempDir(t);
   const src = path.join(dir, 'src');

@@ -17,6 +17,7 @@ const BAD_NAMES = ['../x', 'a/b', '', '.hidden', 'x'.repeat(129), 'a..b', '-x', 
 async function openPool(t: Test): Promise<{ pool: FilePool; dir: string; objects: string }> {
   const dir = await tempDir(t, 'volagent-file-pool-');
   const pool = new FilePool({ name: 'unit', path: dir });
+  t.teardown(() => pool.close());
   await pool.open();
   return { pool, dir, objects: path.join(dir, 'objects') };
 }
@@ -156,10 +157,24 @@ t.test('clone: content kept, grows, read-only; source absent ENOENT; smaller EIN
   t.same((await readdir(objects)).sort(), ['dst.raw', 'src.raw']);
 });
 
+t.test('where RENAME_NOREPLACE is missing, publishing by link + unlink keeps the same guarantees', async (t) => {
+  const { pool, objects } = await openPool(t);
+  // The temp filesystem supports the flag; the fallback is forced to exercise it.
+  (pool as unknown as { renameNoReplace: boolean }).renameNoReplace = false;
+  await pool.create('src', MiB);
+  await pool.clone('src', 'dst', { readOnly: true });
+  t.same(await pool.stat('dst'), { sizeBytes: MiB, allocatedBytes: (await stat(pool.objectPath('dst'))).blocks * 512, readOnly: true });
+  await t.rejects(pool.clone('src', 'dst'), { code: 'EEXIST', path: pool.objectPath('dst') });
+  await t.rejects(pool.create('dst', MiB), { code: 'EEXIST', path: pool.objectPath('dst') });
+  t.same((await readdir(objects)).sort(), ['dst.raw', 'src.raw'], 'no temporaries, one name per object');
+  t.equal((await stat(pool.objectPath('dst'))).nlink, 1);
+});
+
 t.test('createPool makes a file pool', async (t) => {
   const dir = await tempDir(t);
   const pool = createPool({ name: 'default', backend: 'file', path: dir });
   t.ok(pool instanceof FilePool);
+  t.teardown(() => pool.close());
   await pool.open();
   t.same(await pool.list(), []);
 });

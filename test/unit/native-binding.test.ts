@@ -1,4 +1,5 @@
-import { open, writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { open, readFile, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import t from 'tap';
@@ -58,4 +59,18 @@ t.test('TypeScript-made system errors have the same shape', async (t) => {
   t.equal(e.errno, -21);
   t.ok(isSystemError(e, 'EISDIR'));
   t.notOk(isSystemError(new Error('EISDIR: text alone is not enough')));
+});
+
+t.test('renameNoReplace renames, and is EEXIST without touching either file when the target exists', async (t) => {
+  const dir = await tempDir(t);
+  const [a, b, c] = ['a', 'b', 'c'].map((n) => path.join(dir, n)) as [string, string, string];
+  await writeFile(a, 'first');
+  await writeFile(b, 'second');
+  await native.renameNoReplace(a, c);
+  t.equal(await readFile(c, 'utf8'), 'first');
+  t.notOk(existsSync(a), 'the old name is gone');
+  await t.rejects(native.renameNoReplace(b, c), { code: 'EEXIST', syscall: 'rename', path: b, dest: c });
+  t.equal(await readFile(b, 'utf8'), 'second', 'the source keeps its name and data');
+  t.equal(await readFile(c, 'utf8'), 'first', 'the target is not replaced');
+  await t.rejects(native.renameNoReplace(a, path.join(dir, 'd')), { code: 'ENOENT', path: a });
 });

@@ -10,6 +10,7 @@ import type { CatalogWrites } from '../catalog/writes.js';
 import { inlineWrites } from '../catalog/writes.js';
 import type { Pool, PoolCapabilities, PoolCapacity } from '../pools/pool.js';
 import type { Backend } from '../pools/pool.js';
+import { Images } from './images.js';
 import { LockTable } from './locks.js';
 import { Operations } from './operations.js';
 import type { CheckReport } from './reconcile.js';
@@ -31,10 +32,13 @@ export interface AgentOptions {
   pools: Pool[];
   /** How long delete and resize wait for readers of their volume (`[agent] lock_wait_ms`). */
   lockWaitMs: number;
+  /** Tenant of internal Image-Volumes (`[agent] internal_tenant`). */
+  internalTenant: string;
 }
 
 export class Agent {
   readonly volumes: Volumes;
+  readonly images: Images;
   readonly operations: Operations;
   readonly locks = new LockTable();
   readonly pools: ReadonlyMap<string, Pool>;
@@ -43,6 +47,7 @@ export class Agent {
     this.pools = new Map(options.pools.map((pool) => [pool.name, pool]));
     this.operations = new Operations(catalog, this.writes);
     this.volumes = new Volumes(catalog, this.writes, this.pools, this.locks, this.operations, options.lockWaitMs);
+    this.images = new Images(catalog, this.writes, this.volumes, this.pools, this.locks, options.internalTenant, options.lockWaitMs);
   }
 
   get writes(): CatalogWrites {
@@ -85,7 +90,7 @@ export class Agent {
   check(repair: boolean): Promise<CheckReport> {
     return reconcile(this.catalog, this.writes, this.pools, {
       mode: repair ? 'repair' : 'check',
-      isLive: (object) => this.volumes.isLive(object),
+      isLive: (object) => this.volumes.isLive(object) || this.images.isLive(object),
       isOperationLive: (id) => this.operations.isRunning(id),
     });
   }
@@ -93,6 +98,7 @@ export class Agent {
   /** Cancels running operations (each cleans up its partial object), then closes the catalog and the pools. */
   async close(reason = 'the agent is stopping'): Promise<void> {
     await this.operations.cancelAll(reason);
+    await this.images.close();
     await this.writer.close();
     this.catalog.close();
     await Promise.all([...this.pools.values()].map((pool) => pool.close()));

@@ -35,7 +35,8 @@ export class LockTable {
 
   /**
    * Takes `key` in `mode` for `holder`, waiting at most `waitMs` (0: only if
-   * free now). Resolves to the release function, which must be called once.
+   * free now; Infinity: until granted). Resolves to the release function,
+   * which must be called once.
    */
   acquire(key: string, mode: LockMode, holder: string, waitMs: number): Promise<Release> {
     const state = this.stateOf(key);
@@ -54,6 +55,7 @@ export class LockTable {
         },
       };
       state.queue.push(waiter);
+      if (waitMs === Infinity) return;
       timer = setTimeout(() => {
         state.queue.splice(state.queue.indexOf(waiter), 1);
         reject(new LockBusyError(key, [...new Set(state.holders)]));

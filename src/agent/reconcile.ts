@@ -28,6 +28,7 @@ export interface Difference {
   object?: string;
   volume?: string;
   snapshot?: string;
+  image?: string;
   operation?: string;
   detail: string;
   action?: RepairAction;
@@ -128,6 +129,43 @@ export async function reconcile(catalog: Catalog, writes: CatalogWrites, pools: 
       await settle({ ...base, detail: 'snapshot left deleting: delete finished' }, 'finished', async () => {
         await pool.remove(object);
         await writes.removeSnapshot(row.volumeId, row.id);
+      });
+    }
+  }
+
+  // Images after their Image-Volumes' rows were settled above. `image/<id>`
+  // is live while this process registers or deletes that image.
+  for (const image of catalog.transitionalImages()) {
+    if (isLive(`image/${image.id}`)) continue;
+    const pool = pools.get(image.pool);
+    const base = { kind: 'transitional' as const, pool: image.pool, object: image.volumeId, image: image.id };
+    if (!pool) {
+      differences.push({ ...base, detail: `image left ${image.state} in pool ${image.pool}, which is not configured` });
+      continue;
+    }
+    const removeImageVolume = async (): Promise<void> => {
+      const row = catalog.getVolume(image.volumeId);
+      await pool.remove(image.volumeId);
+      if (row?.state === 'creating') await writes.discardCreatingVolume(row.id);
+      else if (row) {
+        if (row.state !== 'deleting') await writes.transitionVolume(row.id, row.state, 'deleting');
+        await writes.removeVolume(row.id);
+      }
+    };
+    if (image.state === 'creating') {
+      await settle({ ...base, detail: `image left creating (${image.mode}): rolled back` }, 'removed', async () => {
+        if (image.mode === 'adopt') {
+          // Adoption commits the volume's change with the image's: still a plain volume, so writable again.
+          if (catalog.getVolume(image.volumeId)?.kind === 'volume') await pool.setReadOnly(image.volumeId, false).catch(() => undefined);
+        } else {
+          await removeImageVolume();
+        }
+        await writes.discardCreatingImage(image.id);
+      });
+    } else {
+      await settle({ ...base, detail: 'image left deleting: delete finished' }, 'finished', async () => {
+        await removeImageVolume();
+        await writes.removeImage(image.id);
       });
     }
   }

@@ -76,6 +76,14 @@ interface ResolvedSource {
   sizeBytes: number;
 }
 
+/** What a clone makes: a plain volume, or an Image-Volume (read-only, maybe in another tenant than its viewer). */
+interface CloneShape {
+  kind: VolumeKind;
+  readOnly: boolean;
+  /** The tenant the source must be visible to; default the new volume's. */
+  viewer?: string;
+}
+
 interface Pending {
   operationId?: string;
   done: Promise<void>;
@@ -152,12 +160,33 @@ export class Volumes {
     }
   }
 
-  /** Absent is done (204). Waits lockWaitMs for readers, then VOLUME_BUSY. */
+  /** Absent is done (204). Waits lockWaitMs for readers, then VOLUME_BUSY. An Image-Volume goes with its image only. */
   async delete(id: string): Promise<void> {
+    const image = this.catalog.imageOfVolume(id);
+    if (image) throw this.isImage(id, image.id);
+    return this.remove(id);
+  }
+
+  /** Deletes the Image-Volume of an image being deleted, once nothing reads it (no time limit). */
+  async deleteImageVolume(id: string): Promise<void> {
+    return this.remove(id, Infinity);
+  }
+
+  /**
+   * An Image-Volume: a read-only clone of volume `source`, owned by `tenant`
+   * (maybe the internal one), the source judged visible to `viewer`. Resolves
+   * once it is made, also when the pool copies.
+   */
+  async createImageVolume(id: string, tenant: string, source: string, viewer: string): Promise<VolumeView> {
+    const outcome = await this.createClone({ id, tenant, wait: true }, { volume: source }, { kind: 'image', readOnly: true, viewer });
+    return outcome.view;
+  }
+
+  private async remove(id: string, waitMs = this.lockWaitMs): Promise<void> {
     const first = this.catalog.getVolume(id);
     if (!first) return;
     if (first.state === 'creating') throw this.busyCreating(id, first.operationId);
-    const release = await this.lock(id, 'exclusive', `delete ${id}`);
+    const release = await this.lock(id, 'exclusive', `delete ${id}`, waitMs);
     try {
       const row = this.catalog.getVolume(id);
       if (!row) return;
@@ -200,6 +229,8 @@ export class Volumes {
     const existing = this.catalog.findSnapshot(id);
     if (existing) return this.repeatSnapshot(existing, volumeId, wait);
     let volume = this.volumeRow(volumeId);
+    const image = this.catalog.imageOfVolume(volumeId);
+    if (image) throw this.isImage(volumeId, image.id); // immutable already: an image is cloned from, not snapshotted
     const pool = this.pool(volume.pool);
     this.checkObjectName(pool, object, { volume: volumeId, snapshot: id });
     const release = await this.lock(volumeId, 'shared', `snapshot ${object}`);
@@ -281,16 +312,17 @@ export class Volumes {
     return { status: 'created', view: await this.get(id) };
   }
 
-  private async createClone(request: PutVolumeRequest, ref: SourceRef): Promise<PutOutcome<VolumeView>> {
+  private async createClone(request: PutVolumeRequest, ref: SourceRef, shape: CloneShape = { kind: 'volume', readOnly: false }): Promise<PutOutcome<VolumeView>> {
     const { id, tenant } = request;
-    let source = this.resolveSource(ref, tenant);
+    const viewer = shape.viewer ?? tenant;
+    let source = this.resolveSource(ref, viewer);
     if (request.pool !== undefined && request.pool !== source.pool) {
       this.pool(request.pool);
       throw new ApiError('UNSUPPORTED_FOR_POOL', `a clone is made in its source's pool (${source.pool}), not in ${request.pool}`, {
         pool: request.pool, sourcePool: source.pool,
       });
     }
-    const requestKey = canonicalKey({ pool: source.pool, tenant, sizeBytes: request.sizeBytes ?? null, source: ref });
+    const requestKey = canonicalKey({ pool: source.pool, tenant, sizeBytes: request.sizeBytes ?? null, source: ref }) + (shape.kind === 'volume' ? '' : `/${shape.kind}`);
     const existing = this.catalog.getVolume(id);
     if (existing) return this.repeatVolume(existing, requestKey, request.wait);
     if (request.sizeBytes !== undefined && request.sizeBytes < source.sizeBytes) {
@@ -303,11 +335,11 @@ export class Volumes {
     const release = await this.lock(source.object, 'shared', `clone ${id}`);
     let handedOver = false;
     try {
-      source = this.resolveSource(ref, tenant); // it may have changed while we waited for the lock
+      source = this.resolveSource(ref, viewer); // it may have changed while we waited for the lock
       const sizeBytes = request.sizeBytes ?? source.sizeBytes;
       const operationId = pool.capabilities().constantTimeClone ? undefined : newOperationId();
       const inserted = await this.recordIntent(id, this.writes.insertCreating(
-        { id, pool: pool.name, tenant, kind: 'volume', sizeBytes, requestKey, source: { kind: source.kind, id: source.id } },
+        { id, pool: pool.name, tenant, kind: shape.kind, readOnly: shape.readOnly, sizeBytes, requestKey, source: { kind: source.kind, id: source.id } },
         operationId ? { id: operationId, kind: 'clone', targetId: id, totalBytes: source.sizeBytes } : undefined));
       if (!inserted.inserted) return await this.repeatVolume(inserted.row, requestKey, request.wait);
       handedOver = true;
@@ -316,6 +348,7 @@ export class Volumes {
         let outcome: CloneOutcome | undefined;
         try {
           outcome = await pool.clone(resolved.object, id, {
+            readOnly: shape.readOnly,
             ...(request.sizeBytes !== undefined ? { sizeBytes: request.sizeBytes } : {}),
             ...this.taskOptions(context),
           });
@@ -435,7 +468,23 @@ export class Volumes {
       }
       return { ref, kind: 'snapshot', id: snapshot.id, pool: snapshot.pool, object: snapshotObject(snapshot.volumeId, snapshot.id), sizeBytes: snapshot.sizeBytes };
     }
-    throw new ApiError('IMAGE_NOT_FOUND', `image ${ref.image} does not exist`, { image: ref.image });
+    const image = this.catalog.getImage(ref.image);
+    if (!image || image.state === 'deleting') throw new ApiError('IMAGE_NOT_FOUND', `image ${ref.image} does not exist`, { image: ref.image });
+    if (image.visibility !== 'public' && image.tenant !== tenant) {
+      throw new ApiError('IMAGE_NOT_VISIBLE', `image ${image.id} is private to another tenant`, { image: image.id });
+    }
+    if (image.state !== 'available') {
+      throw new ApiError('VOLUME_BUSY', `image ${image.id} is ${image.state}`, { image: image.id, state: image.state });
+    }
+    const imageVolume = this.volumeRow(image.volumeId);
+    this.requireAvailable(imageVolume);
+    return { ref, kind: 'image', id: image.id, pool: imageVolume.pool, object: imageVolume.id, sizeBytes: imageVolume.sizeBytes };
+  }
+
+  private isImage(volumeId: string, imageId: string): ApiError {
+    return new ApiError('VOLUME_IS_IMAGE', `volume ${volumeId} is the Image-Volume of image ${imageId}; delete the image instead`, {
+      volume: volumeId, image: imageId,
+    });
   }
 
   // --- helpers ---
@@ -477,9 +526,9 @@ export class Volumes {
     });
   }
 
-  private async lock(key: string, mode: 'shared' | 'exclusive', holder: string): Promise<Release> {
+  private async lock(key: string, mode: 'shared' | 'exclusive', holder: string, waitMs = this.lockWaitMs): Promise<Release> {
     try {
-      return await this.locks.acquire(key, mode, holder, this.lockWaitMs);
+      return await this.locks.acquire(key, mode, holder, waitMs);
     } catch (error) {
       throw toApiError(error, { operations: this.operationsOn(key) });
     }

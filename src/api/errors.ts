@@ -22,6 +22,8 @@ export const ERROR_CODES = {
   SNAPSHOT_EXISTS: { status: 409, meaning: 'A snapshot with that id exists with a different definition.' },
   VOLUME_BUSY: { status: 409, meaning: 'The volume is exported, being cloned from, or changing state.' },
   VOLUME_HAS_SNAPSHOTS: { status: 409, meaning: 'The volume still has snapshots; delete them first.' },
+  VOLUME_IS_IMAGE: { status: 409, meaning: 'The volume is the Image-Volume of an image: it goes with DELETE of the image, and is not snapshotted.' },
+  IMAGE_EXISTS: { status: 409, meaning: 'An image with that id exists with a different definition.' },
   VOLUME_READ_ONLY: { status: 409, meaning: 'The volume is an Image-Volume or otherwise read-only.' },
   OPERATION_CANCELLED: { status: 409, meaning: 'The operation was cancelled (by a request or an agent shutdown) before it ended; nothing was left behind.' },
   PAYLOAD_TOO_LARGE: { status: 413, meaning: 'The body is larger than the route accepts (1 MiB for JSON).' },

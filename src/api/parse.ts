@@ -71,3 +71,19 @@ export function requireQuery(query: URLSearchParams, allowed: readonly string[])
 function typeOf(value: unknown): string {
   return value === null ? 'null' : Array.isArray(value) ? 'array' : typeof value;
 }
+
+/** One of `choices`; `fallback` when absent (a missing field with no fallback is BAD_REQUEST). */
+export function parseChoice<T extends string>(value: unknown, field: string, choices: readonly T[], fallback?: T): T {
+  if (value === undefined && fallback !== undefined) return fallback;
+  if (typeof value !== 'string' || !(choices as readonly string[]).includes(value)) {
+    throw new ApiError('BAD_REQUEST', `${field} must be one of ${choices.join(', ')}`, { field, allowed: choices, ...(value === undefined ? {} : { value }) });
+  }
+  return value as T;
+}
+
+/** A JSON boolean; `fallback` when absent. */
+export function parseBoolean(value: unknown, field: string, fallback: boolean): boolean {
+  if (value === undefined) return fallback;
+  if (typeof value !== 'boolean') throw new ApiError('BAD_REQUEST', `${field} must be true or false`, { field, type: typeOf(value) });
+  return value;
+}

@@ -4,7 +4,7 @@
 import type { Agent } from '../agent/agent.js';
 import type { PutOutcome } from '../agent/volumes.js';
 import { ApiError } from './errors.js';
-import { parseFlag, parseId, parseOptionalId, parseSize, parseSource, requireFields, requireQuery } from './parse.js';
+import { parseBoolean, parseChoice, parseFlag, parseId, parseOptionalId, parseSize, parseSource, requireFields, requireQuery } from './parse.js';
 
 export interface RouteInput {
   params: string[];
@@ -131,6 +131,46 @@ export const ROUTES: readonly Route[] = [
     handle: async (agent, { params: [id, sid], query }) => {
       requireQuery(query, []);
       await agent.volumes.deleteSnapshot(id!, sid!);
+      return { status: 204 };
+    },
+  },
+  {
+    method: 'GET', pattern: '/v1/images', body: 'none',
+    handle: async (agent, { query }) => {
+      requireQuery(query, ['tenant']);
+      const tenant = parseOptionalId(query.get('tenant') ?? undefined, 'tenant');
+      return { status: 200, body: agent.images.list(tenant ? { visibleTo: tenant } : {}) };
+    },
+  },
+  {
+    method: 'GET', pattern: '/v1/images/:id', body: 'none',
+    handle: async (agent, { params: [id], query }) => {
+      requireQuery(query, []);
+      return { status: 200, body: agent.images.get(id!) };
+    },
+  },
+  {
+    method: 'PUT', pattern: '/v1/images/:id', body: 'required',
+    handle: async (agent, { params: [id], query, body }) => {
+      requireQuery(query, []);
+      const fields = body!;
+      requireFields(fields, ['volume', 'mode', 'tenant', 'visibility', 'internal']);
+      const outcome = await agent.images.register({
+        id: id!,
+        volume: parseId(fields.volume, 'volume'),
+        mode: parseChoice(fields.mode, 'mode', ['clone', 'adopt'] as const),
+        tenant: parseId(fields.tenant, 'tenant'),
+        visibility: parseChoice(fields.visibility, 'visibility', ['public', 'private'] as const, 'private'),
+        internal: parseBoolean(fields.internal, 'internal', false),
+      });
+      return { status: outcome.status === 'created' ? 201 : 200, body: outcome.view };
+    },
+  },
+  {
+    method: 'DELETE', pattern: '/v1/images/:id', body: 'none',
+    handle: async (agent, { params: [id], query }) => {
+      requireQuery(query, []);
+      await agent.images.delete(id!);
       return { status: 204 };
     },
   },

@@ -95,6 +95,44 @@ export interface NewSnapshot {
   operationId?: string;
 }
 
+export type ImageVisibility = 'public' | 'private';
+export type ImageMode = 'clone' | 'adopt' | 'upload';
+
+export interface ImageRow {
+  id: string;
+  /** The Image-Volume. */
+  volumeId: string;
+  pool: string;
+  /** The owner: the tenant that registered the image (visibility is judged against it). */
+  tenant: string;
+  visibility: ImageVisibility;
+  internal: boolean;
+  mode: ImageMode;
+  sourceVolume?: string;
+  state: ObjectState;
+  requestKey: string;
+  error?: string;
+  createdAt: string;
+  updatedAt: string;
+}
+
+export type NewImage = Omit<ImageRow, 'state' | 'error' | 'createdAt' | 'updatedAt'>;
+
+interface ImageRecord {
+  id: string; volume_id: string; pool: string; tenant: string; visibility: ImageVisibility; internal: number; mode: ImageMode;
+  source_volume: string | null; state: ObjectState; request_key: string; error: string | null; created_at: string; updated_at: string;
+}
+
+function toImage(r: ImageRecord): ImageRow {
+  return {
+    id: r.id, volumeId: r.volume_id, pool: r.pool, tenant: r.tenant, visibility: r.visibility, internal: r.internal === 1, mode: r.mode,
+    ...(r.source_volume ? { sourceVolume: r.source_volume } : {}),
+    state: r.state, requestKey: r.request_key,
+    ...(r.error ? { error: r.error } : {}),
+    createdAt: r.created_at, updatedAt: r.updated_at,
+  };
+}
+
 interface VolumeRecord {
   id: string; pool: string; tenant: string; kind: VolumeKind; size_bytes: number; state: ObjectState;
   source_kind: SourceKind | null; source_id: string | null; clone_method: string | null; read_only: number;
@@ -325,6 +363,69 @@ export class Catalog {
   transitionalSnapshots(): SnapshotRow[] {
     const marks = TRANSITIONAL_STATES.map(() => '?').join(', ');
     return (this.sql(`SELECT * FROM snapshots WHERE state IN (${marks}) ORDER BY created_at, id`).all(...TRANSITIONAL_STATES) as SnapshotRecord[]).map(toSnapshot);
+  }
+
+  // --- images ---
+
+  getImage(id: string): ImageRow | undefined {
+    const r = this.sql('SELECT * FROM images WHERE id = ?').get(id) as ImageRecord | undefined;
+    return r && toImage(r);
+  }
+
+  /** The image whose Image-Volume is `volumeId`. */
+  imageOfVolume(volumeId: string): ImageRow | undefined {
+    const r = this.sql('SELECT * FROM images WHERE volume_id = ?').get(volumeId) as ImageRecord | undefined;
+    return r && toImage(r);
+  }
+
+  listImages(): ImageRow[] {
+    return (this.sql('SELECT * FROM images ORDER BY created_at, id').all() as ImageRecord[]).map(toImage);
+  }
+
+  /** Records the intent to register an image; returns the existing row when the id is taken. */
+  insertImageCreating(image: NewImage): { inserted: boolean; row: ImageRow } {
+    return this.transaction(() => {
+      const existing = this.getImage(image.id);
+      if (existing) return { inserted: false, row: existing };
+      const at = this.now();
+      this.sql(`INSERT INTO images (id, volume_id, pool, tenant, visibility, internal, mode, source_volume, state, request_key,
+        created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'creating', ?, ?, ?)`).run(
+        image.id, image.volumeId, image.pool, image.tenant, image.visibility, image.internal ? 1 : 0, image.mode,
+        image.sourceVolume ?? null, image.requestKey, at, at);
+      return { inserted: true, row: this.getImage(image.id)! };
+    });
+  }
+
+  transitionImage(id: string, from: ObjectState, to: ObjectState, changes: { error?: string } = {}): boolean {
+    if (!canTransition(from, to)) throw new IllegalTransitionError(`image ${id}`, from, to);
+    return this.sql(`UPDATE images SET state = ?, updated_at = ?, error = ? WHERE id = ? AND state = ?`).run(
+      to, this.now(), to === 'error' ? (changes.error ?? 'unknown error') : null, id, from).changes === 1;
+  }
+
+  /**
+   * Adoption's outcome in one transaction: the volume becomes the read-only
+   * Image-Volume (in `tenant`) and the image becomes available.
+   */
+  completeAdoption(imageId: string, volumeId: string, tenant: string): boolean {
+    return this.transaction(() => {
+      const adopted = this.sql(`UPDATE volumes SET kind = 'image', read_only = 1, tenant = ?, updated_at = ?
+        WHERE id = ? AND kind = 'volume' AND state = 'available'`).run(tenant, this.now(), volumeId).changes === 1;
+      if (!adopted || !this.transitionImage(imageId, 'creating', 'available')) throw new Error(`image ${imageId}: volume ${volumeId} changed during adoption`);
+      return true;
+    });
+  }
+
+  discardCreatingImage(id: string): boolean {
+    return this.sql(`DELETE FROM images WHERE id = ? AND state = 'creating'`).run(id).changes === 1;
+  }
+
+  removeImage(id: string): boolean {
+    return this.sql(`DELETE FROM images WHERE id = ? AND state = 'deleting'`).run(id).changes === 1;
+  }
+
+  transitionalImages(): ImageRow[] {
+    const marks = TRANSITIONAL_STATES.map(() => '?').join(', ');
+    return (this.sql(`SELECT * FROM images WHERE state IN (${marks}) ORDER BY created_at, id`).all(...TRANSITIONAL_STATES) as ImageRecord[]).map(toImage);
   }
 
   // --- operations ---

@@ -61,6 +61,27 @@ export const MIGRATIONS: readonly string[] = [
   ALTER TABLE operations ADD COLUMN error_code TEXT;
   CREATE INDEX operations_by_state ON operations (state);
   `,
+  // 3: volume-backed images. An image names its Image-Volume (a volumes row
+  // of kind 'image'); the owner tenant decides visibility, the Image-Volume's
+  // own tenant may be the internal one.
+  `
+  CREATE TABLE images (
+    id            TEXT PRIMARY KEY,
+    volume_id     TEXT NOT NULL UNIQUE,
+    pool          TEXT NOT NULL,
+    tenant        TEXT NOT NULL,
+    visibility    TEXT NOT NULL CHECK (visibility IN ('public', 'private')),
+    internal      INTEGER NOT NULL CHECK (internal IN (0, 1)),
+    mode          TEXT NOT NULL CHECK (mode IN ('clone', 'adopt', 'upload')),
+    source_volume TEXT,
+    state         TEXT NOT NULL CHECK (state IN ('creating', 'available', 'deleting', 'error')),
+    request_key   TEXT NOT NULL,
+    error         TEXT,
+    created_at    TEXT NOT NULL,
+    updated_at    TEXT NOT NULL
+  ) STRICT;
+  CREATE INDEX images_by_state ON images (state);
+  `,
 ];
 
 export function schemaVersion(db: Database): number {

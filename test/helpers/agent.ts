@@ -162,6 +162,7 @@ export interface CatalogSnapshot {
   volumes: { id: string; state: string; pool: string; size_bytes: number }[];
   snapshots: { volume_id: string; id: string; state: string }[];
   operations: { id: string; state: string }[];
+  images: { id: string; state: string; volume_id: string }[];
 }
 
 /** Reads the catalog directly (read-only; WAL lets it beside the running agent). */
@@ -172,6 +173,7 @@ export function readCatalog(file: string): CatalogSnapshot {
       volumes: db.prepare('SELECT id, state, pool, size_bytes FROM volumes ORDER BY id').all() as CatalogSnapshot['volumes'],
       snapshots: db.prepare('SELECT volume_id, id, state FROM snapshots ORDER BY volume_id, id').all() as CatalogSnapshot['snapshots'],
       operations: db.prepare('SELECT id, state FROM operations ORDER BY id').all() as CatalogSnapshot['operations'],
+      images: db.prepare('SELECT id, state, volume_id FROM images ORDER BY id').all() as CatalogSnapshot['images'],
     };
   } finally {
     db.close();

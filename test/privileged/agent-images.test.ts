@@ -1,0 +1,199 @@
+// Volume-backed images against a real volagentd: register by clone and by
+// adopt, create volumes from images under the visibility × tenant matrix,
+// Image-Volumes immutable, delete keeping clones, idempotency, and a crash
+// in the middle of a registration settled at restart. XFS pool (reflink) and
+// ext4 pool (copy). Every refusal is checked on disk and in the catalog.
+import { mkdir, open, stat } from 'node:fs/promises';
+import path from 'node:path';
+import t from 'tap';
+
+import type { AgentProcess } from '../helpers/agent.js';
+import { poolEntries, readCatalog, startAgent } from '../helpers/agent.js';
+import { sha256 } from '../helpers/files.js';
+import { makeLoopFs, TEST_ROOT } from '../helpers/loop-fs.js';
+import { skipUnlessRoot } from '../helpers/privileged.js';
+
+const MiB = 1024 * 1024;
+const GiB = 1024 * MiB;
+
+if (!skipUnlessRoot(t)) {
+  const xfs = await makeLoopFs('xfs', GiB);
+  t.teardown(() => xfs.cleanup());
+  const ext4 = await makeLoopFs('ext4', GiB);
+  t.teardown(() => ext4.cleanup());
+  const xfsPool = path.join(xfs.mountPoint, 'pool');
+  const ext4Pool = path.join(ext4.mountPoint, 'pool');
+  await mkdir(xfsPool);
+  await mkdir(ext4Pool);
+  await mkdir(TEST_ROOT, { recursive: true });
+  const dir = path.join(xfs.mountPoint, 'agent');
+  await mkdir(dir);
+  const spec = { dir, pools: [{ name: 'fast', path: xfsPool }, { name: 'slow', path: ext4Pool }], lockWaitMs: 150 };
+  let agent: AgentProcess = await startAgent(t, spec);
+  const objectFile = (poolPath: string, name: string): string => path.join(poolPath, 'objects', `${name}.raw`);
+  const state = async (): Promise<unknown> => ({ fast: await poolEntries(xfsPool), slow: await poolEntries(ext4Pool), catalog: readCatalog(agent.catalogPath) });
+
+  async function volumeWithData(id: string, tenant: string, pool: string, poolPath: string): Promise<string> {
+    t.equal((await agent.request('PUT', `/v1/volumes/${id}`, { tenant, pool, sizeBytes: 64 * MiB })).status, 201, `create ${id}`);
+    const handle = await open(objectFile(poolPath, id), 'r+');
+    try {
+      for (let i = 0; i < 4; i++) await handle.write(Buffer.alloc(MiB, 0x30 + i), 0, MiB, i * 16 * MiB);
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
+    return sha256(objectFile(poolPath, id));
+  }
+
+  await t.test('register by clone: a new read-only Image-Volume; the source stays writable', async (t) => {
+    const digest = await volumeWithData('base', 'alice', 'fast', xfsPool);
+    const reply = await agent.request('PUT', '/v1/images/img-private', { volume: 'base', mode: 'clone', tenant: 'alice', visibility: 'private' });
+    t.equal(reply.status, 201, reply.text);
+    t.match(reply.body, { imageId: 'img-private', volumeId: /^iv-/, location: `cinder://${reply.body.volumeId}`, mode: 'clone', visibility: 'private', internal: false, state: 'available', tenant: 'alice', sizeBytes: 64 * MiB });
+    const iv = reply.body.volumeId as string;
+    t.match((await agent.request('GET', `/v1/volumes/${iv}`)).body, { kind: 'image', readOnly: true, tenant: 'alice', cloneMethod: 'reflink', source: { volume: 'base' } });
+    t.equal((await stat(objectFile(xfsPool, iv))).mode & 0o777, 0o444, 'the file is read-only');
+    t.equal(await sha256(objectFile(xfsPool, iv)), digest, 'same data');
+    t.match((await agent.request('GET', '/v1/volumes/base')).body, { kind: 'volume', readOnly: false });
+    const again = await agent.request('PUT', '/v1/images/img-private', { volume: 'base', mode: 'clone', tenant: 'alice', visibility: 'private' });
+    t.equal(again.status, 200, 'the same registration again is a repeat');
+    t.equal(again.body.volumeId, iv, 'naming the same Image-Volume');
+    const before = await state();
+    const conflict = await agent.request('PUT', '/v1/images/img-private', { volume: 'base', mode: 'clone', tenant: 'alice', visibility: 'public' });
+    t.equal(conflict.status, 409);
+    t.equal(conflict.body.error.code, 'IMAGE_EXISTS');
+    t.same(await state(), before, 'a conflict changes nothing');
+  });
+
+  await t.test('internal and public: the Image-Volume lives in the internal tenant', async (t) => {
+    const reply = await agent.request('PUT', '/v1/images/img-public', { volume: 'base', mode: 'clone', tenant: 'alice', visibility: 'public', internal: true });
+    t.equal(reply.status, 201, reply.text);
+    t.match((await agent.request('GET', `/v1/volumes/${reply.body.volumeId}`)).body, { kind: 'image', tenant: 'volagent-internal', readOnly: true });
+    t.same((await agent.request('GET', '/v1/images?tenant=bob')).body.map((i: any) => i.imageId), ['img-public'], 'bob sees the public image only');
+    t.same((await agent.request('GET', '/v1/images?tenant=alice')).body.map((i: any) => i.imageId).sort(), ['img-private', 'img-public']);
+  });
+
+  await t.test('create from image: the visibility × tenant matrix', async (t) => {
+    const cases = [
+      { image: 'img-private', tenant: 'alice', status: 201 },
+      { image: 'img-private', tenant: 'bob', status: 403, code: 'IMAGE_NOT_VISIBLE' },
+      { image: 'img-public', tenant: 'alice', status: 201 },
+      { image: 'img-public', tenant: 'bob', status: 201 },
+      { image: 'absent', tenant: 'bob', status: 404, code: 'IMAGE_NOT_FOUND' },
+    ];
+    for (const [i, c] of cases.entries()) {
+      const before = await state();
+      const reply = await agent.request('PUT', `/v1/volumes/from-${i}`, { tenant: c.tenant, source: { image: c.image }, sizeBytes: 128 * MiB });
+      t.equal(reply.status, c.status, `${c.tenant} from ${c.image}: ${reply.text}`);
+      if (c.code) {
+        t.equal(reply.body.error.code, c.code);
+        t.same(await state(), before, 'a refusal changes nothing');
+      } else {
+        t.match(reply.body, { tenant: c.tenant, kind: 'volume', readOnly: false, sizeBytes: 128 * MiB, cloneMethod: 'reflink', source: { image: c.image } });
+      }
+    }
+  });
+
+  await t.test('ten concurrent creates from one image all succeed', async (t) => {
+    const replies = await Promise.all(Array.from({ length: 10 }, (_, i) =>
+      agent.request('PUT', `/v1/volumes/many-${i}`, { tenant: 'bob', source: { image: 'img-public' } })));
+    t.same(replies.map((r) => r.status), Array(10).fill(201));
+    t.equal(readCatalog(agent.catalogPath).volumes.filter((v) => v.id.startsWith('many-') && v.state === 'available').length, 10);
+  });
+
+  await t.test('Image-Volumes are immutable through the API', async (t) => {
+    const iv = (await agent.request('GET', '/v1/images/img-private')).body.volumeId as string;
+    const before = await state();
+    const resize = await agent.request('POST', `/v1/volumes/${iv}/resize`, { sizeBytes: 128 * MiB });
+    t.equal(resize.body.error.code, 'VOLUME_READ_ONLY');
+    const snapshot = await agent.request('PUT', `/v1/volumes/${iv}/snapshots/s1`);
+    t.equal(snapshot.body.error.code, 'VOLUME_IS_IMAGE');
+    const del = await agent.request('DELETE', `/v1/volumes/${iv}`);
+    t.equal(del.status, 409);
+    t.match(del.body.error, { code: 'VOLUME_IS_IMAGE', details: { image: 'img-private' } });
+    const twice = await agent.request('PUT', '/v1/images/img-again', { volume: iv, mode: 'adopt', tenant: 'alice' });
+    t.equal(twice.body.error.code, 'VOLUME_IS_IMAGE', 'an Image-Volume is not registered again');
+    t.same(await state(), before, 'nothing changed');
+  });
+
+  await t.test('bad registrations get clear errors and change nothing', async (t) => {
+    const before = await state();
+    const cases: Array<[unknown, number, string]> = [
+      [{ volume: 'base', mode: 'copy', tenant: 'alice' }, 400, 'BAD_REQUEST'],
+      [{ volume: 'base', tenant: 'alice' }, 400, 'BAD_REQUEST'],
+      [{ volume: 'base', mode: 'clone', tenant: 'alice', visibility: 'shared' }, 400, 'BAD_REQUEST'],
+      [{ volume: 'base', mode: 'clone', tenant: 'alice', internal: 'yes' }, 400, 'BAD_REQUEST'],
+      [{ volume: 'base', mode: 'clone', tenant: 'alice', extra: 1 }, 400, 'UNKNOWN_FIELD'],
+      [{ volume: '../x', mode: 'clone', tenant: 'alice' }, 400, 'INVALID_ID'],
+      [{ volume: 'absent', mode: 'clone', tenant: 'alice' }, 404, 'VOLUME_NOT_FOUND'],
+      [{ volume: 'base', mode: 'clone', tenant: 'bob' }, 403, 'SOURCE_NOT_VISIBLE'],
+      [{ volume: 'base', mode: 'adopt', tenant: 'bob' }, 403, 'SOURCE_NOT_VISIBLE'],
+    ];
+    for (const [body, status, code] of cases) {
+      const reply = await agent.request('PUT', '/v1/images/bad', body);
+      t.equal(reply.status, status, JSON.stringify(body));
+      t.equal(reply.body.error.code, code);
+    }
+    t.same(await state(), before);
+  });
+
+  await t.test('register by adopt on a copy pool: the volume itself becomes the read-only Image-Volume', async (t) => {
+    const digest = await volumeWithData('golden', 'carol', 'slow', ext4Pool);
+    const reply = await agent.request('PUT', '/v1/images/img-adopted', { volume: 'golden', mode: 'adopt', tenant: 'carol', visibility: 'private' });
+    t.equal(reply.status, 201, reply.text);
+    t.match(reply.body, { volumeId: 'golden', location: 'cinder://golden', mode: 'adopt' });
+    t.match((await agent.request('GET', '/v1/volumes/golden')).body, { kind: 'image', readOnly: true, tenant: 'carol' });
+    t.equal((await stat(objectFile(ext4Pool, 'golden'))).mode & 0o777, 0o444);
+    const copy = await agent.request('PUT', '/v1/volumes/golden-copy?wait=true', { tenant: 'carol', source: { image: 'img-adopted' } });
+    t.equal(copy.status, 201, copy.text);
+    t.equal(copy.body.cloneMethod, 'copy_file_range');
+    t.equal(await sha256(objectFile(ext4Pool, 'golden-copy')), digest);
+  });
+
+  await t.test('deleting an image: clones stay intact, the Image-Volume goes once no clone reads it', async (t) => {
+    const iv = (await agent.request('GET', '/v1/images/img-private')).body.volumeId as string;
+    const digest = await sha256(objectFile(xfsPool, 'from-0'));
+    t.equal((await agent.request('DELETE', '/v1/images/img-private')).status, 204);
+    t.equal((await agent.request('DELETE', '/v1/images/img-private')).status, 204, 'idempotent');
+    let gone = false;
+    for (let i = 0; i < 100 && !gone; i++) {
+      gone = (await agent.request('GET', '/v1/images/img-private')).status === 404;
+      if (!gone) await new Promise((r) => setTimeout(r, 20));
+    }
+    t.ok(gone, 'the image is gone');
+    t.equal((await agent.request('GET', `/v1/volumes/${iv}`)).status, 404, 'with its Image-Volume');
+    t.notOk((await poolEntries(xfsPool)).includes(`${iv}.raw`), 'and its file');
+    t.equal(await sha256(objectFile(xfsPool, 'from-0')), digest, 'the clone made from it is intact');
+    const refused = await agent.request('PUT', '/v1/volumes/late', { tenant: 'alice', source: { image: 'img-private' } });
+    t.equal(refused.body.error.code, 'IMAGE_NOT_FOUND');
+    // Adopted: the volume is the Image-Volume, so it goes with the image; its copy stays.
+    t.equal((await agent.request('DELETE', '/v1/images/img-adopted')).status, 204);
+    for (let i = 0; i < 100 && (await agent.request('GET', '/v1/volumes/golden')).status !== 404; i++) await new Promise((r) => setTimeout(r, 20));
+    t.equal((await agent.request('GET', '/v1/volumes/golden')).status, 404);
+    t.equal((await agent.request('GET', '/v1/volumes/golden-copy')).status, 200);
+  });
+
+  await t.test('kill -9 with an image left creating and one left deleting: restart settles both', async (t) => {
+    await volumeWithData('crash-src', 'dave', 'fast', xfsPool);
+    t.equal((await agent.request('PUT', '/v1/images/img-keep', { volume: 'crash-src', mode: 'clone', tenant: 'dave' })).status, 201);
+    await agent.kill();
+    // Forge what a crash leaves between the steps: an image row creating with its Image-Volume
+    // made, and an image row deleting (the agent is down; the catalog is ours for a moment).
+    const BetterSqlite3 = (await import('better-sqlite3')).default;
+    const db = new BetterSqlite3(agent.catalogPath);
+    const keep = db.prepare("SELECT volume_id FROM images WHERE id = 'img-keep'").get() as { volume_id: string };
+    db.prepare("UPDATE images SET state = 'creating' WHERE id = 'img-keep'").run();
+    db.prepare("UPDATE images SET state = 'deleting' WHERE id = 'img-public'").run();
+    const publicIv = (db.prepare("SELECT volume_id FROM images WHERE id = 'img-public'").get() as { volume_id: string }).volume_id;
+    db.close();
+    agent = await startAgent(t, spec);
+    const catalog = readCatalog(agent.catalogPath);
+    t.notOk(catalog.images.some((i) => i.id === 'img-keep' || i.id === 'img-public'), 'both image rows settled');
+    t.notOk(catalog.volumes.some((v) => v.id === keep.volume_id || v.id === publicIv), 'with their Image-Volumes');
+    t.notOk((await poolEntries(xfsPool)).some((e) => e === `${keep.volume_id}.raw` || e === `${publicIv}.raw` || e.startsWith('.tmp-')), 'and their files');
+    t.equal((await agent.request('GET', '/v1/volumes/many-0')).status, 200, 'clones of the deleted image stay');
+    t.match((await agent.request('GET', '/v1/volumes/crash-src')).body, { readOnly: false, kind: 'volume' });
+    const check = await agent.request('GET', '/v1/check');
+    t.equal(check.body.clean, true, JSON.stringify(check.body));
+  });
+}

@@ -47,7 +47,7 @@ export class Agent {
     this.pools = new Map(options.pools.map((pool) => [pool.name, pool]));
     this.operations = new Operations(catalog, this.writes);
     this.volumes = new Volumes(catalog, this.writes, this.pools, this.locks, this.operations, options.lockWaitMs);
-    this.images = new Images(catalog, this.writes, this.volumes, this.pools, this.locks, options.internalTenant, options.lockWaitMs);
+    this.images = new Images(catalog, this.writes, this.volumes, this.locks, options.internalTenant, options.lockWaitMs);
   }
 
   get writes(): CatalogWrites {

@@ -16,7 +16,6 @@ import { randomUUID } from 'node:crypto';
 import { ApiError } from '../api/errors.js';
 import type { Catalog, ImageMode, ImageRow, ImageVisibility } from '../catalog/catalog.js';
 import type { CatalogWrites } from '../catalog/writes.js';
-import type { Pool } from '../pools/pool.js';
 import { toApiError } from './faults.js';
 import type { LockTable } from './locks.js';
 import type { Volumes } from './volumes.js';
@@ -55,16 +54,13 @@ export interface ImageFilter {
 }
 
 export class Images {
-  /** Background removals of deleted images' Image-Volumes, awaited by close(). */
-  private readonly removals = new Set<Promise<void>>();
-  /** Images whose removal is running. */
-  private readonly removing = new Set<string>();
+  /** Background removals of deleted images' Image-Volumes, by image id; awaited by close(). */
+  private readonly removals = new Map<string, Promise<void>>();
 
   constructor(
     private readonly catalog: Catalog,
     private readonly writes: CatalogWrites,
     private readonly volumes: Volumes,
-    private readonly pools: ReadonlyMap<string, Pool>,
     private readonly locks: LockTable,
     private readonly internalTenant: string,
     private readonly lockWaitMs: number,
@@ -114,7 +110,7 @@ export class Images {
           await this.volumes.createImageVolume(imageVolumeId, imageVolumeTenant, volume.id, request.tenant);
           await this.writes.transitionImage(request.id, 'creating', 'available');
         } else {
-          await this.adopt(request.id, volume.id, volume.pool, imageVolumeTenant);
+          await this.volumes.adoptAsImageVolume(volume.id, request.id, imageVolumeTenant);
         }
       } catch (error) {
         await this.rollBack(intent.row);
@@ -138,7 +134,7 @@ export class Images {
       if (!row) return;
       if (row.state === 'creating') throw new ApiError('VOLUME_BUSY', `image ${id} is being registered`, { image: id });
       if (row.state !== 'deleting') await this.writes.transitionImage(id, row.state, 'deleting');
-      if (!this.isRemoving(id)) this.startRemoval(id, row.volumeId);
+      if (!this.removals.has(id)) this.startRemoval(id, row.volumeId);
     } finally {
       release();
     }
@@ -146,20 +142,15 @@ export class Images {
 
   /** Waits for background removals (agent shutdown, after operations were cancelled). */
   async close(): Promise<void> {
-    await Promise.all([...this.removals]);
+    await Promise.all([...this.removals.values()]);
   }
 
   /** True for `image/<id>` while this process registers or removes that image: reconcile leaves it alone. */
   isLive(key: string): boolean {
-    return key.startsWith('image/') && this.removing.has(key.slice('image/'.length));
-  }
-
-  private isRemoving(id: string): boolean {
-    return this.removing.has(id);
+    return key.startsWith('image/') && this.removals.has(key.slice('image/'.length));
   }
 
   private startRemoval(id: string, volumeId: string): void {
-    this.removing.add(id);
     const removal: Promise<void> = (async () => {
       try {
         await this.volumes.deleteImageVolume(volumeId);
@@ -168,25 +159,8 @@ export class Images {
         await this.writes.transitionImage(id, 'deleting', 'error', { error: `removing Image-Volume ${volumeId}: ${(error as Error).message}` })
           .catch(() => undefined);
       }
-    })().finally(() => {
-      this.removing.delete(id);
-      this.removals.delete(removal);
-    });
-    this.removals.add(removal);
-  }
-
-  /** Adoption: the file becomes read-only, then the volume and the image change in one commit. */
-  private async adopt(imageId: string, volumeId: string, poolName: string, tenant: string): Promise<void> {
-    const release = await this.lock(volumeId, 'exclusive', `adopt ${volumeId} as image ${imageId}`);
-    try {
-      await this.pool(poolName).setReadOnly(volumeId, true);
-      await this.writes.completeAdoption(imageId, volumeId, tenant);
-    } catch (error) {
-      await this.pool(poolName).setReadOnly(volumeId, false).catch(() => undefined);
-      throw error;
-    } finally {
-      release();
-    }
+    })().finally(() => this.removals.delete(id));
+    this.removals.set(id, removal);
   }
 
   /** Undoes a registration that failed before its image became available. */
@@ -206,12 +180,6 @@ export class Images {
     const row = this.catalog.getImage(id);
     if (!row) throw new ApiError('IMAGE_NOT_FOUND', `image ${id} does not exist`, { image: id });
     return row;
-  }
-
-  private pool(name: string): Pool {
-    const pool = this.pools.get(name);
-    if (!pool) throw new ApiError('POOL_NOT_FOUND', `no pool named ${name}`, { pool: name });
-    return pool;
   }
 
   private async lock(key: string, mode: 'shared' | 'exclusive', holder: string): Promise<() => void> {

@@ -182,6 +182,27 @@ export class Volumes {
     return outcome.view;
   }
 
+  /**
+   * Adoption of volume `id` as image `imageId`'s Image-Volume (in `tenant`):
+   * the file becomes read-only, then the volume and the image change in one
+   * commit; a failure makes the file writable again.
+   */
+  async adoptAsImageVolume(id: string, imageId: string, tenant: string): Promise<void> {
+    const release = await this.lock(id, 'exclusive', `adopt ${id} as image ${imageId}`);
+    try {
+      const pool = this.pool(this.volumeRow(id).pool);
+      try {
+        await pool.setReadOnly(id, true);
+        await this.writes.completeAdoption(imageId, id, tenant);
+      } catch (error) {
+        await pool.setReadOnly(id, false).catch(() => undefined);
+        throw error;
+      }
+    } finally {
+      release();
+    }
+  }
+
   private async remove(id: string, waitMs = this.lockWaitMs): Promise<void> {
     const first = this.catalog.getVolume(id);
     if (!first) return;

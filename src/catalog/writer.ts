@@ -8,7 +8,7 @@ import { Worker } from 'node:worker_threads';
 import { IllegalTransitionError } from './catalog.js';
 import type { FromWriter, ToWriter, WireError, WriteReply } from './writer-wire.js';
 import type { CatalogWrites, WriteMethod } from './writes.js';
-import { WRITE_METHODS } from './writes.js';
+import { writesThrough } from './writes.js';
 
 const THREAD_URL = new URL('./writer-thread.js', import.meta.url);
 
@@ -42,9 +42,7 @@ export class CatalogWriter {
   private closed: Promise<void> | undefined;
 
   private constructor(private readonly worker: Worker) {
-    this.writes = Object.fromEntries(WRITE_METHODS.map((method) => [
-      method, (...args: unknown[]) => this.call(method, args),
-    ])) as unknown as CatalogWrites;
+    this.writes = writesThrough((method, args) => this.call(method, args));
     worker.on('message', (message: FromWriter) => {
       if (message.type === 'replies') this.settle(message.replies);
     });

@@ -27,9 +27,12 @@ export function applyWrite(catalog: Catalog, method: WriteMethod, args: readonly
   return (catalog[method] as (...a: unknown[]) => unknown).apply(catalog, args as unknown[]);
 }
 
+/** CatalogWrites whose every method is `call(method, args)`. */
+export function writesThrough(call: (method: WriteMethod, args: unknown[]) => Promise<unknown>): CatalogWrites {
+  return Object.fromEntries(WRITE_METHODS.map((method) => [method, (...args: unknown[]) => call(method, args)])) as unknown as CatalogWrites;
+}
+
 /** The writes of `catalog` on the calling thread, each its own commit. */
 export function inlineWrites(catalog: Catalog): CatalogWrites {
-  return Object.fromEntries(WRITE_METHODS.map((method) => [
-    method, (...args: unknown[]) => new Promise((resolve) => resolve(applyWrite(catalog, method, args))),
-  ])) as unknown as CatalogWrites;
+  return writesThrough((method, args) => new Promise((resolve) => resolve(applyWrite(catalog, method, args))));
 }

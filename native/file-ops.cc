@@ -103,6 +103,38 @@ struct ReadWriteResult {
 
 bool AllZero(const char* p, size_t n) { return n == 0 || (p[0] == 0 && memcmp(p, p + 1, n - 1) == 0); }
 
+// Writes buf[0, n) at fileOffset. When zeroBlock > 0, blocks of that size
+// (counted from the start of buf) that are all zero are skipped, so they stay
+// holes in a fresh sparse file; the caller decides whether that is correct.
+bool WriteSkippingZeros(int fd, const char* buf, size_t n, int64_t fileOffset, int64_t zeroBlock, const std::string& path,
+                        int64_t& written, SysError& err) {
+  const size_t block = zeroBlock > 0 ? static_cast<size_t>(zeroBlock) : n;
+  size_t pos = 0;
+  while (pos < n) {
+    size_t first = std::min(block, n - pos);
+    if (zeroBlock > 0 && AllZero(buf + pos, first)) {
+      pos += first;
+      continue;
+    }
+    size_t runEnd = pos + first;  // extend over the following non-zero blocks
+    while (runEnd < n) {
+      size_t next = std::min(block, n - runEnd);
+      if (zeroBlock > 0 && AllZero(buf + runEnd, next)) break;
+      runEnd += next;
+    }
+    while (pos < runEnd) {
+      ssize_t put = pwrite(fd, buf + pos, runEnd - pos, fileOffset + static_cast<int64_t>(pos));
+      if (put < 0) {
+        if (errno == EINTR) continue;
+        return err.set(errno, "write", path);
+      }
+      pos += static_cast<size_t>(put);
+      written += put;
+    }
+  }
+  return true;
+}
+
 Napi::Value CopyByReadWrite(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int src = ArgFd(info, 0, "srcFd");
@@ -113,9 +145,7 @@ Napi::Value CopyByReadWrite(const Napi::CallbackInfo& info) {
   int64_t zeroBlock = ArgInteger(info, 5, "skipZeroBlockSize");
   std::string srcPath = ArgLabel(info, 6), dstPath = ArgLabel(info, 7);
   if (env.IsExceptionPending()) return env.Undefined();
-  // pread/pwrite through one buffer. When skipZeroBlockSize > 0, aligned blocks
-  // of that size that read as zeroes are not written (they stay holes in a
-  // fresh sparse destination); the caller decides whether that is correct.
+  // pread/pwrite through one buffer; see WriteSkippingZeros for skipZeroBlockSize.
   return PromiseWorker<ReadWriteResult>::Start(
       env, "volagent.copy_read_write",
       [=](ReadWriteResult& r, SysError& err) {
@@ -131,30 +161,9 @@ Napi::Value CopyByReadWrite(const Napi::CallbackInfo& info) {
             return err.set(errno, "read", srcPath);
           }
           if (got == 0) break;
-          const size_t n = static_cast<size_t>(got);
-          const size_t block = zeroBlock > 0 ? static_cast<size_t>(zeroBlock) : n;
-          size_t pos = 0;
-          while (pos < n) {
-            size_t first = std::min(block, n - pos);
-            if (zeroBlock > 0 && AllZero(buf.get() + pos, first)) {
-              pos += first;
-              continue;
-            }
-            size_t runEnd = pos + first;  // extend over the following non-zero blocks
-            while (runEnd < n) {
-              size_t next = std::min(block, n - runEnd);
-              if (zeroBlock > 0 && AllZero(buf.get() + runEnd, next)) break;
-              runEnd += next;
-            }
-            while (pos < runEnd) {
-              ssize_t put = pwrite(dst, buf.get() + pos, runEnd - pos, dstOffset + r.bytesRead + static_cast<int64_t>(pos));
-              if (put < 0) {
-                if (errno == EINTR) continue;
-                return err.set(errno, "write", dstPath);
-              }
-              pos += static_cast<size_t>(put);
-              r.bytesWritten += put;
-            }
+          if (!WriteSkippingZeros(dst, buf.get(), static_cast<size_t>(got), dstOffset + r.bytesRead, zeroBlock, dstPath,
+                                  r.bytesWritten, err)) {
+            return false;
           }
           r.bytesRead += got;
         }
@@ -166,6 +175,36 @@ Napi::Value CopyByReadWrite(const Napi::CallbackInfo& info) {
         o.Set("bytesWritten", Napi::Number::New(e, static_cast<double>(r.bytesWritten)));
         return o;
       });
+}
+
+struct WriteResult {
+  int64_t bytesWritten = 0;
+};
+
+Napi::Value WriteData(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = ArgFd(info, 0, "fd");
+  if (!env.IsExceptionPending() && (info.Length() < 2 || !info[1].IsBuffer())) {
+    MakeTypeError(env, "The \"data\" argument must be a Buffer").ThrowAsJavaScriptException();
+  }
+  int64_t fileOffset = ArgInteger(info, 2, "fileOffset");
+  int64_t zeroBlock = ArgInteger(info, 3, "skipZeroBlockSize");
+  std::string path = ArgLabel(info, 4);
+  if (env.IsExceptionPending()) return env.Undefined();
+  Napi::Buffer<char> data = info[1].As<Napi::Buffer<char>>();
+  // The reference keeps the Buffer's memory alive while the pool thread writes
+  // it; it is dropped with the worker, on the main thread. The caller must not
+  // change the Buffer until the promise settles.
+  auto keep = std::make_shared<Napi::ObjectReference>(Napi::Persistent(data.As<Napi::Object>()));
+  const char* bytes = data.Data();
+  const size_t length = data.Length();
+  return PromiseWorker<WriteResult>::Start(
+      env, "volagent.write_data",
+      [=](WriteResult& r, SysError& err) {
+        (void)keep;
+        return WriteSkippingZeros(fd, bytes, length, fileOffset, zeroBlock, path, r.bytesWritten, err);
+      },
+      [](Napi::Env e, WriteResult& r) { return Napi::Number::New(e, static_cast<double>(r.bytesWritten)); });
 }
 
 struct ExtentList {
@@ -348,6 +387,7 @@ void InitFileOps(Napi::Env env, Napi::Object exports) {
   exports.Set("ficloneRange", Napi::Function::New(env, FicloneRange, "ficloneRange"));
   exports.Set("copyFileRange", Napi::Function::New(env, CopyFileRange, "copyFileRange"));
   exports.Set("copyByReadWrite", Napi::Function::New(env, CopyByReadWrite, "copyByReadWrite"));
+  exports.Set("writeData", Napi::Function::New(env, WriteData, "writeData"));
   exports.Set("dataExtents", Napi::Function::New(env, DataExtents, "dataExtents"));
   exports.Set("fiemap", Napi::Function::New(env, Fiemap, "fiemap"));
   exports.Set("fallocate", Napi::Function::New(env, Fallocate, "fallocate"));

@@ -10,6 +10,8 @@ import type { CatalogWrites } from '../catalog/writes.js';
 import { inlineWrites } from '../catalog/writes.js';
 import type { Pool, PoolCapabilities, PoolCapacity } from '../pools/pool.js';
 import type { Backend } from '../pools/pool.js';
+import type { ImageCacheView } from './image-cache.js';
+import type { PoolImagePolicy } from './images.js';
 import { Images } from './images.js';
 import { LockTable } from './locks.js';
 import { Operations } from './operations.js';
@@ -24,6 +26,8 @@ export interface PoolView {
   backend: Backend;
   capabilities: PoolCapabilities;
   capacity: PoolCapacity;
+  /** Present when the pool has an image-volume cache. */
+  imageCache?: ImageCacheView;
 }
 
 export interface AgentOptions {
@@ -34,6 +38,8 @@ export interface AgentOptions {
   lockWaitMs: number;
   /** Tenant of internal Image-Volumes (`[agent] internal_tenant`). */
   internalTenant: string;
+  /** Image limits per pool name (`max_image_bytes`, `image_cache`). */
+  imagePolicies?: ReadonlyMap<string, PoolImagePolicy>;
 }
 
 export class Agent {
@@ -47,7 +53,11 @@ export class Agent {
     this.pools = new Map(options.pools.map((pool) => [pool.name, pool]));
     this.operations = new Operations(catalog, this.writes);
     this.volumes = new Volumes(catalog, this.writes, this.pools, this.locks, this.operations, options.lockWaitMs);
-    this.images = new Images(catalog, this.writes, this.volumes, this.locks, options.internalTenant, options.lockWaitMs);
+    this.images = new Images(catalog, this.writes, this.volumes, this.locks, {
+      internalTenant: options.internalTenant,
+      lockWaitMs: options.lockWaitMs,
+      ...(options.imagePolicies ? { policies: options.imagePolicies } : {}),
+    });
   }
 
   get writes(): CatalogWrites {
@@ -78,12 +88,16 @@ export class Agent {
   }
 
   async listPools(): Promise<PoolView[]> {
-    return Promise.all([...this.pools.values()].map(async (pool) => ({
-      name: pool.name,
-      backend: pool.backend,
-      capabilities: pool.capabilities(),
-      capacity: await pool.capacity(),
-    })));
+    return Promise.all([...this.pools.values()].map(async (pool) => {
+      const imageCache = this.images.cacheView(pool.name);
+      return {
+        name: pool.name,
+        backend: pool.backend,
+        capabilities: pool.capabilities(),
+        capacity: await pool.capacity(),
+        ...(imageCache ? { imageCache } : {}),
+      };
+    }));
   }
 
   /** `volagent check`: what differs now; with `repair`, settled. Live work is left alone. */

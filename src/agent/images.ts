@@ -11,14 +11,60 @@
 // leaves nothing; a crash in between is settled by reconcile at start-up.
 // Deleting marks the image `deleting` (no new clone can start from it) and
 // removes its Image-Volume once the clones reading it have finished.
+//
+// Upload (`PUT /v1/images/{id}/data`) streams the body into a new read-only
+// Image-Volume (sparse; the pool writes no all-zero block); the image becomes
+// available only once the pool has made every byte durable. Download opens
+// the Image-Volume under a shared lock, so a delete or an eviction waits for it.
 import { randomUUID } from 'node:crypto';
+import type { FileHandle } from 'node:fs/promises';
+import { open } from 'node:fs/promises';
 
 import { ApiError } from '../api/errors.js';
 import type { Catalog, ImageMode, ImageRow, ImageVisibility } from '../catalog/catalog.js';
 import type { CatalogWrites } from '../catalog/writes.js';
+import { isSystemError } from '../native/system-error.js';
+import type { ImageCacheConfig } from '../pools/pool-config.js';
 import { toApiError } from './faults.js';
+import type { ImageCacheView } from './image-cache.js';
+import { ImageCache } from './image-cache.js';
 import type { LockTable } from './locks.js';
 import type { Volumes } from './volumes.js';
+
+/** What a pool's configuration says about images in it. */
+export interface PoolImagePolicy {
+  /** Largest upload accepted (`max_image_bytes`); larger is 413. */
+  maxImageBytes?: number;
+  imageCache?: ImageCacheConfig;
+}
+
+export interface ImagesOptions {
+  /** Tenant of internal Image-Volumes, and of cache entries' (as Cinder's cache). */
+  internalTenant: string;
+  lockWaitMs: number;
+  policies?: ReadonlyMap<string, PoolImagePolicy>;
+}
+
+export interface UploadImageRequest {
+  id: string;
+  /** Default: the first pool. */
+  pool?: string;
+  tenant: string;
+  visibility: ImageVisibility;
+  /** Make the image an entry of the pool's image-volume cache. */
+  cache: boolean;
+  /** Declared length (Content-Length); undefined when chunked. */
+  contentLength?: number;
+  /** The bytes; called once the request passed every check that needs no byte. */
+  data: () => AsyncIterable<Uint8Array>;
+}
+
+/** An open Image-Volume for a download; `close` releases it (and the lock that keeps it from deletion). */
+export interface ImageData {
+  sizeBytes: number;
+  handle: FileHandle;
+  close(): Promise<void>;
+}
 
 export interface RegisterImageRequest {
   id: string;
@@ -42,6 +88,8 @@ export interface ImageView {
   internal: boolean;
   mode: ImageMode;
   sourceVolume?: string;
+  /** An entry of its pool's image-volume cache. */
+  cached: boolean;
   sizeBytes: number;
   state: ImageRow['state'];
   createdAt: string;
@@ -56,15 +104,33 @@ export interface ImageFilter {
 export class Images {
   /** Background removals of deleted images' Image-Volumes, by image id; awaited by close(). */
   private readonly removals = new Map<string, Promise<void>>();
+  readonly cache: ImageCache;
+  private readonly internalTenant: string;
+  private readonly lockWaitMs: number;
+  private readonly policies: ReadonlyMap<string, PoolImagePolicy>;
 
   constructor(
     private readonly catalog: Catalog,
     private readonly writes: CatalogWrites,
     private readonly volumes: Volumes,
     private readonly locks: LockTable,
-    private readonly internalTenant: string,
-    private readonly lockWaitMs: number,
-  ) {}
+    options: ImagesOptions,
+  ) {
+    this.internalTenant = options.internalTenant;
+    this.lockWaitMs = options.lockWaitMs;
+    this.policies = options.policies ?? new Map();
+    const cacheLimits = new Map([...this.policies].flatMap(([pool, policy]) => (policy.imageCache ? [[pool, policy.imageCache] as const] : [])));
+    this.cache = new ImageCache(catalog, writes, locks, cacheLimits, (entry) => this.evict(entry));
+    volumes.onImageClone = (imageId) => {
+      const image = this.catalog.getImage(imageId);
+      if (image) this.cache.recordUse(image);
+    };
+  }
+
+  /** The cache's figures for `pool`; undefined when it has none. */
+  cacheView(pool: string): ImageCacheView | undefined {
+    return this.cache.view(pool);
+  }
 
   list(filter: ImageFilter = {}): ImageView[] {
     return this.catalog.listImages()
@@ -123,6 +189,82 @@ export class Images {
   }
 
   /**
+   * A new image from uploaded bytes (201). An existing id is IMAGE_EXISTS:
+   * an upload cannot be compared with the first, so it is never a repeat.
+   * Checks that need no byte come first, so a refused upload is not read.
+   */
+  async upload(request: UploadImageRequest): Promise<ImageView> {
+    const pool = this.volumes.pool(request.pool ?? this.volumes.defaultPoolName()).name;
+    if (this.catalog.getImage(request.id)) throw this.exists(request.id);
+    const { maxImageBytes } = this.policies.get(pool) ?? {};
+    const cacheMaxBytes = request.cache ? this.cache.limitsOf(pool).maxBytes : undefined;
+    const declared = request.contentLength;
+    if (declared === 0) throw this.empty();
+    if (declared !== undefined && maxImageBytes !== undefined && declared > maxImageBytes) throw this.tooLarge(pool, maxImageBytes, declared);
+    if (declared !== undefined && request.cache) this.cache.checkFits(pool, declared);
+
+    const volumeId = `iv-${randomUUID()}`;
+    const requestKey = JSON.stringify(['upload', pool, request.tenant, request.visibility, request.cache]);
+    const intent = await this.writes.insertImageCreating({
+      id: request.id, volumeId, pool, tenant: request.tenant, visibility: request.visibility,
+      internal: request.cache, mode: 'upload', cached: request.cache, requestKey,
+    });
+    if (!intent.inserted) throw this.exists(request.id);
+    try {
+      // The smaller limit decides what a too-long (chunked) body is told.
+      const cacheDecides = cacheMaxBytes !== undefined && (maxImageBytes === undefined || cacheMaxBytes < maxImageBytes);
+      const maxBytes = cacheDecides ? cacheMaxBytes : maxImageBytes;
+      let received;
+      try {
+        received = await this.volumes.receiveImageVolume(volumeId, request.cache ? this.internalTenant : request.tenant, pool, request.data(), {
+          ...(maxBytes !== undefined ? { maxBytes } : {}), ...(declared !== undefined ? { expectedBytes: declared } : {}),
+        });
+      } catch (error) {
+        if (!isSystemError(error, 'EFBIG') || maxBytes === undefined) throw error;
+        throw cacheDecides ? this.cache.tooLarge(pool, undefined) : this.tooLarge(pool, maxBytes, undefined);
+      }
+      if (received.sizeBytes === 0) throw this.empty();
+      const makeAvailable = async (): Promise<void> => {
+        await this.writes.transitionImage(request.id, 'creating', 'available');
+      };
+      if (request.cache) await this.cache.admit(pool, received.sizeBytes, makeAvailable);
+      else await makeAvailable();
+    } catch (error) {
+      await this.rollBack(intent.row);
+      throw toApiError(error, { image: request.id });
+    }
+    return this.get(request.id);
+  }
+
+  /**
+   * Opens image `id`'s bytes for reading by `viewer` (when given, the image
+   * must be visible to it). Holds a shared lock on the Image-Volume until closed.
+   */
+  async openData(id: string, viewer?: string): Promise<ImageData> {
+    const row = this.visibleImage(id, viewer);
+    const release = await this.lock(row.volumeId, 'shared', `download image ${id}`);
+    try {
+      const current = this.visibleImage(id, viewer); // it may have changed while we waited
+      const volume = this.catalog.getVolume(current.volumeId);
+      if (!volume || volume.state !== 'available') throw new ApiError('VOLUME_BUSY', `image ${id} is not readable now`, { image: id });
+      const handle = await open(this.volumes.pool(volume.pool).objectPath(volume.id), 'r');
+      const { size } = await handle.stat();
+      let closed: Promise<void> | undefined;
+      return {
+        sizeBytes: size,
+        handle,
+        close: () => {
+          closed ??= handle.close().finally(release);
+          return closed;
+        },
+      };
+    } catch (error) {
+      release();
+      throw toApiError(error, { image: id });
+    }
+  }
+
+  /**
    * Absent is done. The image stops being a clone source at once; its
    * Image-Volume goes when the clones reading it have finished (in the
    * background: the answer does not wait for them).
@@ -163,17 +305,47 @@ export class Images {
     this.removals.set(id, removal);
   }
 
-  /** Undoes a registration that failed before its image became available. */
+  /** Evicts an unused cache entry: no new clone can start from it, then it goes, before returning. */
+  private async evict(entry: ImageRow): Promise<void> {
+    await this.writes.transitionImage(entry.id, 'available', 'deleting');
+    await this.volumes.deleteImageVolume(entry.volumeId);
+    await this.writes.removeImage(entry.id);
+  }
+
+  /** Undoes a registration or upload that failed before its image became available. */
   private async rollBack(row: ImageRow): Promise<void> {
-    if (row.mode === 'clone') await this.volumes.deleteImageVolume(row.volumeId).catch(() => undefined);
+    if (row.mode !== 'adopt' && this.catalog.getVolume(row.volumeId)) await this.volumes.deleteImageVolume(row.volumeId).catch(() => undefined);
     await this.writes.discardCreatingImage(row.id);
   }
 
   private repeat(row: ImageRow, requestKey: string): ImageView {
-    if (row.requestKey !== requestKey) {
-      throw new ApiError('IMAGE_EXISTS', `image ${row.id} exists with a different definition`, { image: row.id });
-    }
+    if (row.requestKey !== requestKey) throw this.exists(row.id);
     return this.view(row);
+  }
+
+  private exists(id: string): ApiError {
+    return new ApiError('IMAGE_EXISTS', `image ${id} exists with a different definition (an upload never replaces an image)`, { image: id });
+  }
+
+  private empty(): ApiError {
+    return new ApiError('INVALID_SIZE', 'an image needs at least one byte', { field: 'Content-Length' });
+  }
+
+  private tooLarge(pool: string, limitBytes: number, contentLength: number | undefined): ApiError {
+    return new ApiError('PAYLOAD_TOO_LARGE', `images in pool ${pool} are at most ${limitBytes} bytes (max_image_bytes)`, {
+      pool, limitBytes, ...(contentLength !== undefined ? { contentLength } : {}),
+    });
+  }
+
+  /** An image that is available and, when `viewer` is given, visible to it. */
+  private visibleImage(id: string, viewer: string | undefined): ImageRow {
+    const row = this.imageRow(id);
+    if (row.state === 'deleting') throw new ApiError('IMAGE_NOT_FOUND', `image ${id} does not exist`, { image: id });
+    if (viewer !== undefined && row.visibility !== 'public' && row.tenant !== viewer) {
+      throw new ApiError('IMAGE_NOT_VISIBLE', `image ${id} is private to another tenant`, { image: id });
+    }
+    if (row.state !== 'available') throw new ApiError('VOLUME_BUSY', `image ${id} is ${row.state}`, { image: id, state: row.state });
+    return row;
   }
 
   private imageRow(id: string): ImageRow {
@@ -202,6 +374,7 @@ export class Images {
       internal: row.internal,
       mode: row.mode,
       ...(row.sourceVolume ? { sourceVolume: row.sourceVolume } : {}),
+      cached: row.cached,
       sizeBytes: volume?.sizeBytes ?? 0,
       state: row.state,
       createdAt: row.createdAt,

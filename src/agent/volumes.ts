@@ -11,7 +11,7 @@ import { ApiError } from '../api/errors.js';
 import type { Catalog, SnapshotRow, SourceKind, VolumeKind, VolumeRow } from '../catalog/catalog.js';
 import type { CatalogWrites } from '../catalog/writes.js';
 import type { ObjectState } from '../catalog/volume-state.js';
-import type { CloneOutcome, Pool } from '../pools/pool.js';
+import type { CloneOutcome, Pool, ReceiveOutcome } from '../pools/pool.js';
 import { toApiError } from './faults.js';
 import { snapshotObject } from './ids.js';
 import type { LockTable, Release } from './locks.js';
@@ -104,6 +104,8 @@ export class Volumes {
    * promise resolves here: a repeat that sees it waits for that promise.
    */
   private readonly intents = new Map<string, Promise<unknown>>();
+  /** Told of every volume made from an image (the image cache counts hits and orders entries by it). */
+  onImageClone: ((imageId: string) => void) | undefined;
 
   constructor(
     /** Reads; every write goes through `writes`. */
@@ -180,6 +182,39 @@ export class Volumes {
   async createImageVolume(id: string, tenant: string, source: string, viewer: string): Promise<VolumeView> {
     const outcome = await this.createClone({ id, tenant, wait: true }, { volume: source }, { kind: 'image', readOnly: true, viewer });
     return outcome.view;
+  }
+
+  /**
+   * An Image-Volume `id` in pool `poolName`, owned by `tenant`, made from the
+   * bytes of `data` (an upload): read-only, sparse, durable before it is
+   * available. `expectedBytes` is the declared length (recorded on the intent
+   * row); more than `maxBytes` is EFBIG. A failure leaves neither row nor object.
+   */
+  async receiveImageVolume(id: string, tenant: string, poolName: string, data: AsyncIterable<Uint8Array>,
+    limits: { maxBytes?: number; expectedBytes?: number } = {}): Promise<ReceiveOutcome> {
+    const pool = this.pool(poolName);
+    this.checkObjectName(pool, id, { volume: id });
+    const requestKey = `${canonicalKey({ pool: pool.name, tenant, sizeBytes: null, source: null })}/upload`;
+    const inserted = await this.recordIntent(id, this.writes.insertCreating({
+      id, pool: pool.name, tenant, kind: 'image', readOnly: true, sizeBytes: limits.expectedBytes ?? 0, requestKey,
+    }));
+    if (!inserted.inserted) throw new ApiError('VOLUME_EXISTS', `volume ${id} exists`, { volume: id });
+    let received: ReceiveOutcome | undefined;
+    const work = async (): Promise<void> => {
+      let published = false;
+      try {
+        received = await pool.receive(id, data, { readOnly: true, ...(limits.maxBytes !== undefined ? { maxBytes: limits.maxBytes } : {}) });
+        published = true;
+        await this.writes.transitionVolume(id, 'creating', 'available', { cloneMethod: 'upload', sizeBytes: received.sizeBytes });
+      } catch (error) {
+        if (published) await pool.remove(id).catch(() => undefined); // published but not recorded: withdraw it
+        await this.writes.discardCreatingVolume(id);
+        throw error;
+      }
+    };
+    this.start(id, limits.expectedBytes ?? 0, undefined, work, () => undefined);
+    await this.pending.get(id)?.done; // its fault as thrown (EFBIG tells which limit to the caller)
+    return received!;
   }
 
   /**
@@ -374,6 +409,7 @@ export class Volumes {
             ...this.taskOptions(context),
           });
           await this.writes.transitionVolume(id, 'creating', 'available', { cloneMethod: outcome.method, sizeBytes: Math.max(sizeBytes, resolved.sizeBytes) });
+          if (resolved.kind === 'image') this.onImageClone?.(resolved.id);
         } catch (error) {
           if (outcome) await pool.remove(id).catch(() => undefined); // published but not recorded: withdraw it
           await this.writes.discardCreatingVolume(id);
@@ -510,11 +546,13 @@ export class Volumes {
 
   // --- helpers ---
 
-  private defaultPoolName(): string {
+  /** The first configured pool: where a request that names none goes. */
+  defaultPoolName(): string {
     return this.pools.keys().next().value!;
   }
 
-  private pool(name: string): Pool {
+  /** The pool named `name`, or POOL_NOT_FOUND. */
+  pool(name: string): Pool {
     const pool = this.pools.get(name);
     if (!pool) throw new ApiError('POOL_NOT_FOUND', `no pool named ${name}`, { pool: name, pools: [...this.pools.keys()] });
     return pool;

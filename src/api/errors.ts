@@ -6,6 +6,7 @@ export const ERROR_CODES = {
   BAD_REQUEST: { status: 400, meaning: 'The request is malformed: bad JSON, a wrong type, a missing field.' },
   INVALID_ID: { status: 400, meaning: 'An id does not match ^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$ or contains "..".' },
   INVALID_SIZE: { status: 400, meaning: 'sizeBytes is not a positive integer number of bytes, or not a multiple of 512.' },
+  UPLOAD_INCOMPLETE: { status: 400, meaning: 'The connection broke before the last byte of an upload; nothing was kept.' },
   UNKNOWN_FIELD: { status: 400, meaning: 'The body has a field this API version does not define.' },
   SHRINK_NOT_SUPPORTED: { status: 400, meaning: 'A resize or clone asked for a size smaller than the current one.' },
   POOL_NOT_FOUND: { status: 404, meaning: 'No pool of that name is configured.' },
@@ -26,9 +27,11 @@ export const ERROR_CODES = {
   IMAGE_EXISTS: { status: 409, meaning: 'An image with that id exists with a different definition.' },
   VOLUME_READ_ONLY: { status: 409, meaning: 'The volume is an Image-Volume or otherwise read-only.' },
   OPERATION_CANCELLED: { status: 409, meaning: 'The operation was cancelled (by a request or an agent shutdown) before it ended; nothing was left behind.' },
-  PAYLOAD_TOO_LARGE: { status: 413, meaning: 'The body is larger than the route accepts (1 MiB for JSON).' },
+  PAYLOAD_TOO_LARGE: { status: 413, meaning: "The body is larger than the route accepts: 1 MiB for JSON, the pool's max_image_bytes for image data." },
+  RANGE_NOT_SATISFIABLE: { status: 416, meaning: 'The Range of a download starts past the end of the image; Content-Range gives the size.' },
   UNSUPPORTED_FOR_POOL: { status: 422, meaning: "The pool's backend cannot do this." },
   INSUFFICIENT_SPACE: { status: 507, meaning: 'The pool is out of space; the partial result was removed and the source is intact.' },
+  IMAGE_CACHE_FULL: { status: 507, meaning: "The image does not fit in the pool's image cache: larger than max_bytes, or the entries in use leave no room." },
   INTERNAL: { status: 500, meaning: 'An agent fault; the log has the details.' },
 } as const;
 

@@ -87,3 +87,37 @@ export function parseBoolean(value: unknown, field: string, fallback: boolean): 
   if (typeof value !== 'boolean') throw new ApiError('BAD_REQUEST', `${field} must be true or false`, { field, type: typeOf(value) });
   return value;
 }
+
+/** An inclusive byte range [start, end] of a representation. */
+export interface ByteRange {
+  start: number;
+  end: number;
+}
+
+const SINGLE_RANGE = /^bytes=(\d*)-(\d*)$/;
+
+/**
+ * The `Range` header (RFC 9110 14.2) against a representation of `sizeBytes`:
+ * undefined for the whole (no header, or one this server may ignore: another
+ * unit, several ranges, bad syntax); a range clipped to the size; or
+ * RANGE_NOT_SATISFIABLE (416) when it starts past the end.
+ */
+export function parseRange(header: string | undefined, sizeBytes: number): ByteRange | undefined {
+  if (header === undefined) return undefined;
+  const match = SINGLE_RANGE.exec(header.trim());
+  if (!match || (match[1] === '' && match[2] === '')) return undefined;
+  const [first, last] = [match[1]!, match[2]!];
+  let range: ByteRange | undefined;
+  if (first === '') {
+    const suffix = Number(last); // the last N bytes
+    if (suffix > 0 && sizeBytes > 0) range = { start: Math.max(0, sizeBytes - suffix), end: sizeBytes - 1 };
+  } else {
+    const start = Number(first);
+    if (last !== '' && Number(last) < start) return undefined; // syntactically invalid: ignored (RFC 9110 14.1.1)
+    if (start < sizeBytes) range = { start, end: last === '' ? sizeBytes - 1 : Math.min(Number(last), sizeBytes - 1) };
+  }
+  if (!range) {
+    throw new ApiError('RANGE_NOT_SATISFIABLE', `range ${header} is outside the ${sizeBytes} bytes of the image`, { range: header, sizeBytes });
+  }
+  return range;
+}

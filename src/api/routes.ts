@@ -1,31 +1,57 @@
 // The v1 route table (DESIGN.md "Control API", docs/api.md). Each route
 // parses its path parameters, query and body into typed values, then calls
 // the domain (STYLE.md 7: parse, then execute). Handlers never see sockets.
+import { createReadStream } from 'node:fs';
+import type { Readable } from 'node:stream';
+import { finished } from 'node:stream';
+
 import type { Agent } from '../agent/agent.js';
 import type { PutOutcome } from '../agent/volumes.js';
 import { ApiError } from './errors.js';
-import { parseBoolean, parseChoice, parseFlag, parseId, parseOptionalId, parseSize, parseSource, requireFields, requireQuery } from './parse.js';
+import { parseBoolean, parseChoice, parseFlag, parseId, parseOptionalId, parseRange, parseSize, parseSource, requireFields, requireQuery } from './parse.js';
 
 export interface RouteInput {
   params: string[];
   query: URLSearchParams;
   /** The parsed JSON body; undefined when the request had none. */
   body: Record<string, unknown> | undefined;
+  /** The raw body of a `stream` route, not yet read. */
+  upload?: UploadBody;
+  /** The request's Range header, for downloads. */
+  range?: string;
+}
+
+export interface UploadBody {
+  /** The declared Content-Length; undefined for a chunked body. */
+  contentLength?: number;
+  /**
+   * The body's bytes, read as they are consumed (backpressure). The first
+   * call answers `Expect: 100-continue`, so checks made before it refuse an
+   * upload before the client sends it. A connection that breaks before the
+   * last byte is UPLOAD_INCOMPLETE.
+   */
+  chunks(): AsyncIterable<Buffer>;
 }
 
 export interface Reply {
   status: number;
   body?: unknown;
+  /** Raw bytes instead of a JSON body, with their headers (downloads). */
+  stream?: Readable;
+  headers?: Record<string, string | number>;
 }
 
 export interface Route {
   method: string;
   /** Path segments; `:name` matches one id segment. */
   pattern: string;
-  /** Whether the route reads a JSON body: 'required', 'optional' or 'none'. */
-  body: 'required' | 'optional' | 'none';
+  /** Whether the route reads a JSON body ('required', 'optional', 'none') or streams raw bytes ('stream'). */
+  body: 'required' | 'optional' | 'none' | 'stream';
   handle(agent: Agent, input: RouteInput): Promise<Reply>;
 }
+
+/** Read size of downloads: large reads keep the syscall count low; two are buffered at most. */
+const DOWNLOAD_CHUNK_BYTES = 1024 * 1024;
 
 function noBodyFields(body: Record<string, unknown> | undefined): void {
   if (body) requireFields(body, []);
@@ -172,6 +198,51 @@ export const ROUTES: readonly Route[] = [
       requireQuery(query, []);
       await agent.images.delete(id!);
       return { status: 204 };
+    },
+  },
+  {
+    method: 'PUT', pattern: '/v1/images/:id/data', body: 'stream',
+    handle: async (agent, { params: [id], query, upload }) => {
+      requireQuery(query, ['pool', 'tenant', 'visibility', 'cache']);
+      const pool = parseOptionalId(query.get('pool') ?? undefined, 'pool');
+      const view = await agent.images.upload({
+        id: id!,
+        ...(pool !== undefined ? { pool } : {}),
+        tenant: parseId(query.get('tenant') ?? undefined, 'tenant'),
+        visibility: parseChoice(query.get('visibility') ?? undefined, 'visibility', ['public', 'private'] as const, 'private'),
+        cache: parseFlag(query, 'cache'),
+        ...(upload!.contentLength !== undefined ? { contentLength: upload!.contentLength } : {}),
+        data: () => upload!.chunks(),
+      });
+      return { status: 201, body: view };
+    },
+  },
+  {
+    method: 'GET', pattern: '/v1/images/:id/data', body: 'none',
+    handle: async (agent, { params: [id], query, range: rangeHeader }) => {
+      requireQuery(query, ['tenant']);
+      const tenant = parseOptionalId(query.get('tenant') ?? undefined, 'tenant');
+      const data = await agent.images.openData(id!, tenant);
+      try {
+        const range = parseRange(rangeHeader, data.sizeBytes);
+        const start = range?.start ?? 0;
+        const end = range?.end ?? data.sizeBytes - 1;
+        const stream = createReadStream('', { fd: data.handle, start, end, autoClose: false, highWaterMark: DOWNLOAD_CHUNK_BYTES });
+        finished(stream, () => void data.close()); // ended, failed or cut off: the lock goes with the handle
+        return {
+          status: range ? 206 : 200,
+          stream,
+          headers: {
+            'content-type': 'application/octet-stream',
+            'content-length': end - start + 1,
+            'accept-ranges': 'bytes',
+            ...(range ? { 'content-range': `bytes ${start}-${end}/${data.sizeBytes}` } : {}),
+          },
+        };
+      } catch (error) {
+        await data.close();
+        throw error;
+      }
     },
   },
   {

@@ -4,14 +4,16 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { createServer } from 'node:http';
 import type { Server } from 'node:http';
+import type { Socket } from 'node:net';
+import { pipeline } from 'node:stream/promises';
 
 import type { Logger } from 'pino';
 
 import type { Agent } from '../agent/agent.js';
 import { toApiError } from '../agent/faults.js';
-import { BodyTooLargeError, parseJsonObject, readBody } from './body.js';
+import { parseJsonObject, readBody } from './body.js';
 import { ApiError } from './errors.js';
-import type { Reply } from './routes.js';
+import type { Reply, UploadBody } from './routes.js';
 import { matchRoute } from './routes.js';
 
 export interface ApiServer {
@@ -23,7 +25,7 @@ export interface ApiServer {
 }
 
 function send(response: ServerResponse, reply: Reply, close = false): void {
-  const headers: Record<string, string | number> = {};
+  const headers: Record<string, string | number> = { ...reply.headers };
   if (close) headers.connection = 'close';
   if (reply.body === undefined || reply.status === 204) {
     response.writeHead(reply.status, headers).end();
@@ -35,11 +37,57 @@ function send(response: ServerResponse, reply: Reply, close = false): void {
   response.writeHead(reply.status, headers).end(text);
 }
 
+/** How long the rest of an unread body is discarded after the answer, before the connection is cut. */
+const LINGER_MS = 2000;
+
+/**
+ * Closes the connection of a request whose body was not read (refused from
+ * its headers, or part-way): what the client still sends is read and
+ * discarded for a moment, so it reads the answer instead of a reset (the
+ * lingering close of HTTP servers); then the socket goes.
+ */
+function lingeringClose(request: IncomingMessage, socket: Socket): void {
+  const cut = setTimeout(() => socket.destroy(), LINGER_MS);
+  cut.unref();
+  request.once('end', () => {
+    clearTimeout(cut);
+    socket.destroySoon();
+  });
+  request.resume();
+}
+
+/** A 416 tells the size it was judged against (RFC 9110 15.5.17). */
+function faultHeaders(fault: ApiError): Record<string, string> | undefined {
+  return fault.code === 'RANGE_NOT_SATISFIABLE' ? { 'content-range': `bytes */${String(fault.details.sizeBytes)}` } : undefined;
+}
+
+/** The raw body of `request`; the 100 Continue goes out when it is first read. */
+function uploadBody(request: IncomingMessage, response: ServerResponse, expectsContinue: boolean): UploadBody {
+  const declared = request.headers['content-length'];
+  return {
+    ...(declared !== undefined ? { contentLength: Number(declared) } : {}),
+    chunks: () => {
+      if (expectsContinue) response.writeContinue();
+      return readUpload(request);
+    },
+  };
+}
+
+async function* readUpload(request: IncomingMessage): AsyncGenerator<Buffer> {
+  try {
+    // Stopping early (a refused upload) must not destroy the socket: the answer has yet to be sent on it.
+    for await (const chunk of request.iterator({ destroyOnReturn: false }) as AsyncIterable<Buffer>) yield chunk;
+  } catch (error) {
+    throw new ApiError('UPLOAD_INCOMPLETE', `the upload broke off before its last byte: ${(error as Error).message}`, {});
+  }
+  if (!request.complete) throw new ApiError('UPLOAD_INCOMPLETE', 'the upload broke off before its last byte', {});
+}
+
 export function createApiServer(agent: Agent, logger: Logger): ApiServer {
   let inFlight = 0;
   let waiters: (() => void)[] = [];
 
-  const handle = async (request: IncomingMessage, response: ServerResponse): Promise<void> => {
+  const handle = async (request: IncomingMessage, response: ServerResponse, expectsContinue: boolean): Promise<void> => {
     const started = process.hrtime.bigint();
     const method = request.method ?? 'GET';
     const url = new URL(request.url ?? '/', 'http://volagent');
@@ -47,7 +95,6 @@ export function createApiServer(agent: Agent, logger: Logger): ApiServer {
     let reply: Reply;
     let fault: ApiError | undefined;
     let cause: unknown;
-    let closeAfter = false;
     let volume: string | undefined;
     try {
       const match = matchRoute(method, url.pathname);
@@ -57,19 +104,36 @@ export function createApiServer(agent: Agent, logger: Logger): ApiServer {
       }
       route = match.route.pattern;
       if (route.startsWith('/v1/volumes/:id')) volume = match.params[0];
-      const raw = await readBody(request);
-      const body = match.route.body === 'none' ? undefined : parseJsonObject(raw, match.route.body === 'optional');
-      reply = await match.route.handle(agent, { params: match.params, query: url.searchParams, body });
+      const streamed = match.route.body === 'stream';
+      if (expectsContinue && !streamed) response.writeContinue();
+      const raw = streamed ? undefined : await readBody(request);
+      const body = match.route.body === 'none' || streamed ? undefined : parseJsonObject(raw, match.route.body === 'optional');
+      reply = await match.route.handle(agent, {
+        params: match.params, query: url.searchParams, body,
+        ...(streamed ? { upload: uploadBody(request, response, expectsContinue) } : {}),
+        ...(request.headers.range !== undefined ? { range: request.headers.range } : {}),
+      });
     } catch (error) {
       cause = error;
       fault = toApiError(error);
-      closeAfter = error instanceof BodyTooLargeError;
-      reply = { status: fault.status, body: fault.toBody() };
+      const headers = faultHeaders(fault);
+      reply = { status: fault.status, body: fault.toBody(), ...(headers ? { headers } : {}) };
     }
-    // The unread rest of an oversize body must not be parsed as a next request.
+    // The unread rest of a body (oversize, or an upload refused before it was
+    // read) must not be parsed as a next request: close after answering.
+    const closeAfter = !request.complete;
     const socket = request.socket as typeof request.socket | null;
-    send(response, reply, closeAfter);
-    if (closeAfter && socket) response.once('finish', () => socket.destroySoon());
+    if (reply.stream) {
+      response.writeHead(reply.status, reply.headers);
+      try {
+        await pipeline(reply.stream, response);
+      } catch (error) {
+        logger.info({ method, route, err: error }, 'download ended early');
+      }
+    } else {
+      send(response, reply, closeAfter);
+    }
+    if (closeAfter && socket) response.once('finish', () => lingeringClose(request, socket));
     const ms = Number(process.hrtime.bigint() - started) / 1e6;
     const fields = {
       method, route, status: reply.status, ms: Number(ms.toFixed(3)),
@@ -80,9 +144,9 @@ export function createApiServer(agent: Agent, logger: Logger): ApiServer {
     else logger.info(fields, 'request');
   };
 
-  const server = createServer((request, response) => {
+  const serve = (request: IncomingMessage, response: ServerResponse, expectsContinue: boolean): void => {
     inFlight++;
-    handle(request, response)
+    handle(request, response, expectsContinue)
       .catch((error: unknown) => {
         logger.error({ err: error }, 'request handler failed');
         if (!response.headersSent) send(response, { status: 500, body: new ApiError('INTERNAL', 'request handler failed').toBody() }, true);
@@ -95,7 +159,10 @@ export function createApiServer(agent: Agent, logger: Logger): ApiServer {
           for (const resolve of pending) resolve();
         }
       });
-  });
+  };
+  const server = createServer((request, response) => serve(request, response, false));
+  // Answered by the route: an upload refused from its headers is refused before the client sends it.
+  server.on('checkContinue', (request, response) => serve(request, response, true));
   // A `?wait=true` clone may take minutes: no timeout on the response.
   server.requestTimeout = 0;
   server.headersTimeout = 30_000;

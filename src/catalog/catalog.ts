@@ -111,23 +111,28 @@ export interface ImageRow {
   sourceVolume?: string;
   state: ObjectState;
   requestKey: string;
+  /** An entry of its pool's image-volume cache (uploaded with cache=true). */
+  cached: boolean;
+  /** Order of last use among the catalog's images (higher: more recent); set when made and on each clone. */
+  lastUsed: number;
   error?: string;
   createdAt: string;
   updatedAt: string;
 }
 
-export type NewImage = Omit<ImageRow, 'state' | 'error' | 'createdAt' | 'updatedAt'>;
+export type NewImage = Omit<ImageRow, 'state' | 'error' | 'createdAt' | 'updatedAt' | 'cached' | 'lastUsed'> & { cached?: boolean };
 
 interface ImageRecord {
   id: string; volume_id: string; pool: string; tenant: string; visibility: ImageVisibility; internal: number; mode: ImageMode;
-  source_volume: string | null; state: ObjectState; request_key: string; error: string | null; created_at: string; updated_at: string;
+  source_volume: string | null; state: ObjectState; request_key: string; cached: number; last_used: number;
+  error: string | null; created_at: string; updated_at: string;
 }
 
 function toImage(r: ImageRecord): ImageRow {
   return {
     id: r.id, volumeId: r.volume_id, pool: r.pool, tenant: r.tenant, visibility: r.visibility, internal: r.internal === 1, mode: r.mode,
     ...(r.source_volume ? { sourceVolume: r.source_volume } : {}),
-    state: r.state, requestKey: r.request_key,
+    state: r.state, requestKey: r.request_key, cached: r.cached === 1, lastUsed: r.last_used,
     ...(r.error ? { error: r.error } : {}),
     createdAt: r.created_at, updatedAt: r.updated_at,
   };
@@ -389,9 +394,10 @@ export class Catalog {
       if (existing) return { inserted: false, row: existing };
       const at = this.now();
       this.sql(`INSERT INTO images (id, volume_id, pool, tenant, visibility, internal, mode, source_volume, state, request_key,
-        created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'creating', ?, ?, ?)`).run(
+        cached, last_used, created_at, updated_at)
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'creating', ?, ?, (SELECT COALESCE(MAX(last_used), 0) + 1 FROM images), ?, ?)`).run(
         image.id, image.volumeId, image.pool, image.tenant, image.visibility, image.internal ? 1 : 0, image.mode,
-        image.sourceVolume ?? null, image.requestKey, at, at);
+        image.sourceVolume ?? null, image.requestKey, image.cached ? 1 : 0, at, at);
       return { inserted: true, row: this.getImage(image.id)! };
     });
   }
@@ -413,6 +419,17 @@ export class Catalog {
       if (!adopted || !this.transitionImage(imageId, 'creating', 'available')) throw new Error(`image ${imageId}: volume ${volumeId} changed during adoption`);
       return true;
     });
+  }
+
+  /** Marks image `id` the most recently used (the cache's LRU order). */
+  touchImage(id: string): boolean {
+    return this.sql(`UPDATE images SET last_used = (SELECT MAX(last_used) + 1 FROM images) WHERE id = ?`).run(id).changes === 1;
+  }
+
+  /** The available cache entries of `pool`, least recently used first. */
+  cacheEntries(pool: string): ImageRow[] {
+    return (this.sql(`SELECT * FROM images WHERE pool = ? AND cached = 1 AND state = 'available' ORDER BY last_used, id`)
+      .all(pool) as ImageRecord[]).map(toImage);
   }
 
   discardCreatingImage(id: string): boolean {

@@ -82,6 +82,14 @@ export const MIGRATIONS: readonly string[] = [
   ) STRICT;
   CREATE INDEX images_by_state ON images (state);
   `,
+  // 4: the image-volume cache. An uploaded image may be a cache entry of its
+  // pool; last_used orders entries for LRU eviction (a counter, not a clock,
+  // so two uses within a millisecond keep their order).
+  `
+  ALTER TABLE images ADD COLUMN cached INTEGER NOT NULL DEFAULT 0 CHECK (cached IN (0, 1));
+  ALTER TABLE images ADD COLUMN last_used INTEGER NOT NULL DEFAULT 0;
+  CREATE INDEX images_cache_by_use ON images (pool, cached, last_used);
+  `,
 ];
 
 export function schemaVersion(db: Database): number {

@@ -8,7 +8,7 @@ export const WRITE_METHODS = [
   'insertCreating', 'transitionVolume', 'updateVolume', 'removeVolume', 'discardCreatingVolume',
   'insertSnapshotCreating', 'transitionSnapshot', 'discardCreatingSnapshot', 'removeSnapshot',
   'insertOperation', 'recordProgress', 'finishOperation',
-  'insertImageCreating', 'transitionImage', 'completeAdoption', 'discardCreatingImage', 'removeImage',
+  'insertImageCreating', 'transitionImage', 'completeAdoption', 'discardCreatingImage', 'removeImage', 'touchImage',
 ] as const satisfies ReadonlyArray<keyof Catalog>;
 
 export type WriteMethod = (typeof WRITE_METHODS)[number];

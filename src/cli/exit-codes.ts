@@ -4,7 +4,7 @@ export const ExitCode = {
   ok: 0,
   /** The operation failed: an I/O error, no space, an agent fault (5xx), a failed or cancelled operation. */
   failed: 1,
-  /** The command line was wrong, or the agent found the request invalid (400, 413, 422). */
+  /** The command line was wrong, or the agent found the request invalid (400, 413, 416, 422). */
   usage: 2,
   /** A named source, volume, snapshot, operation or file does not exist (404). */
   notFound: 3,

@@ -213,6 +213,8 @@ function readPool(pool: TableReader): PoolConfig {
   } else {
     return pool.fail('backend', `must be "file" or "thin" (got ${JSON.stringify(backend)})`);
   }
+  const maxImageBytes = pool.bytes('max_image_bytes');
+  if (maxImageBytes !== undefined) result.maxImageBytes = maxImageBytes;
   const imageCache = readImageCache(pool);
   if (imageCache) result.imageCache = imageCache;
   pool.done();

@@ -49,7 +49,13 @@ async function openPools(config: AgentConfig, logger: Logger): Promise<Pool[]> {
 
 export async function startDaemon(config: AgentConfig, logger: Logger): Promise<RunningDaemon> {
   const pools = await openPools(config, logger);
-  const { agent, startup } = await Agent.open({ catalogPath: config.catalog.path, pools, lockWaitMs: config.lockWaitMs, internalTenant: config.internalTenant });
+  const imagePolicies = new Map(config.pools.map((pool) => [pool.name, {
+    ...(pool.maxImageBytes !== undefined ? { maxImageBytes: pool.maxImageBytes } : {}),
+    ...(pool.imageCache ? { imageCache: pool.imageCache } : {}),
+  }]));
+  const { agent, startup } = await Agent.open({
+    catalogPath: config.catalog.path, pools, lockWaitMs: config.lockWaitMs, internalTenant: config.internalTenant, imagePolicies,
+  });
   for (const difference of startup.differences) {
     const level = difference.action ? 'info' : 'warn';
     logger[level]({ ...difference }, difference.action ? 'start-up reconcile settled a difference' : 'start-up reconcile found a difference; `volagent check --repair` settles it');

@@ -69,6 +69,12 @@ export interface NativeAddon {
     srcFd: number, srcOffset: number, dstFd: number, dstOffset: number, length: number,
     skipZeroBlockSize: number, srcPath?: string, dstPath?: string,
   ): Promise<{ bytesRead: number; bytesWritten: number }>;
+  /**
+   * pwrite of `data` at `fileOffset`; blocks of `skipZeroBlockSize` (counted
+   * from the start of `data`) that are all zero are not written (0: write
+   * all). Resolves the bytes written. `data` must not change until it settles.
+   */
+  writeData(fd: number, data: Buffer, fileOffset: number, skipZeroBlockSize: number, path?: string): Promise<number>;
   /** SEEK_DATA/SEEK_HOLE walk of [start, end), at most `maxExtents` extents. */
   dataExtents(fd: number, start: number, end: number, maxExtents: number, path?: string): Promise<DataExtentBatch>;
   /** FS_IOC_FIEMAP from `start` for `length` bytes, at most `maxExtents`. */

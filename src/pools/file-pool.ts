@@ -23,9 +23,10 @@ import { throwIfAborted } from '../clone/abort.js';
 import { cloneFile, REFLINK_UNSUPPORTED } from '../clone/clone-file.js';
 import { native } from '../native/binding.js';
 import { isSystemError, systemError } from '../native/system-error.js';
-import type { Backend, CloneOutcome, CloneRequest, ObjectInfo, Pool, PoolCapabilities, PoolCapacity } from './pool.js';
+import type { Backend, CloneOutcome, CloneRequest, ObjectInfo, Pool, PoolCapabilities, PoolCapacity, ReceiveOutcome, ReceiveRequest } from './pool.js';
 import { isObjectName } from './pool.js';
 import type { FilePoolConfig } from './pool-config.js';
+import { writeSparse } from './sparse-writer.js';
 
 /** Objects live in the `objects/` subdirectory of the pool's `path`. */
 export type FilePoolOptions = Pick<FilePoolConfig, 'name' | 'path'>;
@@ -158,6 +159,32 @@ export class FilePool implements Pool {
       throwIfAborted(signal); // last point of no return: after publish the clone is done
       await this.publish(temp, targetPath);
       return { method: result.method, bytesCopied: result.bytesCopied };
+    } catch (error) {
+      await unlinkIfPresent(temp).catch(() => undefined);
+      throw error;
+    }
+  }
+
+  async receive(name: string, data: AsyncIterable<Uint8Array>, request: ReceiveRequest = {}): Promise<ReceiveOutcome> {
+    const target = this.objectPath(name);
+    await this.refuseExisting(target);
+    const temp = this.temporaryPath(name);
+    try {
+      const handle = await open(temp, fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL, MODE_WRITABLE);
+      let outcome: ReceiveOutcome;
+      try {
+        outcome = await writeSparse(handle.fd, temp, data, {
+          ...(request.maxBytes !== undefined ? { maxBytes: request.maxBytes } : {}),
+          ...(request.onProgress ? { onProgress: request.onProgress } : {}),
+        });
+        await handle.truncate(outcome.sizeBytes); // a trailing zero run stays a hole
+        await handle.chmod(request.readOnly ? MODE_READ_ONLY : MODE_WRITABLE);
+        await native.fsync(handle.fd, temp); // every byte, the size and the mode before the name appears
+      } finally {
+        await handle.close();
+      }
+      await this.publish(temp, target);
+      return outcome;
     } catch (error) {
       await unlinkIfPresent(temp).catch(() => undefined);
       throw error;

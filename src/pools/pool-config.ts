@@ -11,6 +11,8 @@ export interface FilePoolConfig {
   backend: 'file';
   /** The pool's directory; it must exist. */
   path: string;
+  /** Largest image upload accepted (`max_image_bytes`). */
+  maxImageBytes?: number;
   imageCache?: ImageCacheConfig;
 }
 
@@ -21,6 +23,7 @@ export interface ThinPoolConfig {
   metadataDevice: string;
   blockSizeBytes: number;
   lowWaterPercent: number;
+  maxImageBytes?: number;
   imageCache?: ImageCacheConfig;
 }
 

@@ -37,6 +37,21 @@ export interface CloneRequest {
   onProgress?: (doneBytes: number, totalBytes: number) => void;
 }
 
+export interface ReceiveRequest {
+  /** More bytes than this is EFBIG, raised as soon as the stream passes it; nothing is left. */
+  maxBytes?: number;
+  /** Make the new object read-only (image-volumes). */
+  readOnly?: boolean;
+  onProgress?: (receivedBytes: number) => void;
+}
+
+export interface ReceiveOutcome {
+  /** Bytes received: the object's size. */
+  sizeBytes: number;
+  /** Bytes written; all-zero blocks were left unallocated. */
+  bytesWritten: number;
+}
+
 export interface CloneOutcome {
   method: CloneMethod | 'thin_snapshot';
   bytesCopied: number;
@@ -62,6 +77,12 @@ export interface Pool {
   create(name: string, sizeBytes: number): Promise<void>;
   /** A new object `target` with the content of `source`; EEXIST if taken, ENOENT if source absent. */
   clone(source: string, target: string, request?: CloneRequest): Promise<CloneOutcome>;
+  /**
+   * A new object `name` holding the bytes of `data`, sparse (all-zero blocks
+   * are not written), durable before it appears; EEXIST if the name is taken.
+   * A stream that fails (a broken upload) leaves no object.
+   */
+  receive(name: string, data: AsyncIterable<Uint8Array>, request?: ReceiveRequest): Promise<ReceiveOutcome>;
   /** Grows an object; a smaller size is EINVAL. */
   resize(name: string, sizeBytes: number): Promise<void>;
   setReadOnly(name: string, readOnly: boolean): Promise<void>;

@@ -3,7 +3,10 @@
 // over the unix socket with node:http. Teardown kills it if it still runs.
 import type { ChildProcess } from 'node:child_process';
 import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import type { ClientRequest, IncomingMessage } from 'node:http';
 import { request as httpRequest } from 'node:http';
+import type { Readable } from 'node:stream';
 import { readdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -57,12 +60,101 @@ export function requestOn(socketPath: string, method: string, urlPath: string, b
 export interface PoolSpec {
   name: string;
   path: string;
+  /** TOML values, as written: `max_image_bytes = "4MiB"`. */
+  maxImageBytes?: string;
+  imageCache?: { maxBytes?: string; maxCount?: number };
+}
+
+function poolLines(p: PoolSpec): string[] {
+  const cache = p.imageCache
+    ? [`image_cache = { ${[
+      ...(p.imageCache.maxBytes !== undefined ? [`max_bytes = ${JSON.stringify(p.imageCache.maxBytes)}`] : []),
+      ...(p.imageCache.maxCount !== undefined ? [`max_count = ${p.imageCache.maxCount}`] : []),
+    ].join(', ')} }`]
+    : [];
+  return [
+    '[[pools]]', `name = ${JSON.stringify(p.name)}`, 'backend = "file"', `path = ${JSON.stringify(p.path)}`,
+    ...(p.maxImageBytes !== undefined ? [`max_image_bytes = ${JSON.stringify(p.maxImageBytes)}`] : []),
+    ...cache, '',
+  ];
 }
 
 export interface AgentSpec {
   dir: string;
   pools: PoolSpec[];
   lockWaitMs?: number;
+}
+
+export interface StreamOptions {
+  headers?: Record<string, string | number>;
+  /** Called with the request once headers are sent, e.g. to break it off. */
+  onRequest?: (request: ClientRequest) => void;
+}
+
+/**
+ * Sends `data` as the body of one request (chunked unless a content-length
+ * header is given) and collects the JSON answer. Only `expect: 100-continue`
+ * holds the body back until the agent says to go on.
+ */
+export function streamOn(socketPath: string, method: string, urlPath: string, data: Readable | Buffer, options: StreamOptions = {}): Promise<Reply> {
+  return new Promise((resolve, reject) => {
+    const req = httpRequest({ socketPath, method, path: urlPath, headers: { 'content-type': 'application/octet-stream', ...options.headers }, agent: false }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (chunk: Buffer) => chunks.push(chunk));
+      res.on('end', () => {
+        const text = Buffer.concat(chunks).toString('utf8');
+        let parsed: unknown;
+        try {
+          parsed = text ? JSON.parse(text) : undefined;
+        } catch {
+          parsed = undefined;
+        }
+        resolve({ status: res.statusCode ?? 0, headers: res.headers, body: parsed, text });
+      });
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+    const send = (): void => {
+      if (Buffer.isBuffer(data)) req.end(data);
+      else data.pipe(req);
+    };
+    if (options.headers?.expect === '100-continue') req.once('continue', send);
+    else send();
+    options.onRequest?.(req);
+  });
+}
+
+export interface Download {
+  status: number;
+  headers: Record<string, string | string[] | undefined>;
+  sha256: string;
+  bytes: number;
+  /** The body when it is small (under 16 MiB); else undefined. */
+  body: Buffer | undefined;
+}
+
+/** GETs raw bytes, hashing them as they arrive; `onResponse` may pause the stream. */
+export function downloadOn(socketPath: string, urlPath: string, headers: Record<string, string> = {}, onResponse?: (res: IncomingMessage) => void): Promise<Download> {
+  return new Promise((resolve, reject) => {
+    const req = httpRequest({ socketPath, method: 'GET', path: urlPath, headers, agent: false }, (res) => {
+      const hash = createHash('sha256');
+      const kept: Buffer[] = [];
+      let bytes = 0;
+      res.on('data', (chunk: Buffer) => {
+        hash.update(chunk);
+        bytes += chunk.length;
+        if (bytes <= 16 * 1024 * 1024) kept.push(chunk);
+      });
+      res.on('end', () => resolve({
+        status: res.statusCode ?? 0, headers: res.headers, sha256: hash.digest('hex'), bytes,
+        body: bytes <= 16 * 1024 * 1024 ? Buffer.concat(kept) : undefined,
+      }));
+      res.on('error', reject);
+      onResponse?.(res);
+    });
+    req.on('error', reject);
+    req.end();
+  });
 }
 
 export interface AgentProcess {
@@ -88,7 +180,7 @@ export async function writeAgentConfig(spec: AgentSpec): Promise<string> {
     '[catalog]', `path = ${JSON.stringify(path.join(spec.dir, 'catalog.db'))}`, '',
     '[nbd]', `listen = [${JSON.stringify(`unix:${path.join(spec.dir, 'nbd.sock')}`)}]`, '',
     ...(spec.lockWaitMs !== undefined ? ['[agent]', `lock_wait_ms = ${spec.lockWaitMs}`, ''] : []),
-    ...spec.pools.flatMap((p) => ['[[pools]]', `name = ${JSON.stringify(p.name)}`, 'backend = "file"', `path = ${JSON.stringify(p.path)}`, '']),
+    ...spec.pools.flatMap(poolLines),
   ];
   await writeFile(configFile, lines.join('\n'));
   return configFile;
@@ -162,7 +254,7 @@ export interface CatalogSnapshot {
   volumes: { id: string; state: string; pool: string; size_bytes: number }[];
   snapshots: { volume_id: string; id: string; state: string }[];
   operations: { id: string; state: string }[];
-  images: { id: string; state: string; volume_id: string }[];
+  images: { id: string; state: string; volume_id: string; cached: number }[];
 }
 
 /** Reads the catalog directly (read-only; WAL lets it beside the running agent). */
@@ -173,7 +265,7 @@ export function readCatalog(file: string): CatalogSnapshot {
       volumes: db.prepare('SELECT id, state, pool, size_bytes FROM volumes ORDER BY id').all() as CatalogSnapshot['volumes'],
       snapshots: db.prepare('SELECT volume_id, id, state FROM snapshots ORDER BY volume_id, id').all() as CatalogSnapshot['snapshots'],
       operations: db.prepare('SELECT id, state FROM operations ORDER BY id').all() as CatalogSnapshot['operations'],
-      images: db.prepare('SELECT id, state, volume_id FROM images ORDER BY id').all() as CatalogSnapshot['images'],
+      images: db.prepare('SELECT id, state, volume_id, cached FROM images ORDER BY id').all() as CatalogSnapshot['images'],
     };
   } finally {
     db.close();

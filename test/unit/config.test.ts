@@ -79,6 +79,7 @@ t.test('every error names the file and the key', async (t) => {
     [pool.replace('"file"', '"lvm"'), 'f.toml: pools[0].backend: must be "file" or "thin" (got "lvm")'],
     [pool.replace('name = "p"', 'name = "../p"'), 'f.toml: pools[0].name: must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$'],
     [pool + pool, 'f.toml: pools[1].name: duplicate pool name "p"'],
+    [pool + 'max_image_bytes = "huge"\n', 'f.toml: pools[0].max_image_bytes: not a size: "huge" (use bytes or a unit like 64KiB, 10GiB)'],
     [pool + 'image_cache = { max_bytes = "lots" }\n', 'f.toml: pools[0].image_cache.max_bytes: not a size: "lots" (use bytes or a unit like 64KiB, 10GiB)'],
     ['[[pools]]\nname = "t"\nbackend = "thin"\ndata_device = "/dev/a"\nmetadata_device = "/dev/b"\nblock_size = "96KiB"\n',
       'f.toml: pools[0].block_size: must be a multiple of 64KiB from 64KiB to 1GiB (dm-thin data block size)'],
@@ -97,4 +98,10 @@ t.test('every error names the file and the key', async (t) => {
 t.test('syntax errors and unreadable files are ConfigErrors naming the file', async (t) => {
   t.throws(() => parseConfig('[control\n', 'bad.toml', '/'), { name: 'ConfigError', message: /^bad\.toml: not valid TOML: / });
   await t.rejects(loadConfig('/nonexistent/volagent.toml'), { name: 'ConfigError', message: /^\/nonexistent\/volagent\.toml: cannot read: ENOENT/ });
+});
+
+t.test('max_image_bytes is a size per pool', async (t) => {
+  const config = parseConfig('[[pools]]\nname = "p"\nbackend = "file"\npath = "/p"\nmax_image_bytes = "64GiB"\n', 'f.toml', '/');
+  t.equal(config.pools[0]!.maxImageBytes, 64 * 2 ** 30);
+  t.equal(parseConfig('[[pools]]\nname = "p"\nbackend = "file"\npath = "/p"\n', 'f.toml', '/').pools[0]!.maxImageBytes, undefined, 'no limit when absent');
 });

@@ -74,3 +74,20 @@ t.test('renameNoReplace renames, and is EEXIST without touching either file when
   t.equal(await readFile(c, 'utf8'), 'first', 'the target is not replaced');
   await t.rejects(native.renameNoReplace(a, path.join(dir, 'd')), { code: 'ENOENT', path: a });
 });
+
+t.test('writeData writes at the offset and skips all-zero blocks; a bad fd is EBADF with the path', async (t) => {
+  const dir = await tempDir(t, 'volagent-write-data-');
+  const file = path.join(dir, 'f');
+  const handle = await open(file, 'w+');
+  try {
+    const data = Buffer.concat([Buffer.alloc(4096, 1), Buffer.alloc(8192, 0), Buffer.alloc(100, 2)]);
+    t.equal(await native.writeData(handle.fd, data, 4096, 4096, file), 4096 + 100, 'the zero blocks were not written');
+    t.equal(await native.writeData(handle.fd, Buffer.alloc(4096, 0), 0, 0, file), 4096, 'size 0 writes everything');
+    await handle.truncate(4096 + data.length);
+    t.same(await readFile(file), Buffer.concat([Buffer.alloc(4096, 0), data]), 'reads back as written, holes as zeroes');
+  } finally {
+    await handle.close();
+  }
+  await t.rejects(native.writeData(9999, Buffer.alloc(1), 0, 0, file), { code: 'EBADF', syscall: 'write', path: file });
+  await t.rejects(native.writeData(1, 'text' as unknown as Buffer, 0, 0), { name: 'TypeError', message: /"data" argument must be a Buffer/ });
+});

@@ -3,7 +3,9 @@
 // An error answer becomes an AgentError carrying the agent's
 // {"error": {code, message, details}}; a socket that cannot be reached
 // becomes an AgentUnreachableError naming the path and what that means.
+import type { ClientRequest, IncomingMessage } from 'node:http';
 import { request as httpRequest } from 'node:http';
+import type { Readable } from 'node:stream';
 
 import type { ErrorBody } from './api-types.js';
 import type { ResolvedSocket } from './socket-path.js';
@@ -68,8 +70,56 @@ export interface RequestOptions {
   signal?: AbortSignal;
 }
 
+export interface UploadOptions extends RequestOptions {
+  /** Sent as Content-Length (with `Expect: 100-continue`, so a refusal comes before the data); chunked when absent. */
+  contentLength?: number;
+  /** Bytes handed to the socket so far. */
+  onProgress?: (sentBytes: number) => void;
+}
+
 export class AgentClient {
   constructor(readonly socket: ResolvedSocket) {}
+
+  /** PUTs raw bytes from `data` and parses the JSON answer (AgentError for 4xx/5xx). */
+  upload<T>(urlPath: string, data: Readable, options: UploadOptions = {}): Promise<AgentReply<T>> {
+    const headers: Record<string, string | number> = { host: 'volagent', accept: 'application/json', 'content-type': 'application/octet-stream' };
+    if (options.contentLength !== undefined) {
+      headers['content-length'] = options.contentLength;
+      headers.expect = '100-continue';
+    }
+    return new Promise((resolve, reject) => {
+      const req = this.open('PUT', urlPath, headers, options, (res) => {
+        data.unpipe(req);
+        data.destroy(); // answered: whatever was not sent is not wanted
+        this.collect<T>('PUT', urlPath, res).then(resolve, reject);
+      }, reject);
+      let sent = 0;
+      const send = (): void => {
+        data.on('data', (chunk: Buffer) => {
+          sent += chunk.length;
+          options.onProgress?.(sent);
+        });
+        data.once('error', (error) => req.destroy(error));
+        data.pipe(req);
+      };
+      if (options.contentLength !== undefined) req.once('continue', send);
+      else send();
+    });
+  }
+
+  /**
+   * GETs raw bytes: resolves with the response once its status is 2xx (the
+   * caller reads it), or rejects with the AgentError of an error answer.
+   */
+  download(urlPath: string, headers: Record<string, string> = {}, options: RequestOptions = {}): Promise<IncomingMessage> {
+    return new Promise((resolve, reject) => {
+      const req = this.open('GET', urlPath, { host: 'volagent', ...headers }, options, (res) => {
+        if ((res.statusCode ?? 0) < 400) resolve(res);
+        else this.collect('GET', urlPath, res).then(() => reject(new Error(`GET ${urlPath}: ${res.statusCode}`)), reject);
+      }, reject);
+      req.end();
+    });
+  }
 
   get<T>(urlPath: string, options?: RequestOptions): Promise<AgentReply<T>> {
     return this.request('GET', urlPath, undefined, options);
@@ -96,24 +146,36 @@ export class AgentClient {
       headers['content-length'] = Buffer.byteLength(payload);
     }
     return new Promise((resolve, reject) => {
-      const req = httpRequest({ socketPath: this.socket.path, method, path: urlPath, headers, agent: false, signal: options.signal }, (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (chunk: Buffer) => chunks.push(chunk));
-        res.on('error', reject);
-        res.on('end', () => {
-          const status = res.statusCode ?? 0;
-          try {
-            resolve({ status, body: parseAnswer(method, urlPath, status, Buffer.concat(chunks).toString('utf8')) as T });
-          } catch (error) {
-            reject(error);
-          }
-        });
-      });
-      req.on('error', (error: NodeJS.ErrnoException) => {
-        const reason = error.syscall === 'connect' && error.code ? CONNECT_ERRORS[error.code] : undefined;
-        reject(reason ? new AgentUnreachableError(this.socket, reason, error.code!) : error);
-      });
+      const req = this.open(method, urlPath, headers, options, (res) => this.collect<T>(method, urlPath, res).then(resolve, reject), reject);
       req.end(payload);
+    });
+  }
+
+  /** A request on the socket; connect failures become AgentUnreachableError. */
+  private open(method: string, urlPath: string, headers: Record<string, string | number>, options: RequestOptions,
+    onResponse: (res: IncomingMessage) => void, onError: (error: Error) => void): ClientRequest {
+    const req = httpRequest({ socketPath: this.socket.path, method, path: urlPath, headers, agent: false, signal: options.signal }, onResponse);
+    req.on('error', (error: NodeJS.ErrnoException) => {
+      const reason = error.syscall === 'connect' && error.code ? CONNECT_ERRORS[error.code] : undefined;
+      onError(reason ? new AgentUnreachableError(this.socket, reason, error.code!) : error);
+    });
+    return req;
+  }
+
+  /** Reads a JSON answer whole; an error answer rejects with its AgentError. */
+  private collect<T>(method: string, urlPath: string, res: IncomingMessage): Promise<AgentReply<T>> {
+    return new Promise((resolve, reject) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (chunk: Buffer) => chunks.push(chunk));
+      res.on('error', reject);
+      res.on('end', () => {
+        const status = res.statusCode ?? 0;
+        try {
+          resolve({ status, body: parseAnswer(method, urlPath, status, Buffer.concat(chunks).toString('utf8')) as T });
+        } catch (error) {
+          reject(error);
+        }
+      });
     });
   }
 }

@@ -5,6 +5,7 @@ import type { OperationView } from '../agent/operations.js';
 import type { SnapshotView, VolumeView } from '../agent/volumes.js';
 
 export type { PoolView as Pool } from '../agent/agent.js';
+export type { ImageView as Image } from '../agent/images.js';
 export type { OperationView as Operation } from '../agent/operations.js';
 export type { CheckReport, Difference } from '../agent/reconcile.js';
 export type { SnapshotView as Snapshot, SourceRef, VolumeView as Volume } from '../agent/volumes.js';

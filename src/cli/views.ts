@@ -3,7 +3,7 @@
 import { formatBytes } from '../units/bytes.js';
 import type { Column } from './table.js';
 import { formatFields, formatTable } from './table.js';
-import type { Operation, Pool, Snapshot, SourceRef, Volume } from './api-types.js';
+import type { Image, Operation, Pool, Snapshot, SourceRef, Volume } from './api-types.js';
 
 export const yesNo = (value: boolean): string => (value ? 'yes' : 'no');
 
@@ -85,4 +85,34 @@ export function volumeSummary(v: Volume): string {
   const from = sourceText(v.source);
   return `${v.id}: ${formatBytes(v.sizeBytes)} in pool ${v.pool}, tenant ${v.tenant}${from ? `, from ${from}` : ''}`
     + `${v.cloneMethod && v.cloneMethod !== 'create' ? `, by ${v.cloneMethod}` : ''}`;
+}
+
+export function imageTable(images: Image[]): string {
+  return formatTable(['ID', 'VOLUME', 'POOL', 'TENANT', 'VISIBILITY', 'MODE', right('SIZE'), 'STATE', 'CACHED'], images.map((i) => [
+    i.imageId, i.volumeId, i.pool, i.tenant, i.visibility, i.mode, formatBytes(i.sizeBytes), i.state, yesNo(i.cached),
+  ]));
+}
+
+export function imageFields(i: Image): string {
+  return formatFields([
+    ['id', i.imageId],
+    ['location', i.location],
+    ['volume', i.volumeId],
+    ['pool', i.pool],
+    ['tenant', i.tenant],
+    ['visibility', i.visibility],
+    ['internal', yesNo(i.internal)],
+    ['mode', i.mode],
+    ['source volume', i.sourceVolume],
+    ['cached', yesNo(i.cached)],
+    ['size', sizeWithBytes(i.sizeBytes)],
+    ['state', i.state],
+    ['created', i.createdAt],
+    ['error', i.error],
+  ]);
+}
+
+/** One line about an image that was registered or uploaded. */
+export function imageSummary(i: Image): string {
+  return `image ${i.imageId}: ${formatBytes(i.sizeBytes)} ${i.visibility} in pool ${i.pool}, tenant ${i.tenant}, location ${i.location}`;
 }

@@ -10,6 +10,7 @@ import { checkCommand } from './commands/check.js';
 import { cloneCommand } from './commands/clone.js';
 import { copyCommand, copyUsage } from './commands/copy.js';
 import { createCommand } from './commands/create.js';
+import { imageCommand } from './commands/image.js';
 import { lsCommand } from './commands/ls.js';
 import { cancelCommand, opsCommand } from './commands/ops.js';
 import { poolsCommand } from './commands/pools.js';
@@ -32,6 +33,7 @@ const commands: Record<string, Command> = {
   snapshots: snapshotsCommand,
   'rm-snapshot': rmSnapshotCommand,
   rm: rmCommand,
+  image: imageCommand,
   ops: opsCommand,
   cancel: cancelCommand,
   check: checkCommand,

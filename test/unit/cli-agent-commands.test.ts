@@ -441,7 +441,7 @@ t.test('usage errors exit 2 before anything is contacted', async (t) => {
   const agent = await fakeAgent(t, () => ({ status: 500, body: { error: { code: 'INTERNAL', message: 'should not be asked', details: {} } } }));
   const s = agent.socket;
   const cases: Array<[string[], RegExp]> = [
-    [['create', 'v1', '--tenant', 't1', '--socket', s], /^volagent: --size is required; usage: volagent create ID --size SIZE --tenant TENANT/],
+    [['create', 'v1', '--tenant', 't1', '--socket', s], /^volagent: --size is required; usage: volagent create ID \(--size SIZE \| --from-image IMAGE \[--size SIZE\]\) --tenant TENANT/],
     [['create', 'v1', '--size', '1GiB', '--socket', s], /^volagent: --tenant is required; usage: /],
     [['create', 'v1', '--size', 'ten', '--tenant', 't1', '--socket', s], /^volagent: --size: not a size: "ten"/],
     [['create', '--size', '1GiB', '--tenant', 't1', '--socket', s], /^volagent: usage: volagent create /],

@@ -27,12 +27,10 @@
 // (e.g. `--cpu-prof --cpu-prof-dir=/tmp/prof`).
 // Prints a table and one JSON line. Exit code 0 whether goals are met or not.
 // `--quick`: a 1 GiB source, a 1 GiB copy source, far fewer clones.
-import type { ChildProcess } from 'node:child_process';
-import { execFile, spawn } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { constants as fsConstants } from 'node:fs';
-import { mkdir, open, readFile, rename, rm, unlink, writeFile } from 'node:fs/promises';
-import { Agent as HttpAgent, request as httpRequest } from 'node:http';
+import { mkdir, open, readFile, rm, unlink, writeFile } from 'node:fs/promises';
+import { Agent as HttpAgent } from 'node:http';
 import path from 'node:path';
 import type { IntervalHistogram } from 'node:perf_hooks';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
@@ -41,19 +39,19 @@ import { promisify } from 'node:util';
 
 import BetterSqlite3 from 'better-sqlite3';
 
-import { native } from '../src/native/binding.js';
 import { FilePool } from '../src/pools/file-pool.js';
 import { extentCount } from '../test/helpers/files.js';
-import { VOLAGENTD, writeAgentConfig } from '../test/helpers/agent.js';
+import type { PoolSpec } from '../test/helpers/agent.js';
 import type { LoopFs } from '../test/helpers/loop-fs.js';
+import type { FloorSteps, Latency, RunningAgent } from './lib.js';
+import {
+  call, dropFileCache, expectStatus, f1, floorClone, fsyncDirectory, GiB, latency, launchBenchAgent, MiB, msSince, now, onSignalCleanup,
+  RssSampler, rerunWithThreadpool, runCleanups, sleep, syncFs, THREADPOOL, writeRuns,
+} from './lib.js';
 import { makeLoopFs, TEST_ROOT } from '../test/helpers/loop-fs.js';
 
 const execFileAsync = promisify(execFile);
-const MiB = 1024 * 1024;
-const GiB = 1024 * MiB;
 const TENANT = 't';
-/** The agent runs its clones on a libuv pool of 16 (bin/volagentd.js); the floor gets the same. */
-const THREADPOOL = '16';
 /** Spacing of the paced event-loop probes. */
 const PROBE_INTERVAL_MS = 5;
 
@@ -86,22 +84,6 @@ const QUICK: Plan = {
 
 // --- small utilities ---
 
-const now = (): bigint => process.hrtime.bigint();
-const msSince = (start: bigint): number => Number(process.hrtime.bigint() - start) / 1e6;
-const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
-
-interface Latency { n: number; p50: number; p99: number; max: number; mean: number }
-
-function percentile(sorted: number[], q: number): number {
-  if (sorted.length === 0) return NaN;
-  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1))]!;
-}
-
-function latency(samples: number[]): Latency {
-  const sorted = [...samples].sort((a, b) => a - b);
-  const sum = sorted.reduce((a, b) => a + b, 0);
-  return { n: sorted.length, p50: percentile(sorted, 0.5), p99: percentile(sorted, 0.99), max: sorted[sorted.length - 1] ?? NaN, mean: sum / Math.max(1, sorted.length) };
-}
 
 /** Event-loop delay histograms sample every RESOLUTION ms and record the whole interval: the delay is the excess. */
 const RESOLUTION_MS = 5;
@@ -109,39 +91,6 @@ const RESOLUTION_MS = 5;
 function histogramMs(h: IntervalHistogram): { p50: number; p99: number; max: number } {
   const excess = (ns: number): number => Math.max(0, ns / 1e6 - RESOLUTION_MS);
   return { p50: excess(h.percentile(50)), p99: excess(h.percentile(99)), max: excess(h.max) };
-}
-
-/** Writes `runs` runs of random data spread over a file of `sizeBytes` (1 MiB aligned), then fsyncs. */
-async function writeRuns(file: string, sizeBytes: number, runs: number, runBytes: number): Promise<void> {
-  const stride = Math.floor(sizeBytes / runs / MiB) * MiB;
-  const handle = await open(file, 'r+');
-  try {
-    for (let i = 0; i < runs; i++) {
-      const bytes = randomBytes(runBytes);
-      await handle.write(bytes, 0, runBytes, i * stride);
-    }
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-}
-
-async function syncFs(mountPoint: string): Promise<void> {
-  await execFileAsync('sync', ['-f', mountPoint]);
-}
-
-/** Drops one file's page cache (dd's nocache: POSIX_FADV_DONTNEED), so the copy reads from the device. */
-async function dropFileCache(file: string): Promise<void> {
-  await execFileAsync('dd', [`if=${file}`, 'iflag=nocache', 'count=0', 'status=none']);
-}
-
-async function fsyncDirectory(dir: string): Promise<void> {
-  const d = await open(dir, fsConstants.O_RDONLY | fsConstants.O_DIRECTORY);
-  try {
-    await native.fsync(d.fd, dir);
-  } finally {
-    await d.close();
-  }
 }
 
 /** Latency of one-row write transactions in a scratch SQLite database set up as the catalog is (WAL, synchronous=FULL). */
@@ -168,48 +117,9 @@ function sqliteCommitLatency(dir: string, commits: number): Latency {
 
 // --- HTTP over the unix socket ---
 
-interface Reply { status: number; body: any; text: string; ms: number }
-
-function call(socketPath: string, agent: HttpAgent | false, method: string, urlPath: string, body?: unknown, timeoutMs = 120_000): Promise<Reply> {
-  return new Promise((resolve, reject) => {
-    const payload = body === undefined ? undefined : JSON.stringify(body);
-    const headers: Record<string, string | number> = payload === undefined ? {} : { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) };
-    const start = now();
-    const req = httpRequest({ socketPath, method, path: urlPath, headers, agent }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (chunk: Buffer) => chunks.push(chunk));
-      res.on('end', () => {
-        const ms = msSince(start);
-        const text = Buffer.concat(chunks).toString('utf8');
-        let parsed: unknown;
-        try {
-          parsed = text ? JSON.parse(text) : undefined;
-        } catch {
-          parsed = undefined;
-        }
-        resolve({ status: res.statusCode ?? 0, body: parsed, text, ms });
-      });
-      res.on('error', reject);
-    });
-    req.setTimeout(timeoutMs, () => req.destroy(new Error(`${method} ${urlPath}: no answer within ${timeoutMs} ms`)));
-    req.on('error', reject);
-    req.end(payload);
-  });
-}
-
-function expectStatus(reply: Reply, expected: number, what: string): void {
-  if (reply.status !== expected) throw new Error(`${what}: expected ${expected}, got ${reply.status} ${reply.text.trim()}`);
-}
 
 // --- the agent process ---
 
-interface RunningAgent {
-  pid: number;
-  socket: string;
-  child: ChildProcess;
-  output(): string;
-  stop(): Promise<void>;
-}
 
 /**
  * Preloaded into the agent (node --import): an event-loop delay
@@ -233,96 +143,14 @@ if (out) {
 }
 `;
 
-async function launchAgent(dir: string, pools: { name: string; path: string }[]): Promise<RunningAgent & { eldFile: string }> {
-  const configFile = await writeAgentConfig({ dir, pools });
-  const socket = path.join(dir, 'control.sock');
+async function launchAgent(dir: string, pools: PoolSpec[]): Promise<RunningAgent & { eldFile: string }> {
   const preload = path.join(dir, 'eld-preload.mjs');
   const eldFile = path.join(dir, 'eld.json');
   await writeFile(preload, PRELOAD);
-  // As spawnAgent does, plus node options: the preload, and VOLAGENT_BENCH_AGENT_NODE_ARGS (e.g. `--cpu-prof --cpu-prof-dir=DIR`).
-  const nodeArgs = [...(process.env.VOLAGENT_BENCH_AGENT_NODE_ARGS ?? '').split(/\s+/).filter(Boolean), `--import=${pathToFileURL(preload).href}`];
-  const child = spawn(process.execPath, [...nodeArgs, VOLAGENTD, '--config', configFile], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, VOLAGENT_LOG_LEVEL: 'warn', VOLAGENT_BENCH_ELD_FILE: eldFile },
-  });
-  let output = '';
-  const keep = (d: Buffer): void => { output = (output + d.toString()).slice(-16_384); };
-  child.stdout!.on('data', keep);
-  child.stderr!.on('data', keep);
-  let running = true;
-  const exited = new Promise<void>((resolve) => child.once('exit', () => { running = false; resolve(); }));
-  const stop = async (): Promise<void> => {
-    if (!running) return;
-    child.kill('SIGTERM');
-    const timeout = sleep(15_000).then(() => 'timeout' as const);
-    if ((await Promise.race([exited, timeout])) === 'timeout' && running) {
-      child.kill('SIGKILL');
-      await exited;
-    }
-  };
-  const agent = { pid: child.pid!, socket, child, output: () => output, stop, eldFile };
-  const deadline = Date.now() + 20_000;
-  for (;;) {
-    if (!running) throw new Error(`volagentd exited during start-up: ${output}`);
-    try {
-      const reply = await call(socket, false, 'GET', '/v1/version', undefined, 2000);
-      if (reply.status === 200) return agent;
-    } catch {
-      // not listening yet
-    }
-    if (Date.now() > deadline) {
-      await stop();
-      throw new Error(`volagentd did not answer within 20 s: ${output}`);
-    }
-    await sleep(50);
-  }
+  const agent = await launchBenchAgent(dir, pools, { nodeArgs: [`--import=${pathToFileURL(preload).href}`], env: { VOLAGENT_BENCH_ELD_FILE: eldFile } });
+  return { ...agent, eldFile };
 }
 
-/** Peak VmRSS of a process, sampled every 25 ms. */
-class RssSampler {
-  peakBytes = 0;
-  samples = 0;
-  private timer: NodeJS.Timeout | undefined;
-  private reading = false;
-
-  constructor(private readonly pid: number) {}
-
-  start(): void {
-    this.timer = setInterval(() => {
-      if (this.reading) return;
-      this.reading = true;
-      void this.sample().finally(() => { this.reading = false; });
-    }, 25);
-  }
-
-  async sample(): Promise<void> {
-    const kb = await this.field('VmRSS');
-    if (kb !== undefined) {
-      this.samples += 1;
-      this.peakBytes = Math.max(this.peakBytes, kb * 1024);
-    }
-  }
-
-  /** VmHWM: the kernel's own peak RSS of the process since it started. */
-  async highWaterBytes(): Promise<number | undefined> {
-    const kb = await this.field('VmHWM');
-    return kb === undefined ? undefined : kb * 1024;
-  }
-
-  stop(): void {
-    if (this.timer) clearInterval(this.timer);
-  }
-
-  private async field(name: string): Promise<number | undefined> {
-    try {
-      const status = await readFile(`/proc/${this.pid}/status`, 'utf8');
-      const match = new RegExp(`^${name}:\\s+(\\d+) kB`, 'm').exec(status);
-      return match ? Number(match[1]) : undefined;
-    } catch {
-      return undefined; // the process has gone
-    }
-  }
-}
 
 /** The agent's in-process event-loop delay since the previous call (SIGUSR2 to the preload). */
 async function agentLoopDelay(agent: RunningAgent & { eldFile: string }, state: { seq: number }): Promise<{ p50: number; p99: number; max: number } | null> {
@@ -445,35 +273,14 @@ async function compare(sides: Side[], total: number, concurrency: number, rounds
 // --- the main run ---
 
 /** Cleanup to run on SIGINT/SIGTERM too (finally blocks do not run on a signal). */
-const onSignalCleanup: Array<() => Promise<void>> = [];
 
-async function runCleanups(): Promise<void> {
-  for (const fn of onSignalCleanup.splice(0).reverse()) await fn().catch((error: unknown) => console.error(`bench api: cleanup: ${(error as Error).message}`));
-}
-
-/** Re-runs this module in a child whose libuv pool is as large as the agent's, so the floor is not held to 4 threads. */
-async function rerunWithThreadpool(args: string[]): Promise<number> {
-  const code = `const m = await import(${JSON.stringify(import.meta.url)}); process.exitCode = await m.main(${JSON.stringify(args)});`;
-  const child = spawn(process.execPath, ['--input-type=module', '-e', code], { stdio: 'inherit', env: { ...process.env, UV_THREADPOOL_SIZE: THREADPOOL } });
-  const forward = (signal: NodeJS.Signals): void => { child.kill(signal); };
-  process.on('SIGINT', forward);
-  process.on('SIGTERM', forward);
-  try {
-    return await new Promise<number>((resolve) => child.once('exit', (status, signal) => resolve(status ?? (signal ? 1 : 0))));
-  } finally {
-    process.off('SIGINT', forward);
-    process.off('SIGTERM', forward);
-  }
-}
-
-const f1 = (x: number): string => (Number.isFinite(x) ? (x < 10 ? x.toFixed(2) : x.toFixed(1)) : '-');
 
 export async function main(args: string[]): Promise<number> {
   if (process.getuid?.() !== 0) {
     console.error('bench api: needs root (it makes XFS and ext4 loop filesystems)');
     return 1;
   }
-  if (process.env.UV_THREADPOOL_SIZE !== THREADPOOL) return rerunWithThreadpool(args);
+  if (process.env.UV_THREADPOOL_SIZE !== THREADPOOL) return rerunWithThreadpool(import.meta.url, args);
   const quick = args.includes('--quick');
   const plan = quick ? QUICK : FULL;
 
@@ -482,7 +289,7 @@ export async function main(args: string[]): Promise<number> {
     if (signalled) return;
     signalled = true;
     console.error('bench api: interrupted; cleaning up');
-    void runCleanups().finally(() => process.exit(130));
+    void runCleanups('bench api').finally(() => process.exit(130));
   };
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
@@ -542,33 +349,9 @@ export async function main(args: string[]): Promise<number> {
     const floor: Side = {
       name: 'floor',
       async clone(name) {
-        const temp = path.join(objects, `.floor-${name}`);
-        const final = path.join(objects, `${name}.raw`);
-        const t0 = now();
-        const h = await open(temp, fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL, 0o644);
-        const t1 = now();
-        try {
-          await native.ficlone(h.fd, srcHandle.fd, srcFile, temp);
-          const t2 = now();
-          await native.fsync(h.fd, temp);
-          const t3 = now();
-          if (recordSteps) {
-            floorSteps.open.push(Number(t1 - t0) / 1e6);
-            floorSteps.ficlone.push(Number(t2 - t1) / 1e6);
-            floorSteps.fsync.push(Number(t3 - t2) / 1e6);
-          }
-        } finally {
-          await h.close();
-        }
-        const t4 = now();
-        await rename(temp, final);
-        const t5 = now();
-        await fsyncDirectory(objects);
-        if (recordSteps) {
-          floorSteps.rename.push(Number(t5 - t4) / 1e6);
-          floorSteps.dirFsync.push(msSince(t5));
-        }
-        return msSince(t0);
+        const { ms, steps } = await floorClone(objects, srcHandle.fd, srcFile, name);
+        if (recordSteps) for (const step of Object.keys(floorSteps) as Array<keyof FloorSteps>) floorSteps[step].push(steps[step]);
+        return ms;
       },
       async remove(names) {
         for (const name of names) await unlink(path.join(objects, `${name}.raw`));
@@ -896,7 +679,7 @@ export async function main(args: string[]): Promise<number> {
     if (output) console.error(`volagentd output (last lines):\n${output.split('\n').slice(-20).join('\n')}`);
     return 1;
   } finally {
-    await runCleanups();
+    await runCleanups('bench api');
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
   }

@@ -189,7 +189,8 @@ Napi::Value WriteData(const Napi::CallbackInfo& info) {
   }
   int64_t fileOffset = ArgInteger(info, 2, "fileOffset");
   int64_t zeroBlock = ArgInteger(info, 3, "skipZeroBlockSize");
-  std::string path = ArgLabel(info, 4);
+  const bool startWriteback = info.Length() > 4 && info[4].ToBoolean().Value();
+  std::string path = ArgLabel(info, 5);
   if (env.IsExceptionPending()) return env.Undefined();
   Napi::Buffer<char> data = info[1].As<Napi::Buffer<char>>();
   // The reference keeps the Buffer's memory alive while the pool thread writes
@@ -202,7 +203,14 @@ Napi::Value WriteData(const Napi::CallbackInfo& info) {
       env, "volagent.write_data",
       [=](WriteResult& r, SysError& err) {
         (void)keep;
-        return WriteSkippingZeros(fd, bytes, length, fileOffset, zeroBlock, path, r.bytesWritten, err);
+        if (!WriteSkippingZeros(fd, bytes, length, fileOffset, zeroBlock, path, r.bytesWritten, err)) return false;
+        // SYNC_FILE_RANGE_WRITE starts writeback of the range's dirty pages and
+        // returns without waiting, so a later fsync has less left to flush. It
+        // makes nothing durable by itself (no metadata, no disk cache flush).
+        if (startWriteback && length > 0 && sync_file_range(fd, fileOffset, static_cast<off_t>(length), SYNC_FILE_RANGE_WRITE) != 0) {
+          return err.set(errno, "sync_file_range", path);
+        }
+        return true;
       },
       [](Napi::Env e, WriteResult& r) { return Napi::Number::New(e, static_cast<double>(r.bytesWritten)); });
 }

@@ -1,13 +1,12 @@
 // The v1 route table (DESIGN.md "Control API", docs/api.md). Each route
 // parses its path parameters, query and body into typed values, then calls
 // the domain (STYLE.md 7: parse, then execute). Handlers never see sockets.
-import { createReadStream } from 'node:fs';
-import type { Readable } from 'node:stream';
-import { finished } from 'node:stream';
+import type { Writable } from 'node:stream';
 
 import type { Agent } from '../agent/agent.js';
 import type { PutOutcome } from '../agent/volumes.js';
 import { ApiError } from './errors.js';
+import { sendFileRange } from './file-body.js';
 import { parseBoolean, parseChoice, parseFlag, parseId, parseOptionalId, parseRange, parseSize, parseSource, requireFields, requireQuery } from './parse.js';
 
 export interface RouteInput {
@@ -36,8 +35,8 @@ export interface UploadBody {
 export interface Reply {
   status: number;
   body?: unknown;
-  /** Raw bytes instead of a JSON body, with their headers (downloads). */
-  stream?: Readable;
+  /** Writes a raw body instead of a JSON one (downloads), after `headers`; it does not end `out`. */
+  send?: (out: Writable) => Promise<void>;
   headers?: Record<string, string | number>;
 }
 
@@ -49,9 +48,6 @@ export interface Route {
   body: 'required' | 'optional' | 'none' | 'stream';
   handle(agent: Agent, input: RouteInput): Promise<Reply>;
 }
-
-/** Read size of downloads: large reads keep the syscall count low; two are buffered at most. */
-const DOWNLOAD_CHUNK_BYTES = 1024 * 1024;
 
 function noBodyFields(body: Record<string, unknown> | undefined): void {
   if (body) requireFields(body, []);
@@ -227,11 +223,15 @@ export const ROUTES: readonly Route[] = [
         const range = parseRange(rangeHeader, data.sizeBytes);
         const start = range?.start ?? 0;
         const end = range?.end ?? data.sizeBytes - 1;
-        const stream = createReadStream('', { fd: data.handle, start, end, autoClose: false, highWaterMark: DOWNLOAD_CHUNK_BYTES });
-        finished(stream, () => void data.close()); // ended, failed or cut off: the lock goes with the handle
         return {
           status: range ? 206 : 200,
-          stream,
+          send: async (out) => {
+            try {
+              await sendFileRange(data.handle, start, end, out);
+            } finally {
+              await data.close(); // the lock goes with the handle
+            }
+          },
           headers: {
             'content-type': 'application/octet-stream',
             'content-length': end - start + 1,

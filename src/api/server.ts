@@ -5,7 +5,6 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { createServer } from 'node:http';
 import type { Server } from 'node:http';
 import type { Socket } from 'node:net';
-import { pipeline } from 'node:stream/promises';
 
 import type { Logger } from 'pino';
 
@@ -123,12 +122,14 @@ export function createApiServer(agent: Agent, logger: Logger): ApiServer {
     // read) must not be parsed as a next request: close after answering.
     const closeAfter = !request.complete;
     const socket = request.socket as typeof request.socket | null;
-    if (reply.stream) {
+    if (reply.send) {
       response.writeHead(reply.status, reply.headers);
       try {
-        await pipeline(reply.stream, response);
+        await reply.send(response);
+        response.end();
       } catch (error) {
         logger.info({ method, route, err: error }, 'download ended early');
+        response.destroy();
       }
     } else {
       send(response, reply, closeAfter);

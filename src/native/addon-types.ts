@@ -72,9 +72,11 @@ export interface NativeAddon {
   /**
    * pwrite of `data` at `fileOffset`; blocks of `skipZeroBlockSize` (counted
    * from the start of `data`) that are all zero are not written (0: write
-   * all). Resolves the bytes written. `data` must not change until it settles.
+   * all). With `startWriteback`, sync_file_range(SYNC_FILE_RANGE_WRITE) then
+   * starts writeback of the range without waiting (durability still needs
+   * fsync). Resolves the bytes written. `data` must not change until it settles.
    */
-  writeData(fd: number, data: Buffer, fileOffset: number, skipZeroBlockSize: number, path?: string): Promise<number>;
+  writeData(fd: number, data: Buffer, fileOffset: number, skipZeroBlockSize: number, startWriteback: boolean, path?: string): Promise<number>;
   /** SEEK_DATA/SEEK_HOLE walk of [start, end), at most `maxExtents` extents. */
   dataExtents(fd: number, start: number, end: number, maxExtents: number, path?: string): Promise<DataExtentBatch>;
   /** FS_IOC_FIEMAP from `start` for `length` bytes, at most `maxExtents`. */

@@ -4,12 +4,27 @@
 // buffer is written on the libuv pool (native.writeData, which skips all-zero
 // blocks) while the other one fills. At most two buffers are alive, whatever
 // the stream's length: the reader waits (backpressure) while both are busy.
+// Each written buffer's writeback is started at once (sync_file_range), so
+// the caller's final fsync waits for the last few MiB, not the whole file,
+// and dirty pages do not pile up in the page cache.
 import { native } from '../native/binding.js';
 import { systemError } from '../native/system-error.js';
 
 /** Zero runs are detected per 4 KiB, the usual filesystem block: smaller holes would not be holes. */
 export const ZERO_BLOCK_BYTES = 4096;
 export const STAGING_BYTES = 4 * 1024 * 1024;
+
+/** Staging buffers kept between writes (two: one upload's worth), so uploads do not churn 4 MiB allocations. */
+const idleStaging: Buffer[] = [];
+const IDLE_STAGING_MAX = 2;
+
+function takeStaging(): Buffer {
+  return idleStaging.pop() ?? Buffer.allocUnsafe(STAGING_BYTES);
+}
+
+function returnStaging(buffers: Buffer[]): void {
+  for (const buffer of buffers) if (idleStaging.length < IDLE_STAGING_MAX) idleStaging.push(buffer);
+}
 
 export interface SparseWriteResult {
   /** Bytes received: the file's size. */
@@ -31,7 +46,7 @@ export interface SparseWriteOptions {
  */
 export async function writeSparse(fd: number, path: string, data: AsyncIterable<Uint8Array>, options: SparseWriteOptions = {}): Promise<SparseWriteResult> {
   const maxBytes = options.maxBytes ?? Number.MAX_SAFE_INTEGER;
-  const spare: Buffer[] = [Buffer.allocUnsafe(STAGING_BYTES), Buffer.allocUnsafe(STAGING_BYTES)];
+  const spare: Buffer[] = [takeStaging(), takeStaging()];
   let staging = spare.pop()!;
   let filled = 0;
   /** File offset of staging[0]. */
@@ -47,7 +62,7 @@ export async function writeSparse(fd: number, path: string, data: AsyncIterable<
     staging = spare.pop()!;
     base += length;
     filled = 0;
-    inFlight = native.writeData(fd, length === buffer.length ? buffer : buffer.subarray(0, length), offset, ZERO_BLOCK_BYTES, path)
+    inFlight = native.writeData(fd, length === buffer.length ? buffer : buffer.subarray(0, length), offset, ZERO_BLOCK_BYTES, true, path)
       .then((written) => {
         bytesWritten += written;
         spare.push(buffer);
@@ -73,6 +88,7 @@ export async function writeSparse(fd: number, path: string, data: AsyncIterable<
   } finally {
     // Never leave a write running on a buffer or descriptor the caller is about to drop.
     if (inFlight) await inFlight.catch(() => undefined);
+    returnStaging([staging, ...spare]); // a buffer whose write failed is not returned: it is simply dropped
   }
   await inFlight; // rethrows a failed last write
   return { sizeBytes: base, bytesWritten };

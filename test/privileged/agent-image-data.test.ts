@@ -5,6 +5,7 @@
 // Every refusal is checked on disk and in the catalog.
 import { createReadStream } from 'node:fs';
 import { mkdir, open, stat } from 'node:fs/promises';
+import { request as httpRequest } from 'node:http';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import t from 'tap';
@@ -215,6 +216,26 @@ if (!skipUnlessRoot(t)) {
     agent = await startAgent(top, spec); // outlives this subtest
     t.same(await state(), before, 'start-up reconcile removed the row and the temporary');
     t.equal((await agent.request('GET', '/v1/images/img-killed')).status, 404);
+  });
+
+  await t.test('clients that hang up mid-download: the agent goes on, and lets the image go', async (t) => {
+    const before = agent.logs.filter((line) => line.includes('download ended early')).length;
+    for (let i = 0; i < 3; i++) {
+      await new Promise<void>((resolve) => {
+        const req = httpRequest({ socketPath: agent.socket, path: '/v1/images/img-raw/data', agent: false }, (res) => {
+          res.once('data', () => {
+            req.destroy();
+            resolve();
+          });
+        });
+        req.on('error', () => resolve());
+        req.end();
+      });
+    }
+    await until('the agent to see the three hang-ups', () => agent.logs.filter((line) => line.includes('download ended early')).length === before + 3);
+    t.equal((await agent.request('GET', '/v1/version')).status, 200, 'the agent is alive');
+    const whole = await downloadOn(agent.socket, '/v1/images/img-raw/data');
+    t.equal(whole.sha256, sourceDigest, 'and serves the whole image after them');
   });
 
   await t.test('deleting an image during a download: the download completes, then the Image-Volume goes', async (t) => {

@@ -81,13 +81,13 @@ t.test('writeData writes at the offset and skips all-zero blocks; a bad fd is EB
   const handle = await open(file, 'w+');
   try {
     const data = Buffer.concat([Buffer.alloc(4096, 1), Buffer.alloc(8192, 0), Buffer.alloc(100, 2)]);
-    t.equal(await native.writeData(handle.fd, data, 4096, 4096, file), 4096 + 100, 'the zero blocks were not written');
-    t.equal(await native.writeData(handle.fd, Buffer.alloc(4096, 0), 0, 0, file), 4096, 'size 0 writes everything');
+    t.equal(await native.writeData(handle.fd, data, 4096, 4096, true, file), 4096 + 100, 'the zero blocks were not written');
+    t.equal(await native.writeData(handle.fd, Buffer.alloc(4096, 0), 0, 0, false, file), 4096, 'size 0 writes everything');
     await handle.truncate(4096 + data.length);
     t.same(await readFile(file), Buffer.concat([Buffer.alloc(4096, 0), data]), 'reads back as written, holes as zeroes');
   } finally {
     await handle.close();
   }
-  await t.rejects(native.writeData(9999, Buffer.alloc(1), 0, 0, file), { code: 'EBADF', syscall: 'write', path: file });
-  await t.rejects(native.writeData(1, 'text' as unknown as Buffer, 0, 0), { name: 'TypeError', message: /"data" argument must be a Buffer/ });
+  await t.rejects(native.writeData(9999, Buffer.alloc(1), 0, 0, false, file), { code: 'EBADF', syscall: 'write', path: file });
+  await t.rejects(native.writeData(1, 'text' as unknown as Buffer, 0, 0, false), { name: 'TypeError', message: /"data" argument must be a Buffer/ });
 });

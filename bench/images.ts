@@ -11,6 +11,8 @@
 //     same file on the same filesystem, and cp followed by an fsync of the
 //     copy (the upload answers only once its bytes are durable). Goal:
 //     throughput >= 0.8x cp. Rounds alternate; outputs are removed untimed.
+//     Also timed, for attribution: the download into /dev/null, and our own
+//     client (`volagent image upload` / `download`, with process start-up).
 //  3. The agent's RSS (VmRSS every 25 ms, and VmHWM) during the uploads.
 //     Goal: < 150 MiB.
 // Prints a table and one JSON line. Exit code 0 whether goals are met or not.
@@ -23,6 +25,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 
 import type { LoopFs } from '../test/helpers/loop-fs.js';
+import { VOLAGENT } from '../test/helpers/agent.js';
 import { makeLoopFs, TEST_ROOT } from '../test/helpers/loop-fs.js';
 import type { Latency } from './lib.js';
 import {
@@ -165,6 +168,9 @@ export async function main(args: string[]): Promise<number> {
     const rss = new RssSampler(agent.pid);
     const uploadMs: number[] = [];
     const downloadMs: number[] = [];
+    const downloadNullMs: number[] = [];
+    const cliUploadMs: number[] = [];
+    const cliDownloadMs: number[] = [];
     const cpMs: number[] = [];
     const cpSyncMs: number[] = [];
     let rssBeforeUploads = 0;
@@ -180,12 +186,24 @@ export async function main(args: string[]): Promise<number> {
       const up = await timed('curl', ['--fail-with-body', '-sS', '--unix-socket', sock, '-T', source, url(id, `?tenant=${TENANT}`)]);
       rss.stop();
       const down = await timed('curl', ['--fail-with-body', '-sS', '--unix-socket', sock, '-o', downloaded, url(id)]);
+      // Attribution: the same download into /dev/null, so what the agent sends is told apart from curl's writes to the file.
+      const downNull = await timed('curl', ['--fail-with-body', '-sS', '--unix-socket', sock, '-o', '/dev/null', url(id)]);
+      // Our own client: 1 MiB reads up; down, 4 MiB sparse writes and an fsync.
+      const cliDownloaded = path.join(work, `cli-${round + 1}.raw`);
+      const cliUp = await timed(process.execPath, [VOLAGENT, '--socket', sock, 'image', 'upload', `${id}-cli`, source, '--tenant', TENANT]);
+      const cliDown = await timed(process.execPath, [VOLAGENT, '--socket', sock, 'image', 'download', `${id}-cli`, cliDownloaded]);
+      await execFileAsync('cmp', [source, cliDownloaded]);
+      expectStatus(await call(sock, false, 'DELETE', `/v1/images/${id}-cli`), 204, `delete image ${id}-cli`);
+      await unlink(cliDownloaded);
       const sizes = await Promise.all([copy, downloaded].map(async (file) => (await stat(file)).size));
       if (sizes.some((size) => size !== plan.transferBytes)) throw new Error(`round ${round}: sizes ${sizes.join(', ')}, not ${plan.transferBytes}`);
       await execFileAsync('cmp', [source, downloaded]); // untimed: the round trip kept every byte (cmp fails otherwise)
       if (round >= 0) {
         uploadMs.push(up);
         downloadMs.push(down);
+        downloadNullMs.push(downNull);
+        cliUploadMs.push(cliUp);
+        cliDownloadMs.push(cliDown);
         cpMs.push(cp);
         cpSyncMs.push(cpSync);
       }
@@ -199,6 +217,9 @@ export async function main(args: string[]): Promise<number> {
     const figures = {
       uploadMiBps: mibPerSecond(bytes, median(uploadMs)),
       downloadMiBps: mibPerSecond(bytes, median(downloadMs)),
+      downloadToNullMiBps: mibPerSecond(bytes, median(downloadNullMs)),
+      cliUploadMiBps: mibPerSecond(bytes, median(cliUploadMs)),
+      cliDownloadMiBps: mibPerSecond(bytes, median(cliDownloadMs)),
       cpMiBps: mibPerSecond(bytes, median(cpMs)),
       cpSyncMiBps: mibPerSecond(bytes, median(cpSyncMs)),
     };
@@ -222,7 +243,8 @@ export async function main(args: string[]): Promise<number> {
     console.log(`create from a ${plan.imageBytes / GiB} GiB image, c=1, ${agentMs.length} per side, ms: agent p50 ${f1(agentLatency.p50)} p99 ${f1(agentLatency.p99)}; `
       + `floor p50 ${f1(floorLatency.p50)} p99 ${f1(floorLatency.p99)}; ratio ${f1(goals.createP50Ratio)}x (goal <= 2x: ${ok(met.create)})`);
     console.log(`${bytes / MiB} MiB, median of ${plan.transferRounds}, MiB/s: curl upload ${f1(figures.uploadMiBps)}, curl download ${f1(figures.downloadMiBps)}, `
-      + `cp ${f1(figures.cpMiBps)}, cp+fsync ${f1(figures.cpSyncMiBps)}`);
+      + `cp ${f1(figures.cpMiBps)}, cp+fsync ${f1(figures.cpSyncMiBps)}; curl download into /dev/null ${f1(figures.downloadToNullMiBps)}; `
+      + `volagent image upload ${f1(figures.cliUploadMiBps)}, download (sparse, fsync'd) ${f1(figures.cliDownloadMiBps)}`);
     console.log(`  upload ${f1(goals.uploadVsCp)}x cp (${ok(met.upload)}), ${f1(goals.uploadVsCpSync)}x cp+fsync; `
       + `download ${f1(goals.downloadVsCp)}x cp (${ok(met.download)}), ${f1(goals.downloadVsCpSync)}x cp+fsync (goal >= 0.8x cp)`);
     console.log(`agent RSS: ${f1(rssBeforeUploads / MiB)} MiB before the uploads, peak during uploads ${f1(rss.peakBytes / MiB)} MiB (${rss.samples} samples), `
@@ -231,7 +253,7 @@ export async function main(args: string[]): Promise<number> {
     console.log(JSON.stringify({
       bench: 'images', quick, plan,
       create: { agent: agentLatency, floor: floorLatency },
-      transfer: { uploadMs, downloadMs, cpMs, cpSyncMs, ...figures },
+      transfer: { uploadMs, downloadMs, downloadNullMs, cliUploadMs, cliDownloadMs, cpMs, cpSyncMs, ...figures },
       rss: { beforeUploadsBytes: rssBeforeUploads, peakDuringUploadsBytes: rss.peakBytes, samples: rss.samples, vmHwmBytes: vmHwm ?? null },
       goals: { ...goals, met },
       totalSeconds: msSince(started) / 1000,

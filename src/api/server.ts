@@ -21,6 +21,12 @@ export interface ApiServer {
   inFlight(): number;
   /** Resolves when no request is being handled. */
   drained(): Promise<void>;
+  /**
+   * Breaks off the uploads and downloads in progress (agent shutdown): each
+   * cleans up as a broken connection does, so draining does not wait for
+   * gigabytes. Returns how many there were.
+   */
+  abortTransfers(): number;
 }
 
 function send(response: ServerResponse, reply: Reply, close = false): void {
@@ -85,6 +91,8 @@ async function* readUpload(request: IncomingMessage): AsyncGenerator<Buffer> {
 export function createApiServer(agent: Agent, logger: Logger): ApiServer {
   let inFlight = 0;
   let waiters: (() => void)[] = [];
+  /** Requests streaming an upload or a download now. */
+  const transfers = new Set<IncomingMessage>();
 
   const handle = async (request: IncomingMessage, response: ServerResponse, expectsContinue: boolean): Promise<void> => {
     const started = process.hrtime.bigint();
@@ -104,6 +112,7 @@ export function createApiServer(agent: Agent, logger: Logger): ApiServer {
       route = match.route.pattern;
       if (route.startsWith('/v1/volumes/:id')) volume = match.params[0];
       const streamed = match.route.body === 'stream';
+      if (streamed) transfers.add(request);
       if (expectsContinue && !streamed) response.writeContinue();
       const raw = streamed ? undefined : await readBody(request);
       const body = match.route.body === 'none' || streamed ? undefined : parseJsonObject(raw, match.route.body === 'optional');
@@ -123,6 +132,7 @@ export function createApiServer(agent: Agent, logger: Logger): ApiServer {
     const closeAfter = !request.complete;
     const socket = request.socket as typeof request.socket | null;
     if (reply.send) {
+      transfers.add(request);
       response.writeHead(reply.status, reply.headers);
       try {
         await reply.send(response);
@@ -148,6 +158,7 @@ export function createApiServer(agent: Agent, logger: Logger): ApiServer {
   const serve = (request: IncomingMessage, response: ServerResponse, expectsContinue: boolean): void => {
     inFlight++;
     handle(request, response, expectsContinue)
+      .finally(() => transfers.delete(request))
       .catch((error: unknown) => {
         logger.error({ err: error }, 'request handler failed');
         if (!response.headersSent) send(response, { status: 500, body: new ApiError('INTERNAL', 'request handler failed').toBody() }, true);
@@ -172,5 +183,10 @@ export function createApiServer(agent: Agent, logger: Logger): ApiServer {
     server,
     inFlight: () => inFlight,
     drained: () => (inFlight === 0 ? Promise.resolve() : new Promise<void>((resolve) => waiters.push(resolve))),
+    abortTransfers: () => {
+      const count = transfers.size;
+      for (const request of transfers) request.socket.destroy();
+      return count;
+    },
   };
 }

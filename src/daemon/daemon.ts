@@ -86,6 +86,8 @@ export async function startDaemon(config: AgentConfig, logger: Logger): Promise<
       const closed = new Promise<void>((resolve) => api.server.close(() => resolve()));
       api.server.closeIdleConnections();
       await agent.operations.cancelAll(`the agent is stopping (${reason})`);
+      const broken = api.abortTransfers();
+      if (broken > 0) logger.info({ transfers: broken }, 'broke off uploads and downloads in progress; uploads leave nothing behind');
       await api.drained();
       api.server.closeAllConnections();
       await closed;

@@ -218,6 +218,21 @@ if (!skipUnlessRoot(t)) {
     t.equal((await agent.request('GET', '/v1/images/img-killed')).status, 404);
   });
 
+  await t.test('SIGTERM mid-upload: the agent breaks the upload off, stops, and keeps nothing', async (t) => {
+    const before = await state();
+    const body = new Readable({ read() {} });
+    const reply = streamOn(agent.socket, 'PUT', '/v1/images/img-stopped/data?tenant=alice', body, { headers: { 'content-length': 64 * MiB } });
+    reply.catch(() => undefined);
+    body.push(Buffer.alloc(8 * MiB, 0x44));
+    await until('the upload to reach the pool', async () => (await poolEntries(fastPool)).some((e) => e.startsWith('.tmp-')));
+    const stopped = Date.now();
+    t.equal(await agent.stop(), 0, 'a clean exit');
+    t.ok(Date.now() - stopped < 10_000, 'without waiting for the rest of the upload');
+    t.ok(agent.logs.some((line) => line.includes('broke off uploads and downloads in progress')), 'and says so');
+    t.same(await state(), before, 'no image, no volume, no file: nothing left for start-up to settle');
+    agent = await startAgent(top, spec);
+  });
+
   await t.test('clients that hang up mid-download: the agent goes on, and lets the image go', async (t) => {
     const before = agent.logs.filter((line) => line.includes('download ended early')).length;
     for (let i = 0; i < 3; i++) {

@@ -46,7 +46,7 @@ import type { LoopFs } from '../test/helpers/loop-fs.js';
 import type { FloorSteps, Latency, RunningAgent } from './lib.js';
 import {
   call, dropFileCache, expectStatus, f1, floorClone, fsyncDirectory, GiB, latency, launchBenchAgent, MiB, msSince, now, onSignalCleanup,
-  RssSampler, rerunWithThreadpool, runCleanups, sleep, syncFs, THREADPOOL, writeRuns,
+  RssSampler, runBench, sleep, syncFs, writeRuns,
 } from './lib.js';
 import { makeLoopFs, TEST_ROOT } from '../test/helpers/loop-fs.js';
 
@@ -275,28 +275,11 @@ async function compare(sides: Side[], total: number, concurrency: number, rounds
 /** Cleanup to run on SIGINT/SIGTERM too (finally blocks do not run on a signal). */
 
 
-export async function main(args: string[]): Promise<number> {
-  if (process.getuid?.() !== 0) {
-    console.error('bench api: needs root (it makes XFS and ext4 loop filesystems)');
-    return 1;
-  }
-  if (process.env.UV_THREADPOOL_SIZE !== THREADPOOL) return rerunWithThreadpool(import.meta.url, args);
-  const quick = args.includes('--quick');
-  const plan = quick ? QUICK : FULL;
-
-  let signalled = false;
-  const onSignal = (): void => {
-    if (signalled) return;
-    signalled = true;
-    console.error('bench api: interrupted; cleaning up');
-    void runCleanups('bench api').finally(() => process.exit(130));
-  };
-  process.on('SIGINT', onSignal);
-  process.on('SIGTERM', onSignal);
-
-  const agentDir = path.join(TEST_ROOT, `api-agent-${process.pid}-${randomBytes(3).toString('hex')}`);
-  let agentOutput = (): string => '';
-  try {
+export function main(args: string[]): Promise<number> {
+  return runBench('bench api', 'it makes XFS and ext4 loop filesystems', import.meta.url, args, async (run) => {
+    const { quick } = run;
+    const plan = quick ? QUICK : FULL;
+    const agentDir = path.join(TEST_ROOT, `api-agent-${process.pid}-${randomBytes(3).toString('hex')}`);
     const started = now();
     const loadBefore = (await readFile('/proc/loadavg', 'utf8')).split(' ').slice(0, 3).join(' ');
     console.log(`bench api${quick ? ' --quick' : ''}: making loop filesystems`);
@@ -317,7 +300,7 @@ export async function main(args: string[]): Promise<number> {
 
     const agent = await launchAgent(agentDir, [{ name: 'fast', path: fastPath }, { name: 'slow', path: slowPath }]);
     onSignalCleanup.push(() => agent.stop());
-    agentOutput = agent.output;
+    run.agentOutput = agent.output;
     const rss = new RssSampler(agent.pid);
     rss.start();
     onSignalCleanup.push(async () => rss.stop());
@@ -672,15 +655,5 @@ export async function main(args: string[]): Promise<number> {
     };
     console.log(JSON.stringify(json));
     return 0;
-  } catch (error) {
-    if (signalled) return 130; // the work failed because the cleanup pulled things away
-    console.error(`bench api: ${(error as Error).stack ?? error}`);
-    const output = agentOutput().trim();
-    if (output) console.error(`volagentd output (last lines):\n${output.split('\n').slice(-20).join('\n')}`);
-    return 1;
-  } finally {
-    await runCleanups('bench api');
-    process.off('SIGINT', onSignal);
-    process.off('SIGTERM', onSignal);
-  }
+  });
 }

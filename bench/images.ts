@@ -30,7 +30,7 @@ import { makeLoopFs, TEST_ROOT } from '../test/helpers/loop-fs.js';
 import type { Latency } from './lib.js';
 import {
   call, expectStatus, f1, floorClone, fsyncDirectory, GiB, latency, launchBenchAgent, MiB, msSince, now, onSignalCleanup,
-  RssSampler, rerunWithThreadpool, runCleanups, syncFs, THREADPOOL, writeRuns,
+  RssSampler, runBench, syncFs, writeRuns,
 } from './lib.js';
 
 const execFileAsync = promisify(execFile);
@@ -80,27 +80,11 @@ async function timed(command: string, args: string[]): Promise<number> {
 const median = (values: number[]): number => latency(values).p50;
 const mibPerSecond = (bytes: number, ms: number): number => bytes / MiB / (ms / 1000);
 
-export async function main(args: string[]): Promise<number> {
-  if (process.getuid?.() !== 0) {
-    console.error(`${LABEL}: needs root (it makes an XFS loop filesystem)`);
-    return 1;
-  }
-  if (process.env.UV_THREADPOOL_SIZE !== THREADPOOL) return rerunWithThreadpool(import.meta.url, args);
-  const quick = args.includes('--quick');
-  const plan = quick ? QUICK : FULL;
-  let signalled = false;
-  const onSignal = (): void => {
-    if (signalled) return;
-    signalled = true;
-    console.error(`${LABEL}: interrupted; cleaning up`);
-    void runCleanups(LABEL).finally(() => process.exit(130));
-  };
-  process.on('SIGINT', onSignal);
-  process.on('SIGTERM', onSignal);
-
-  const agentDir = path.join(TEST_ROOT, `images-agent-${process.pid}-${randomBytes(3).toString('hex')}`);
-  let agentOutput = (): string => '';
-  try {
+export function main(args: string[]): Promise<number> {
+  return runBench(LABEL, 'it makes an XFS loop filesystem', import.meta.url, args, async (run) => {
+    const { quick } = run;
+    const plan = quick ? QUICK : FULL;
+    const agentDir = path.join(TEST_ROOT, `images-agent-${process.pid}-${randomBytes(3).toString('hex')}`);
     const started = now();
     const loadBefore = (await readFile('/proc/loadavg', 'utf8')).split(' ').slice(0, 3).join(' ');
     console.log(`${LABEL}${quick ? ' --quick' : ''}: making an XFS loop filesystem`);
@@ -114,7 +98,7 @@ export async function main(args: string[]): Promise<number> {
     onSignalCleanup.push(() => rm(agentDir, { recursive: true, force: true }));
     const agent = await launchBenchAgent(agentDir, [{ name: 'fast', path: poolPath }]);
     onSignalCleanup.push(() => agent.stop());
-    agentOutput = agent.output;
+    run.agentOutput = agent.output;
     const sock = agent.socket;
     const objects = path.join(poolPath, 'objects');
 
@@ -260,12 +244,5 @@ export async function main(args: string[]): Promise<number> {
       loadAverage: { before: loadBefore, after: loadAfter },
     }));
     return 0;
-  } catch (error) {
-    console.error(`${LABEL}: ${(error as Error).stack ?? error}`);
-    const output = agentOutput();
-    if (output) console.error(`${LABEL}: agent output (last lines):\n${output}`);
-    return 1;
-  } finally {
-    await runCleanups(LABEL);
-  }
+  });
 }

@@ -13,7 +13,7 @@ import { promisify } from 'node:util';
 
 import { native } from '../src/native/binding.js';
 import type { PoolSpec } from '../test/helpers/agent.js';
-import { VOLAGENTD, writeAgentConfig } from '../test/helpers/agent.js';
+import { replyOf, VOLAGENTD, writeAgentConfig } from '../test/helpers/agent.js';
 
 const execFileAsync = promisify(execFile);
 export const MiB = 1024 * 1024;
@@ -81,20 +81,7 @@ export function call(socketPath: string, agent: HttpAgent | false, method: strin
     const headers: Record<string, string | number> = payload === undefined ? {} : { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) };
     const start = now();
     const req = httpRequest({ socketPath, method, path: urlPath, headers, agent }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (chunk: Buffer) => chunks.push(chunk));
-      res.on('end', () => {
-        const ms = msSince(start);
-        const text = Buffer.concat(chunks).toString('utf8');
-        let parsed: unknown;
-        try {
-          parsed = text ? JSON.parse(text) : undefined;
-        } catch {
-          parsed = undefined;
-        }
-        resolve({ status: res.statusCode ?? 0, body: parsed, text, ms });
-      });
-      res.on('error', reject);
+      replyOf(res).then(({ status, body: parsed, text }) => resolve({ status, body: parsed, text, ms: msSince(start) }), reject);
     });
     req.setTimeout(timeoutMs, () => req.destroy(new Error(`${method} ${urlPath}: no answer within ${timeoutMs} ms`)));
     req.on('error', reject);
@@ -210,12 +197,12 @@ export class RssSampler {
 export const onSignalCleanup: Array<() => Promise<void>> = [];
 
 /** Runs the cleanups registered so far, newest first; `label` prefixes a failure's line. */
-export async function runCleanups(label: string): Promise<void> {
+async function runCleanups(label: string): Promise<void> {
   for (const fn of onSignalCleanup.splice(0).reverse()) await fn().catch((error: unknown) => console.error(`${label}: cleanup: ${(error as Error).message}`));
 }
 
 /** Re-runs this module in a child whose libuv pool is as large as the agent's, so the floor is not held to 4 threads. */
-export async function rerunWithThreadpool(moduleUrl: string, args: string[]): Promise<number> {
+async function rerunWithThreadpool(moduleUrl: string, args: string[]): Promise<number> {
   const code = `const m = await import(${JSON.stringify(moduleUrl)}); process.exitCode = await m.main(${JSON.stringify(args)});`;
   const child = spawn(process.execPath, ['--input-type=module', '-e', code], { stdio: 'inherit', env: { ...process.env, UV_THREADPOOL_SIZE: THREADPOOL } });
   const forward = (signal: NodeJS.Signals): void => { child.kill(signal); };
@@ -267,4 +254,46 @@ export async function floorClone(objects: string, srcFd: number, srcPath: string
   await fsyncDirectory(objects);
   const ms = (from: bigint, to: bigint): number => Number(to - from) / 1e6;
   return { ms: msSince(t0), steps: { open: ms(t0, t1), ficlone: ms(t1, t2), fsync: ms(t2, t3), rename: ms(t4, t5), dirFsync: msSince(t5) } };
+}
+
+export interface BenchRun {
+  quick: boolean;
+  /** Where the agent's last output lines come from, for the report of a failure. */
+  agentOutput: () => string;
+}
+
+/**
+ * The frame of a benchmark's main(): the root check, a re-run with the
+ * agent's libuv pool size, cleanup on SIGINT/SIGTERM (exit 130) and at the
+ * end, and a failure's report with the agent's last output lines.
+ */
+export async function runBench(label: string, needs: string, moduleUrl: string, args: string[], body: (run: BenchRun) => Promise<number>): Promise<number> {
+  if (process.getuid?.() !== 0) {
+    console.error(`${label}: needs root (${needs})`);
+    return 1;
+  }
+  if (process.env.UV_THREADPOOL_SIZE !== THREADPOOL) return rerunWithThreadpool(moduleUrl, args);
+  let signalled = false;
+  const onSignal = (): void => {
+    if (signalled) return;
+    signalled = true;
+    console.error(`${label}: interrupted; cleaning up`);
+    void runCleanups(label).finally(() => process.exit(130));
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  const run: BenchRun = { quick: args.includes('--quick'), agentOutput: () => '' };
+  try {
+    return await body(run);
+  } catch (error) {
+    if (signalled) return 130; // the work failed because the cleanup pulled things away
+    console.error(`${label}: ${(error as Error).stack ?? error}`);
+    const output = run.agentOutput().trim();
+    if (output) console.error(`volagentd output (last lines):\n${output.split('\n').slice(-20).join('\n')}`);
+    return 1;
+  } finally {
+    await runCleanups(label);
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+  }
 }

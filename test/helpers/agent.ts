@@ -32,26 +32,31 @@ export interface RequestOptions {
   headers?: Record<string, string | number>;
 }
 
+/** Reads an answer whole: its status, headers, text and JSON (undefined when empty or not JSON). */
+export function replyOf(res: IncomingMessage): Promise<Reply> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    res.on('data', (chunk: Buffer) => chunks.push(chunk));
+    res.on('end', () => {
+      const text = Buffer.concat(chunks).toString('utf8');
+      let parsed: unknown;
+      try {
+        parsed = text ? JSON.parse(text) : undefined;
+      } catch {
+        parsed = undefined;
+      }
+      resolve({ status: res.statusCode ?? 0, headers: res.headers, body: parsed, text });
+    });
+    res.on('error', reject);
+  });
+}
+
 /** One HTTP request on a unix socket. */
 export function requestOn(socketPath: string, method: string, urlPath: string, body?: unknown, options: RequestOptions = {}): Promise<Reply> {
   return new Promise((resolve, reject) => {
     const payload = options.raw ?? (body === undefined ? undefined : JSON.stringify(body));
     const headers: Record<string, string | number> = { ...(payload !== undefined ? { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) } : {}), ...options.headers };
-    const req = httpRequest({ socketPath, method, path: urlPath, headers, agent: false }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (chunk: Buffer) => chunks.push(chunk));
-      res.on('end', () => {
-        const text = Buffer.concat(chunks).toString('utf8');
-        let parsed: unknown;
-        try {
-          parsed = text ? JSON.parse(text) : undefined;
-        } catch {
-          parsed = undefined;
-        }
-        resolve({ status: res.statusCode ?? 0, headers: res.headers, body: parsed, text });
-      });
-      res.on('error', reject);
-    });
+    const req = httpRequest({ socketPath, method, path: urlPath, headers, agent: false }, (res) => replyOf(res).then(resolve, reject));
     req.on('error', reject);
     req.end(payload);
   });
@@ -98,21 +103,8 @@ export interface StreamOptions {
  */
 export function streamOn(socketPath: string, method: string, urlPath: string, data: Readable | Buffer, options: StreamOptions = {}): Promise<Reply> {
   return new Promise((resolve, reject) => {
-    const req = httpRequest({ socketPath, method, path: urlPath, headers: { 'content-type': 'application/octet-stream', ...options.headers }, agent: false }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (chunk: Buffer) => chunks.push(chunk));
-      res.on('end', () => {
-        const text = Buffer.concat(chunks).toString('utf8');
-        let parsed: unknown;
-        try {
-          parsed = text ? JSON.parse(text) : undefined;
-        } catch {
-          parsed = undefined;
-        }
-        resolve({ status: res.statusCode ?? 0, headers: res.headers, body: parsed, text });
-      });
-      res.on('error', reject);
-    });
+    const headers = { 'content-type': 'application/octet-stream', ...options.headers };
+    const req = httpRequest({ socketPath, method, path: urlPath, headers, agent: false }, (res) => replyOf(res).then(resolve, reject));
     req.on('error', reject);
     const send = (): void => {
       if (Buffer.isBuffer(data)) req.end(data);

@@ -79,6 +79,16 @@ if (!skipUnlessRoot(t)) {
   const sourceDigest = await sha256(source);
   const dataBytes = runs.reduce((sum, [, length]) => sum + length, 0);
 
+  /** An upload of 64 MiB that stops sending after 8 MiB, once those reached the pool; `reply` is its answer. */
+  async function stalledUpload(id: string): Promise<{ reply: Promise<unknown> }> {
+    const body = new Readable({ read() {} });
+    const reply = streamOn(agent.socket, 'PUT', `/v1/images/${id}/data?tenant=alice`, body, { headers: { 'content-length': 64 * MiB } });
+    reply.catch(() => undefined);
+    body.push(Buffer.alloc(8 * MiB, 0x43));
+    await until('the upload to reach the pool', async () => (await poolEntries(fastPool)).some((e) => e.startsWith('.tmp-')));
+    return { reply };
+  }
+
   await t.test('upload with Content-Length: a sparse, read-only, durable Image-Volume; download is the same bytes', async (t) => {
     const reply = await upload('img-raw', 'tenant=alice&visibility=public', createReadStream(source, { highWaterMark: MiB }), { 'content-length': GiB });
     t.equal(reply.status, 201, reply.text);
@@ -205,11 +215,7 @@ if (!skipUnlessRoot(t)) {
 
   await t.test('kill -9 mid-upload: after restart no image, no volume and no file', async (t) => {
     const before = await state();
-    const body = new Readable({ read() {} });
-    const reply = streamOn(agent.socket, 'PUT', '/v1/images/img-killed/data?tenant=alice', body, { headers: { 'content-length': 64 * MiB } });
-    reply.catch(() => undefined);
-    body.push(Buffer.alloc(8 * MiB, 0x43));
-    await until('the upload to reach the pool', async () => (await poolEntries(fastPool)).some((e) => e.startsWith('.tmp-')));
+    const { reply } = await stalledUpload('img-killed');
     t.match(readCatalog(agent.catalogPath).images.find((i) => i.id === 'img-killed'), { state: 'creating' }, 'the intent was recorded');
     await agent.kill();
     await t.rejects(reply);
@@ -220,11 +226,7 @@ if (!skipUnlessRoot(t)) {
 
   await t.test('SIGTERM mid-upload: the agent breaks the upload off, stops, and keeps nothing', async (t) => {
     const before = await state();
-    const body = new Readable({ read() {} });
-    const reply = streamOn(agent.socket, 'PUT', '/v1/images/img-stopped/data?tenant=alice', body, { headers: { 'content-length': 64 * MiB } });
-    reply.catch(() => undefined);
-    body.push(Buffer.alloc(8 * MiB, 0x44));
-    await until('the upload to reach the pool', async () => (await poolEntries(fastPool)).some((e) => e.startsWith('.tmp-')));
+    await stalledUpload('img-stopped');
     const stopped = Date.now();
     t.equal(await agent.stop(), 0, 'a clean exit');
     t.ok(Date.now() - stopped < 10_000, 'without waiting for the rest of the upload');

@@ -11,8 +11,11 @@
 //     same file on the same filesystem, and cp followed by an fsync of the
 //     copy (the upload answers only once its bytes are durable). Goal:
 //     throughput >= 0.8x cp. Rounds alternate; outputs are removed untimed.
-//     Also timed, for attribution: the download into /dev/null, and our own
-//     client (`volagent image upload` / `download`, with process start-up).
+//     Also timed, for attribution: the download into /dev/null, our own
+//     client (`volagent image upload` / `download`, with process start-up),
+//     and the same curl commands against a plain Node HTTP server in this
+//     process that discards the upload and streams the file (the transport's
+//     ceiling: no pool, no catalog, no fsync).
 //  3. The agent's RSS (VmRSS every 25 ms, and VmHWM) during the uploads.
 //     Goal: < 150 MiB.
 // Prints a table and one JSON line. Exit code 0 whether goals are met or not.
@@ -20,7 +23,9 @@
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdir, open, readFile, rm, stat, unlink } from 'node:fs/promises';
-import { Agent as HttpAgent } from 'node:http';
+import { createReadStream } from 'node:fs';
+import type { Server } from 'node:http';
+import { Agent as HttpAgent, createServer } from 'node:http';
 import path from 'node:path';
 import { promisify } from 'node:util';
 
@@ -75,6 +80,28 @@ async function timed(command: string, args: string[]): Promise<number> {
     throw new Error(`${command} ${args.join(' ')}: ${e.stderr?.trim() || e.message}`);
   }
   return msSince(started);
+}
+
+/**
+ * The transport's ceiling: a plain Node HTTP server on a unix socket, in this
+ * process, that discards what is PUT and streams `file` (4 MiB reads) for a
+ * GET; no pool, no catalog, no fsync.
+ */
+async function plainServer(socketPath: string, file: string): Promise<Server> {
+  const server = createServer((request, response) => {
+    if (request.method === 'PUT') {
+      let bytes = 0;
+      request.on('data', (chunk: Buffer) => { bytes += chunk.length; });
+      request.on('end', () => response.end(String(bytes)));
+      return;
+    }
+    stat(file).then(({ size }) => {
+      response.writeHead(200, { 'content-length': size });
+      createReadStream(file, { highWaterMark: 4 * MiB }).pipe(response);
+    }, () => response.writeHead(500).end());
+  });
+  await new Promise<void>((resolve) => server.listen(socketPath, resolve));
+  return server;
 }
 
 const median = (values: number[]): number => latency(values).p50;
@@ -155,6 +182,11 @@ export function main(args: string[]): Promise<number> {
     const downloadNullMs: number[] = [];
     const cliUploadMs: number[] = [];
     const cliDownloadMs: number[] = [];
+    const plainUploadMs: number[] = [];
+    const plainDownloadMs: number[] = [];
+    const plainSocket = path.join(agentDir, 'plain.sock');
+    const plain = await plainServer(plainSocket, source);
+    onSignalCleanup.push(() => new Promise<void>((resolve) => plain.close(() => resolve())));
     const cpMs: number[] = [];
     const cpSyncMs: number[] = [];
     let rssBeforeUploads = 0;
@@ -179,6 +211,9 @@ export function main(args: string[]): Promise<number> {
       await execFileAsync('cmp', [source, cliDownloaded]);
       expectStatus(await call(sock, false, 'DELETE', `/v1/images/${id}-cli`), 204, `delete image ${id}-cli`);
       await unlink(cliDownloaded);
+      const plainUp = await timed('curl', ['--fail-with-body', '-sS', '--unix-socket', plainSocket, '-o', '/dev/null', '-T', source, 'http://plain/']);
+      const plainDown = await timed('curl', ['--fail-with-body', '-sS', '--unix-socket', plainSocket, '-o', cliDownloaded, 'http://plain/']);
+      await unlink(cliDownloaded);
       const sizes = await Promise.all([copy, downloaded].map(async (file) => (await stat(file)).size));
       if (sizes.some((size) => size !== plan.transferBytes)) throw new Error(`round ${round}: sizes ${sizes.join(', ')}, not ${plan.transferBytes}`);
       await execFileAsync('cmp', [source, downloaded]); // untimed: the round trip kept every byte (cmp fails otherwise)
@@ -188,6 +223,8 @@ export function main(args: string[]): Promise<number> {
         downloadNullMs.push(downNull);
         cliUploadMs.push(cliUp);
         cliDownloadMs.push(cliDown);
+        plainUploadMs.push(plainUp);
+        plainDownloadMs.push(plainDown);
         cpMs.push(cp);
         cpSyncMs.push(cpSync);
       }
@@ -204,6 +241,8 @@ export function main(args: string[]): Promise<number> {
       downloadToNullMiBps: mibPerSecond(bytes, median(downloadNullMs)),
       cliUploadMiBps: mibPerSecond(bytes, median(cliUploadMs)),
       cliDownloadMiBps: mibPerSecond(bytes, median(cliDownloadMs)),
+      plainUploadMiBps: mibPerSecond(bytes, median(plainUploadMs)),
+      plainDownloadMiBps: mibPerSecond(bytes, median(plainDownloadMs)),
       cpMiBps: mibPerSecond(bytes, median(cpMs)),
       cpSyncMiBps: mibPerSecond(bytes, median(cpSyncMs)),
     };
@@ -228,7 +267,8 @@ export function main(args: string[]): Promise<number> {
       + `floor p50 ${f1(floorLatency.p50)} p99 ${f1(floorLatency.p99)}; ratio ${f1(goals.createP50Ratio)}x (goal <= 2x: ${ok(met.create)})`);
     console.log(`${bytes / MiB} MiB, median of ${plan.transferRounds}, MiB/s: curl upload ${f1(figures.uploadMiBps)}, curl download ${f1(figures.downloadMiBps)}, `
       + `cp ${f1(figures.cpMiBps)}, cp+fsync ${f1(figures.cpSyncMiBps)}; curl download into /dev/null ${f1(figures.downloadToNullMiBps)}; `
-      + `volagent image upload ${f1(figures.cliUploadMiBps)}, download (sparse, fsync'd) ${f1(figures.cliDownloadMiBps)}`);
+      + `volagent image upload ${f1(figures.cliUploadMiBps)}, download (sparse, fsync'd) ${f1(figures.cliDownloadMiBps)}; `
+      + `curl to/from a plain Node server (discards; streams the file) ${f1(figures.plainUploadMiBps)} / ${f1(figures.plainDownloadMiBps)}`);
     console.log(`  upload ${f1(goals.uploadVsCp)}x cp (${ok(met.upload)}), ${f1(goals.uploadVsCpSync)}x cp+fsync; `
       + `download ${f1(goals.downloadVsCp)}x cp (${ok(met.download)}), ${f1(goals.downloadVsCpSync)}x cp+fsync (goal >= 0.8x cp)`);
     console.log(`agent RSS: ${f1(rssBeforeUploads / MiB)} MiB before the uploads, peak during uploads ${f1(rss.peakBytes / MiB)} MiB (${rss.samples} samples), `
@@ -237,7 +277,7 @@ export function main(args: string[]): Promise<number> {
     console.log(JSON.stringify({
       bench: 'images', quick, plan,
       create: { agent: agentLatency, floor: floorLatency },
-      transfer: { uploadMs, downloadMs, downloadNullMs, cliUploadMs, cliDownloadMs, cpMs, cpSyncMs, ...figures },
+      transfer: { uploadMs, downloadMs, downloadNullMs, cliUploadMs, cliDownloadMs, plainUploadMs, plainDownloadMs, cpMs, cpSyncMs, ...figures },
       rss: { beforeUploadsBytes: rssBeforeUploads, peakDuringUploadsBytes: rss.peakBytes, samples: rss.samples, vmHwmBytes: vmHwm ?? null },
       goals: { ...goals, met },
       totalSeconds: msSince(started) / 1000,

@@ -53,7 +53,7 @@ export class Agent {
     this.pools = new Map(options.pools.map((pool) => [pool.name, pool]));
     this.operations = new Operations(catalog, this.writes);
     this.volumes = new Volumes(catalog, this.writes, this.pools, this.locks, this.operations, options.lockWaitMs);
-    this.images = new Images(catalog, this.writes, this.volumes, this.locks, {
+    this.images = new Images(catalog, this.writes, this.volumes, this.operations, this.locks, {
       internalTenant: options.internalTenant,
       lockWaitMs: options.lockWaitMs,
       ...(options.imagePolicies ? { policies: options.imagePolicies } : {}),

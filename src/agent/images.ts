@@ -29,6 +29,7 @@ import { toApiError } from './faults.js';
 import type { ImageCacheView } from './image-cache.js';
 import { ImageCache } from './image-cache.js';
 import type { LockTable } from './locks.js';
+import type { OperationView, Operations } from './operations.js';
 import type { Volumes } from './volumes.js';
 
 /** What a pool's configuration says about images in it. */
@@ -68,6 +69,8 @@ export interface ImageData {
 
 export interface RegisterImageRequest {
   id: string;
+  /** When the pool copies: answer once the Image-Volume is made, rather than with its operation. */
+  wait?: boolean;
   /** The volume to register. */
   volume: string;
   mode: Exclude<ImageMode, 'upload'>;
@@ -96,6 +99,10 @@ export interface ImageView {
   error?: string;
 }
 
+export type RegisterOutcome =
+  | { status: 'created' | 'exists'; view: ImageView }
+  | { status: 'started'; view: ImageView; operation: OperationView };
+
 export interface ImageFilter {
   /** Only images this tenant may use: public ones and its own. */
   visibleTo?: string;
@@ -104,6 +111,8 @@ export interface ImageFilter {
 export class Images {
   /** Background removals of deleted images' Image-Volumes, by image id; awaited by close(). */
   private readonly removals = new Map<string, Promise<void>>();
+  /** Registrations whose Image-Volume is being copied by an operation, by image id; awaited by close(). */
+  private readonly registrations = new Map<string, Promise<void>>();
   readonly cache: ImageCache;
   private readonly internalTenant: string;
   private readonly lockWaitMs: number;
@@ -113,6 +122,7 @@ export class Images {
     private readonly catalog: Catalog,
     private readonly writes: CatalogWrites,
     private readonly volumes: Volumes,
+    private readonly operations: Operations,
     private readonly locks: LockTable,
     options: ImagesOptions,
   ) {
@@ -142,14 +152,19 @@ export class Images {
     return this.view(this.imageRow(id));
   }
 
-  /** `created` (201) or `exists` (200, the same definition was registered before). */
-  async register(request: RegisterImageRequest): Promise<{ status: 'created' | 'exists'; view: ImageView }> {
+  /**
+   * `created` (201), `exists` (200, the same definition was registered
+   * before), or `started` (202): the pool copies and the caller did not wait;
+   * the image becomes available when the operation ends (and is rolled back
+   * when it fails).
+   */
+  async register(request: RegisterImageRequest): Promise<RegisterOutcome> {
     const requestKey = JSON.stringify([request.volume, request.mode, request.tenant, request.visibility, request.internal]);
     // One registration per image id at a time in this process: a concurrent repeat waits and then sees the outcome.
     const release = await this.lock(`image/${request.id}`, 'exclusive', `register image ${request.id}`);
     try {
       const existing = this.catalog.getImage(request.id);
-      if (existing) return { status: 'exists', view: this.repeat(existing, requestKey) };
+      if (existing) return await this.repeatRegistration(existing, requestKey, request.wait ?? false);
       const volume = this.catalog.getVolume(request.volume);
       if (!volume) throw new ApiError('VOLUME_NOT_FOUND', `volume ${request.volume} does not exist`, { volume: request.volume });
       if (volume.tenant !== request.tenant) {
@@ -170,10 +185,14 @@ export class Images {
         id: request.id, volumeId: imageVolumeId, pool: volume.pool, tenant: request.tenant, visibility: request.visibility,
         internal: request.internal, mode: request.mode, sourceVolume: volume.id, requestKey,
       });
-      if (!intent.inserted) return { status: 'exists', view: this.repeat(intent.row, requestKey) };
+      if (!intent.inserted) return await this.repeatRegistration(intent.row, requestKey, request.wait ?? false);
       try {
         if (request.mode === 'clone') {
-          await this.volumes.createImageVolume(imageVolumeId, imageVolumeTenant, volume.id, request.tenant);
+          const made = await this.volumes.createImageVolume(imageVolumeId, imageVolumeTenant, volume.id, request.tenant, request.wait ?? false);
+          if (made.status === 'started') {
+            this.finishRegistration(intent.row);
+            return { status: 'started', view: this.get(request.id), operation: made.operation };
+          }
           await this.writes.transitionImage(request.id, 'creating', 'available');
         } else {
           await this.volumes.adoptAsImageVolume(volume.id, request.id, imageVolumeTenant);
@@ -282,14 +301,39 @@ export class Images {
     }
   }
 
-  /** Waits for background removals (agent shutdown, after operations were cancelled). */
+  /** Waits for background removals and registrations (agent shutdown, after operations were cancelled). */
   async close(): Promise<void> {
-    await Promise.all([...this.removals.values()]);
+    await Promise.all([...this.removals.values(), ...this.registrations.values()]);
   }
 
   /** True for `image/<id>` while this process registers or removes that image: reconcile leaves it alone. */
   isLive(key: string): boolean {
-    return key.startsWith('image/') && this.removals.has(key.slice('image/'.length));
+    const id = key.slice('image/'.length);
+    return key.startsWith('image/') && (this.removals.has(id) || this.registrations.has(id));
+  }
+
+  /** Makes a registration whose Image-Volume is being copied available when the copy ends, or rolls it back. */
+  private finishRegistration(row: ImageRow): void {
+    const finished: Promise<void> = this.volumes.whenCreated(row.volumeId)
+      .then(() => this.writes.transitionImage(row.id, 'creating', 'available').then(() => undefined))
+      .catch(() => this.rollBack(row))
+      .catch(() => undefined) // a failed rollback leaves a creating row: start-up reconcile settles it
+      .finally(() => this.registrations.delete(row.id));
+    this.registrations.set(row.id, finished);
+  }
+
+  /** A registration asked again: the same definition is answered as the first was (202 while its copy runs). */
+  private async repeatRegistration(row: ImageRow, requestKey: string, wait: boolean): Promise<RegisterOutcome> {
+    const view = this.repeat(row, requestKey);
+    const registering = this.registrations.get(row.id);
+    if (!registering) return { status: 'exists', view };
+    const operationId = this.catalog.getVolume(row.volumeId)?.operationId;
+    const operation = operationId ? this.operations.get(operationId) : undefined;
+    if (!wait && operation) return { status: 'started', view, operation };
+    await registering;
+    const settled = this.catalog.getImage(row.id);
+    if (!settled) throw new ApiError('IMAGE_NOT_FOUND', `the registration of image ${row.id} failed; it was rolled back`, { image: row.id });
+    return { status: 'exists', view: this.view(settled) };
   }
 
   private startRemoval(id: string, volumeId: string): void {

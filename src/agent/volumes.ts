@@ -176,12 +176,17 @@ export class Volumes {
 
   /**
    * An Image-Volume: a read-only clone of volume `source`, owned by `tenant`
-   * (maybe the internal one), the source judged visible to `viewer`. Resolves
-   * once it is made, also when the pool copies.
+   * (maybe the internal one), the source judged visible to `viewer`. When the
+   * pool copies and `wait` is false, it answers with the running operation
+   * (`started`); `whenCreated` then tells how the creation ended.
    */
-  async createImageVolume(id: string, tenant: string, source: string, viewer: string): Promise<VolumeView> {
-    const outcome = await this.createClone({ id, tenant, wait: true }, { volume: source }, { kind: 'image', readOnly: true, viewer });
-    return outcome.view;
+  async createImageVolume(id: string, tenant: string, source: string, viewer: string, wait = true): Promise<PutOutcome<VolumeView>> {
+    return this.createClone({ id, tenant, wait }, { volume: source }, { kind: 'image', readOnly: true, viewer });
+  }
+
+  /** Resolves when the creation of `object` running in this process has ended (at once when none runs); rejects with its fault. */
+  whenCreated(object: string): Promise<void> {
+    return this.settled(object);
   }
 
   /**

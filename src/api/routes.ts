@@ -53,7 +53,7 @@ function noBodyFields(body: Record<string, unknown> | undefined): void {
   if (body) requireFields(body, []);
 }
 
-function putReply<View>(outcome: PutOutcome<View>, key: 'volume' | 'snapshot'): Reply {
+function putReply<View>(outcome: PutOutcome<View>, key: 'volume' | 'snapshot' | 'image'): Reply {
   if (outcome.status === 'started') return { status: 202, body: { operation: outcome.operation, [key]: outcome.view } };
   return { status: outcome.status === 'created' ? 201 : 200, body: outcome.view };
 }
@@ -174,7 +174,7 @@ export const ROUTES: readonly Route[] = [
   {
     method: 'PUT', pattern: '/v1/images/:id', body: 'required',
     handle: async (agent, { params: [id], query, body }) => {
-      requireQuery(query, []);
+      requireQuery(query, ['wait']);
       const fields = body!;
       requireFields(fields, ['volume', 'mode', 'tenant', 'visibility', 'internal']);
       const outcome = await agent.images.register({
@@ -184,8 +184,9 @@ export const ROUTES: readonly Route[] = [
         tenant: parseId(fields.tenant, 'tenant'),
         visibility: parseChoice(fields.visibility, 'visibility', ['public', 'private'] as const, 'private'),
         internal: parseBoolean(fields.internal, 'internal', false),
+        wait: parseFlag(query, 'wait'),
       });
-      return { status: outcome.status === 'created' ? 201 : 200, body: outcome.view };
+      return putReply(outcome, 'image');
     },
   },
   {

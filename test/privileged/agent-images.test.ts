@@ -8,7 +8,7 @@ import path from 'node:path';
 import t from 'tap';
 
 import type { AgentProcess } from '../helpers/agent.js';
-import { poolEntries, readCatalog, startAgent } from '../helpers/agent.js';
+import { poolEntries, readCatalog, startAgent, waitOperation } from '../helpers/agent.js';
 import { sha256 } from '../helpers/files.js';
 import { makeLoopFs, TEST_ROOT } from '../helpers/loop-fs.js';
 import { skipUnlessRoot } from '../helpers/privileged.js';
@@ -148,6 +148,51 @@ if (!skipUnlessRoot(t)) {
     t.equal(copy.status, 201, copy.text);
     t.equal(copy.body.cloneMethod, 'copy_file_range');
     t.equal(await sha256(objectFile(ext4Pool, 'golden-copy')), digest);
+  });
+
+  await t.test('register by clone on a copy pool: 202 with the copy operation; available when it ends; a repeat joins it', async (t) => {
+    const digest = await volumeWithData('silver', 'carol', 'slow', ext4Pool);
+    const reply = await agent.request('PUT', '/v1/images/img-copied', { volume: 'silver', mode: 'clone', tenant: 'carol' });
+    t.equal(reply.status, 202, reply.text);
+    t.match(reply.body, { operation: { id: /^op-/, kind: 'clone' }, image: { imageId: 'img-copied', state: 'creating', mode: 'clone' } });
+    const repeat = await agent.request('PUT', '/v1/images/img-copied', { volume: 'silver', mode: 'clone', tenant: 'carol' });
+    t.ok(repeat.status === 202 || repeat.status === 200, `a repeat joins the registration (${repeat.status})`);
+    if (repeat.status === 202) t.equal(repeat.body.operation.id, reply.body.operation.id, 'the same operation');
+    t.equal((await waitOperation(agent, reply.body.operation.id)).state, 'succeeded');
+    const waited = await agent.request('PUT', '/v1/images/img-copied?wait=true', { volume: 'silver', mode: 'clone', tenant: 'carol' });
+    t.equal(waited.status, 200, 'with wait=true, a repeat answers once the image is available');
+    t.match(waited.body, { imageId: 'img-copied', state: 'available' });
+    t.match((await agent.request('GET', `/v1/volumes/${waited.body.volumeId}`)).body, { kind: 'image', readOnly: true, cloneMethod: 'copy_file_range' });
+    t.equal(await sha256(objectFile(ext4Pool, waited.body.volumeId)), digest);
+    const direct = await agent.request('PUT', '/v1/images/img-copied2?wait=true', { volume: 'silver', mode: 'clone', tenant: 'carol' });
+    t.equal(direct.status, 201, 'wait=true: 201 once made');
+    t.match(direct.body, { state: 'available' });
+  });
+
+  await t.test('a registration whose copy is cancelled leaves no image, no volume and no file', async (t) => {
+    t.equal((await agent.request('PUT', '/v1/volumes/bronze', { tenant: 'carol', pool: 'slow', sizeBytes: 256 * MiB })).status, 201);
+    const handle = await open(objectFile(ext4Pool, 'bronze'), 'r+');
+    try {
+      for (let i = 0; i < 8; i++) await handle.write(Buffer.alloc(16 * MiB, 0x61 + i), 0, 16 * MiB, i * 32 * MiB);
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
+    const before = await state();
+    const reply = await agent.request('PUT', '/v1/images/img-cancelled', { volume: 'bronze', mode: 'clone', tenant: 'carol' });
+    t.equal(reply.status, 202, reply.text);
+    const cancelled = await agent.request('DELETE', `/v1/operations/${reply.body.operation.id}`);
+    t.equal(cancelled.status, 200);
+    if (cancelled.body.state === 'cancelled') {
+      for (let i = 0; i < 100 && (await agent.request('GET', '/v1/images/img-cancelled')).status !== 404; i++) await new Promise((r) => setTimeout(r, 20));
+      t.equal((await agent.request('GET', '/v1/images/img-cancelled')).status, 404, 'the registration was rolled back');
+      const after = (await state()) as { catalog: { operations: unknown[] } };
+      const expected = before as { catalog: { operations: unknown[] } };
+      t.same({ ...after, catalog: { ...after.catalog, operations: [] } }, { ...expected, catalog: { ...expected.catalog, operations: [] } }, 'as before, but for the cancelled operation');
+    } else {
+      t.equal(cancelled.body.state, 'succeeded', 'the copy ended before the cancel reached it');
+      t.equal((await agent.request('GET', '/v1/images/img-cancelled')).body.state, 'available');
+    }
   });
 
   await t.test('deleting an image: clones stay intact, the Image-Volume goes once no clone reads it', async (t) => {

@@ -7,7 +7,7 @@ import { mkdir, stat } from 'node:fs/promises';
 import path from 'node:path';
 import t from 'tap';
 
-import { poolEntries, readCatalog, startAgent, VOLAGENT } from '../helpers/agent.js';
+import { poolEntries, readCatalog, startAgent, VOLAGENT, waitOperation } from '../helpers/agent.js';
 import { makeSparseFile, sha256 } from '../helpers/files.js';
 import { makeLoopFs } from '../helpers/loop-fs.js';
 import { skipUnlessRoot } from '../helpers/privileged.js';
@@ -27,7 +27,11 @@ if (!skipUnlessRoot(t)) {
   const work = path.join(xfs.mountPoint, 'work');
   const dir = path.join(xfs.mountPoint, 'agent');
   for (const d of [poolPath, work, dir]) await mkdir(d);
-  const agent = await startAgent(t, { dir, pools: [{ name: 'fast', path: poolPath }] });
+  const ext4 = await makeLoopFs('ext4', 512 * MiB);
+  t.teardown(() => ext4.cleanup());
+  const slowPath = path.join(ext4.mountPoint, 'pool');
+  await mkdir(slowPath);
+  const agent = await startAgent(t, { dir, pools: [{ name: 'fast', path: poolPath }, { name: 'slow', path: slowPath }] });
 
   const cli = (args: string[], stdin?: Buffer): Promise<Outcome> => {
     const env = { ...process.env };
@@ -40,7 +44,7 @@ if (!skipUnlessRoot(t)) {
     child.stdin.end(stdin);
     return new Promise((resolve) => child.on('close', (code) => resolve({ code, stdout: Buffer.concat(out), stderr })));
   };
-  const state = async (): Promise<unknown> => ({ pool: await poolEntries(poolPath), catalog: readCatalog(agent.catalogPath) });
+  const state = async (): Promise<unknown> => ({ pool: await poolEntries(poolPath), slow: await poolEntries(slowPath), catalog: readCatalog(agent.catalogPath) });
 
   const imageFile = path.join(work, 'image.raw');
   await makeSparseFile(imageFile, { sizeBytes: 256 * MiB, data: [[0, MiB], [100 * MiB + 512, 3 * MiB], [255 * MiB, MiB]] });
@@ -89,6 +93,20 @@ if (!skipUnlessRoot(t)) {
 
     t.equal((await cli(['image', 'rm', 'img-stdin'])).code, 0);
     t.equal((await cli(['image', 'show', 'img-stdin'])).code, 3, 'gone');
+  });
+
+  await t.test('register on a pool that copies: the operation is followed to the available image', async (t) => {
+    t.equal((await cli(['create', 'copper', '--size', '64MiB', '--tenant', 'dave', '--pool', 'slow'])).code, 0);
+    const registered = await cli(['image', 'register', 'img-copper', '--volume', 'copper', '--tenant', 'dave', '--json']);
+    t.equal(registered.code, 0, registered.stderr);
+    t.match(JSON.parse(registered.stdout.toString()), { imageId: 'img-copper', state: 'available', pool: 'slow' });
+    const noWait = await cli(['image', 'register', 'img-copper2', '--volume', 'copper', '--tenant', 'dave', '--no-wait']);
+    t.equal(noWait.code, 0, noWait.stderr);
+    const operation = /started as operation (op-\S+);/.exec(noWait.stdout.toString())?.[1];
+    t.ok(operation, `it names the operation: ${noWait.stdout.toString()}`);
+    t.equal((await waitOperation(agent, operation!)).state, 'succeeded');
+    const waited = await agent.request('PUT', '/v1/images/img-copper2?wait=true', { volume: 'copper', mode: 'clone', tenant: 'dave', visibility: 'private' });
+    t.equal(waited.body.state, 'available', 'and then the image is available');
   });
 
   await t.test('refusals: exit status, one line, nothing changed', async (t) => {

@@ -13,16 +13,17 @@ import { open, stat, unlink } from 'node:fs/promises';
 import { pipeline } from 'node:stream/promises';
 
 import { writeSparse } from '../../pools/sparse-writer.js';
-import type { Image } from '../api-types.js';
+import type { Image, Operation } from '../api-types.js';
 import { segment } from '../agent-client.js';
 import type { Command, GlobalOptions } from '../command.js';
 import { parseCommandLine, print, printJson } from '../command.js';
 import { ExitCode, UsageError } from '../exit-codes.js';
+import { completeStarted } from '../operation-wait.js';
 import { ProgressBar } from '../progress-bar.js';
 import { imageFields, imageSummary, imageTable } from '../views.js';
 
 const USAGES = {
-  register: 'volagent image register IMAGE --volume VOLUME --tenant TENANT [--mode clone|adopt] [--public] [--internal] [--json]',
+  register: 'volagent image register IMAGE --volume VOLUME --tenant TENANT [--mode clone|adopt] [--public] [--internal] [--no-wait] [--json]',
   ls: 'volagent image ls [--tenant TENANT] [--json]',
   show: 'volagent image show IMAGE [--json]',
   rm: 'volagent image rm IMAGE [--json]',
@@ -54,15 +55,33 @@ const run: Record<Subcommand, (args: string[], globals: GlobalOptions) => Promis
   async register(args, globals) {
     const cmd = parseCommandLine(args, globals, USAGES.register, {
       volume: { type: 'string' }, tenant: { type: 'string' }, mode: { type: 'string' }, public: { type: 'boolean' }, internal: { type: 'boolean' },
+      'no-wait': { type: 'boolean' },
     }, [1, 1]);
     const mode = cmd.string('mode') ?? 'clone';
     if (mode !== 'clone' && mode !== 'adopt') throw new UsageError(`--mode must be clone or adopt; usage: ${USAGES.register}`);
-    const { status, body } = await cmd.client().put<Image>(imagePath(cmd.positionals[0]!), {
+    const id = cmd.positionals[0]!;
+    const definition = {
       volume: cmd.required('volume'), tenant: cmd.required('tenant'), mode,
       visibility: cmd.flag('public') ? 'public' : 'private', internal: cmd.flag('internal'),
-    });
-    if (cmd.json) printJson(body);
-    else print(status === 200 ? `${imageSummary(body)} (it was registered already, identically)` : `registered ${imageSummary(body)}`);
+    };
+    const client = cmd.client();
+    const { status, body } = await client.put<Image | { operation: Operation; image: Image }>(imagePath(id), definition);
+    if (status === 202) {
+      await completeStarted(client, {
+        json: cmd.json,
+        noWait: cmd.flag('no-wait'),
+        what: `registration of image ${id} (a copy of volume ${definition.volume})`,
+        label: `image ${id}`,
+        started: body as { operation: Operation },
+        // The same registration again, waiting: answered once the image is available.
+        result: async () => (await client.put<Image>(`${imagePath(id)}?wait=true`, definition)).body,
+        describe: (image) => `registered ${imageSummary(image)}`,
+      });
+      return ExitCode.ok;
+    }
+    const image = body as Image;
+    if (cmd.json) printJson(image);
+    else print(status === 200 ? `${imageSummary(image)} (it was registered already, identically)` : `registered ${imageSummary(image)}`);
     return ExitCode.ok;
   },
 

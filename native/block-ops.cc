@@ -1,8 +1,11 @@
-// Block-device ioctls. The caller opens the device (O_WRONLY for discard and
-// zero-out) and bounds each range so one call never holds a pool thread long.
+// Block-device ioctls, and mknod for block device nodes. The caller opens the
+// device (O_WRONLY for discard and zero-out) and bounds each range so one call
+// never holds a pool thread long.
 #include <errno.h>
 #include <linux/fs.h>
 #include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 
 #include <cstdint>
 
@@ -64,6 +67,26 @@ Napi::Value RangeIoctl(const Napi::CallbackInfo& info, unsigned long request, co
 Napi::Value BlkDiscard(const Napi::CallbackInfo& info) { return RangeIoctl(info, BLKDISCARD, "blkdiscard"); }
 Napi::Value BlkZeroOut(const Napi::CallbackInfo& info) { return RangeIoctl(info, BLKZEROOUT, "blkzeroout"); }
 
+// mknod(path, S_IFBLK | mode, major:minor): a block device node, as udev
+// would make one (device-mapper volumes where no udev runs). EEXIST when the
+// path exists, whatever it is.
+Napi::Value MknodBlock(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string path = ArgString(info, 0, "path");
+  int64_t devMajor = ArgInteger(info, 1, "major");
+  int64_t devMinor = ArgInteger(info, 2, "minor");
+  int64_t mode = ArgInteger(info, 3, "mode");
+  if (env.IsExceptionPending()) return env.Undefined();
+  return PromiseWorker<NoResult>::Start(
+      env, "volagent.mknod",
+      [=](NoResult&, SysError& err) {
+        dev_t dev = makedev(static_cast<unsigned>(devMajor), static_cast<unsigned>(devMinor));
+        if (mknod(path.c_str(), S_IFBLK | (static_cast<mode_t>(mode) & 07777), dev) == 0) return true;
+        return err.set(errno, "mknod", path);
+      },
+      Undefined);
+}
+
 }  // namespace
 
 void InitBlockOps(Napi::Env env, Napi::Object exports) {
@@ -71,6 +94,7 @@ void InitBlockOps(Napi::Env env, Napi::Object exports) {
   exports.Set("blkSszGet", Napi::Function::New(env, BlkSszGet, "blkSszGet"));
   exports.Set("blkDiscard", Napi::Function::New(env, BlkDiscard, "blkDiscard"));
   exports.Set("blkZeroOut", Napi::Function::New(env, BlkZeroOut, "blkZeroOut"));
+  exports.Set("mknodBlock", Napi::Function::New(env, MknodBlock, "mknodBlock"));
 }
 
 }  // namespace volagent

@@ -40,6 +40,31 @@ export interface DmDevice {
   minor: number;
 }
 
+/** What device-mapper answers about one device (struct dm_ioctl). */
+export interface DmDeviceInfo {
+  name: string;
+  uuid: string;
+  major: number;
+  minor: number;
+  openCount: number;
+  targetCount: number;
+  eventNr: number;
+  suspended: boolean;
+  readOnly: boolean;
+  /** A table is live. */
+  activeTable: boolean;
+  /** A loaded table waits for resume. */
+  inactiveTable: boolean;
+}
+
+/** One line of a device-mapper table, in 512-byte sectors: `start length type params`. */
+export interface DmTarget {
+  start: number;
+  length: number;
+  type: string;
+  params: string;
+}
+
 export interface FileConstants {
   FALLOC_FL_KEEP_SIZE: number;
   FALLOC_FL_PUNCH_HOLE: number;
@@ -95,5 +120,23 @@ export interface NativeAddon {
   dmVersion(): Promise<DmVersion>;
   /** DM_LIST_DEVICES: every mapped device with its dev_t. */
   dmListDevices(): Promise<DmDevice[]>;
+  /** DM_DEV_CREATE: a device with no table (suspended); EBUSY when the name or uuid is taken. */
+  dmCreate(name: string, uuid?: string): Promise<DmDeviceInfo>;
+  /** DM_DEV_REMOVE; ENXIO when absent, EBUSY while open. */
+  dmRemove(name: string): Promise<DmDeviceInfo>;
+  /** DM_DEV_SUSPEND: waits for in-flight io (not flushed with `noflush`); later io waits for resume. */
+  dmSuspend(name: string, noflush?: boolean): Promise<DmDeviceInfo>;
+  /** DM_DEV_SUSPEND without the suspend flag: a loaded table goes live, io flows. */
+  dmResume(name: string): Promise<DmDeviceInfo>;
+  /** DM_DEV_STATUS; ENXIO when absent. */
+  dmInfo(name: string): Promise<DmDeviceInfo>;
+  /** DM_TABLE_LOAD into the inactive slot. */
+  dmLoad(name: string, targets: DmTarget[]): Promise<DmDeviceInfo>;
+  /** DM_TABLE_STATUS: the live table's targets with their status (`params`), or with `table` their table lines. */
+  dmTable(name: string, table?: boolean): Promise<DmTarget[]>;
+  /** DM_TARGET_MSG to the target at `sector`; resolves its answer ("" when none). */
+  dmMessage(name: string, sector: number, message: string): Promise<string>;
+  /** mknod(path, S_IFBLK | mode, major:minor); EEXIST when the path exists. */
+  mknodBlock(path: string, major: number, minor: number, mode: number): Promise<void>;
   fileConstants: FileConstants;
 }

@@ -91,3 +91,22 @@ t.test('writeData writes at the offset and skips all-zero blocks; a bad fd is EB
   await t.rejects(native.writeData(9999, Buffer.alloc(1), 0, 0, false, file), { code: 'EBADF', syscall: 'write', path: file });
   await t.rejects(native.writeData(1, 'text' as unknown as Buffer, 0, 0, false), { name: 'TypeError', message: /"data" argument must be a Buffer/ });
 });
+
+t.test('device-mapper calls check their arguments before any ioctl', async (t) => {
+  await t.rejects(native.dmInfo(''), { name: 'TypeError', message: /"name" argument must be 1 to 127 bytes/ });
+  await t.rejects(native.dmCreate('x'.repeat(128)), { name: 'TypeError' });
+  await t.rejects(native.dmCreate('ok', 'u'.repeat(129)), { name: 'TypeError', message: /"uuid"/ });
+  await t.rejects(native.dmLoad('ok', 'not an array' as unknown as []), { name: 'TypeError', message: /"targets" argument must be an array/ });
+  await t.rejects(native.dmLoad('ok', [{ start: 0, length: 8, type: '', params: '' }]), { name: 'TypeError' });
+  await t.rejects(native.dmLoad('ok', [{ start: 0, length: 8 } as never]), { name: 'TypeError', message: /\{start, length, type, params\}/ });
+  await t.rejects(native.dmMessage('ok', -1, 'x'), { name: 'TypeError', message: /"sector"/ });
+  await t.rejects(native.mknodBlock('/nonexistent-dir/x', 1, 1, 0o600), { code: 'ENOENT', syscall: 'mknod', path: '/nonexistent-dir/x' });
+});
+
+t.test('a device-mapper call that fails names the command and the device (or the control node)', async (t) => {
+  if (existsSync('/dev/mapper/control')) {
+    await t.rejects(native.dmInfo('volagent-absent-device'), { code: 'ENXIO', syscall: 'DM_DEV_STATUS', path: 'volagent-absent-device' });
+  } else {
+    await t.rejects(native.dmInfo('volagent-absent-device'), { code: 'ENOENT', syscall: 'DM_DEV_STATUS', path: '/dev/mapper/control' });
+  }
+});

@@ -8,6 +8,8 @@ import { open, readFile, unlink } from 'node:fs/promises';
 import t from 'tap';
 
 import { native } from '../../../src/native/binding.js';
+import { parseThinPoolStatus, parseThinStatus, thinPoolMessage, thinPoolTarget, thinTarget } from '../../../src/pools/thin/dm-thin.js';
+import type { DeviceNumber } from '../../../src/pools/thin/dm-thin.js';
 import { inVmGuest } from '../../helpers/vm.js';
 
 const MiB = 1024 * 1024;
@@ -72,15 +74,18 @@ if (!inVmGuest()) {
     const created = await native.dmCreate(POOL, `${PREFIX}uuid-pool`);
     t.match(created, { name: POOL, uuid: `${PREFIX}uuid-pool`, activeTable: false, inactiveTable: false, openCount: 0 });
     t.ok(created.major > 0, 'a device number');
-    const params = `${meta} ${data} 128 0 1 skip_block_zeroing`;
-    const loaded = await native.dmLoad(POOL, [{ start: 0, length: dataSectors, type: 'thin-pool', params }]);
+    const loaded = await native.dmLoad(POOL, [thinPoolTarget(meta as DeviceNumber, data as DeviceNumber, dataSectors, {
+      blockSectors: 128, lowWaterBlocks: 0, errorIfNoSpace: true, skipBlockZeroing: true,
+    })]);
     t.match(loaded, { inactiveTable: true, activeTable: false });
     const resumed = await native.dmResume(POOL);
     t.match(resumed, { activeTable: true, inactiveTable: false, suspended: false, targetCount: 1 });
     poolDev = `${resumed.major}:${resumed.minor}`;
     const [status] = await native.dmTable(POOL);
     t.match(status, { start: 0, length: dataSectors, type: 'thin-pool' });
-    t.match(status!.params, /^0 \d+\/\d+ 0\/\d+ /, 'transaction id 0, no data block used');
+    t.match(parseThinPoolStatus(status!.params), {
+      state: 'working', transactionId: 0, data: { used: 0, total: dataSectors / 128 }, mode: 'rw', noSpace: 'error', needsCheck: false,
+    }, 'parsed: transaction id 0, no data block used, error_if_no_space');
     const [table] = await native.dmTable(POOL, true);
     t.match(table!.params, new RegExp(`^${meta} ${data} 128 0 `), 'the table as loaded, devices by major:minor');
     t.ok((await native.dmListDevices()).some((d) => d.name === POOL && `${d.major}:${d.minor}` === poolDev), 'listed');
@@ -88,10 +93,10 @@ if (!inVmGuest()) {
   });
 
   await t.test('a thin volume and its snapshot: the snapshot keeps the first pattern', async (t) => {
-    t.equal(await native.dmMessage(POOL, 0, 'create_thin 0'), '', 'no answer text');
+    t.equal(await native.dmMessage(POOL, 0, thinPoolMessage.createThin(0)), '', 'no answer text');
     const activate = async (name: string, id: number): Promise<string> => {
       await native.dmCreate(name);
-      await native.dmLoad(name, [{ start: 0, length: THIN_SECTORS, type: 'thin', params: `${poolDev} ${id}` }]);
+      await native.dmLoad(name, [thinTarget(poolDev as DeviceNumber, id, THIN_SECTORS)]);
       const info = await native.dmResume(name);
       const node = `/dev/${name}`;
       await native.mknodBlock(node, info.major, info.minor, 0o600);
@@ -101,15 +106,15 @@ if (!inVmGuest()) {
     await writePattern(origin, 0xa1);
     // create_snap of an active origin: suspended around the message, resumed after.
     t.match(await native.dmSuspend(THIN[0]!), { suspended: true });
-    await native.dmMessage(POOL, 0, 'create_snap 1 0');
+    await native.dmMessage(POOL, 0, thinPoolMessage.createSnap(1, 0));
     t.match(await native.dmResume(THIN[0]!), { suspended: false });
     const snapshot = await activate(THIN[1]!, 1);
     await writePattern(origin, 0xb2);
     t.same(await readHead(snapshot), Buffer.alloc(MiB, 0xa1), 'the snapshot reads the first pattern');
     t.same(await readHead(origin), Buffer.alloc(MiB, 0xb2), 'the origin reads the second');
-    await native.dmMessage(POOL, 0, 'set_transaction_id 0 1');
-    t.match((await native.dmTable(POOL))[0]!.params, /^1 /, 'transaction id 1');
-    t.match((await native.dmTable(THIN[0]!))[0], { type: 'thin' }, 'a thin device reports its own status');
+    await native.dmMessage(POOL, 0, thinPoolMessage.setTransactionId(0, 1));
+    t.match(parseThinPoolStatus((await native.dmTable(POOL))[0]!.params), { transactionId: 1, data: { used: 32 } }, 'transaction id 1; 32 blocks of 64 KiB: the snapshot keeps the first MiB, the rewrite took new blocks');
+    t.match(parseThinStatus((await native.dmTable(THIN[0]!))[0]!.params), { state: 'working', mappedSectors: 2048 }, 'the origin maps 1 MiB');
   });
 
   await t.test('errors are Node-shaped and name the command and the device', async (t) => {
@@ -132,7 +137,7 @@ if (!inVmGuest()) {
     }
     await native.dmMessage(POOL, 0, 'delete 1');
     await native.dmMessage(POOL, 0, 'delete 0');
-    t.match((await native.dmTable(POOL))[0]!.params, /^1 \d+\/\d+ 0\/\d+ /, 'every data block free again');
+    t.match(parseThinPoolStatus((await native.dmTable(POOL))[0]!.params), { transactionId: 1, data: { used: 0 } }, 'every data block free again');
     await native.dmRemove(POOL);
     t.same((await native.dmListDevices()).filter((d) => d.name.startsWith(PREFIX)), []);
   });

@@ -7,6 +7,7 @@ static Napi::Object InitVolagent(Napi::Env env, Napi::Object exports) {
   volagent::InitFileOps(env, exports);
   volagent::InitBlockOps(env, exports);
   volagent::InitDeviceMapper(env, exports);
+  volagent::InitLoopOps(env, exports);
   return exports;
 }
 

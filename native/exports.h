@@ -5,4 +5,5 @@ namespace volagent {
 void InitFileOps(Napi::Env env, Napi::Object exports);
 void InitBlockOps(Napi::Env env, Napi::Object exports);
 void InitDeviceMapper(Napi::Env env, Napi::Object exports);
+void InitLoopOps(Napi::Env env, Napi::Object exports);
 }  // namespace volagent

@@ -65,6 +65,26 @@ export interface DmTarget {
   params: string;
 }
 
+/** What a loop device is bound to (LOOP_GET_STATUS64). */
+export interface LoopStatus {
+  number: number;
+  major: number;
+  minor: number;
+  /** As recorded at attach time (lo_file_name, at most 63 bytes). */
+  backingFile: string;
+  offset: number;
+  sizeLimit: number;
+  readOnly: boolean;
+  autoclear: boolean;
+  directIo: boolean;
+}
+
+export interface LoopFlags {
+  READ_ONLY: number;
+  AUTOCLEAR: number;
+  DIRECT_IO: number;
+}
+
 export interface FileConstants {
   FALLOC_FL_KEEP_SIZE: number;
   FALLOC_FL_PUNCH_HOLE: number;
@@ -136,6 +156,15 @@ export interface NativeAddon {
   dmTable(name: string, table?: boolean): Promise<DmTarget[]>;
   /** DM_TARGET_MSG to the target at `sector`; resolves its answer ("" when none). */
   dmMessage(name: string, sector: number, message: string): Promise<string>;
+  /** LOOP_CTL_GET_FREE: a free loop device's number (the kernel makes one when none is free). */
+  loopGetFree(): Promise<number>;
+  /** LOOP_CONFIGURE: `file` behind `device` with `flags` (loopFlags) and a logical block size (0: 512); EBUSY when bound. */
+  loopConfigure(device: string, file: string, flags: number, blockSize: number): Promise<LoopStatus>;
+  /** LOOP_GET_STATUS64; ENXIO when the device is free. */
+  loopStatus(device: string): Promise<LoopStatus>;
+  /** LOOP_CLR_FD (deferred while the device is open); ENXIO when free. */
+  loopDetach(device: string): Promise<void>;
+  loopFlags: LoopFlags;
   /** mknod(path, S_IFBLK | mode, major:minor); EEXIST when the path exists. */
   mknodBlock(path: string, major: number, minor: number, mode: number): Promise<void>;
   fileConstants: FileConstants;

@@ -101,6 +101,9 @@ t.test('device-mapper calls check their arguments before any ioctl', async (t) =
   await t.rejects(native.dmLoad('ok', [{ start: 0, length: 8 } as never]), { name: 'TypeError', message: /\{start, length, type, params\}/ });
   await t.rejects(native.dmMessage('ok', -1, 'x'), { name: 'TypeError', message: /"sector"/ });
   await t.rejects(native.mknodBlock('/nonexistent-dir/x', 1, 1, 0o600), { code: 'ENOENT', syscall: 'mknod', path: '/nonexistent-dir/x' });
+  await t.rejects(native.loopConfigure('/dev/loop0', 7 as unknown as string, 0, 0), { name: 'TypeError', message: /"file" argument must be a string/ });
+  await t.rejects(native.loopConfigure('/dev/loop0', '/x', -1, 0), { name: 'TypeError', message: /"flags" argument is out of range/ });
+  t.same(Object.keys(native.loopFlags).sort(), ['AUTOCLEAR', 'DIRECT_IO', 'READ_ONLY']);
 });
 
 t.test('a device-mapper call that fails names the command and the device (or the control node)', async (t) => {

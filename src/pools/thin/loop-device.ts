@@ -1,0 +1,51 @@
+// Loop devices over files, for thin pools in development and tests (DESIGN.md
+// "Pools": loop devices over files are fine). Attaching asks the kernel for a
+// free device and binds it with one LOOP_CONFIGURE; another process may take
+// that device in between (EBUSY), so the attach is retried with a new one.
+import { native } from '../../native/binding.js';
+import type { LoopStatus } from '../../native/addon-types.js';
+import { isSystemError } from '../../native/system-error.js';
+
+export interface LoopOptions {
+  readOnly?: boolean;
+  /** Bypass the page cache for the backing file (O_DIRECT): data reaches the file when the device's write completes. */
+  directIo?: boolean;
+  /** Unbind on the last close of the device. */
+  autoclear?: boolean;
+  /** Logical block size; default 512. */
+  blockSize?: number;
+}
+
+export interface AttachedLoop extends LoopStatus {
+  /** `/dev/loopN`. */
+  device: string;
+}
+
+/** How many free devices are tried before EBUSY is given up on. */
+const ATTACH_ATTEMPTS = 8;
+
+export function loopDevicePath(number: number): string {
+  return `/dev/loop${number}`;
+}
+
+export async function attachLoop(file: string, options: LoopOptions = {}): Promise<AttachedLoop> {
+  const { READ_ONLY, AUTOCLEAR, DIRECT_IO } = native.loopFlags;
+  const flags = (options.readOnly ? READ_ONLY : 0) | (options.autoclear ? AUTOCLEAR : 0) | (options.directIo ? DIRECT_IO : 0);
+  for (let attempt = 1; ; attempt++) {
+    const device = loopDevicePath(await native.loopGetFree());
+    try {
+      return { device, ...(await native.loopConfigure(device, file, flags, options.blockSize ?? 0)) };
+    } catch (error) {
+      if (!isSystemError(error, 'EBUSY') || attempt >= ATTACH_ATTEMPTS) throw error;
+    }
+  }
+}
+
+/** Unbinds `device`; a device that is already free is not an error. */
+export async function detachLoop(device: string): Promise<void> {
+  try {
+    await native.loopDetach(device);
+  } catch (error) {
+    if (!isSystemError(error, 'ENXIO')) throw error;
+  }
+}

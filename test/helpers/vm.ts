@@ -136,6 +136,22 @@ export interface RunGuestTestsOptions extends Omit<RunInVmOptions, 'script'> {
   nodeArgs?: string[];
 }
 
+/**
+ * Sparse disk images of the given sizes (MiB) in a fresh temporary
+ * directory, removed by `teardown`; in order, they are the guest's vda, vdb, ...
+ */
+export async function scratchDisks(teardown: (fn: () => Promise<void>) => void, label: string, sizesMiB: number[]): Promise<string[]> {
+  const dir = await mkdtemp(path.join(os.tmpdir(), `volagent-${label}-`));
+  teardown(() => rm(dir, { recursive: true, force: true }));
+  return Promise.all(sizesMiB.map(async (mib, i) => {
+    const file = path.join(dir, `disk${i}.img`);
+    const handle = await openFile(file, 'w');
+    await handle.truncate(mib * 1024 * 1024);
+    await handle.close();
+    return file;
+  }));
+}
+
 /** True inside a guest started by runInVm (its scripts get VOLAGENT_IN_VM=1). */
 export function inVmGuest(): boolean {
   return process.env.VOLAGENT_IN_VM === '1';

@@ -1,13 +1,11 @@
 // The addon's device-mapper layer on a real kernel: test/vm/guest/dm-ops.js
 // in one VM boot with a 64 MiB data disk and an 8 MiB metadata disk.
-import { open, rm, mkdtemp } from 'node:fs/promises';
-import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 import t from 'tap';
 
-import { liveVmPids, repoRoot, runGuestTests, vmLaneAvailable } from '../helpers/vm.js';
+import { liveVmPids, repoRoot, runGuestTests, scratchDisks, vmLaneAvailable } from '../helpers/vm.js';
 
 const lane = vmLaneAvailable();
 if (!lane.ok) {
@@ -16,16 +14,9 @@ if (!lane.ok) {
 } else {
   t.setTimeout(240_000);
   t.test('device-mapper ioctls from the addon: thin-pool, thin volumes, snapshot, messages, errors', async (t) => {
-    const dir = await mkdtemp(path.join(os.tmpdir(), 'volagent-dm-test-'));
-    t.teardown(() => rm(dir, { recursive: true, force: true }));
-    const disks = [['data.img', 64], ['meta.img', 8]].map(([name, mib]) => ({ path: path.join(dir, name as string), mib: mib as number }));
-    for (const disk of disks) {
-      const handle = await open(disk.path, 'w');
-      await handle.truncate(disk.mib * 1024 * 1024);
-      await handle.close();
-    }
+    const disks = await scratchDisks((fn) => t.teardown(fn), 'dm-test', [64, 8]); // vda data, vdb metadata
     const guest = path.relative(repoRoot, fileURLToPath(new URL('./guest/dm-ops.js', import.meta.url)));
-    const { results } = await runGuestTests([guest], { disks: disks.map((d) => d.path), timeoutMs: 200_000 });
+    const { results } = await runGuestTests([guest], { disks, timeoutMs: 200_000 });
     const result = results[0]!;
     t.equal(result.exitCode, 0, 'the guest tap file passes', { output: result.output });
     t.match(result.output, /^# \{"total":\d+,"pass":\d+\}|^1\.\.\d+$/m, 'TAP output came back');

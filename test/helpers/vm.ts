@@ -152,6 +152,18 @@ export async function scratchDisks(teardown: (fn: () => Promise<void>) => void, 
   }));
 }
 
+/**
+ * False when the VM lane can run here. Else it says why, plans the file as
+ * empty with that reason (`npm test` under CI=true fails on it), and returns true.
+ */
+export function skipUnlessVmLane(t: { plan(n: number, comment?: string): void }): boolean {
+  const lane = vmLaneAvailable();
+  if (lane.ok) return false;
+  console.log(`# VM lane unavailable: ${lane.reason}`);
+  t.plan(0, `VM lane unavailable: ${lane.reason}`);
+  return true;
+}
+
 /** True inside a guest started by runInVm (its scripts get VOLAGENT_IN_VM=1). */
 export function inVmGuest(): boolean {
   return process.env.VOLAGENT_IN_VM === '1';

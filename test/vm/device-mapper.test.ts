@@ -5,13 +5,9 @@ import { fileURLToPath } from 'node:url';
 
 import t from 'tap';
 
-import { liveVmPids, repoRoot, runGuestTests, scratchDisks, vmLaneAvailable } from '../helpers/vm.js';
+import { liveVmPids, repoRoot, runGuestTests, scratchDisks, skipUnlessVmLane } from '../helpers/vm.js';
 
-const lane = vmLaneAvailable();
-if (!lane.ok) {
-  console.log(`# VM lane unavailable: ${lane.reason}`);
-  t.plan(0, `VM lane unavailable: ${lane.reason}`);
-} else {
+if (!skipUnlessVmLane(t)) {
   t.setTimeout(240_000);
   t.test('device-mapper ioctls from the addon: thin-pool, thin volumes, snapshot, messages, errors', async (t) => {
     const disks = await scratchDisks((fn) => t.teardown(fn), 'dm-test', [64, 8]); // vda data, vdb metadata

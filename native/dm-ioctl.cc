@@ -29,7 +29,7 @@ struct DmRequest {
   const char* commandName;  // "DM_VERSION", shown in errors as the syscall
   std::string name;         // device name, "" when the command has none
   uint32_t flags = 0;
-  std::vector<char> payload;  // bytes placed at data_start
+  std::vector<char> payload = {};  // bytes placed at data_start
   std::string uuid = {};      // DM_DEV_CREATE only
   uint32_t targetCount = 0;   // DM_TABLE_LOAD: how many dm_target_spec records the payload holds
 };
@@ -182,19 +182,16 @@ std::string ArgDeviceName(const Napi::CallbackInfo& info, size_t i) {
   return name;
 }
 
-// One command on one named device that answers with the device's info.
-Napi::Value DeviceCommand(const Napi::CallbackInfo& info, const char* resource, unsigned long command, const char* commandName,
-                          uint32_t flags, std::vector<char> payload = {}, std::string uuid = {}, uint32_t targetCount = 0) {
+// One command on the device named by argument 0, answered with the device's
+// info. `req` is the command without its name, which is filled in here.
+Napi::Value DeviceCommand(const Napi::CallbackInfo& info, const char* resource, DmRequest req) {
   Napi::Env env = info.Env();
-  std::string name = ArgDeviceName(info, 0);
+  req.name = ArgDeviceName(info, 0);
   if (env.IsExceptionPending()) return env.Undefined();
   return PromiseWorker<DeviceInfo>::Start(
       env, resource,
-      [=](DeviceInfo& out, SysError& err) {
+      [req](DeviceInfo& out, SysError& err) {
         std::vector<char> reply;
-        DmRequest req{command, commandName, name, flags, payload};
-        req.uuid = uuid;
-        req.targetCount = targetCount;
         if (!DmIoctl(req, reply, err)) return false;
         out = InfoOf(reply);
         return true;
@@ -210,30 +207,32 @@ Napi::Value DmCreate(const Napi::CallbackInfo& info) {
     MakeTypeError(info.Env(), "The \"uuid\" argument must be at most 128 bytes").ThrowAsJavaScriptException();
     return info.Env().Undefined();
   }
-  return DeviceCommand(info, "volagent.dm_create", DM_DEV_CREATE, "DM_DEV_CREATE", 0, {}, uuid);
+  DmRequest req{DM_DEV_CREATE, "DM_DEV_CREATE", {}};
+  req.uuid = uuid;
+  return DeviceCommand(info, "volagent.dm_create", req);
 }
 
 // DM_DEV_REMOVE: the device and its tables go; EBUSY while it is open.
 Napi::Value DmRemove(const Napi::CallbackInfo& info) {
-  return DeviceCommand(info, "volagent.dm_remove", DM_DEV_REMOVE, "DM_DEV_REMOVE", 0);
+  return DeviceCommand(info, "volagent.dm_remove", {DM_DEV_REMOVE, "DM_DEV_REMOVE", {}});
 }
 
 // DM_DEV_SUSPEND with DM_SUSPEND_FLAG: returns once in-flight io has completed
 // (with DM_NOFLUSH_FLAG when `noflush`); later io waits until resume.
 Napi::Value DmSuspend(const Napi::CallbackInfo& info) {
   const bool noflush = info.Length() > 1 && info[1].ToBoolean().Value();
-  return DeviceCommand(info, "volagent.dm_suspend", DM_DEV_SUSPEND, "DM_DEV_SUSPEND", DM_SUSPEND_FLAG | (noflush ? DM_NOFLUSH_FLAG : 0));
+  return DeviceCommand(info, "volagent.dm_suspend", {DM_DEV_SUSPEND, "DM_DEV_SUSPEND", {}, DM_SUSPEND_FLAG | (noflush ? DM_NOFLUSH_FLAG : 0u)});
 }
 
 // DM_DEV_SUSPEND without DM_SUSPEND_FLAG: an inactive table becomes the
 // active one, then io flows again.
 Napi::Value DmResume(const Napi::CallbackInfo& info) {
-  return DeviceCommand(info, "volagent.dm_resume", DM_DEV_SUSPEND, "DM_DEV_SUSPEND", 0);
+  return DeviceCommand(info, "volagent.dm_resume", {DM_DEV_SUSPEND, "DM_DEV_SUSPEND", {}});
 }
 
 // DM_DEV_STATUS: the device's info; ENXIO when no device has the name.
 Napi::Value DmInfo(const Napi::CallbackInfo& info) {
-  return DeviceCommand(info, "volagent.dm_info", DM_DEV_STATUS, "DM_DEV_STATUS", 0);
+  return DeviceCommand(info, "volagent.dm_info", {DM_DEV_STATUS, "DM_DEV_STATUS", {}});
 }
 
 struct Target {
@@ -281,7 +280,9 @@ Napi::Value DmLoad(const Napi::CallbackInfo& info) {
     memcpy(payload.data() + at, &spec, sizeof spec);
     memcpy(payload.data() + at + sizeof spec, t.params.c_str(), t.params.size() + 1);
   }
-  return DeviceCommand(info, "volagent.dm_load", DM_TABLE_LOAD, "DM_TABLE_LOAD", 0, payload, {}, list.Length());
+  DmRequest req{DM_TABLE_LOAD, "DM_TABLE_LOAD", {}, 0, std::move(payload)};
+  req.targetCount = list.Length();
+  return DeviceCommand(info, "volagent.dm_load", req);
 }
 
 // DM_TABLE_STATUS: each target of the active table with its status line, or

@@ -29,8 +29,8 @@ import { toApiError } from './faults.js';
 import type { ImageCacheView } from './image-cache.js';
 import { ImageCache } from './image-cache.js';
 import type { LockTable } from './locks.js';
-import type { OperationView, Operations } from './operations.js';
-import type { Volumes } from './volumes.js';
+import type { Operations } from './operations.js';
+import type { PutOutcome, Volumes } from './volumes.js';
 
 /** What a pool's configuration says about images in it. */
 export interface PoolImagePolicy {
@@ -99,10 +99,6 @@ export interface ImageView {
   error?: string;
 }
 
-export type RegisterOutcome =
-  | { status: 'created' | 'exists'; view: ImageView }
-  | { status: 'started'; view: ImageView; operation: OperationView };
-
 export interface ImageFilter {
   /** Only images this tenant may use: public ones and its own. */
   visibleTo?: string;
@@ -158,7 +154,7 @@ export class Images {
    * the image becomes available when the operation ends (and is rolled back
    * when it fails).
    */
-  async register(request: RegisterImageRequest): Promise<RegisterOutcome> {
+  async register(request: RegisterImageRequest): Promise<PutOutcome<ImageView>> {
     const requestKey = JSON.stringify([request.volume, request.mode, request.tenant, request.visibility, request.internal]);
     // One registration per image id at a time in this process: a concurrent repeat waits and then sees the outcome.
     const release = await this.lock(`image/${request.id}`, 'exclusive', `register image ${request.id}`);
@@ -323,7 +319,7 @@ export class Images {
   }
 
   /** A registration asked again: the same definition is answered as the first was (202 while its copy runs). */
-  private async repeatRegistration(row: ImageRow, requestKey: string, wait: boolean): Promise<RegisterOutcome> {
+  private async repeatRegistration(row: ImageRow, requestKey: string, wait: boolean): Promise<PutOutcome<ImageView>> {
     const view = this.repeat(row, requestKey);
     const registering = this.registrations.get(row.id);
     if (!registering) return { status: 'exists', view };

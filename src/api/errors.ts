@@ -45,7 +45,13 @@ export class ApiError extends Error {
   override name = 'ApiError';
   readonly status: number;
 
-  constructor(readonly code: ErrorCode, message: string, readonly details: Record<string, unknown> = {}) {
+  constructor(
+    readonly code: ErrorCode,
+    message: string,
+    readonly details: Record<string, unknown> = {},
+    /** HTTP headers the answer must carry (a 416's Content-Range). */
+    readonly headers: Record<string, string> = {},
+  ) {
     super(message);
     this.status = ERROR_CODES[code].status;
   }

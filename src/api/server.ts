@@ -61,11 +61,6 @@ function lingeringClose(request: IncomingMessage, socket: Socket): void {
   request.resume();
 }
 
-/** A 416 tells the size it was judged against (RFC 9110 15.5.17). */
-function faultHeaders(fault: ApiError): Record<string, string> | undefined {
-  return fault.code === 'RANGE_NOT_SATISFIABLE' ? { 'content-range': `bytes */${String(fault.details.sizeBytes)}` } : undefined;
-}
-
 /** The raw body of `request`; the 100 Continue goes out when it is first read. */
 function uploadBody(request: IncomingMessage, response: ServerResponse, expectsContinue: boolean): UploadBody {
   const declared = request.headers['content-length'];
@@ -124,8 +119,7 @@ export function createApiServer(agent: Agent, logger: Logger): ApiServer {
     } catch (error) {
       cause = error;
       fault = toApiError(error);
-      const headers = faultHeaders(fault);
-      reply = { status: fault.status, body: fault.toBody(), ...(headers ? { headers } : {}) };
+      reply = { status: fault.status, body: fault.toBody(), headers: fault.headers };
     }
     // The unread rest of a body (oversize, or an upload refused before it was
     // read) must not be parsed as a next request: close after answering.

@@ -1,6 +1,7 @@
 // The JSON objects of the control API as the client reads them (docs/api.md
 // "Objects"). They are the agent's own view types, imported as types only:
 // nothing of src/agent/ is loaded by the CLI at run time.
+import type { ImageView } from '../agent/images.js';
 import type { OperationView } from '../agent/operations.js';
 import type { SnapshotView, VolumeView } from '../agent/volumes.js';
 
@@ -15,11 +16,12 @@ export interface Version {
   api: number;
 }
 
-/** The answer to a PUT that started a copy: 202 {operation, volume} or {operation, snapshot}. */
+/** The answer to a PUT that started a copy: 202 {operation, volume}, {operation, snapshot} or {operation, image}. */
 export interface Started {
   operation: OperationView;
   volume?: VolumeView;
   snapshot?: SnapshotView;
+  image?: ImageView;
 }
 
 /** An error body as printed by the CLI: the agent's codes, and the client's own (AGENT_UNREACHABLE, ...). */

@@ -13,7 +13,7 @@ import { open, stat, unlink } from 'node:fs/promises';
 import { pipeline } from 'node:stream/promises';
 
 import { writeSparse } from '../../pools/sparse-writer.js';
-import type { Image, Operation } from '../api-types.js';
+import type { Image, Started } from '../api-types.js';
 import { segment } from '../agent-client.js';
 import type { Command, GlobalOptions } from '../command.js';
 import { parseCommandLine, print, printJson } from '../command.js';
@@ -65,14 +65,14 @@ const run: Record<Subcommand, (args: string[], globals: GlobalOptions) => Promis
       visibility: cmd.flag('public') ? 'public' : 'private', internal: cmd.flag('internal'),
     };
     const client = cmd.client();
-    const { status, body } = await client.put<Image | { operation: Operation; image: Image }>(imagePath(id), definition);
+    const { status, body } = await client.put<Image | Started>(imagePath(id), definition);
     if (status === 202) {
       await completeStarted(client, {
         json: cmd.json,
         noWait: cmd.flag('no-wait'),
         what: `registration of image ${id} (a copy of volume ${definition.volume})`,
         label: `image ${id}`,
-        started: body as { operation: Operation },
+        started: body as Started,
         // The same registration again, waiting: answered once the image is available.
         result: async () => (await client.put<Image>(`${imagePath(id)}?wait=true`, definition)).body,
         describe: (image) => `registered ${imageSummary(image)}`,

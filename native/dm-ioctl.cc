@@ -240,9 +240,10 @@ struct Target {
   std::string type, params;
 };
 
-// DM_TABLE_LOAD: `targets` into the inactive slot. Each dm_target_spec is
-// followed by its NUL-terminated parameter string, padded to 8 bytes; `next`
-// is the size of the record (from this spec to the following one).
+// DM_TABLE_LOAD: `targets` into the inactive slot; with `readOnly`
+// (DM_READONLY_FLAG) the device refuses writes once the table is live. Each
+// dm_target_spec is followed by its NUL-terminated parameter string, padded to
+// 8 bytes; `next` is the size of the record (from this spec to the following one).
 Napi::Value DmLoad(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 2 || !info[1].IsArray()) {
@@ -280,7 +281,8 @@ Napi::Value DmLoad(const Napi::CallbackInfo& info) {
     memcpy(payload.data() + at, &spec, sizeof spec);
     memcpy(payload.data() + at + sizeof spec, t.params.c_str(), t.params.size() + 1);
   }
-  DmRequest req{DM_TABLE_LOAD, "DM_TABLE_LOAD", {}, 0, std::move(payload)};
+  const bool readOnly = info.Length() > 2 && info[2].ToBoolean().Value();
+  DmRequest req{DM_TABLE_LOAD, "DM_TABLE_LOAD", {}, readOnly ? DM_READONLY_FLAG : 0u, std::move(payload)};
   req.targetCount = list.Length();
   return DeviceCommand(info, "volagent.dm_load", req);
 }

@@ -8,7 +8,7 @@ import { Catalog } from '../catalog/catalog.js';
 import { CatalogWriter } from '../catalog/writer.js';
 import type { CatalogWrites } from '../catalog/writes.js';
 import { inlineWrites } from '../catalog/writes.js';
-import type { Pool, PoolCapabilities, PoolCapacity } from '../pools/pool.js';
+import type { Pool, PoolCapabilities, PoolCapacity, PoolHealth } from '../pools/pool.js';
 import type { Backend } from '../pools/pool.js';
 import type { ImageCacheView } from './image-cache.js';
 import type { PoolImagePolicy } from './images.js';
@@ -26,12 +26,16 @@ export interface PoolView {
   backend: Backend;
   capabilities: PoolCapabilities;
   capacity: PoolCapacity;
+  /** The kernel side's state (thin pools). */
+  health?: PoolHealth;
   /** Present when the pool has an image-volume cache. */
   imageCache?: ImageCacheView;
 }
 
 export interface AgentOptions {
   catalogPath: string;
+  /** The catalog at catalogPath, when the caller opened it already (thin pools read it while opening); the agent closes it. */
+  catalog?: Catalog;
   /** Opened pools, in configuration order (the first is the default); the agent closes them. */
   pools: Pool[];
   /** How long delete and resize wait for readers of their volume (`[agent] lock_wait_ms`). */
@@ -69,7 +73,7 @@ export class Agent {
    * run left half-done, before any request is served. Returns the start-up report.
    */
   static async open(options: AgentOptions): Promise<{ agent: Agent; startup: CheckReport }> {
-    const catalog = Catalog.open(options.catalogPath);
+    const catalog = options.catalog ?? Catalog.open(options.catalogPath);
     try {
       const pools = new Map(options.pools.map((pool) => [pool.name, pool]));
       // Nothing is served yet: start-up writes go on this thread.
@@ -90,11 +94,13 @@ export class Agent {
   async listPools(): Promise<PoolView[]> {
     return Promise.all([...this.pools.values()].map(async (pool) => {
       const imageCache = this.images.cacheView(pool.name);
+      const health = await pool.health?.();
       return {
         name: pool.name,
         backend: pool.backend,
         capabilities: pool.capabilities(),
         capacity: await pool.capacity(),
+        ...(health ? { health } : {}),
         ...(imageCache ? { imageCache } : {}),
       };
     }));

@@ -3,6 +3,7 @@
 import { ApiError } from '../api/errors.js';
 import { isAbortError } from '../clone/abort.js';
 import { isSystemError } from '../native/system-error.js';
+import { UnalignedSizeError } from '../pools/pool.js';
 import { LockBusyError } from './locks.js';
 import { OperationCancelledError } from './operations.js';
 
@@ -16,6 +17,12 @@ export function toApiError(error: unknown, details: Record<string, unknown> = {}
   }
   if (isSystemError(error, 'ENOSPC', 'EDQUOT')) {
     return new ApiError('INSUFFICIENT_SPACE', `${(error as Error).message}; the partial result was removed`, details);
+  }
+  if (error instanceof UnalignedSizeError) {
+    return new ApiError('INVALID_SIZE', `${error.message}; nothing was kept`, { ...details, pool: error.pool, value: error.sizeBytes, sizeAlignmentBytes: error.alignmentBytes });
+  }
+  if (isSystemError(error, 'EROFS')) {
+    return new ApiError('POOL_UNAVAILABLE', `${(error as Error).message}: the pool refuses changes (read-only or failed); see GET /v1/pools`, details);
   }
   if (isSystemError(error, 'EFBIG')) return new ApiError('INVALID_SIZE', `${(error as Error).message}: too large for this pool`, details);
   if (isSystemError(error, 'ENAMETOOLONG')) return new ApiError('INVALID_ID', `${(error as Error).message}: the name is too long for this pool`, details);

@@ -215,6 +215,7 @@ export class Images {
     const cacheMaxBytes = request.cache ? this.cache.limitsOf(pool).maxBytes : undefined;
     const declared = request.contentLength;
     if (declared === 0) throw this.empty();
+    if (declared !== undefined) this.volumes.checkSizeAlignment(this.volumes.pool(pool), declared, 'Content-Length');
     if (declared !== undefined && maxImageBytes !== undefined && declared > maxImageBytes) throw this.tooLarge(pool, maxImageBytes, declared);
     if (declared !== undefined && request.cache) this.cache.checkFits(pool, declared);
 
@@ -262,11 +263,16 @@ export class Images {
       const current = this.visibleImage(id, viewer); // it may have changed while we waited
       const volume = this.catalog.getVolume(current.volumeId);
       if (!volume || volume.state !== 'available') throw new ApiError('VOLUME_BUSY', `image ${id} is not readable now`, { image: id });
-      const handle = await open(this.volumes.pool(volume.pool).objectPath(volume.id), 'r');
-      const { size } = await handle.stat();
+      const pool = this.volumes.pool(volume.pool);
+      const handle = await open(pool.objectPath(volume.id), 'r');
+      // The pool's size, not fstat's: a block device (thin) has st_size 0.
+      const sizeBytes = (await pool.stat(volume.id).catch(async (error: unknown) => {
+        await handle.close();
+        throw error;
+      }))?.sizeBytes ?? volume.sizeBytes;
       let closed: Promise<void> | undefined;
       return {
-        sizeBytes: size,
+        sizeBytes,
         handle,
         close: () => {
           closed ??= handle.close().finally(release);

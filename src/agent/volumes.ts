@@ -149,6 +149,7 @@ export class Volumes {
         throw new ApiError('SHRINK_NOT_SUPPORTED', `volume ${id} is ${row.sizeBytes} bytes; it can only grow`, { volume: id, sizeBytes: row.sizeBytes });
       }
       if (sizeBytes > row.sizeBytes) {
+        this.checkSizeAlignment(this.pool(row.pool), sizeBytes);
         try {
           await this.pool(row.pool).resize(id, sizeBytes);
         } catch (error) {
@@ -357,6 +358,7 @@ export class Volumes {
     const existing = this.catalog.getVolume(id);
     if (existing) return this.repeatVolume(existing, requestKey, request.wait);
     this.checkObjectName(pool, id, { volume: id });
+    this.checkSizeAlignment(pool, sizeBytes);
     const inserted = await this.recordIntent(id, this.writes.insertCreating({ id, pool: pool.name, tenant, kind: 'volume', sizeBytes, requestKey }));
     if (!inserted.inserted) return this.repeatVolume(inserted.row, requestKey, request.wait);
     const work = async (): Promise<void> => {
@@ -393,6 +395,7 @@ export class Volumes {
     }
     const pool = this.pool(source.pool);
     this.checkObjectName(pool, id, { volume: id });
+    if (request.sizeBytes !== undefined) this.checkSizeAlignment(pool, request.sizeBytes);
     const release = await this.lock(source.object, 'shared', `clone ${id}`);
     let handedOver = false;
     try {
@@ -576,6 +579,16 @@ export class Volumes {
   }
 
   /** The backend's own limits on names (a file name within NAME_MAX), before any intent is written. */
+  /** A size the pool stores in whole units (a thin pool's block size): refused before any intent is recorded. */
+  checkSizeAlignment(pool: Pool, sizeBytes: number, field = 'sizeBytes'): void {
+    const { sizeAlignmentBytes } = pool.capabilities();
+    if (sizeBytes % sizeAlignmentBytes !== 0) {
+      throw new ApiError('INVALID_SIZE', `${field} ${sizeBytes} is not a multiple of ${sizeAlignmentBytes} bytes, pool ${pool.name}'s allocation unit`, {
+        field, value: sizeBytes, pool: pool.name, sizeAlignmentBytes,
+      });
+    }
+  }
+
   private checkObjectName(pool: Pool, object: string, details: Record<string, unknown>): void {
     try {
       pool.objectPath(object);

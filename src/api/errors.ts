@@ -5,7 +5,7 @@
 export const ERROR_CODES = {
   BAD_REQUEST: { status: 400, meaning: 'The request is malformed: bad JSON, a wrong type, a missing field.' },
   INVALID_ID: { status: 400, meaning: 'An id does not match ^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$ or contains "..".' },
-  INVALID_SIZE: { status: 400, meaning: 'sizeBytes is not a positive integer number of bytes, or not a multiple of 512.' },
+  INVALID_SIZE: { status: 400, meaning: "sizeBytes is not a positive integer number of bytes, not a multiple of 512, or not a multiple of the pool's capabilities.sizeAlignmentBytes (a thin pool's block size)." },
   UPLOAD_INCOMPLETE: { status: 400, meaning: 'The connection broke before the last byte of an upload; nothing was kept.' },
   UNKNOWN_FIELD: { status: 400, meaning: 'The body has a field this API version does not define.' },
   SHRINK_NOT_SUPPORTED: { status: 400, meaning: 'A resize or clone asked for a size smaller than the current one.' },
@@ -32,6 +32,7 @@ export const ERROR_CODES = {
   UNSUPPORTED_FOR_POOL: { status: 422, meaning: "The pool's backend cannot do this." },
   INSUFFICIENT_SPACE: { status: 507, meaning: 'The pool is out of space; the partial result was removed and the source is intact.' },
   IMAGE_CACHE_FULL: { status: 507, meaning: "The image does not fit in the pool's image cache: larger than max_bytes, or the entries in use leave no room." },
+  POOL_UNAVAILABLE: { status: 503, meaning: "The pool's kernel side refuses changes: a thin pool whose metadata went read-only or whose target failed (GET /v1/pools shows its health)." },
   INTERNAL: { status: 500, meaning: 'An agent fault; the log has the details.' },
 } as const;
 

@@ -8,6 +8,7 @@ import path from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
 import type { Database, Statement } from 'better-sqlite3';
 
+import type { NewThinPool, PendingThinChange, ThinChange, ThinDeviceRecord, ThinPoolRecord } from '../pools/thin/ledger.js';
 import { migrate } from './migrations.js';
 import type { ObjectState } from './volume-state.js';
 import { canTransition, TRANSITIONAL_STATES } from './volume-state.js';
@@ -182,6 +183,32 @@ function toSnapshot(r: SnapshotRecord): SnapshotRow {
     ...(r.error ? { error: r.error } : {}),
     createdAt: r.created_at, updatedAt: r.updated_at,
   };
+}
+
+interface ThinPoolDbRecord {
+  pool: string; data_device: string; metadata_device: string; block_sectors: number; phase: ThinPoolRecord['phase'];
+  transaction_id: number; next_thin_id: number; pending: string | null;
+}
+
+interface ThinDeviceDbRecord { pool: string; name: string; thin_id: number; size_bytes: number; read_only: number }
+
+function toThinPool(r: ThinPoolDbRecord): ThinPoolRecord {
+  return {
+    pool: r.pool, dataDevice: r.data_device, metadataDevice: r.metadata_device, blockSectors: r.block_sectors, phase: r.phase,
+    transactionId: r.transaction_id, nextThinId: r.next_thin_id,
+    ...(r.pending ? { pending: JSON.parse(r.pending) as PendingThinChange } : {}),
+  };
+}
+
+function toThinDevice(r: ThinDeviceDbRecord): ThinDeviceRecord {
+  return { pool: r.pool, name: r.name, thinId: r.thin_id, sizeBytes: r.size_bytes, readOnly: r.read_only === 1 };
+}
+
+/** dm-thin device ids are 24 bits. */
+const MAX_THIN_ID = 2 ** 24 - 1;
+
+export class ThinLedgerError extends Error {
+  override name = 'ThinLedgerError';
 }
 
 export class IllegalTransitionError extends Error {
@@ -482,5 +509,71 @@ export class Catalog {
     return (this.sql(`SELECT * FROM operations WHERE state = 'running'
       UNION ALL SELECT * FROM (SELECT * FROM operations WHERE state != 'running' ORDER BY created_at DESC, id DESC LIMIT ?)
       ORDER BY created_at DESC, id DESC`).all(finished) as OperationRecord[]).map(toOperation);
+  }
+
+  // --- thin pools (src/pools/thin/ledger.ts) ---
+
+  thinPool(pool: string): ThinPoolRecord | undefined {
+    const r = this.sql('SELECT * FROM thin_pools WHERE pool = ?').get(pool) as ThinPoolDbRecord | undefined;
+    return r && toThinPool(r);
+  }
+
+  thinDevices(pool: string): ThinDeviceRecord[] {
+    return (this.sql('SELECT * FROM thin_devices WHERE pool = ? ORDER BY thin_id').all(pool) as ThinDeviceDbRecord[]).map(toThinDevice);
+  }
+
+  thinDevice(pool: string, name: string): ThinDeviceRecord | undefined {
+    const r = this.sql('SELECT * FROM thin_devices WHERE pool = ? AND name = ?').get(pool, name) as ThinDeviceDbRecord | undefined;
+    return r && toThinDevice(r);
+  }
+
+  recordThinPool(record: NewThinPool): void {
+    const at = this.now();
+    this.sql(`INSERT INTO thin_pools (pool, data_device, metadata_device, block_sectors, phase, transaction_id, next_thin_id, created_at, updated_at)
+      VALUES (?, ?, ?, ?, 'formatting', 0, 0, ?, ?)`).run(record.pool, record.dataDevice, record.metadataDevice, record.blockSectors, at, at);
+  }
+
+  markThinPoolReady(pool: string): boolean {
+    return this.sql(`UPDATE thin_pools SET phase = 'ready', updated_at = ? WHERE pool = ?`).run(this.now(), pool).changes === 1;
+  }
+
+  /** Records `change` as the pending change of `pool`, with a new thin id for a create or snapshot. */
+  beginThinChange(pool: string, change: ThinChange): PendingThinChange {
+    return this.transaction(() => {
+      const record = this.thinPool(pool);
+      if (!record) throw new ThinLedgerError(`thin pool ${pool} is not recorded`);
+      if (record.pending) throw new ThinLedgerError(`thin pool ${pool}: a change is pending (${record.pending.op} of ${record.pending.name})`);
+      const allocates = change.op !== 'delete';
+      if (allocates && record.nextThinId > MAX_THIN_ID) throw new ThinLedgerError(`thin pool ${pool}: every thin id (24 bits) has been used`);
+      const thinId = change.op === 'delete' ? change.thinId : record.nextThinId;
+      const pending: PendingThinChange = { ...change, thinId, fromTransactionId: record.transactionId, toTransactionId: record.transactionId + 1 };
+      this.sql(`UPDATE thin_pools SET pending = ?, next_thin_id = ?, updated_at = ? WHERE pool = ?`).run(
+        JSON.stringify(pending), allocates ? thinId + 1 : record.nextThinId, this.now(), pool);
+      return pending;
+    });
+  }
+
+  /** The pending change's effect on the device rows, the pool's new transaction id, and no change pending: one commit. */
+  commitThinChange(pool: string): void {
+    this.transaction(() => {
+      const pending = this.thinPool(pool)?.pending;
+      if (!pending) throw new ThinLedgerError(`thin pool ${pool}: no change is pending`);
+      if (pending.op === 'delete') {
+        this.sql('DELETE FROM thin_devices WHERE pool = ? AND thin_id = ?').run(pool, pending.thinId);
+      } else {
+        this.sql(`INSERT INTO thin_devices (pool, name, thin_id, size_bytes, read_only, created_at) VALUES (?, ?, ?, ?, ?, ?)`).run(
+          pool, pending.name, pending.thinId, pending.sizeBytes, pending.readOnly ? 1 : 0, this.now());
+      }
+      this.sql(`UPDATE thin_pools SET transaction_id = ?, pending = NULL, updated_at = ? WHERE pool = ?`).run(pending.toTransactionId, this.now(), pool);
+    });
+  }
+
+  abandonThinChange(pool: string): boolean {
+    return this.sql(`UPDATE thin_pools SET pending = NULL, updated_at = ? WHERE pool = ?`).run(this.now(), pool).changes === 1;
+  }
+
+  updateThinDevice(pool: string, name: string, changes: { sizeBytes?: number; readOnly?: boolean }): boolean {
+    return this.sql(`UPDATE thin_devices SET size_bytes = COALESCE(?, size_bytes), read_only = COALESCE(?, read_only) WHERE pool = ? AND name = ?`).run(
+      changes.sizeBytes ?? null, changes.readOnly === undefined ? null : changes.readOnly ? 1 : 0, pool, name).changes === 1;
   }
 }

@@ -90,6 +90,34 @@ export const MIGRATIONS: readonly string[] = [
   ALTER TABLE images ADD COLUMN last_used INTEGER NOT NULL DEFAULT 0;
   CREATE INDEX images_cache_by_use ON images (pool, cached, last_used);
   `,
+  // 5: thin pools (src/pools/thin/ledger.ts). A pool's transaction id as last
+  // committed, its pending change (JSON) while a pool message is in flight,
+  // and the thin id each object holds.
+  `
+  CREATE TABLE thin_pools (
+    pool            TEXT PRIMARY KEY,
+    data_device     TEXT NOT NULL,
+    metadata_device TEXT NOT NULL,
+    block_sectors   INTEGER NOT NULL CHECK (block_sectors > 0),
+    phase           TEXT NOT NULL CHECK (phase IN ('formatting', 'ready')),
+    transaction_id  INTEGER NOT NULL CHECK (transaction_id >= 0),
+    next_thin_id    INTEGER NOT NULL CHECK (next_thin_id >= 0),
+    pending         TEXT,
+    created_at      TEXT NOT NULL,
+    updated_at      TEXT NOT NULL
+  ) STRICT;
+
+  CREATE TABLE thin_devices (
+    pool          TEXT NOT NULL REFERENCES thin_pools (pool),
+    name          TEXT NOT NULL,
+    thin_id       INTEGER NOT NULL CHECK (thin_id >= 0),
+    size_bytes    INTEGER NOT NULL CHECK (size_bytes >= 0),
+    read_only     INTEGER NOT NULL CHECK (read_only IN (0, 1)),
+    created_at    TEXT NOT NULL,
+    PRIMARY KEY (pool, name),
+    UNIQUE (pool, thin_id)
+  ) STRICT;
+  `,
 ];
 
 export function schemaVersion(db: Database): number {

@@ -9,6 +9,7 @@ export const WRITE_METHODS = [
   'insertSnapshotCreating', 'transitionSnapshot', 'discardCreatingSnapshot', 'removeSnapshot',
   'insertOperation', 'recordProgress', 'finishOperation',
   'insertImageCreating', 'transitionImage', 'completeAdoption', 'discardCreatingImage', 'removeImage', 'touchImage',
+  'recordThinPool', 'markThinPoolReady', 'beginThinChange', 'commitThinChange', 'abandonThinChange', 'updateThinDevice',
 ] as const satisfies ReadonlyArray<keyof Catalog>;
 
 export type WriteMethod = (typeof WRITE_METHODS)[number];

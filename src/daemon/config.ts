@@ -134,6 +134,12 @@ class TableReader {
     }
   }
 
+  boolean(key: string, fallback: boolean): boolean {
+    const value = this.take(key) ?? fallback;
+    if (typeof value !== 'boolean') this.fail(key, 'must be true or false');
+    return value;
+  }
+
   percent(key: string, fallback: string): number {
     const value = this.take(key) ?? fallback;
     const match = typeof value === 'string' ? /^(\d+(?:\.\d+)?)%$/.exec(value.trim()) : null;
@@ -209,6 +215,9 @@ function readPool(pool: TableReader): PoolConfig {
       dataDevice: pool.path('data_device'),
       metadataDevice: pool.path('metadata_device'),
       lowWaterPercent: pool.percent('low_water', '10%'),
+      minFreePercent: pool.percent('min_free', '5%'),
+      errorIfNoSpace: pool.boolean('error_if_no_space', true),
+      deviceDir: pool.path('device_dir', '/dev/volagent'),
     };
   } else {
     return pool.fail('backend', `must be "file" or "thin" (got ${JSON.stringify(backend)})`);

@@ -6,6 +6,9 @@ import { chmod, mkdir, unlink } from 'node:fs/promises';
 
 import { Agent } from '../agent/agent.js';
 import { createApiServer } from '../api/server.js';
+import { Catalog } from '../catalog/catalog.js';
+import { CatalogThinLedger } from '../catalog/thin-ledger.js';
+import type { PoolContext } from '../pools/index.js';
 import { createPool } from '../pools/index.js';
 import type { Pool } from '../pools/pool.js';
 import type { AgentConfig } from './config.js';
@@ -27,17 +30,18 @@ export interface RunningDaemon {
   stop(reason: string): Promise<void>;
 }
 
-async function openPools(config: AgentConfig, logger: Logger): Promise<Pool[]> {
+async function openPools(config: AgentConfig, logger: Logger, context: PoolContext): Promise<Pool[]> {
   const pools: Pool[] = [];
   for (const poolConfig of config.pools) {
     // The embedded default is the developer's `npm start`: its pool directory
     // under ./var is made on first start. A configured pool must exist.
     if (config.source === EMBEDDED_DEFAULT_SOURCE && poolConfig.backend === 'file') await mkdir(poolConfig.path, { recursive: true });
-    const pool = createPool(poolConfig);
+    const pool = createPool(poolConfig, context);
     try {
       await pool.open();
     } catch (error) {
       await Promise.all(pools.map((opened) => opened.close()));
+      await pool.close().catch(() => undefined);
       const where = 'path' in poolConfig ? ` at ${poolConfig.path}` : '';
       throw new StartupError(`pool ${poolConfig.name}${where}: ${(error as Error).message}`, { cause: error });
     }
@@ -48,14 +52,24 @@ async function openPools(config: AgentConfig, logger: Logger): Promise<Pool[]> {
 }
 
 export async function startDaemon(config: AgentConfig, logger: Logger): Promise<RunningDaemon> {
-  const pools = await openPools(config, logger);
+  // Thin pools keep their thin ids in the catalog, so it opens first.
+  const catalog = Catalog.open(config.catalog.path);
+  const thinLedger = new CatalogThinLedger(catalog);
+  let pools: Pool[];
+  try {
+    pools = await openPools(config, logger, { thinLedger, warn: (fields, message) => logger.warn(fields, message) });
+  } catch (error) {
+    catalog.close();
+    throw error;
+  }
   const imagePolicies = new Map(config.pools.map((pool) => [pool.name, {
     ...(pool.maxImageBytes !== undefined ? { maxImageBytes: pool.maxImageBytes } : {}),
     ...(pool.imageCache ? { imageCache: pool.imageCache } : {}),
   }]));
   const { agent, startup } = await Agent.open({
-    catalogPath: config.catalog.path, pools, lockWaitMs: config.lockWaitMs, internalTenant: config.internalTenant, imagePolicies,
+    catalogPath: config.catalog.path, catalog, pools, lockWaitMs: config.lockWaitMs, internalTenant: config.internalTenant, imagePolicies,
   });
+  thinLedger.writeThrough(agent.writes);
   for (const difference of startup.differences) {
     const level = difference.action ? 'info' : 'warn';
     logger[level]({ ...difference }, difference.action ? 'start-up reconcile settled a difference' : 'start-up reconcile found a difference; `volagent check --repair` settles it');

@@ -151,7 +151,7 @@ export interface NativeAddon {
   /** DM_DEV_STATUS; ENXIO when absent. */
   dmInfo(name: string): Promise<DmDeviceInfo>;
   /** DM_TABLE_LOAD into the inactive slot. */
-  dmLoad(name: string, targets: DmTarget[]): Promise<DmDeviceInfo>;
+  dmLoad(name: string, targets: DmTarget[], readOnly?: boolean): Promise<DmDeviceInfo>;
   /** DM_TABLE_STATUS: the live table's targets with their status (`params`), or with `table` their table lines. */
   dmTable(name: string, table?: boolean): Promise<DmTarget[]>;
   /** DM_TARGET_MSG to the target at `sector`; resolves its answer ("" when none). */

@@ -348,9 +348,9 @@ export class FilePool implements Pool {
       if (!this.renameNoReplace) await link(source, linked);
       try {
         await native.ficlone(dst.fd, src.fd, source, dest);
-        return { reflink: true, constantTimeClone: true };
+        return { reflink: true, constantTimeClone: true, sizeAlignmentBytes: 1 };
       } catch (error) {
-        if (isSystemError(error, ...REFLINK_UNSUPPORTED)) return { reflink: false, constantTimeClone: false };
+        if (isSystemError(error, ...REFLINK_UNSUPPORTED)) return { reflink: false, constantTimeClone: false, sizeAlignmentBytes: 1 };
         throw error;
       }
     } finally {

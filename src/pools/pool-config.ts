@@ -22,7 +22,14 @@ export interface ThinPoolConfig {
   dataDevice: string;
   metadataDevice: string;
   blockSizeBytes: number;
+  /** Free data or metadata at or below this logs a warning (and is the kernel's low-water mark for data). */
   lowWaterPercent: number;
+  /** Free data or metadata below this refuses new volumes with 507 (`min_free`). */
+  minFreePercent: number;
+  /** Writes to a full pool fail at once instead of queueing (`error_if_no_space`). */
+  errorIfNoSpace: boolean;
+  /** Where the agent makes its device nodes: `<deviceDir>/<pool>/<volume>` (`device_dir`). */
+  deviceDir: string;
   maxImageBytes?: number;
   imageCache?: ImageCacheConfig;
 }

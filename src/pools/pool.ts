@@ -11,6 +11,30 @@ export interface PoolCapabilities {
   reflink: boolean;
   /** A clone costs the same whatever the source's size. */
   constantTimeClone: boolean;
+  /** Every object size is a multiple of this (1: any size; a thin pool: its data block size). */
+  sizeAlignmentBytes: number;
+}
+
+/** The state a backend's kernel side reports (thin pools: the thin-pool status line). */
+export interface PoolHealth {
+  /** `rw` normal; `out_of_data_space`; `ro` metadata read-only after a failure; `failed` / `error` the target failed. */
+  mode: 'rw' | 'ro' | 'out_of_data_space' | 'failed' | 'error';
+  /** The metadata needs thin_check before the pool is usable again. */
+  needsCheck: boolean;
+  /** Writes to unprovisioned blocks of a full pool fail at once (`error`) or wait for space (`queue`). */
+  noSpace?: 'error' | 'queue';
+  /** Free data or metadata is at or below the low-water mark. */
+  lowWater: boolean;
+  transactionId?: number;
+}
+
+/** A size the pool cannot store: not a multiple of its allocation unit. Nothing was changed. */
+export class UnalignedSizeError extends Error {
+  override name = 'UnalignedSizeError';
+  readonly code = 'EINVAL';
+  constructor(readonly pool: string, readonly sizeBytes: number, readonly alignmentBytes: number) {
+    super(`pool ${pool} stores sizes in multiples of ${alignmentBytes} bytes; ${sizeBytes} is not one`);
+  }
 }
 
 export interface PoolCapacity {
@@ -73,6 +97,8 @@ export interface Pool {
   close(): Promise<void>;
   capabilities(): PoolCapabilities;
   capacity(): Promise<PoolCapacity>;
+  /** Backends with a kernel-side state to report (thin pools). */
+  health?(): Promise<PoolHealth>;
   /** A new sparse object of sizeBytes; EEXIST if the name is taken. */
   create(name: string, sizeBytes: number): Promise<void>;
   /** A new object `target` with the content of `source`; EEXIST if taken, ENOENT if source absent. */

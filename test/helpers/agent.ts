@@ -62,7 +62,7 @@ export function requestOn(socketPath: string, method: string, urlPath: string, b
   });
 }
 
-export interface PoolSpec {
+export interface FilePoolSpec {
   name: string;
   path: string;
   /** TOML values, as written: `max_image_bytes = "4MiB"`. */
@@ -70,7 +70,35 @@ export interface PoolSpec {
   imageCache?: { maxBytes?: string; maxCount?: number };
 }
 
+export interface ThinPoolSpec {
+  name: string;
+  backend: 'thin';
+  dataDevice: string;
+  metadataDevice: string;
+  deviceDir: string;
+  /** TOML values, as written: `"64KiB"`, `"10%"`. */
+  blockSize?: string;
+  lowWater?: string;
+  minFree?: string;
+  errorIfNoSpace?: boolean;
+  maxImageBytes?: string;
+}
+
+export type PoolSpec = FilePoolSpec | ThinPoolSpec;
+
+function thinPoolLines(p: ThinPoolSpec): string[] {
+  const optional: Array<[string, string | boolean | undefined]> = [
+    ['block_size', p.blockSize], ['low_water', p.lowWater], ['min_free', p.minFree], ['error_if_no_space', p.errorIfNoSpace], ['max_image_bytes', p.maxImageBytes],
+  ];
+  return [
+    '[[pools]]', `name = ${JSON.stringify(p.name)}`, 'backend = "thin"', `data_device = ${JSON.stringify(p.dataDevice)}`,
+    `metadata_device = ${JSON.stringify(p.metadataDevice)}`, `device_dir = ${JSON.stringify(p.deviceDir)}`,
+    ...optional.filter(([, value]) => value !== undefined).map(([key, value]) => `${key} = ${JSON.stringify(value)}`), '',
+  ];
+}
+
 function poolLines(p: PoolSpec): string[] {
+  if ('backend' in p) return thinPoolLines(p);
   const cache = p.imageCache
     ? [`image_cache = { ${[
       ...(p.imageCache.maxBytes !== undefined ? [`max_bytes = ${JSON.stringify(p.imageCache.maxBytes)}`] : []),
@@ -88,6 +116,10 @@ export interface AgentSpec {
   dir: string;
   pools: PoolSpec[];
   lockWaitMs?: number;
+  /** Extra environment (VOLAGENT_FAILPOINTS). */
+  env?: NodeJS.ProcessEnv;
+  /** How long start-up may take; default 20 s (a VM under TCG needs more). */
+  startTimeoutMs?: number;
 }
 
 export interface StreamOptions {
@@ -196,7 +228,7 @@ export function outcomeOf(child: ChildProcess): Promise<{ code: number | null; s
 export async function startAgent(t: Test, spec: AgentSpec): Promise<AgentProcess> {
   const configFile = await writeAgentConfig(spec);
   const socket = path.join(spec.dir, 'control.sock');
-  const child = spawnAgent(['--config', configFile]);
+  const child = spawnAgent(['--config', configFile], spec.env);
   const logs: string[] = [];
   let stderr = '';
   let partial = '';
@@ -228,16 +260,17 @@ export async function startAgent(t: Test, spec: AgentSpec): Promise<AgentProcess
       await exited;
     },
   };
-  const deadline = Date.now() + 20_000;
+  const startTimeoutMs = spec.startTimeoutMs ?? 20_000;
+  const deadline = Date.now() + startTimeoutMs;
   for (;;) {
-    if (!running) throw new Error(`volagentd exited during start-up: ${stderr}`);
+    if (!running) throw new Error(`volagentd exited during start-up: ${stderr}${logs.join('\n')}`);
     try {
       const reply = await agent.request('GET', '/v1/version');
       if (reply.status === 200) return agent;
     } catch {
       // not listening yet
     }
-    if (Date.now() > deadline) throw new Error(`volagentd did not answer within 20 s: ${stderr}`);
+    if (Date.now() > deadline) throw new Error(`volagentd did not answer within ${startTimeoutMs / 1000} s: ${stderr}`);
     await new Promise((r) => setTimeout(r, 50));
   }
 }

@@ -1,0 +1,581 @@
+// The `thin` backend (DESIGN.md "Pools"): an agent-owned dm-thin pool on a
+// data device and a metadata device, driven by device-mapper ioctls through
+// the addon. Each object is a thin device: its thin id and size are kept in
+// the catalog (ledger.ts), and while the agent knows it, it is active as the
+// device-mapper device `volagent-<pool>-<thin id>` with a node of its own at
+// `<device dir>/<pool>/<name>` (made by the agent: no udev needed).
+//
+// Kernel contract relied on (thin-provisioning.rst):
+// - the pool formats its metadata device when the device's first 4 KiB are zero;
+// - `create_thin`, `create_snap` and `delete` change the mapping, and are
+//   committed with the pool's next metadata commit; `set_transaction_id old new`
+//   fails unless the pool's id is `old`. Every mapping change is paired with a
+//   set_transaction_id and bracketed in the ledger (see ledger.ts);
+// - `create_snap` needs its origin suspended while it runs if the origin is
+//   active (in-flight writes drained, no new ones until resume);
+// - a thin device's table can be reloaded with another length at any time
+//   (resize); DM_DEV_SUSPEND (resume) swaps in the loaded table.
+// Device-mapper names carry the fixed prefix `volagent-` and the pool's name,
+// so the agent never touches a device it did not make.
+import { constants as fsConstants } from 'node:fs';
+import { mkdir, open, readdir, unlink } from 'node:fs/promises';
+import path from 'node:path';
+
+import { throwIfAborted } from '../../clone/abort.js';
+import { failpoint } from '../../faults/failpoints.js';
+import { native } from '../../native/binding.js';
+import type { DmDeviceInfo, DmTarget } from '../../native/addon-types.js';
+import { isSystemError, systemError } from '../../native/system-error.js';
+import type { Backend, CloneOutcome, CloneRequest, ObjectInfo, Pool, PoolCapabilities, PoolCapacity, PoolHealth, ReceiveOutcome, ReceiveRequest } from '../pool.js';
+import { isObjectName, UnalignedSizeError } from '../pool.js';
+import type { ThinPoolConfig } from '../pool-config.js';
+import { writeSparse } from '../sparse-writer.js';
+import type { PoolDevice } from './block-device.js';
+import { ensureDeviceNode, resolvePoolDevice } from './block-device.js';
+import type { DeviceNumber, ThinPoolStatus } from './dm-thin.js';
+import { parseThinPoolStatus, parseThinStatus, SECTOR_BYTES, thinPoolMessage, thinPoolTarget, thinTarget } from './dm-thin.js';
+import type { PendingThinChange, ThinChange, ThinDeviceRecord, ThinLedger, ThinPoolRecord } from './ledger.js';
+
+export const DM_NAME_PREFIX = 'volagent-';
+const UUID_PREFIX = 'VOLAGENT-THIN-';
+/** dm-thin metadata superblock: `magic` (le64) at byte 32 of block 0 (dm-thin-metadata.c THIN_SUPERBLOCK_MAGIC). */
+const THIN_SUPERBLOCK_MAGIC = 27022010n;
+const METADATA_HEAD_BYTES = 4096;
+/** Provisional size of a thin device receiving a stream of unknown length: virtual, it costs nothing. */
+const RECEIVE_PROVISIONAL_BYTES = 64 * 2 ** 40;
+const NAME_MAX = 255;
+const HEALTH_CHECK_MS = 30_000;
+
+export interface ThinPoolOptions extends Pick<ThinPoolConfig, 'name' | 'dataDevice' | 'metadataDevice' | 'blockSizeBytes' | 'lowWaterPercent'> {
+  /** Free data or metadata below this percentage refuses new objects (ENOSPC). */
+  minFreePercent: number;
+  errorIfNoSpace: boolean;
+  /** Device nodes go in `<deviceDir>/<pool>/`. */
+  deviceDir: string;
+  ledger: ThinLedger;
+  warn?: (fields: Record<string, unknown>, message: string) => void;
+}
+
+export class ThinPoolError extends Error {
+  override name = 'ThinPoolError';
+}
+
+function ignoring<T>(codes: string[]): (error: unknown) => T | undefined {
+  return (error) => {
+    if (isSystemError(error, ...codes)) return undefined;
+    throw error;
+  };
+}
+
+export class ThinPool implements Pool {
+  readonly name: string;
+  readonly backend: Backend = 'thin';
+  readonly poolDmName: string;
+  private readonly ledger: ThinLedger;
+  private readonly blockBytes: number;
+  private readonly nodeDir: string;
+  private data: PoolDevice | undefined;
+  private metadata: PoolDevice | undefined;
+  private poolDevice: DeviceNumber | undefined;
+  /** Mapping changes, table loads and suspends run one at a time. */
+  private serial: Promise<unknown> = Promise.resolve();
+  private healthTimer: NodeJS.Timeout | undefined;
+  private lowWaterWarned = false;
+
+  constructor(private readonly options: ThinPoolOptions) {
+    this.name = options.name;
+    this.ledger = options.ledger;
+    this.blockBytes = options.blockSizeBytes;
+    this.poolDmName = `${DM_NAME_PREFIX}${options.name}-pool`;
+    this.nodeDir = path.join(path.resolve(options.deviceDir), options.name);
+  }
+
+  // --- open and recovery ---
+
+  /**
+   * Resolves the two devices (binding files to loop devices), formats the
+   * pool if the catalog has no record of it, activates the pool device,
+   * settles a change left pending by a crash, and activates every thin device.
+   */
+  async open(): Promise<void> {
+    let record = this.ledger.pool(this.name);
+    this.data = await resolvePoolDevice(this.options.dataDevice);
+    this.metadata = await resolvePoolDevice(this.options.metadataDevice);
+    if (this.data.device === this.metadata.device) throw new ThinPoolError(`data_device and metadata_device are the same device (${this.data.device})`);
+    if (this.data.sizeBytes < this.blockBytes) throw new ThinPoolError(`data_device ${this.data.configured} holds ${this.data.sizeBytes} bytes, less than one ${this.blockBytes}-byte block`);
+    const existing = await native.dmInfo(this.poolDmName).catch(ignoring<DmDeviceInfo>(['ENXIO']));
+    if (!record) {
+      if (existing) throw new ThinPoolError(`device-mapper device ${this.poolDmName} exists, but the catalog has no record of pool ${this.name}; refusing to format over it`);
+      await this.refuseUsedMetadata();
+      await this.ledger.recordPool({ pool: this.name, dataDevice: this.data.configured, metadataDevice: this.metadata.configured, blockSectors: this.blockBytes / SECTOR_BYTES });
+      record = this.ledger.pool(this.name)!;
+    }
+    this.checkRecordMatches(record);
+    if (record.phase === 'formatting' && !existing) await this.zeroMetadataHead();
+    this.poolDevice = await this.activatePool(existing);
+    const status = await this.status();
+    if (status.state !== 'working') throw new ThinPoolError(`thin-pool ${this.poolDmName} reports ${status.state === 'failed' ? 'Fail' : 'Error'}; run thin_check on ${this.metadata.configured}`);
+    if (record.phase === 'formatting') {
+      if (status.transactionId !== 0) throw new ThinPoolError(`metadata device ${this.metadata.configured} holds a pool with transaction id ${status.transactionId}, not a new one`);
+      await this.ledger.markPoolReady(this.name);
+    }
+    await this.recover(this.ledger.pool(this.name)!, status.transactionId);
+    await mkdir(this.nodeDir, { recursive: true, mode: 0o700 });
+    for (const device of this.ledger.devices(this.name)) await this.activate(device);
+    await this.removeStrayNodes();
+    await this.checkHealth();
+    this.healthTimer = setInterval(() => void this.checkHealth().catch(() => undefined), HEALTH_CHECK_MS).unref();
+  }
+
+  /** Stops the health checks. Devices stay active: exports and guests keep using them while the agent restarts. */
+  async close(): Promise<void> {
+    if (this.healthTimer) clearInterval(this.healthTimer);
+    this.healthTimer = undefined;
+    await this.serial.catch(() => undefined);
+  }
+
+  private checkRecordMatches(record: ThinPoolRecord): void {
+    const configured = { dataDevice: this.data!.configured, metadataDevice: this.metadata!.configured, blockSectors: this.blockBytes / SECTOR_BYTES };
+    for (const key of ['dataDevice', 'metadataDevice', 'blockSectors'] as const) {
+      if (record[key] !== configured[key]) {
+        throw new ThinPoolError(`configured ${key} ${configured[key]} differs from ${record[key]}, recorded in the catalog when the pool was formatted`);
+      }
+    }
+  }
+
+  /** A metadata device to format must start with 4 KiB of zeros; dm-thin metadata or anything else there is refused. */
+  private async refuseUsedMetadata(): Promise<void> {
+    const head = Buffer.alloc(METADATA_HEAD_BYTES);
+    const handle = await open(this.metadata!.node, 'r');
+    try {
+      await handle.read(head, 0, head.length, 0);
+    } finally {
+      await handle.close();
+    }
+    if (head.every((byte) => byte === 0)) return;
+    if (head.readBigUInt64LE(32) === THIN_SUPERBLOCK_MAGIC) {
+      throw new ThinPoolError(`metadata device ${this.metadata!.configured} already holds dm-thin metadata of a pool this catalog does not know; refusing to format it (zero its first 4 KiB to reuse it)`);
+    }
+    throw new ThinPoolError(`metadata device ${this.metadata!.configured} is not empty (its first 4 KiB are not zero); refusing to format it`);
+  }
+
+  private async zeroMetadataHead(): Promise<void> {
+    const handle = await open(this.metadata!.node, fsConstants.O_WRONLY);
+    try {
+      await handle.write(Buffer.alloc(METADATA_HEAD_BYTES), 0, METADATA_HEAD_BYTES, 0);
+      await native.fsync(handle.fd, this.metadata!.node);
+    } finally {
+      await handle.close();
+    }
+  }
+
+  private poolTable(): DmTarget {
+    const dataSectors = Math.floor(this.data!.sizeBytes / this.blockBytes) * (this.blockBytes / SECTOR_BYTES);
+    const blockSectors = this.blockBytes / SECTOR_BYTES;
+    return thinPoolTarget(this.metadata!.device, this.data!.device, dataSectors, {
+      blockSectors,
+      lowWaterBlocks: Math.ceil((dataSectors / blockSectors) * (this.options.lowWaterPercent / 100)),
+      errorIfNoSpace: this.options.errorIfNoSpace,
+      // Zeroing stays on: a partial write to a newly provisioned block must not expose another volume's old data.
+      skipBlockZeroing: false,
+    });
+  }
+
+  /**
+   * Creates the pool device, or keeps the one a previous run left: its table
+   * must name the same metadata and data devices and block size; a different
+   * length, low-water mark or features (config changed, data device grown) is reloaded.
+   */
+  private async activatePool(existing: DmDeviceInfo | undefined): Promise<DeviceNumber> {
+    const wanted = this.poolTable();
+    if (!existing) {
+      const info = await this.createDevice(this.poolDmName, `${UUID_PREFIX}${this.name}-pool`, [wanted], false);
+      return `${info.major}:${info.minor}`;
+    }
+    const [live] = existing.activeTable ? await native.dmTable(this.poolDmName, true) : [];
+    const head = wanted.params.split(' ').slice(0, 3).join(' ');
+    if (live && (live.type !== 'thin-pool' || live.params.split(' ').slice(0, 3).join(' ') !== head)) {
+      throw new ThinPoolError(`device-mapper device ${this.poolDmName} has table "${live.type} ${live.params}", not one over ${head}`);
+    }
+    if (!live || live.length !== wanted.length || live.params !== wanted.params) {
+      await native.dmLoad(this.poolDmName, [wanted]);
+      await native.dmResume(this.poolDmName);
+    } else if (existing.suspended) {
+      await native.dmResume(this.poolDmName);
+    }
+    return `${existing.major}:${existing.minor}`;
+  }
+
+  /** A new device-mapper device with `targets` live; removed again if any step fails. */
+  private async createDevice(name: string, uuid: string, targets: DmTarget[], readOnly: boolean): Promise<DmDeviceInfo> {
+    await native.dmCreate(name, uuid);
+    try {
+      await native.dmLoad(name, targets, readOnly);
+      return await native.dmResume(name);
+    } catch (error) {
+      await native.dmRemove(name).catch(() => undefined);
+      throw error;
+    }
+  }
+
+  /**
+   * Settles the change a crash left pending, from the pool's transaction id:
+   * at `to`, the pool made it and only the catalog commit is missing; at
+   * `from`, the message may or may not have run: a create or snapshot is
+   * undone (its id deleted if it exists), a delete is made again.
+   */
+  private async recover(record: ThinPoolRecord, poolTransactionId: number): Promise<void> {
+    const pending = record.pending;
+    if (!pending) {
+      if (poolTransactionId !== record.transactionId) {
+        throw new ThinPoolError(`thin-pool transaction id is ${poolTransactionId}, the catalog recorded ${record.transactionId}: the catalog does not describe this pool`);
+      }
+      return;
+    }
+    if (poolTransactionId === pending.toTransactionId) {
+      await this.ledger.commit(this.name);
+      this.options.warn?.({ pool: this.name, change: pending.op, object: pending.name, thinId: pending.thinId }, 'thin pool: committed a change the pool had made before the agent stopped');
+      return;
+    }
+    if (poolTransactionId !== pending.fromTransactionId) {
+      throw new ThinPoolError(`thin-pool transaction id is ${poolTransactionId}; the pending ${pending.op} of ${pending.name} expected ${pending.fromTransactionId} or ${pending.toTransactionId}`);
+    }
+    await this.message(thinPoolMessage.delete(pending.thinId)).catch(ignoring(['ENODATA']));
+    if (pending.op === 'delete') {
+      await this.message(thinPoolMessage.setTransactionId(pending.fromTransactionId, pending.toTransactionId));
+      await this.ledger.commit(this.name);
+    } else {
+      await this.ledger.abandon(this.name);
+    }
+    this.options.warn?.({ pool: this.name, change: pending.op, object: pending.name, thinId: pending.thinId },
+      pending.op === 'delete' ? 'thin pool: finished a delete the agent stopped in' : 'thin pool: undid a create the agent stopped in');
+  }
+
+  // --- objects ---
+
+  capabilities(): PoolCapabilities {
+    return { reflink: true, constantTimeClone: true, sizeAlignmentBytes: this.blockBytes };
+  }
+
+  /** A pool whose target failed reports its data device as full: nothing more can be allocated. */
+  async capacity(): Promise<PoolCapacity> {
+    const status = await this.status();
+    if (status.state !== 'working') return { totalBytes: this.data!.sizeBytes, usedBytes: this.data!.sizeBytes, freeBytes: 0 };
+    const totalBytes = status.data.total * this.blockBytes;
+    const usedBytes = status.data.used * this.blockBytes;
+    return {
+      totalBytes, usedBytes, freeBytes: totalBytes - usedBytes,
+      dataPercent: percent(status.data.used, status.data.total),
+      metadataPercent: percent(status.metadata.used, status.metadata.total),
+    };
+  }
+
+  async health(): Promise<PoolHealth> {
+    const status = await this.status();
+    if (status.state !== 'working') return { mode: status.state, needsCheck: false, lowWater: false };
+    return { mode: status.mode, needsCheck: status.needsCheck, noSpace: status.noSpace, lowWater: this.isLowWater(status), transactionId: status.transactionId };
+  }
+
+  async create(name: string, sizeBytes: number): Promise<void> {
+    this.checkSize(sizeBytes);
+    this.refuseTaken(name);
+    await this.refuseWhenFull();
+    await this.makeDevice({ op: 'create', name, sizeBytes, readOnly: false });
+  }
+
+  async clone(source: string, target: string, request: CloneRequest = {}): Promise<CloneOutcome> {
+    const origin = this.device(source);
+    if (!origin) throw systemError('ENOENT', 'create_snap', this.objectPath(source));
+    const sizeBytes = request.sizeBytes ?? origin.sizeBytes;
+    if (sizeBytes < origin.sizeBytes) throw systemError('EINVAL', 'create_snap', this.objectPath(target));
+    this.checkSize(sizeBytes);
+    this.refuseTaken(target);
+    throwIfAborted(request.signal);
+    await this.refuseWhenFull();
+    await this.makeDevice({ op: 'snapshot', name: target, sizeBytes, readOnly: request.readOnly ?? false, originThinId: origin.thinId });
+    return { method: 'thin_snapshot', bytesCopied: 0 };
+  }
+
+  async receive(name: string, data: AsyncIterable<Uint8Array>, request: ReceiveRequest = {}): Promise<ReceiveOutcome> {
+    this.refuseTaken(name);
+    await this.refuseWhenFull();
+    const provisional = roundUp(Math.min(request.maxBytes ?? RECEIVE_PROVISIONAL_BYTES, RECEIVE_PROVISIONAL_BYTES), this.blockBytes) || this.blockBytes;
+    await this.makeDevice({ op: 'create', name, sizeBytes: provisional, readOnly: false });
+    const node = this.objectPath(name);
+    try {
+      // O_EXCL on a block device: an exclusive open, so nothing mounts or opens it exclusively meanwhile.
+      const handle = await open(node, fsConstants.O_WRONLY | fsConstants.O_EXCL);
+      let outcome: ReceiveOutcome;
+      try {
+        outcome = await writeSparse(handle.fd, node, data, {
+          ...(request.maxBytes !== undefined ? { maxBytes: request.maxBytes } : {}),
+          ...(request.onProgress ? { onProgress: request.onProgress } : {}),
+        });
+        this.checkSize(outcome.sizeBytes);
+        await native.fsync(handle.fd, node); // a flush: the pool commits its metadata, the data is on the data device
+      } finally {
+        await handle.close();
+      }
+      await this.setTable(name, { sizeBytes: outcome.sizeBytes, readOnly: request.readOnly ?? false });
+      return outcome;
+    } catch (error) {
+      await this.remove(name).catch(() => undefined);
+      throw error;
+    }
+  }
+
+  async resize(name: string, sizeBytes: number): Promise<void> {
+    const device = this.device(name);
+    if (!device) throw systemError('ENOENT', 'resize', this.objectPath(name));
+    if (!Number.isSafeInteger(sizeBytes) || sizeBytes < device.sizeBytes) throw systemError('EINVAL', 'resize', this.objectPath(name));
+    this.checkSize(sizeBytes);
+    if (sizeBytes === device.sizeBytes) return;
+    if (device.readOnly) throw systemError('EPERM', 'resize', this.objectPath(name));
+    await this.setTable(name, { sizeBytes });
+  }
+
+  async setReadOnly(name: string, readOnly: boolean): Promise<void> {
+    if (!this.device(name)) throw systemError('ENOENT', 'open', this.objectPath(name));
+    await this.setTable(name, { readOnly });
+  }
+
+  /** Deactivates the device (EBUSY while something holds it open), then deletes its thin id. */
+  async remove(name: string): Promise<void> {
+    await this.serially(async () => {
+      const device = this.device(name);
+      if (!device) return;
+      await this.deactivate(device);
+      await this.changeMapping({ op: 'delete', name, thinId: device.thinId }, (pending) => this.message(thinPoolMessage.delete(pending.thinId)));
+    });
+  }
+
+  async stat(name: string): Promise<ObjectInfo | undefined> {
+    const device = this.device(name);
+    if (!device) return undefined;
+    const [target] = await native.dmTable(this.thinDmName(device.thinId)).catch(ignoring<DmTarget[]>(['ENXIO'])) ?? [];
+    const status = target ? parseThinStatus(target.params) : undefined;
+    const allocatedBytes = status?.state === 'working' ? status.mappedSectors * SECTOR_BYTES : 0;
+    return { sizeBytes: device.sizeBytes, allocatedBytes, readOnly: device.readOnly };
+  }
+
+  async list(): Promise<string[]> {
+    return this.ledger.devices(this.name).map((d) => d.name).sort();
+  }
+
+  /** Device-mapper devices of this pool whose thin id the catalog does not hold (left by an interrupted run). */
+  async listTemporaries(): Promise<string[]> {
+    const known = new Set(this.ledger.devices(this.name).map((d) => this.thinDmName(d.thinId)));
+    const ours = new RegExp(`^${escapeRegExp(DM_NAME_PREFIX + this.name)}-\\d+$`);
+    return (await native.dmListDevices()).map((d) => d.name).filter((n) => ours.test(n) && !known.has(n)).sort();
+  }
+
+  async removeTemporary(temporary: string): Promise<void> {
+    if (!(await this.listTemporaries()).includes(temporary)) throw systemError('EINVAL', 'DM_DEV_REMOVE', temporary);
+    await native.dmRemove(temporary).catch(ignoring(['ENXIO']));
+  }
+
+  /** `<device dir>/<pool>/<name>`; EINVAL for a name outside OBJECT_NAME, ENAMETOOLONG past NAME_MAX. */
+  objectPath(name: string): string {
+    if (typeof name !== 'string' || !isObjectName(name)) throw systemError('EINVAL', 'open', String(name));
+    if (Buffer.byteLength(name) > NAME_MAX) throw systemError('ENAMETOOLONG', 'open', path.join(this.nodeDir, name));
+    return path.join(this.nodeDir, name);
+  }
+
+  // --- mapping changes ---
+
+  /** A create or snapshot: the thin id made and committed, then activated. */
+  private async makeDevice(change: Extract<ThinChange, { op: 'create' | 'snapshot' }>): Promise<void> {
+    this.objectPath(change.name); // a name the pool cannot hold is refused before anything is recorded
+    await this.serially(async () => {
+      this.refuseTaken(change.name);
+      const pending = await this.changeMapping(change, (p) => p.op === 'snapshot' ? this.snapshotMessage(p) : this.message(thinPoolMessage.createThin(p.thinId)));
+      const device = this.device(change.name);
+      if (!device || device.thinId !== pending.thinId) throw new ThinPoolError(`thin pool ${this.name}: ${change.name} is not recorded after its commit`);
+      try {
+        await this.activate(device);
+      } catch (error) {
+        await this.deactivate(device).catch(() => undefined);
+        await this.changeMapping({ op: 'delete', name: device.name, thinId: device.thinId }, () => this.message(thinPoolMessage.delete(device.thinId)))
+          .catch(() => undefined); // left for start-up: the row is still `creating` in the domain's catalog
+        throw error;
+      }
+    });
+  }
+
+  /** `create_snap` with the origin suspended (if active) and resumed on every path. */
+  private async snapshotMessage(pending: PendingThinChange & { op: 'snapshot' }): Promise<void> {
+    const origin = this.thinDmName(pending.originThinId);
+    const info = await native.dmInfo(origin).catch(ignoring<DmDeviceInfo>(['ENXIO']));
+    const suspend = info !== undefined && info.activeTable && !info.suspended;
+    if (suspend) await native.dmSuspend(origin);
+    try {
+      await this.message(thinPoolMessage.createSnap(pending.thinId, pending.originThinId));
+    } finally {
+      if (suspend) await native.dmResume(origin);
+    }
+  }
+
+  /**
+   * One mapping change under the ledger's bracket: recorded, sent, paired
+   * with set_transaction_id, committed. A message the pool refused changed
+   * nothing and is abandoned; after the mapping changed, a failed
+   * set_transaction_id is undone (create) or left pending for start-up.
+   */
+  private async changeMapping(change: ThinChange, send: (pending: PendingThinChange) => Promise<unknown>): Promise<PendingThinChange> {
+    const pending = await this.ledger.begin(this.name, change);
+    failpoint('thin.after-begin');
+    try {
+      await send(pending);
+    } catch (error) {
+      await this.ledger.abandon(this.name);
+      throw error;
+    }
+    failpoint('thin.after-message');
+    try {
+      await this.message(thinPoolMessage.setTransactionId(pending.fromTransactionId, pending.toTransactionId));
+    } catch (error) {
+      if (pending.op !== 'delete') {
+        await this.message(thinPoolMessage.delete(pending.thinId))
+          .then(() => this.ledger.abandon(this.name))
+          .catch(() => undefined);
+      }
+      throw error;
+    }
+    failpoint('thin.before-commit');
+    await this.ledger.commit(this.name);
+    failpoint('thin.after-commit');
+    return pending;
+  }
+
+  private message(text: string): Promise<string> {
+    return native.dmMessage(this.poolDmName, 0, text);
+  }
+
+  /** Reloads a device's table with a new size or read-only flag, recorded in the catalog first. */
+  private async setTable(name: string, changes: { sizeBytes?: number; readOnly?: boolean }): Promise<void> {
+    await this.serially(async () => {
+      const before = this.device(name)!;
+      await this.ledger.updateDevice(this.name, name, changes);
+      const device = this.device(name)!;
+      const dmName = this.thinDmName(device.thinId);
+      try {
+        await native.dmLoad(dmName, [thinTarget(this.poolDevice!, device.thinId, device.sizeBytes / SECTOR_BYTES)], device.readOnly);
+        await native.dmResume(dmName);
+      } catch (error) {
+        await this.ledger.updateDevice(this.name, name, { sizeBytes: before.sizeBytes, readOnly: before.readOnly }).catch(() => undefined);
+        throw error;
+      }
+    });
+  }
+
+  // --- activation ---
+
+  /**
+   * Makes `device` active with the catalog's table and gives it its node. A
+   * device left suspended (a crash in the middle of a snapshot) is resumed.
+   */
+  private async activate(device: ThinDeviceRecord): Promise<void> {
+    const dmName = this.thinDmName(device.thinId);
+    const wanted = thinTarget(this.poolDevice!, device.thinId, device.sizeBytes / SECTOR_BYTES);
+    let info = await native.dmInfo(dmName).catch(ignoring<DmDeviceInfo>(['ENXIO']));
+    if (!info) {
+      info = await this.createDevice(dmName, `${UUID_PREFIX}${this.name}-${device.thinId}`, [wanted], device.readOnly);
+    } else {
+      const [live] = info.activeTable ? await native.dmTable(dmName, true) : [];
+      if (!live || live.type !== wanted.type || live.length !== wanted.length || live.params !== wanted.params || info.readOnly !== device.readOnly) {
+        await native.dmLoad(dmName, [wanted], device.readOnly);
+        info = await native.dmResume(dmName);
+      } else if (info.suspended) {
+        info = await native.dmResume(dmName);
+      }
+    }
+    await ensureDeviceNode(this.objectPath(device.name), info.major, info.minor);
+  }
+
+  private async deactivate(device: ThinDeviceRecord): Promise<void> {
+    await native.dmRemove(this.thinDmName(device.thinId)).catch(ignoring(['ENXIO']));
+    await unlink(this.objectPath(device.name)).catch(ignoring(['ENOENT']));
+  }
+
+  /** Nodes in the pool's node directory that name no object (left by an interrupted remove). */
+  private async removeStrayNodes(): Promise<void> {
+    const known = new Set(this.ledger.devices(this.name).map((d) => d.name));
+    for (const entry of await readdir(this.nodeDir)) {
+      if (!known.has(entry)) await unlink(path.join(this.nodeDir, entry)).catch(ignoring(['ENOENT']));
+    }
+  }
+
+  // --- status and checks ---
+
+  private async status(): Promise<ThinPoolStatus> {
+    const [target] = await native.dmTable(this.poolDmName);
+    if (!target) throw new ThinPoolError(`thin-pool ${this.poolDmName} has no live table`);
+    return parseThinPoolStatus(target.params);
+  }
+
+  private isLowWater(status: Extract<ThinPoolStatus, { state: 'working' }>): boolean {
+    const freePercent = Math.min(100 - percent(status.data.used, status.data.total), 100 - percent(status.metadata.used, status.metadata.total));
+    return freePercent <= this.options.lowWaterPercent;
+  }
+
+  /** Logs a warning once each time free data or metadata falls to the low-water mark. */
+  private async checkHealth(): Promise<void> {
+    const status = await this.status();
+    if (status.state !== 'working') return;
+    const low = this.isLowWater(status);
+    if (low && !this.lowWaterWarned) {
+      this.options.warn?.({
+        pool: this.name, dataPercent: percent(status.data.used, status.data.total), metadataPercent: percent(status.metadata.used, status.metadata.total),
+        lowWaterPercent: this.options.lowWaterPercent, mode: status.mode,
+      }, 'thin pool free space is at or below its low-water mark');
+    }
+    this.lowWaterWarned = low;
+  }
+
+  /**
+   * New objects are refused (ENOSPC, nothing changed) when the pool is out
+   * of data space or below the free-space floor, and (EROFS) when its
+   * metadata went read-only or the target failed.
+   */
+  private async refuseWhenFull(): Promise<void> {
+    const status = await this.status();
+    await this.checkHealth().catch(() => undefined);
+    if (status.state !== 'working' || status.mode === 'ro') throw systemError('EROFS', 'thin-pool', this.poolDmName);
+    const freePercent = Math.min(100 - percent(status.data.used, status.data.total), 100 - percent(status.metadata.used, status.metadata.total));
+    if (status.mode === 'out_of_data_space' || freePercent < this.options.minFreePercent) throw systemError('ENOSPC', 'thin-pool', this.poolDmName);
+  }
+
+  private checkSize(sizeBytes: number): void {
+    if (!Number.isSafeInteger(sizeBytes) || sizeBytes <= 0 || sizeBytes % this.blockBytes !== 0) throw new UnalignedSizeError(this.name, sizeBytes, this.blockBytes);
+  }
+
+  private refuseTaken(name: string): void {
+    if (this.device(name)) throw systemError('EEXIST', 'create_thin', this.objectPath(name));
+  }
+
+  private device(name: string): ThinDeviceRecord | undefined {
+    return this.ledger.device(this.name, name);
+  }
+
+  private thinDmName(thinId: number): string {
+    return `${DM_NAME_PREFIX}${this.name}-${thinId}`;
+  }
+
+  private serially<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.serial.then(fn, fn);
+    this.serial = run.catch(() => undefined);
+    return run;
+  }
+}
+
+function percent(used: number, total: number): number {
+  return total === 0 ? 0 : Math.round((used / total) * 10000) / 100;
+}
+
+function roundUp(value: number, unit: number): number {
+  return Math.ceil(value / unit) * unit;
+}
+
+function escapeRegExp(text: string): string {
+  return text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+}

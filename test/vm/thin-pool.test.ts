@@ -1,0 +1,42 @@
+// The thin backend end to end on a real kernel: test/vm/guest/thin-agent.js
+// runs volagentd with a thin pool inside one VM boot (vda data 64 MiB, vdb
+// metadata 8 MiB; vdc + vdd for another pool's metadata, which must be refused).
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+import t from 'tap';
+
+import { liveVmPids, repoRoot, runGuestTests, scratchDisks, skipUnlessVmLane } from '../helpers/vm.js';
+
+const GUEST_SUBTESTS = [
+  'bad devices are refused',
+  'format: the pool is made',
+  'volumes: create, clone keeps the first pattern',
+  'bad input on a thin pool',
+  'images on a thin pool',
+  'restart: the pool reopens',
+  'the devices gone',
+  'kill -9 at thin.after-message during a clone',
+  'kill -9 at thin.before-commit during a clone',
+  'kill -9 at thin.after-message during a delete',
+  'kill -9 at thin.after-begin during a create',
+  'fill the pool',
+];
+
+if (!skipUnlessVmLane(t)) {
+  t.setTimeout(600_000);
+  t.test('thin pools through volagentd: format, clone, images, restart, crash recovery, full pool, bad input', async (t) => {
+    const disks = await scratchDisks((fn) => t.teardown(fn), 'thin-agent', [64, 8, 16, 8]);
+    const guest = path.relative(repoRoot, fileURLToPath(new URL('./guest/thin-agent.js', import.meta.url)));
+    const { results } = await runGuestTests([guest], { disks, timeoutMs: 560_000, perFileTimeoutMs: 520_000 });
+    const result = results[0]!;
+    t.comment(`guest assertions:\n${result.output.split('\n').filter((line) => /^\s*(not )?ok \d+ - /.test(line)).join('\n')}`);
+    t.equal(result.exitCode, 0, 'the guest tap file passes', { output: result.output });
+    t.notMatch(result.output, /^\s*not ok/m, 'no failing guest assertion');
+    for (const title of GUEST_SUBTESTS) {
+      t.match(result.output, new RegExp(`^ok \\d+ - ${title.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}`, 'm'), `ran and passed: ${title}`);
+    }
+    t.equal(/^1\.\.(\d+)$/m.exec(result.output)?.[1], String(GUEST_SUBTESTS.length), 'every guest subtest ran');
+    t.same(liveVmPids(), [], 'no VM left running');
+  });
+}

@@ -52,14 +52,15 @@ async function openPools(config: AgentConfig, logger: Logger, context: PoolConte
 }
 
 export async function startDaemon(config: AgentConfig, logger: Logger): Promise<RunningDaemon> {
-  // Thin pools keep their thin ids in the catalog, so it opens first.
-  const catalog = Catalog.open(config.catalog.path);
-  const thinLedger = new CatalogThinLedger(catalog);
+  // Thin pools keep their thin ids in the catalog: with one configured, the
+  // catalog opens first. Otherwise a pool that fails start-up leaves no catalog behind.
+  const catalog = config.pools.some((pool) => pool.backend === 'thin') ? Catalog.open(config.catalog.path) : undefined;
+  const thinLedger = catalog ? new CatalogThinLedger(catalog) : undefined;
   let pools: Pool[];
   try {
-    pools = await openPools(config, logger, { thinLedger, warn: (fields, message) => logger.warn(fields, message) });
+    pools = await openPools(config, logger, { ...(thinLedger ? { thinLedger } : {}), warn: (fields, message) => logger.warn(fields, message) });
   } catch (error) {
-    catalog.close();
+    catalog?.close();
     throw error;
   }
   const imagePolicies = new Map(config.pools.map((pool) => [pool.name, {
@@ -67,9 +68,9 @@ export async function startDaemon(config: AgentConfig, logger: Logger): Promise<
     ...(pool.imageCache ? { imageCache: pool.imageCache } : {}),
   }]));
   const { agent, startup } = await Agent.open({
-    catalogPath: config.catalog.path, catalog, pools, lockWaitMs: config.lockWaitMs, internalTenant: config.internalTenant, imagePolicies,
+    catalogPath: config.catalog.path, ...(catalog ? { catalog } : {}), pools, lockWaitMs: config.lockWaitMs, internalTenant: config.internalTenant, imagePolicies,
   });
-  thinLedger.writeThrough(agent.writes);
+  thinLedger?.writeThrough(agent.writes);
   for (const difference of startup.differences) {
     const level = difference.action ? 'info' : 'warn';
     logger[level]({ ...difference }, difference.action ? 'start-up reconcile settled a difference' : 'start-up reconcile found a difference; `volagent check --repair` settles it');

@@ -51,7 +51,10 @@ t.test("DESIGN.md's example reads as documented", async (t) => {
   t.same(config.nbd.listen, [{ kind: 'unix', path: '/run/volagent/nbd.sock' }, { kind: 'tcp', host: '127.0.0.1', port: 10809 }]);
   t.same(config.pools, [
     { name: 'fast', backend: 'file', path: '/srv/volagent/fast', imageCache: { maxBytes: 200 * 2 ** 30, maxCount: 50 } },
-    { name: 'thin0', backend: 'thin', dataDevice: '/dev/vdb', metadataDevice: '/dev/vdc', blockSizeBytes: 65536, lowWaterPercent: 10 },
+    {
+      name: 'thin0', backend: 'thin', dataDevice: '/dev/vdb', metadataDevice: '/dev/vdc', blockSizeBytes: 65536, lowWaterPercent: 10,
+      minFreePercent: 5, errorIfNoSpace: true, deviceDir: '/dev/volagent',
+    },
   ]);
 });
 
@@ -86,6 +89,10 @@ t.test('every error names the file and the key', async (t) => {
     ['[[pools]]\nname = "t"\nbackend = "thin"\ndata_device = "/dev/a"\nmetadata_device = "/dev/b"\nlow_water = "ten"\n',
       'f.toml: pools[0].low_water: must be a percentage like "10%"'],
     ['[[pools]]\nname = "t"\nbackend = "thin"\nmetadata_device = "/dev/b"\n', 'f.toml: pools[0].data_device: is required'],
+    ['[[pools]]\nname = "t"\nbackend = "thin"\ndata_device = "/dev/a"\nmetadata_device = "/dev/b"\nerror_if_no_space = "yes"\n',
+      'f.toml: pools[0].error_if_no_space: must be true or false'],
+    ['[[pools]]\nname = "t"\nbackend = "thin"\ndata_device = "/dev/a"\nmetadata_device = "/dev/b"\nmin_free = "120%"\n',
+      'f.toml: pools[0].min_free: must be a percentage like "10%"'],
     [pool + 'colour = "blue"\n', 'f.toml: pools[0].colour: unknown key'],
     ['surprise = 1\n' + pool, 'f.toml: surprise: unknown key'],
   ];
@@ -98,6 +105,16 @@ t.test('every error names the file and the key', async (t) => {
 t.test('syntax errors and unreadable files are ConfigErrors naming the file', async (t) => {
   t.throws(() => parseConfig('[control\n', 'bad.toml', '/'), { name: 'ConfigError', message: /^bad\.toml: not valid TOML: / });
   await t.rejects(loadConfig('/nonexistent/volagent.toml'), { name: 'ConfigError', message: /^\/nonexistent\/volagent\.toml: cannot read: ENOENT/ });
+});
+
+t.test('thin pool settings: min_free, error_if_no_space and device_dir, with their defaults', async (t) => {
+  const thin = '[[pools]]\nname = "t"\nbackend = "thin"\ndata_device = "d.img"\nmetadata_device = "/dev/b"\n';
+  t.match(parseConfig(thin, '/etc/v/f.toml', '/etc/v').pools[0], {
+    dataDevice: '/etc/v/d.img', minFreePercent: 5, errorIfNoSpace: true, deviceDir: '/dev/volagent', lowWaterPercent: 10,
+  }, 'defaults; a relative device path resolves against the config directory');
+  t.match(parseConfig(`${thin}min_free = "0%"\nerror_if_no_space = false\ndevice_dir = "/run/v/dev"\n`, 'f.toml', '/').pools[0], {
+    minFreePercent: 0, errorIfNoSpace: false, deviceDir: '/run/v/dev',
+  });
 });
 
 t.test('max_image_bytes is a size per pool', async (t) => {

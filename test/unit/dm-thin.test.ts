@@ -2,6 +2,7 @@
 // VM lane checks the same functions against a real kernel.
 import t from 'tap';
 
+import { decodeDeviceNumber } from '../../src/pools/thin/block-device.js';
 import { parseThinPoolStatus, parseThinStatus, thinPoolMessage, thinPoolTarget, thinTarget } from '../../src/pools/thin/dm-thin.js';
 
 t.test('tables: devices by major:minor, features counted', async (t) => {
@@ -48,4 +49,10 @@ t.test('thin status', async (t) => {
   t.same(parseThinStatus('2048 2047'), { state: 'working', mappedSectors: 2048, highestMappedSector: 2047 });
   t.same(parseThinStatus('Fail'), { state: 'failed' });
   t.throws(() => parseThinStatus('1 2 3'), { name: 'DmStatusError', message: /expected 2 fields/ });
+});
+
+t.test('dev_t decodes into major:minor as glibc lays it out in 64 bits (gnu_dev_major/minor)', async (t) => {
+  t.same(decodeDeviceNumber(0x0807n), { major: 8, minor: 7 }, 'sda7, the old 8+8 bit layout');
+  t.same(decodeDeviceNumber((259n << 8n) | 5n), { major: 259, minor: 5 }, 'nvme: a 12-bit major');
+  t.same(decodeDeviceNumber(((0x12345n & ~0xfffn) << 32n) | ((0x345n) << 8n) | ((0xabcdefn & ~0xffn) << 12n) | 0xefn), { major: 0x12345, minor: 0xabcdef }, 'wide major and minor');
 });

@@ -29,10 +29,10 @@ export class NotABlockDeviceError extends Error {
   }
 }
 
-/** Linux dev_t (as stat's bigint rdev) into major:minor (include/linux/kdev_t.h new_decode_dev, 64-bit form). */
+/** A dev_t as stat's bigint rdev reports it (glibc's 64-bit layout, gnu_dev_major/minor) into major:minor. */
 export function decodeDeviceNumber(rdev: bigint): { major: number; minor: number } {
-  const major = Number(((rdev >> 8n) & 0xfffn) | ((rdev >> 32n) & ~0xfffn));
-  const minor = Number((rdev & 0xffn) | ((rdev >> 12n) & ~0xffn));
+  const major = Number(((rdev >> 8n) & 0xfffn) | ((rdev >> 32n) & 0xfffff000n));
+  const minor = Number((rdev & 0xffn) | ((rdev >> 12n) & 0xffffff00n));
   return { major, minor };
 }
 

@@ -65,9 +65,9 @@ if (!skipUnlessRoot(t)) {
     const pools = await agent.request('GET', '/v1/pools');
     t.equal(pools.status, 200);
     t.same(pools.body.map((p: any) => [p.name, p.backend, p.capabilities]), [
-      ['fast', 'file', { reflink: true, constantTimeClone: true }],
-      ['slow', 'file', { reflink: false, constantTimeClone: false }],
-      ['tiny', 'file', { reflink: false, constantTimeClone: false }],
+      ['fast', 'file', { reflink: true, constantTimeClone: true, sizeAlignmentBytes: 1 }],
+      ['slow', 'file', { reflink: false, constantTimeClone: false, sizeAlignmentBytes: 1 }],
+      ['tiny', 'file', { reflink: false, constantTimeClone: false, sizeAlignmentBytes: 1 }],
     ]);
     for (const p of pools.body) {
       t.ok(p.capacity.totalBytes > 64 * MiB && p.capacity.freeBytes > 0 && p.capacity.usedBytes >= 0, `${p.name} capacity ${JSON.stringify(p.capacity)}`);

@@ -21,6 +21,7 @@ const GUEST_SUBTESTS = [
   'kill -9 at thin.after-message during a delete',
   'kill -9 at thin.after-begin during a create',
   'fill the pool',
+  'files as devices (development)',
 ];
 
 if (!skipUnlessVmLane(t)) {
@@ -28,7 +29,7 @@ if (!skipUnlessVmLane(t)) {
   t.test('thin pools through volagentd: format, clone, images, restart, crash recovery, full pool, bad input', async (t) => {
     const disks = await scratchDisks((fn) => t.teardown(fn), 'thin-agent', [64, 8, 16, 8]);
     const guest = path.relative(repoRoot, fileURLToPath(new URL('./guest/thin-agent.js', import.meta.url)));
-    const { results } = await runGuestTests([guest], { disks, timeoutMs: 560_000, perFileTimeoutMs: 520_000 });
+    const { results } = await runGuestTests([guest], { disks, modules: ['loop'], timeoutMs: 560_000, perFileTimeoutMs: 520_000 });
     const result = results[0]!;
     t.comment(`guest assertions:\n${result.output.split('\n').filter((line) => /^\s*(not )?ok \d+ - /.test(line)).join('\n')}`);
     t.equal(result.exitCode, 0, 'the guest tap file passes', { output: result.output });

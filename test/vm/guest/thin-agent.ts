@@ -7,7 +7,7 @@
 // re-activation after the devices are gone; kill -9 at failpoints; fill the pool.
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdtemp, open, readFile, stat } from 'node:fs/promises';
+import { mkdtemp, open, readdir, readFile, stat, truncate, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 
 import BetterSqlite3 from 'better-sqlite3';
@@ -132,6 +132,16 @@ async function checkConsistent(t: Test, catalogPath: string, metadataDevice: str
 async function removeEveryAgentDevice(): Promise<void> {
   for (const id of (await activeThinIds()).reverse()) await native.dmRemove(`volagent-${POOL}-${id}`);
   await native.dmRemove(POOL_DM).catch(() => undefined);
+}
+
+/** Loop devices bound to `file`, from sysfs. */
+async function loopsBoundTo(file: string): Promise<string[]> {
+  const bound: string[] = [];
+  for (const entry of (await readdir('/sys/block')).filter((e) => /^loop\d+$/.test(e))) {
+    const backing = await readFile(`/sys/block/${entry}/loop/backing_file`, 'utf8').catch(() => '');
+    if (backing.trim() === file) bound.push(`/dev/${entry}`);
+  }
+  return bound;
 }
 
 if (!inVmGuest()) {
@@ -373,5 +383,35 @@ if (!inVmGuest()) {
     t.ok(agent.logs.some((line) => /low-water mark/.test(line)), 'the low-water warning was logged');
     t.equal((await agent.request('DELETE', '/v1/volumes/fill')).status, 204, 'the full volume can be deleted');
     await checkConsistent(t, catalogPath, META, 'after filling');
+  });
+
+  await t.test('files as devices (development): bound to loop devices once, found again after a restart', async (t) => {
+    t.equal(await agent.stop(), 0);
+    const filesDir = await mkdtemp('/tmp/thin-files-');
+    const [dataFile, metaFile] = [path.join(filesDir, 'data.img'), path.join(filesDir, 'meta.img')];
+    await writeFile(dataFile, '');
+    await truncate(dataFile, 32 * MiB);
+    await writeFile(metaFile, '');
+    await truncate(metaFile, 4 * MiB);
+    const filesSpec = { dir: filesDir, startTimeoutMs: 120_000, pools: [{ name: 'files0', backend: 'thin' as const, dataDevice: dataFile, metadataDevice: metaFile, deviceDir: DEVICE_DIR }] };
+    t.teardown(async () => {
+      for (const device of (await native.dmListDevices()).filter((d) => d.name.startsWith('volagent-files0-') && d.name !== 'volagent-files0-pool')) await native.dmRemove(device.name);
+      await native.dmRemove('volagent-files0-pool').catch(() => undefined);
+      for (const loop of [...await loopsBoundTo(dataFile), ...await loopsBoundTo(metaFile)]) await native.loopDetach(loop).catch(() => undefined);
+    });
+    let files = await startAgent(top, filesSpec);
+    const [data] = await loopsBoundTo(dataFile);
+    t.match(data, /^\/dev\/loop\d+$/, 'the data file is bound to a loop device');
+    t.equal((await loopsBoundTo(metaFile)).length, 1, 'and the metadata file to one');
+    t.equal((await files.request('PUT', '/v1/volumes/f1', { tenant: 't1', sizeBytes: 4 * MiB })).status, 201);
+    const node = path.join(DEVICE_DIR, 'files0', 'f1');
+    await writePattern(node, 0x6b);
+    t.equal((await files.request('PUT', '/v1/volumes/f2', { tenant: 't1', source: { volume: 'f1' } })).status, 201);
+    t.equal(await files.stop(), 0);
+    files = await startAgent(top, filesSpec);
+    t.same(await loopsBoundTo(dataFile), [data], 'after a restart the same loop device is used, not a second one');
+    t.equal((await loopsBoundTo(metaFile)).length, 1);
+    t.ok((await readRange(path.join(DEVICE_DIR, 'files0', 'f2'))).equals(filled(0x6b)), 'the clone reads the data');
+    t.equal(await files.stop(), 0);
   });
 }

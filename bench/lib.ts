@@ -107,7 +107,7 @@ export interface RunningAgent {
  * VOLAGENT_BENCH_AGENT_NODE_ARGS (e.g. `--cpu-prof --cpu-prof-dir=DIR`).
  * Resolves once it answers GET /v1/version.
  */
-export async function launchBenchAgent(dir: string, pools: PoolSpec[], options: { nodeArgs?: string[]; env?: NodeJS.ProcessEnv } = {}): Promise<RunningAgent> {
+export async function launchBenchAgent(dir: string, pools: PoolSpec[], options: { nodeArgs?: string[]; env?: NodeJS.ProcessEnv; startTimeoutMs?: number } = {}): Promise<RunningAgent> {
   const configFile = await writeAgentConfig({ dir, pools });
   const socket = path.join(dir, 'control.sock');
   const nodeArgs = [...(process.env.VOLAGENT_BENCH_AGENT_NODE_ARGS ?? '').split(/\s+/).filter(Boolean), ...(options.nodeArgs ?? [])];
@@ -131,7 +131,8 @@ export async function launchBenchAgent(dir: string, pools: PoolSpec[], options: 
     }
   };
   const agent = { pid: child.pid!, socket, child, output: () => output, stop };
-  const deadline = Date.now() + 20_000;
+  const startTimeoutMs = options.startTimeoutMs ?? 20_000;
+  const deadline = Date.now() + startTimeoutMs;
   for (;;) {
     if (!running) throw new Error(`volagentd exited during start-up: ${output}`);
     try {
@@ -142,7 +143,7 @@ export async function launchBenchAgent(dir: string, pools: PoolSpec[], options: 
     }
     if (Date.now() > deadline) {
       await stop();
-      throw new Error(`volagentd did not answer within 20 s: ${output}`);
+      throw new Error(`volagentd did not answer within ${startTimeoutMs / 1000} s: ${output}`);
     }
     await sleep(50);
   }

@@ -15,6 +15,9 @@ export function toApiError(error: unknown, details: Record<string, unknown> = {}
   if (error instanceof OperationCancelledError || isAbortError(error)) {
     return new ApiError('OPERATION_CANCELLED', (error as Error).message, details);
   }
+  if (isSystemError(error, 'EBUSY')) {
+    return new ApiError('VOLUME_BUSY', `${(error as Error).message}: the device is held open outside the agent`, details);
+  }
   if (isSystemError(error, 'ENOSPC', 'EDQUOT')) {
     return new ApiError('INSUFFICIENT_SPACE', `${(error as Error).message}; the partial result was removed`, details);
   }

@@ -259,9 +259,11 @@ export class Volumes {
           volume: id, snapshots: snapshots.map((s) => s.id),
         });
       }
+      const pool = this.pool(row.pool);
+      if (await pool.inUse?.(id)) throw this.heldOpen(id, { volume: id });
       if (row.state !== 'deleting') await this.writes.transitionVolume(id, row.state, 'deleting');
       try {
-        await this.pool(row.pool).remove(id);
+        await pool.remove(id);
       } catch (error) {
         await this.writes.transitionVolume(id, 'deleting', 'error', { error: (error as Error).message });
         throw toApiError(error, { volume: id });
@@ -335,9 +337,11 @@ export class Volumes {
       const row = this.catalog.getSnapshot(volumeId, id);
       if (!row) return;
       if (row.state === 'creating') throw this.busyCreating(object, row.operationId);
+      const pool = this.pool(row.pool);
+      if (await pool.inUse?.(object)) throw this.heldOpen(object, { volume: volumeId, snapshot: id });
       if (row.state !== 'deleting') await this.writes.transitionSnapshot(volumeId, id, row.state, 'deleting');
       try {
-        await this.pool(row.pool).remove(object);
+        await pool.remove(object);
       } catch (error) {
         await this.writes.transitionSnapshot(volumeId, id, 'deleting', 'error', { error: (error as Error).message });
         throw toApiError(error, { volume: volumeId, snapshot: id });
@@ -595,6 +599,11 @@ export class Volumes {
     } catch (error) {
       throw toApiError(error, details);
     }
+  }
+
+  /** Checked before the row changes: a device in use stays as it is (the pool's EBUSY later would leave the row in error). */
+  private heldOpen(object: string, details: Record<string, unknown>): ApiError {
+    return new ApiError('VOLUME_BUSY', `${object} is held open outside the agent (a process or a mount uses its device)`, details);
   }
 
   private busyCreating(object: string, operationId: string | undefined): ApiError {

@@ -112,8 +112,10 @@ export interface Pool {
   /** Grows an object; a smaller size is EINVAL. */
   resize(name: string, sizeBytes: number): Promise<void>;
   setReadOnly(name: string, readOnly: boolean): Promise<void>;
-  /** Removes an object; absent is not an error. */
+  /** Removes an object; absent is not an error. EBUSY (nothing changed) while something holds it open, where the backend can tell. */
   remove(name: string): Promise<void>;
+  /** Whether something outside the agent holds the object open (a thin device's open count); backends that cannot tell lack it. */
+  inUse?(name: string): Promise<boolean>;
   /** undefined when absent. */
   stat(name: string): Promise<ObjectInfo | undefined>;
   /** Names of complete objects. */

@@ -349,6 +349,13 @@ export class ThinPool implements Pool {
     });
   }
 
+  async inUse(name: string): Promise<boolean> {
+    const device = this.device(name);
+    if (!device) return false;
+    const info = await native.dmInfo(this.thinDmName(device.thinId)).catch(ignoring<DmDeviceInfo>(['ENXIO']));
+    return (info?.openCount ?? 0) > 0;
+  }
+
   async stat(name: string): Promise<ObjectInfo | undefined> {
     const device = this.device(name);
     if (!device) return undefined;
@@ -392,7 +399,7 @@ export class ThinPool implements Pool {
       const device = this.device(change.name);
       if (!device || device.thinId !== pending.thinId) throw new ThinPoolError(`thin pool ${this.name}: ${change.name} is not recorded after its commit`);
       try {
-        await this.activate(device);
+        await this.activate(device, true);
       } catch (error) {
         await this.deactivate(device).catch(() => undefined);
         await this.changeMapping({ op: 'delete', name: device.name, thinId: device.thinId }, () => this.message(thinPoolMessage.delete(device.thinId)))
@@ -405,13 +412,12 @@ export class ThinPool implements Pool {
   /** `create_snap` with the origin suspended (if active) and resumed on every path. */
   private async snapshotMessage(pending: PendingThinChange & { op: 'snapshot' }): Promise<void> {
     const origin = this.thinDmName(pending.originThinId);
-    const info = await native.dmInfo(origin).catch(ignoring<DmDeviceInfo>(['ENXIO']));
-    const suspend = info !== undefined && info.activeTable && !info.suspended;
-    if (suspend) await native.dmSuspend(origin);
+    // ENXIO: the origin is not active, and needs no suspend.
+    const suspended = (await native.dmSuspend(origin).catch(ignoring<DmDeviceInfo>(['ENXIO']))) !== undefined;
     try {
       await this.message(thinPoolMessage.createSnap(pending.thinId, pending.originThinId));
     } finally {
-      if (suspend) await native.dmResume(origin);
+      if (suspended) await native.dmResume(origin);
     }
   }
 
@@ -473,11 +479,12 @@ export class ThinPool implements Pool {
   /**
    * Makes `device` active with the catalog's table and gives it its node. A
    * device left suspended (a crash in the middle of a snapshot) is resumed.
+   * `fresh`: the thin id was just made, so no device can exist for it yet.
    */
-  private async activate(device: ThinDeviceRecord): Promise<void> {
+  private async activate(device: ThinDeviceRecord, fresh = false): Promise<void> {
     const dmName = this.thinDmName(device.thinId);
     const wanted = thinTarget(this.poolDevice!, device.thinId, device.sizeBytes / SECTOR_BYTES);
-    let info = await native.dmInfo(dmName).catch(ignoring<DmDeviceInfo>(['ENXIO']));
+    let info = fresh ? undefined : await native.dmInfo(dmName).catch(ignoring<DmDeviceInfo>(['ENXIO']));
     if (!info) {
       info = await this.createDevice(dmName, `${UUID_PREFIX}${this.name}-${device.thinId}`, [wanted], device.readOnly);
     } else {
@@ -520,7 +527,10 @@ export class ThinPool implements Pool {
 
   /** Logs a warning once each time free data or metadata falls to the low-water mark. */
   private async checkHealth(): Promise<void> {
-    const status = await this.status();
+    this.warnAtLowWater(await this.status());
+  }
+
+  private warnAtLowWater(status: ThinPoolStatus): void {
     if (status.state !== 'working') return;
     const low = this.isLowWater(status);
     if (low && !this.lowWaterWarned) {
@@ -539,7 +549,7 @@ export class ThinPool implements Pool {
    */
   private async refuseWhenFull(): Promise<void> {
     const status = await this.status();
-    await this.checkHealth().catch(() => undefined);
+    this.warnAtLowWater(status);
     if (status.state !== 'working' || status.mode === 'ro') throw systemError('EROFS', 'thin-pool', this.poolDmName);
     const freePercent = Math.min(100 - percent(status.data.used, status.data.total), 100 - percent(status.metadata.used, status.metadata.total));
     if (status.mode === 'out_of_data_space' || freePercent < this.options.minFreePercent) throw systemError('ENOSPC', 'thin-pool', this.poolDmName);

@@ -279,8 +279,12 @@ if (!inVmGuest()) {
     t.equal(unalignedUpload.status, 400, 'an upload whose length is not whole blocks');
     const exists = await agent.request('PUT', '/v1/volumes/v2', { tenant: 't1', sizeBytes: 8 * MiB });
     t.equal(exists.status, 409);
+    const holder = await open(nodeOf('v3'), 'r');
+    const busy = await agent.request('DELETE', '/v1/volumes/v3').finally(() => holder.close());
+    t.equal(busy.status, 409, 'DELETE of a volume whose device is held open');
+    t.equal(busy.body.error.code, 'VOLUME_BUSY');
     const after = readThinRows(catalogPath);
-    t.same(after, before, 'catalog: same pool row, same devices, same volumes');
+    t.same(after, before, 'catalog: same pool row, same devices, same volumes (v3 still available)');
     const statusAfter = await poolStatus();
     t.equal(statusAfter.state === 'working' && statusAfter.transactionId, statusBefore.state === 'working' && statusBefore.transactionId, 'same transaction id');
     t.equal((await agent.request('GET', '/v1/images/odd')).status, 404, 'no image');

@@ -18,6 +18,8 @@ export interface PoolDevice {
   sizeBytes: number;
   /** Set when `node` is a loop device the configured file was bound to. */
   loopOver?: string;
+  /** The binding was made by this call (not found from an earlier run). */
+  attachedNow?: boolean;
 }
 
 /** A configured device path that is neither a block device nor a regular file (Linux's ENOTBLK, which Node does not name). */
@@ -65,14 +67,17 @@ export async function resolvePoolDevice(configured: string): Promise<PoolDevice>
   const info = await stat(absolute, { bigint: true });
   let node = absolute;
   let loopOver: string | undefined;
+  let attachedNow = false;
   if (info.isFile()) {
     loopOver = absolute;
-    node = (await loopBoundTo(absolute)) ?? (await attachLoop(absolute)).device;
+    const bound = await loopBoundTo(absolute);
+    attachedNow = bound === undefined;
+    node = bound ?? (await attachLoop(absolute)).device;
   } else if (!info.isBlockDevice()) {
     throw new NotABlockDeviceError(absolute, info.isDirectory() ? 'a directory' : info.isCharacterDevice() ? 'a character device' : 'not a regular file');
   }
   const { major, minor } = decodeDeviceNumber(node === absolute ? info.rdev : (await stat(node, { bigint: true })).rdev);
-  return { configured: absolute, node, device: `${major}:${minor}`, sizeBytes: await blockDeviceSize(node), ...(loopOver ? { loopOver } : {}) };
+  return { configured: absolute, node, device: `${major}:${minor}`, sizeBytes: await blockDeviceSize(node), ...(loopOver ? { loopOver, attachedNow } : {}) };
 }
 
 /**

@@ -32,6 +32,7 @@ import type { ThinPoolConfig } from '../pool-config.js';
 import { writeSparse } from '../sparse-writer.js';
 import type { PoolDevice } from './block-device.js';
 import { ensureDeviceNode, resolvePoolDevice } from './block-device.js';
+import { detachLoop } from './loop-device.js';
 import type { DeviceNumber, ThinPoolStatus } from './dm-thin.js';
 import { parseThinPoolStatus, parseThinStatus, SECTOR_BYTES, thinPoolMessage, thinPoolTarget, thinTarget } from './dm-thin.js';
 import type { PendingThinChange, ThinChange, ThinDeviceRecord, ThinLedger, ThinPoolRecord } from './ledger.js';
@@ -98,6 +99,18 @@ export class ThinPool implements Pool {
    * settles a change left pending by a crash, and activates every thin device.
    */
   async open(): Promise<void> {
+    try {
+      await this.openDevices();
+    } catch (error) {
+      // A start-up that fails leaves no loop binding it made behind (the pool device, if made, holds them and stays).
+      for (const device of [this.data, this.metadata]) {
+        if (device?.attachedNow) await detachLoop(device.node).catch(() => undefined);
+      }
+      throw error;
+    }
+  }
+
+  private async openDevices(): Promise<void> {
     let record = this.ledger.pool(this.name);
     this.data = await resolvePoolDevice(this.options.dataDevice);
     this.metadata = await resolvePoolDevice(this.options.metadataDevice);

@@ -314,6 +314,10 @@ if (!inVmGuest()) {
     const registeredVolume = await agent.request('GET', `/v1/volumes/${registered.body.volumeId}`);
     t.match(registeredVolume.body, { cloneMethod: 'thin_snapshot', readOnly: true });
     t.equal((await agent.request('DELETE', '/v1/images/img2')).status, 204);
+    // The Image-Volume goes in the background, once nothing reads it.
+    const deadline = Date.now() + 30_000;
+    while ((await agent.request('GET', `/v1/volumes/${registered.body.volumeId}`)).status !== 404 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+    t.equal((await agent.request('GET', `/v1/volumes/${registered.body.volumeId}`)).status, 404, "the image's Image-Volume is removed");
   });
 
   await t.test('restart: the pool reopens, every volume is active, the catalog equals the pool', async (t) => {
@@ -403,6 +407,9 @@ if (!inVmGuest()) {
       await native.dmRemove('volagent-files0-pool').catch(() => undefined);
       for (const loop of [...await loopsBoundTo(dataFile), ...await loopsBoundTo(metaFile)]) await native.loopDetach(loop).catch(() => undefined);
     });
+    const refusedFiles = await outcomeOf(spawnAgent(['--config', await writeAgentConfig({ ...filesSpec, pools: [{ ...filesSpec.pools[0]!, metadataDevice: '/dev/null' }] })]));
+    t.not(refusedFiles.code, 0, 'a refused start-up with a data file');
+    t.same(await loopsBoundTo(dataFile), [], 'leaves no loop device bound to the data file');
     let files = await startAgent(top, filesSpec);
     const [data] = await loopsBoundTo(dataFile);
     t.match(data, /^\/dev\/loop\d+$/, 'the data file is bound to a loop device');

@@ -24,10 +24,16 @@ export function progressText(op: Pick<Operation, 'doneBytes' | 'totalBytes'>): s
 
 const right = (header: string): Column => ({ header, align: 'right' });
 
+/** A thin pool's kernel state in a word or three: `rw`, `out_of_data_space,low-water`, `ro,needs-check`; `-` when the backend has none. */
+function healthText(pool: Pool): string {
+  if (!pool.health) return '-';
+  return [pool.health.mode, ...(pool.health.lowWater ? ['low-water'] : []), ...(pool.health.needsCheck ? ['needs-check'] : [])].join(',');
+}
+
 export function poolTable(pools: Pool[]): string {
-  return formatTable(['NAME', 'BACKEND', 'REFLINK', 'CONSTANT-TIME', right('TOTAL'), right('USED'), right('FREE')], pools.map((p) => [
+  return formatTable(['NAME', 'BACKEND', 'REFLINK', 'CONSTANT-TIME', right('TOTAL'), right('USED'), right('FREE'), 'HEALTH'], pools.map((p) => [
     p.name, p.backend, yesNo(p.capabilities.reflink), yesNo(p.capabilities.constantTimeClone),
-    formatBytes(p.capacity.totalBytes), formatBytes(p.capacity.usedBytes), formatBytes(p.capacity.freeBytes),
+    formatBytes(p.capacity.totalBytes), formatBytes(p.capacity.usedBytes), formatBytes(p.capacity.freeBytes), healthText(p),
   ]));
 }
 

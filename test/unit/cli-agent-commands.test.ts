@@ -114,15 +114,17 @@ const notFound = (what: string): Answer => ({ status: 404, body: { error: { code
 t.test('pools: a table of name, backend, capabilities, capacity; --json is the body as sent', async (t) => {
   const pools = [
     { name: 'default', backend: 'file', capabilities: { reflink: true, constantTimeClone: true }, capacity: { totalBytes: 100 * GiB, usedBytes: 1536, freeBytes: 100 * GiB - 1536 } },
-    { name: 'thin0', backend: 'thin', capabilities: { reflink: false, constantTimeClone: true }, capacity: { totalBytes: 2048, usedBytes: 0, freeBytes: 2048, dataPercent: 0 } },
+    { name: 'thin0', backend: 'thin', capabilities: { reflink: false, constantTimeClone: true }, capacity: { totalBytes: 2048, usedBytes: 0, freeBytes: 2048, dataPercent: 0 }, health: { mode: 'rw', needsCheck: false, lowWater: false } },
+    { name: 'thin1', backend: 'thin', capabilities: { reflink: true, constantTimeClone: true }, capacity: { totalBytes: 2048, usedBytes: 2048, freeBytes: 0, dataPercent: 100 }, health: { mode: 'out_of_data_space', needsCheck: true, lowWater: true } },
   ];
   const agent = await fakeAgent(t, (r) => (r.url === '/v1/pools' ? { status: 200, body: pools } : notFound(r.url)));
   const human = await volagent(['pools', '--socket', agent.socket]);
   t.equal(human.code, 0, human.stderr);
   t.equal(human.stdout, [
-    'NAME     BACKEND  REFLINK  CONSTANT-TIME    TOTAL     USED       FREE',
-    'default  file     yes      yes            100 GiB  1.5 KiB  100.0 GiB',
-    'thin0    thin     no       yes            2.0 KiB      0 B    2.0 KiB',
+    'NAME     BACKEND  REFLINK  CONSTANT-TIME    TOTAL     USED       FREE  HEALTH',
+    'default  file     yes      yes            100 GiB  1.5 KiB  100.0 GiB  -',
+    'thin0    thin     no       yes            2.0 KiB      0 B    2.0 KiB  rw',
+    'thin1    thin     yes      yes            2.0 KiB  2.0 KiB        0 B  out_of_data_space,low-water,needs-check',
     '',
   ].join('\n'));
   const json = await volagent(['--json', `--socket=${agent.socket}`, 'pools']);

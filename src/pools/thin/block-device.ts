@@ -48,7 +48,8 @@ async function loopBoundTo(file: string): Promise<string | undefined> {
   return undefined;
 }
 
-async function blockDeviceSize(node: string): Promise<number> {
+/** BLKGETSIZE64 of the device at `node`. */
+export async function blockDeviceSize(node: string): Promise<number> {
   const handle = await open(node, 'r');
   try {
     return await native.blkGetSize64(handle.fd, node);

@@ -15,6 +15,7 @@ import t from 'tap';
 import type { Test } from 'tap';
 
 import { native } from '../../../src/native/binding.js';
+import { blockDeviceSize } from '../../../src/pools/thin/block-device.js';
 import { parseThinPoolStatus, thinPoolTarget } from '../../../src/pools/thin/dm-thin.js';
 import type { DeviceNumber } from '../../../src/pools/thin/dm-thin.js';
 import type { AgentProcess, ThinPoolSpec } from '../../helpers/agent.js';
@@ -55,15 +56,6 @@ async function readRange(node: string, bytes = MiB, offset = 0): Promise<Buffer>
 
 function filled(byte: number, bytes = MiB): Buffer {
   return Buffer.alloc(bytes, byte);
-}
-
-async function deviceSize(node: string): Promise<number> {
-  const handle = await open(node, 'r');
-  try {
-    return await native.blkGetSize64(handle.fd, node);
-  } finally {
-    await handle.close();
-  }
 }
 
 async function devNumber(disk: string): Promise<DeviceNumber> {
@@ -231,7 +223,7 @@ if (!inVmGuest()) {
     const created = await agent.request('PUT', '/v1/volumes/v1', { tenant: 't1', sizeBytes: 8 * MiB });
     t.equal(created.status, 201, JSON.stringify(created.body));
     t.match(created.body, { id: 'v1', pool: POOL, sizeBytes: 8 * MiB, state: 'available', cloneMethod: 'create', allocatedBytes: 0 });
-    t.equal(await deviceSize(nodeOf('v1')), 8 * MiB, 'its own device node, 8 MiB');
+    t.equal(await blockDeviceSize(nodeOf('v1')), 8 * MiB, 'its own device node, 8 MiB');
     const first = Buffer.concat([filled(0xa1, MiB / 2), filled(0x5c, MiB / 2)]);
     await writePattern(nodeOf('v1'), 0xa1, MiB / 2, 0);
     await writePattern(nodeOf('v1'), 0x5c, MiB / 2, MiB / 2);
@@ -249,7 +241,7 @@ if (!inVmGuest()) {
 
     const resized = await agent.request('POST', '/v1/volumes/v2/resize', { sizeBytes: 16 * MiB });
     t.equal(resized.status, 200, JSON.stringify(resized.body));
-    t.equal(await deviceSize(nodeOf('v2')), 16 * MiB, 'the device grew');
+    t.equal(await blockDeviceSize(nodeOf('v2')), 16 * MiB, 'the device grew');
     t.ok((await readRange(nodeOf('v2'))).equals(first), 'and kept its data');
 
     const snapshot = await agent.request('PUT', '/v1/volumes/v2/snapshots/s1');
@@ -257,7 +249,7 @@ if (!inVmGuest()) {
     t.match(snapshot.body, { cloneMethod: 'thin_snapshot', readOnly: true });
     const fromSnapshot = await agent.request('PUT', '/v1/volumes/v3', { tenant: 't1', source: { snapshot: 's1' }, sizeBytes: 32 * MiB });
     t.equal(fromSnapshot.status, 201, JSON.stringify(fromSnapshot.body));
-    t.equal(await deviceSize(nodeOf('v3')), 32 * MiB, 'a clone grown past its source');
+    t.equal(await blockDeviceSize(nodeOf('v3')), 32 * MiB, 'a clone grown past its source');
     t.ok((await readRange(nodeOf('v3'))).equals(first), 'reads the snapshot');
     const snapshotNode = nodeOf('v2@s1');
     await t.rejects(writePattern(snapshotNode, 0xff, 4096), { code: /^(EPERM|EACCES|EROFS)$/ }, 'the snapshot device refuses writes (read-only table)');

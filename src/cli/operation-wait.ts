@@ -45,6 +45,36 @@ export interface FollowOutcome {
   cancelledHere: boolean;
 }
 
+/** Signals held by holdInterrupts() until followOperation takes them over. */
+let heldSignals = 0;
+let holding = false;
+const holdSignal = (): void => { heldSignals += 1; };
+
+/**
+ * Call before a request that may start an operation (a PUT answered 202):
+ * the agent may start the operation before its answer arrives, so a Ctrl-C
+ * in that window is held instead of killing the CLI, and followOperation
+ * cancels the operation as soon as its id is known. A request that answers
+ * without an operation (201, 200, an error) was already done or refused: a
+ * signal held then changes nothing.
+ */
+export function holdInterrupts(): void {
+  if (holding) return;
+  holding = true;
+  process.on('SIGINT', holdSignal);
+  process.on('SIGTERM', holdSignal);
+}
+
+function releaseInterrupts(): number {
+  if (!holding) return 0;
+  holding = false;
+  process.off('SIGINT', holdSignal);
+  process.off('SIGTERM', holdSignal);
+  const held = heldSignals;
+  heldSignals = 0;
+  return held;
+}
+
 export async function followOperation(client: AgentClient, started: Operation, options: FollowOptions = {}): Promise<FollowOutcome> {
   const bar = options.label === undefined ? undefined : ProgressBar.forTerminal(process.stderr, options.label);
   let signals = 0;
@@ -58,6 +88,7 @@ export async function followOperation(client: AgentClient, started: Operation, o
   };
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
+  for (let held = releaseInterrupts(); held > 0; held--) onSignal();
   const path = `/v1/operations/${segment(started.id)}`;
   try {
     let operation = started;

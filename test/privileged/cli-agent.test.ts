@@ -76,7 +76,7 @@ if (!skipUnlessRoot(t)) {
       const pools = await cli('pools', '--json');
       t.equal(pools.code, 0, pools.stderr);
       t.match(json(pools), [{ name: 'default', backend: 'file', capabilities: { reflink: false, constantTimeClone: false } }]);
-      t.match((await cli('pools')).stdout, /^NAME +BACKEND +REFLINK +CONSTANT-TIME +TOTAL +USED +FREE\ndefault +file +no +no +/);
+      t.match((await cli('pools')).stdout, /^NAME +BACKEND +REFLINK +CONSTANT-TIME +TOTAL +USED +FREE +HEALTH\ndefault +file +no +no +.* -\n/);
     });
 
     t.test('create, clone (followed to its end), ls, show', async (t) => {

@@ -8,7 +8,7 @@ import { segment } from '../agent-client.js';
 import type { Command, CommandLine } from '../command.js';
 import { parseCommandLine, print, printJson } from '../command.js';
 import { ExitCode } from '../exit-codes.js';
-import { completeStarted } from '../operation-wait.js';
+import { completeStarted, holdInterrupts } from '../operation-wait.js';
 import { volumeSummary } from '../views.js';
 
 const usage = 'volagent clone SOURCE ID --tenant TENANT [--size SIZE] [--from-snapshot] [--no-wait] [--json]';
@@ -25,6 +25,7 @@ export const cloneCommand: Command = {
     const sizeBytes = cmd.size('size');
     const fromSnapshot = cmd.flag('from-snapshot');
     const client = cmd.client();
+    holdInterrupts();
     const reply = await client.put<Volume | Started>(`/v1/volumes/${segment(id)}`, {
       tenant, source: fromSnapshot ? { snapshot: source } : { volume: source }, ...(sizeBytes !== undefined ? { sizeBytes } : {}),
     });

@@ -7,6 +7,7 @@ import type { Command } from '../command.js';
 import { parseCommandLine, printJson, print } from '../command.js';
 import { ExitCode, UsageError } from '../exit-codes.js';
 import { volumeSummary } from '../views.js';
+import { holdInterrupts } from '../operation-wait.js';
 import { reportClone } from './clone.js';
 
 const usage = 'volagent create ID (--size SIZE | --from-image IMAGE [--size SIZE]) --tenant TENANT [--pool POOL] [--no-wait] [--json]';
@@ -25,6 +26,7 @@ export const createCommand: Command = {
     const image = cmd.string('from-image');
     if (image !== undefined) {
       const client = cmd.client();
+      holdInterrupts();
       const reply = await client.put<Volume | Started>(`/v1/volumes/${segment(id)}`, {
         tenant, source: { image }, ...(sizeBytes !== undefined ? { sizeBytes } : {}), ...(pool !== undefined ? { pool } : {}),
       });

@@ -18,7 +18,7 @@ import { segment } from '../agent-client.js';
 import type { Command, GlobalOptions } from '../command.js';
 import { parseCommandLine, print, printJson } from '../command.js';
 import { ExitCode, UsageError } from '../exit-codes.js';
-import { completeStarted } from '../operation-wait.js';
+import { completeStarted, holdInterrupts } from '../operation-wait.js';
 import { ProgressBar } from '../progress-bar.js';
 import { imageFields, imageSummary, imageTable } from '../views.js';
 
@@ -65,6 +65,7 @@ const run: Record<Subcommand, (args: string[], globals: GlobalOptions) => Promis
       visibility: cmd.flag('public') ? 'public' : 'private', internal: cmd.flag('internal'),
     };
     const client = cmd.client();
+    holdInterrupts();
     const { status, body } = await client.put<Image | Started>(imagePath(id), definition);
     if (status === 202) {
       await completeStarted(client, {

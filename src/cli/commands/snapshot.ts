@@ -7,7 +7,7 @@ import { segment } from '../agent-client.js';
 import type { Command } from '../command.js';
 import { parseCommandLine, print, printJson } from '../command.js';
 import { ExitCode } from '../exit-codes.js';
-import { completeStarted } from '../operation-wait.js';
+import { completeStarted, holdInterrupts } from '../operation-wait.js';
 import { snapshotTable } from '../views.js';
 
 function snapshotSummary(s: Snapshot): string {
@@ -24,6 +24,7 @@ export const snapshotCommand: Command = {
     const [volume, sid] = cmd.positionals as [string, string];
     const client = cmd.client();
     const snapshotPath = `/v1/volumes/${segment(volume)}/snapshots/${segment(sid)}`;
+    holdInterrupts();
     const reply = await client.put<Snapshot | Started>(snapshotPath);
     if (reply.status !== 202) {
       const snapshot = reply.body as Snapshot;

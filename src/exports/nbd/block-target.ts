@@ -1,0 +1,61 @@
+// A block device (a thin volume's node) as an NBD export. TRIM is
+// BLKDISCARD (dm-thin unmaps whole blocks), WRITE_ZEROES is BLKZEROOUT. The
+// device reports no allocation here, so block status answers "data" for the
+// whole range: correct, only not sparse.
+import type { FileHandle } from 'node:fs/promises';
+import { open } from 'node:fs/promises';
+
+import { native } from '../../native/binding.js';
+import { readFully, writeFully } from './fd-io.js';
+import type { Extent, ExportTarget, ZeroOptions } from './target.js';
+import { FastZeroUnsupportedError } from './target.js';
+
+export class BlockTarget implements ExportTarget {
+  readonly canTrim = true;
+  readonly canFastZero = false;
+  readonly multiConn = true;
+
+  private constructor(private readonly handle: FileHandle, private readonly path: string, readonly sizeBytes: number, readonly readOnly: boolean) {}
+
+  static async open(path: string, readOnly: boolean): Promise<BlockTarget> {
+    const handle = await open(path, readOnly ? 'r' : 'r+');
+    try {
+      return new BlockTarget(handle, path, await native.blkGetSize64(handle.fd, path), readOnly);
+    } catch (error) {
+      await handle.close();
+      throw error;
+    }
+  }
+
+  read(offset: number, length: number): Promise<Buffer> {
+    return readFully(this.handle, offset, length, this.path);
+  }
+
+  async write(data: Buffer, offset: number, fua: boolean): Promise<void> {
+    await writeFully(this.handle, data, offset);
+    if (fua) await this.flush();
+  }
+
+  flush(): Promise<void> {
+    return native.fdatasync(this.handle.fd, this.path);
+  }
+
+  async trim(offset: number, length: number, fua: boolean): Promise<void> {
+    await native.blkDiscard(this.handle.fd, offset, length, this.path);
+    if (fua) await this.flush();
+  }
+
+  async zero(offset: number, length: number, options: ZeroOptions & { fast: boolean }): Promise<void> {
+    if (options.fast) throw new FastZeroUnsupportedError(`${this.path}: BLKZEROOUT may write zeros`);
+    await native.blkZeroOut(this.handle.fd, offset, length, this.path);
+    if (options.fua) await this.flush();
+  }
+
+  async blockStatus(_offset: number, length: number): Promise<Extent[]> {
+    return [{ length, flags: 0 }];
+  }
+
+  close(): Promise<void> {
+    return this.handle.close();
+  }
+}

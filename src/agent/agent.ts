@@ -15,6 +15,8 @@ import type { PoolImagePolicy } from './images.js';
 import { Images } from './images.js';
 import { LockTable } from './locks.js';
 import { Operations } from './operations.js';
+import type { ListenAddress } from '../daemon/config.js';
+import { Exports } from './exports.js';
 import type { CheckReport } from './reconcile.js';
 import { reconcile } from './reconcile.js';
 import { Volumes } from './volumes.js';
@@ -44,11 +46,15 @@ export interface AgentOptions {
   internalTenant: string;
   /** Image limits per pool name (`max_image_bytes`, `image_cache`). */
   imagePolicies?: ReadonlyMap<string, PoolImagePolicy>;
+  /** `[nbd].listen`, for export URIs; `boundPorts` gets the ports chosen for `tcp:host:0`. */
+  nbdListen?: ListenAddress[];
+  boundPorts?: Map<number, number>;
 }
 
 export class Agent {
   readonly volumes: Volumes;
   readonly images: Images;
+  readonly exports: Exports;
   readonly operations: Operations;
   readonly locks = new LockTable();
   readonly pools: ReadonlyMap<string, Pool>;
@@ -62,6 +68,10 @@ export class Agent {
       lockWaitMs: options.lockWaitMs,
       ...(options.imagePolicies ? { policies: options.imagePolicies } : {}),
     });
+    this.exports = new Exports(catalog, this.writes, this.pools, this.locks, {
+      nbdListen: options.nbdListen ?? [], ...(options.boundPorts ? { boundPorts: options.boundPorts } : {}),
+    });
+    this.volumes.isExported = (volumeId) => this.exports.isExported(volumeId);
   }
 
   get writes(): CatalogWrites {
@@ -118,6 +128,7 @@ export class Agent {
   /** Cancels running operations (each cleans up its partial object), then closes the catalog and the pools. */
   async close(reason = 'the agent is stopping'): Promise<void> {
     await this.operations.cancelAll(reason);
+    await this.exports.close();
     await this.images.close();
     await this.writer.close();
     this.catalog.close();

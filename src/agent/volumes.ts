@@ -106,6 +106,8 @@ export class Volumes {
   private readonly intents = new Map<string, Promise<unknown>>();
   /** Told of every volume made from an image (the image cache counts hits and orders entries by it). */
   onImageClone: ((imageId: string) => void) | undefined;
+  /** Whether a volume is exported (set by Exports): such a volume is neither deleted nor resized. */
+  isExported: ((volumeId: string) => boolean) | undefined;
 
   constructor(
     /** Reads; every write goes through `writes`. */
@@ -145,6 +147,7 @@ export class Volumes {
       const row = this.volumeRow(id);
       if (row.state !== 'available') throw new ApiError('VOLUME_BUSY', `volume ${id} is ${row.state}`, { volume: id, state: row.state });
       if (row.readOnly) throw new ApiError('VOLUME_READ_ONLY', `volume ${id} is read-only`, { volume: id });
+      if (this.isExported?.(id)) throw this.exported(id);
       if (sizeBytes < row.sizeBytes) {
         throw new ApiError('SHRINK_NOT_SUPPORTED', `volume ${id} is ${row.sizeBytes} bytes; it can only grow`, { volume: id, sizeBytes: row.sizeBytes });
       }
@@ -259,6 +262,7 @@ export class Volumes {
           volume: id, snapshots: snapshots.map((s) => s.id),
         });
       }
+      if (this.isExported?.(id)) throw this.exported(id);
       const pool = this.pool(row.pool);
       if (await pool.inUse?.(id)) throw this.heldOpen(id, { volume: id });
       if (row.state !== 'deleting') await this.writes.transitionVolume(id, row.state, 'deleting');
@@ -599,6 +603,10 @@ export class Volumes {
     } catch (error) {
       throw toApiError(error, details);
     }
+  }
+
+  private exported(id: string): ApiError {
+    return new ApiError('VOLUME_BUSY', `volume ${id} is exported; unexport it first`, { volume: id, exports: this.catalog.exportsOfVolume(id).map((e) => e.id) });
   }
 
   /** Checked before the row changes: a device in use stays as it is (the pool's EBUSY later would leave the row in error). */

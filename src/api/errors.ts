@@ -14,6 +14,7 @@ export const ERROR_CODES = {
   SNAPSHOT_NOT_FOUND: { status: 404, meaning: 'No snapshot with that id on that volume.' },
   IMAGE_NOT_FOUND: { status: 404, meaning: 'No image with that id.' },
   OPERATION_NOT_FOUND: { status: 404, meaning: 'No operation with that id.' },
+  EXPORT_NOT_FOUND: { status: 404, meaning: 'No export with that id.' },
   ROUTE_NOT_FOUND: { status: 404, meaning: 'No such route in API version 1.' },
   METHOD_NOT_ALLOWED: { status: 405, meaning: 'The route exists but not with this method.' },
   FORBIDDEN: { status: 403, meaning: 'The peer (by SO_PEERCRED) may not make this request.' },

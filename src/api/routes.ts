@@ -247,6 +247,40 @@ export const ROUTES: readonly Route[] = [
     },
   },
   {
+    method: 'POST', pattern: '/v1/volumes/:id/exports', body: 'required',
+    handle: async (agent, { params: [id], query, body }) => {
+      requireQuery(query, []);
+      requireFields(body!, ['protocol', 'readOnly', 'directIo']);
+      const protocol = parseChoice(body!.protocol, 'protocol', ['nbd', 'block'] as const, 'nbd');
+      const readOnly = parseBoolean(body!.readOnly, 'readOnly', false);
+      const directIo = parseBoolean(body!.directIo, 'directIo', false);
+      if (directIo && protocol !== 'block') throw new ApiError('BAD_REQUEST', 'directIo applies to block exports (a loop device)', { field: 'directIo' });
+      return { status: 201, body: await agent.exports.create({ volumeId: id!, protocol, readOnly, ...(directIo ? { directIo } : {}) }) };
+    },
+  },
+  {
+    method: 'GET', pattern: '/v1/exports', body: 'none',
+    handle: async (agent, { query }) => {
+      requireQuery(query, []);
+      return { status: 200, body: agent.exports.list() };
+    },
+  },
+  {
+    method: 'GET', pattern: '/v1/exports/:id', body: 'none',
+    handle: async (agent, { params: [id], query }) => {
+      requireQuery(query, []);
+      return { status: 200, body: agent.exports.get(id!) };
+    },
+  },
+  {
+    method: 'DELETE', pattern: '/v1/exports/:id', body: 'none',
+    handle: async (agent, { params: [id], query }) => {
+      requireQuery(query, []);
+      await agent.exports.delete(id!);
+      return { status: 204 };
+    },
+  },
+  {
     method: 'GET', pattern: '/v1/operations', body: 'none',
     handle: async (agent, { query }) => {
       requireQuery(query, []);

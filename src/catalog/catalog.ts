@@ -204,6 +204,32 @@ function toThinDevice(r: ThinDeviceDbRecord): ThinDeviceRecord {
   return { pool: r.pool, name: r.name, thinId: r.thin_id, sizeBytes: r.size_bytes, readOnly: r.read_only === 1 };
 }
 
+export type ExportProtocol = 'nbd' | 'block';
+export type ExportState = 'creating' | 'available' | 'deleting';
+
+export interface ExportRow {
+  id: string;
+  volumeId: string;
+  protocol: ExportProtocol;
+  readOnly: boolean;
+  state: ExportState;
+  /** A block export's device path (a loop device, or a thin volume's node). */
+  device?: string;
+  createdAt: string;
+  updatedAt: string;
+}
+
+interface ExportRecord {
+  id: string; volume_id: string; protocol: ExportProtocol; read_only: number; state: ExportState; device: string | null; created_at: string; updated_at: string;
+}
+
+function toExport(r: ExportRecord): ExportRow {
+  return {
+    id: r.id, volumeId: r.volume_id, protocol: r.protocol, readOnly: r.read_only === 1, state: r.state,
+    ...(r.device ? { device: r.device } : {}), createdAt: r.created_at, updatedAt: r.updated_at,
+  };
+}
+
 /** dm-thin device ids are 24 bits. */
 const MAX_THIN_ID = 2 ** 24 - 1;
 
@@ -575,5 +601,44 @@ export class Catalog {
   updateThinDevice(pool: string, name: string, changes: { sizeBytes?: number; readOnly?: boolean }): boolean {
     return this.sql(`UPDATE thin_devices SET size_bytes = COALESCE(?, size_bytes), read_only = COALESCE(?, read_only) WHERE pool = ? AND name = ?`).run(
       changes.sizeBytes ?? null, changes.readOnly === undefined ? null : changes.readOnly ? 1 : 0, pool, name).changes === 1;
+  }
+
+  // --- exports ---
+
+  getExport(id: string): ExportRow | undefined {
+    const r = this.sql('SELECT * FROM exports WHERE id = ?').get(id) as ExportRecord | undefined;
+    return r && toExport(r);
+  }
+
+  listExports(): ExportRow[] {
+    return (this.sql('SELECT * FROM exports ORDER BY created_at, id').all() as ExportRecord[]).map(toExport);
+  }
+
+  exportsOfVolume(volumeId: string): ExportRow[] {
+    return (this.sql('SELECT * FROM exports WHERE volume_id = ? ORDER BY created_at, id').all(volumeId) as ExportRecord[]).map(toExport);
+  }
+
+  /** Records the intent to export an available volume; false when the volume is not available. */
+  insertExportCreating(row: { id: string; volumeId: string; protocol: ExportProtocol; readOnly: boolean }): boolean {
+    return this.transaction(() => {
+      if (this.getVolume(row.volumeId)?.state !== 'available') return false;
+      const at = this.now();
+      this.sql(`INSERT INTO exports (id, volume_id, protocol, read_only, state, created_at, updated_at) VALUES (?, ?, ?, ?, 'creating', ?, ?)`).run(
+        row.id, row.volumeId, row.protocol, row.readOnly ? 1 : 0, at, at);
+      return true;
+    });
+  }
+
+  markExportAvailable(id: string, device?: string): boolean {
+    return this.sql(`UPDATE exports SET state = 'available', device = COALESCE(?, device), updated_at = ? WHERE id = ? AND state = 'creating'`).run(
+      device ?? null, this.now(), id).changes === 1;
+  }
+
+  markExportDeleting(id: string): boolean {
+    return this.sql(`UPDATE exports SET state = 'deleting', updated_at = ? WHERE id = ? AND state != 'deleting'`).run(this.now(), id).changes === 1;
+  }
+
+  removeExport(id: string): boolean {
+    return this.sql('DELETE FROM exports WHERE id = ?').run(id).changes === 1;
   }
 }

@@ -118,6 +118,21 @@ export const MIGRATIONS: readonly string[] = [
     UNIQUE (pool, thin_id)
   ) STRICT;
   `,
+  // 6: exports. Recorded before the export is made (creating), so start-up
+  // can restore the available ones (same id, same URI) and undo the others.
+  `
+  CREATE TABLE exports (
+    id            TEXT PRIMARY KEY,
+    volume_id     TEXT NOT NULL REFERENCES volumes (id),
+    protocol      TEXT NOT NULL CHECK (protocol IN ('nbd', 'block')),
+    read_only     INTEGER NOT NULL CHECK (read_only IN (0, 1)),
+    state         TEXT NOT NULL CHECK (state IN ('creating', 'available', 'deleting')),
+    device        TEXT,
+    created_at    TEXT NOT NULL,
+    updated_at    TEXT NOT NULL
+  ) STRICT;
+  CREATE INDEX exports_by_volume ON exports (volume_id);
+  `,
 ];
 
 export function schemaVersion(db: Database): number {

@@ -28,7 +28,8 @@ export interface AgentConfig {
   source: string;
   control: { socket: string; allow: AllowRule[] };
   catalog: { path: string };
-  nbd: { listen: ListenAddress[] };
+  /** `allow_list`: NBD_OPT_LIST names the exports (off: export ids are not to be guessed). */
+  nbd: { listen: ListenAddress[]; allowList: boolean };
   pools: PoolConfig[];
   /** Tenant that owns internal Image-Volumes. */
   internalTenant: string;
@@ -259,6 +260,7 @@ export function readConfig(document: Table, source: string, baseDir: string): Ag
     const address = parseListen(value, nbd, key);
     return address.kind === 'unix' ? { kind: 'unix' as const, path: path.resolve(baseDir, address.path) } : address;
   });
+  const allowList = nbd.boolean('allow_list', false);
   nbd.done();
 
   const agent = top.optionalTable('agent');
@@ -275,7 +277,7 @@ export function readConfig(document: Table, source: string, baseDir: string): Ag
   });
   top.done();
 
-  return { source, control: { socket, allow }, catalog: { path: catalogPath }, nbd: { listen }, pools, internalTenant, lockWaitMs };
+  return { source, control: { socket, allow }, catalog: { path: catalogPath }, nbd: { listen, allowList }, pools, internalTenant, lockWaitMs };
 }
 
 /** Parses TOML text; syntax errors keep the parser's line and column. */

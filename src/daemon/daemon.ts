@@ -8,6 +8,7 @@ import { Agent } from '../agent/agent.js';
 import { createApiServer } from '../api/server.js';
 import { Catalog } from '../catalog/catalog.js';
 import { CatalogThinLedger } from '../catalog/thin-ledger.js';
+import { NbdServer } from '../exports/nbd/server.js';
 import type { PoolContext } from '../pools/index.js';
 import { createPool } from '../pools/index.js';
 import type { Pool } from '../pools/pool.js';
@@ -67,10 +68,23 @@ export async function startDaemon(config: AgentConfig, logger: Logger): Promise<
     ...(pool.maxImageBytes !== undefined ? { maxImageBytes: pool.maxImageBytes } : {}),
     ...(pool.imageCache ? { imageCache: pool.imageCache } : {}),
   }]));
+  const boundPorts = new Map<number, number>();
   const { agent, startup } = await Agent.open({
     catalogPath: config.catalog.path, ...(catalog ? { catalog } : {}), pools, lockWaitMs: config.lockWaitMs, internalTenant: config.internalTenant, imagePolicies,
+    nbdListen: config.nbd.listen, boundPorts,
   });
   thinLedger?.writeThrough(agent.writes);
+  await agent.exports.restore((row, error) => logger.error({ export: row.id, volume: row.volumeId, protocol: row.protocol, err: (error as Error).message }, 'an export could not be restored'));
+  const nbd = new NbdServer({
+    lookup: (name) => agent.exports.lookup(name), exportNames: () => agent.exports.nbdExportNames(), allowList: config.nbd.allowList,
+  });
+  try {
+    const bound = await nbd.listen(config.nbd.listen);
+    bound.forEach((b, i) => { if (b.port !== undefined) boundPorts.set(i, b.port); });
+  } catch (error) {
+    await agent.close();
+    throw new StartupError(`nbd listen: ${(error as Error).message}`, { cause: error });
+  }
   for (const difference of startup.differences) {
     const level = difference.action ? 'info' : 'warn';
     logger[level]({ ...difference }, difference.action ? 'start-up reconcile settled a difference' : 'start-up reconcile found a difference; `volagent check --repair` settles it');
@@ -89,6 +103,7 @@ export async function startDaemon(config: AgentConfig, logger: Logger): Promise<
     });
     await chmod(socketPath, SOCKET_MODE);
   } catch (error) {
+    await nbd.close();
     await agent.close();
     throw new StartupError(`control socket ${socketPath}: ${(error as Error).message}`, { cause: error });
   }
@@ -106,6 +121,7 @@ export async function startDaemon(config: AgentConfig, logger: Logger): Promise<
       await api.drained();
       api.server.closeAllConnections();
       await closed;
+      await nbd.close();
       await agent.close();
       await unlink(socketPath).catch(() => undefined);
       logger.info({ reason }, 'volagentd stopped');

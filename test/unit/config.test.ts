@@ -38,7 +38,7 @@ t.test('the embedded default runs under the working directory', async (t) => {
     source: EMBEDDED_DEFAULT_SOURCE,
     control: { socket: path.resolve('var/control.sock'), allow: [] },
     catalog: { path: path.resolve('var/catalog.db') },
-    nbd: { listen: [{ kind: 'unix', path: path.resolve('var/nbd.sock') }] },
+    nbd: { listen: [{ kind: 'unix', path: path.resolve('var/nbd.sock') }], allowList: false },
     pools: [{ name: 'default', backend: 'file', path: path.resolve('var/pools/default') }],
     internalTenant: 'volagent-internal',
     lockWaitMs: 2000,

@@ -1,13 +1,13 @@
 // The devices under a thin pool. A configured path is a block device, or, in
 // development, a regular file that the agent binds to a loop device (DESIGN.md
 // "Pools"); the binding is found again on the next start instead of made twice.
-import { open, readdir, readFile, stat, unlink } from 'node:fs/promises';
+import { open, stat, unlink } from 'node:fs/promises';
 import path from 'node:path';
 
 import { native } from '../../native/binding.js';
 import { isSystemError } from '../../native/system-error.js';
 import type { DeviceNumber } from './dm-thin.js';
-import { attachLoop } from './loop-device.js';
+import { attachLoop, loopBoundTo } from './loop-device.js';
 
 export interface PoolDevice {
   /** As configured. */
@@ -36,16 +36,6 @@ export function decodeDeviceNumber(rdev: bigint): { major: number; minor: number
   const major = Number(((rdev >> 8n) & 0xfffn) | ((rdev >> 32n) & 0xfffff000n));
   const minor = Number((rdev & 0xffn) | ((rdev >> 12n) & 0xffffff00n));
   return { major, minor };
-}
-
-/** The loop device (`/dev/loopN`) bound to `file`, from sysfs `loop/backing_file`; undefined when none is. */
-async function loopBoundTo(file: string): Promise<string | undefined> {
-  const entries = await readdir('/sys/block').catch(() => [] as string[]);
-  for (const entry of entries.filter((e) => /^loop\d+$/.test(e)).sort()) {
-    const backing = await readFile(`/sys/block/${entry}/loop/backing_file`, 'utf8').catch(() => undefined);
-    if (backing?.trim() === file) return `/dev/${entry}`;
-  }
-  return undefined;
 }
 
 /** BLKGETSIZE64 of the device at `node`. */

@@ -2,6 +2,8 @@
 // "Pools": loop devices over files are fine). Attaching asks the kernel for a
 // free device and binds it with one LOOP_CONFIGURE; another process may take
 // that device in between (EBUSY), so the attach is retried with a new one.
+import { readdir, readFile } from 'node:fs/promises';
+
 import { native } from '../../native/binding.js';
 import type { LoopStatus } from '../../native/addon-types.js';
 import { isSystemError } from '../../native/system-error.js';
@@ -48,4 +50,19 @@ export async function detachLoop(device: string): Promise<void> {
   } catch (error) {
     if (!isSystemError(error, 'ENXIO')) throw error;
   }
+}
+
+/** The file loop device `device` (`/dev/loopN`) is bound to, from sysfs; undefined when it is free. */
+export async function loopBackingFile(device: string): Promise<string | undefined> {
+  const name = device.replace(/^\/dev\//, '');
+  return (await readFile(`/sys/block/${name}/loop/backing_file`, 'utf8').catch(() => undefined))?.trim();
+}
+
+/** The loop device bound to `file`, undefined when none is. */
+export async function loopBoundTo(file: string): Promise<string | undefined> {
+  const entries = await readdir('/sys/block').catch(() => [] as string[]);
+  for (const entry of entries.filter((e) => /^loop\d+$/.test(e)).sort()) {
+    if ((await loopBackingFile(`/dev/${entry}`)) === file) return `/dev/${entry}`;
+  }
+  return undefined;
 }

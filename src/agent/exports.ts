@@ -1,0 +1,216 @@
+// Exports (DESIGN.md "Control API"): a volume served over NBD, or attached as
+// a local block device. The export row is written before the export is made
+// and restored at start-up (same id, same URI). An export id is the NBD
+// export name: 128 random bits, so no name is guessed. While a volume is
+// exported it is neither deleted nor resized (VOLUME_BUSY). Image-Volumes
+// and read-only volumes are only ever exported read-only.
+import { randomBytes } from 'node:crypto';
+
+import { ApiError } from '../api/errors.js';
+import type { Catalog, ExportProtocol, ExportRow } from '../catalog/catalog.js';
+import type { CatalogWrites } from '../catalog/writes.js';
+import type { ListenAddress } from '../daemon/config.js';
+import { BlockTarget } from '../exports/nbd/block-target.js';
+import type { ExportHandle } from '../exports/nbd/connection.js';
+import { FileTarget } from '../exports/nbd/file-target.js';
+import type { ExportTarget } from '../exports/nbd/target.js';
+import { attachLoop, detachLoop, loopBackingFile } from '../pools/thin/loop-device.js';
+import type { Pool } from '../pools/pool.js';
+import { toApiError } from './faults.js';
+import type { LockTable } from './locks.js';
+
+export interface ExportView {
+  id: string;
+  volume: string;
+  protocol: ExportProtocol;
+  readOnly: boolean;
+  /** `nbd+unix:///ID?socket=PATH` / `nbd://host:port/ID`, or the block device's path. */
+  uri: string;
+  /** Every NBD address the export is reachable at. */
+  uris?: string[];
+  /** Open NBD connections. */
+  connections: number;
+  createdAt: string;
+}
+
+export interface ExportRequest {
+  volumeId: string;
+  protocol: ExportProtocol;
+  readOnly: boolean;
+  /** The loop device bypasses the page cache (LO_FLAGS_DIRECT_IO). */
+  directIo?: boolean;
+}
+
+interface LiveExport {
+  row: ExportRow;
+  target?: ExportTarget;
+  connections: number;
+}
+
+export interface ExportsOptions {
+  /** `[nbd].listen`, for the URIs. */
+  nbdListen: ListenAddress[];
+  /** TCP ports the kernel chose for `port = 0` addresses, by listen index. */
+  boundPorts?: Map<number, number>;
+}
+
+function newExportId(): string {
+  return `exp-${randomBytes(16).toString('hex')}`;
+}
+
+export class Exports {
+  private readonly live = new Map<string, LiveExport>();
+
+  constructor(
+    private readonly catalog: Catalog,
+    private readonly writes: CatalogWrites,
+    private readonly pools: ReadonlyMap<string, Pool>,
+    private readonly locks: LockTable,
+    private readonly options: ExportsOptions,
+  ) {}
+
+  /** Whether volume `id` has an export (or one being made or removed). */
+  isExported(volumeId: string): boolean {
+    return this.catalog.exportsOfVolume(volumeId).length > 0;
+  }
+
+  /** The NBD server's lookup: an available NBD export by its id. */
+  lookup(name: string): ExportHandle | undefined {
+    const live = this.live.get(name);
+    if (!live?.target || live.row.protocol !== 'nbd' || live.row.state !== 'available') return undefined;
+    return {
+      name, target: live.target, description: `volagent volume ${live.row.volumeId}`,
+      attach: () => {
+        live.connections += 1;
+        return () => { live.connections -= 1; };
+      },
+    };
+  }
+
+  nbdExportNames(): string[] {
+    return [...this.live.values()].filter((e) => e.row.protocol === 'nbd').map((e) => e.row.id);
+  }
+
+  async create(request: ExportRequest): Promise<ExportView> {
+    const volume = this.catalog.getVolume(request.volumeId);
+    if (!volume) throw new ApiError('VOLUME_NOT_FOUND', `volume ${request.volumeId} does not exist`, { volume: request.volumeId });
+    if (volume.state !== 'available') throw new ApiError('VOLUME_BUSY', `volume ${volume.id} is ${volume.state}`, { volume: volume.id, state: volume.state });
+    if (!request.readOnly && (volume.readOnly || volume.kind === 'image')) {
+      throw new ApiError('VOLUME_READ_ONLY', `volume ${volume.id} is ${volume.kind === 'image' ? 'an Image-Volume' : 'read-only'}: it is only exported read-only`, { volume: volume.id });
+    }
+    // Shared, not waited for: a delete or resize holding the volume makes the export VOLUME_BUSY.
+    const release = await this.locks.acquire(volume.id, 'shared', `export ${volume.id}`, 0).catch((error: unknown) => { throw toApiError(error, { volume: volume.id }); });
+    try {
+      const id = newExportId();
+      if (!(await this.writes.insertExportCreating({ id, volumeId: volume.id, protocol: request.protocol, readOnly: request.readOnly }))) {
+        throw new ApiError('VOLUME_BUSY', `volume ${volume.id} changed state`, { volume: volume.id });
+      }
+      const pool = this.pool(volume.pool);
+      let made: { target?: ExportTarget; device?: string } = {};
+      try {
+        made = await this.make(pool, volume.id, request);
+        await this.writes.markExportAvailable(id, made.device);
+      } catch (error) {
+        await made.target?.close().catch(() => undefined);
+        if (made.device && pool.backend === 'file') await detachLoop(made.device).catch(() => undefined);
+        await this.writes.removeExport(id);
+        throw toApiError(error, { volume: volume.id });
+      }
+      const row = this.catalog.getExport(id)!;
+      this.live.set(id, { row, ...(made.target ? { target: made.target } : {}), connections: 0 });
+      return this.view(row);
+    } finally {
+      release();
+    }
+  }
+
+  list(): ExportView[] {
+    return this.catalog.listExports().filter((row) => row.state === 'available').map((row) => this.view(row));
+  }
+
+  get(id: string): ExportView {
+    const row = this.catalog.getExport(id);
+    if (!row || row.state !== 'available') throw new ApiError('EXPORT_NOT_FOUND', `no export ${id}`, { export: id });
+    return this.view(row);
+  }
+
+  /** Unexport: idempotent. NBD connections to it are closed (their next request fails). */
+  async delete(id: string): Promise<void> {
+    const row = this.catalog.getExport(id);
+    if (!row) return;
+    await this.writes.markExportDeleting(id);
+    await this.unmake(row, this.live.get(id));
+    this.live.delete(id);
+    await this.writes.removeExport(id);
+  }
+
+  /**
+   * Start-up: available exports are made again (an NBD target reopened, a
+   * loop device found bound to its file or attached again); rows left
+   * creating or deleting are undone.
+   */
+  async restore(onProblem: (row: ExportRow, error: unknown) => void): Promise<void> {
+    for (const row of this.catalog.listExports()) {
+      if (row.state !== 'available') {
+        await this.unmake(row, undefined).catch((error: unknown) => onProblem(row, error));
+        await this.writes.removeExport(row.id);
+        continue;
+      }
+      const volume = this.catalog.getVolume(row.volumeId);
+      try {
+        const made = await this.make(this.pool(volume!.pool), row.volumeId, { volumeId: row.volumeId, protocol: row.protocol, readOnly: row.readOnly }, row.device);
+        this.live.set(row.id, { row, ...(made.target ? { target: made.target } : {}), connections: 0 });
+      } catch (error) {
+        onProblem(row, error);
+      }
+    }
+  }
+
+  async close(): Promise<void> {
+    for (const live of this.live.values()) await live.target?.close().catch(() => undefined);
+    this.live.clear();
+  }
+
+  /** Opens the NBD target, or attaches the block device (`existing`: a loop device an earlier run attached). */
+  private async make(pool: Pool, volumeId: string, request: ExportRequest, existing?: string): Promise<{ target?: ExportTarget; device?: string }> {
+    const path = pool.objectPath(volumeId);
+    if (request.protocol === 'nbd') {
+      return { target: pool.backend === 'thin' ? await BlockTarget.open(path, request.readOnly) : await FileTarget.open(path, request.readOnly) };
+    }
+    if (pool.backend === 'thin') return { device: path };
+    if (existing && (await loopBackingFile(existing)) === path) return { device: existing };
+    const loop = await attachLoop(path, { readOnly: request.readOnly, ...(request.directIo ? { directIo: true } : {}) });
+    return { device: loop.device };
+  }
+
+  private async unmake(row: ExportRow, live: LiveExport | undefined): Promise<void> {
+    await live?.target?.close();
+    if (row.protocol === 'block' && row.device && this.pool(this.catalog.getVolume(row.volumeId)!.pool).backend === 'file') {
+      const path = this.pool(this.catalog.getVolume(row.volumeId)!.pool).objectPath(row.volumeId);
+      if ((await loopBackingFile(row.device)) === path) await detachLoop(row.device);
+    }
+  }
+
+  private pool(name: string): Pool {
+    const pool = this.pools.get(name);
+    if (!pool) throw new ApiError('POOL_NOT_FOUND', `pool ${name} is not configured`, { pool: name });
+    return pool;
+  }
+
+  private view(row: ExportRow): ExportView {
+    const uris = row.protocol === 'nbd' ? this.nbdUris(row.id) : [row.device ?? ''];
+    return {
+      id: row.id, volume: row.volumeId, protocol: row.protocol, readOnly: row.readOnly, uri: uris[0] ?? '',
+      ...(row.protocol === 'nbd' ? { uris } : {}), connections: this.live.get(row.id)?.connections ?? 0, createdAt: row.createdAt,
+    };
+  }
+
+  private nbdUris(id: string): string[] {
+    return this.options.nbdListen.map((address, i) => {
+      if (address.kind === 'unix') return `nbd+unix:///${id}?socket=${address.path}`;
+      const port = address.port === 0 ? this.options.boundPorts?.get(i) ?? 0 : address.port;
+      const host = address.host.includes(':') ? `[${address.host}]` : address.host;
+      return `nbd://${host}:${port}/${id}`;
+    });
+  }
+}

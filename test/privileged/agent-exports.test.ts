@@ -1,0 +1,174 @@
+// Exports through a real volagentd (XFS pool): NBD exports read and written by
+// nbdinfo, nbdcopy and qemu-img at the URI the API answers; read-only rules;
+// an exported volume is neither deleted nor resized; block exports on loop
+// devices; restart (and kill -9) keeps every export with its id and URI;
+// bad input changes nothing.
+import { execFile } from 'node:child_process';
+import { readFile } from 'node:fs/promises';
+import { mkdir, open } from 'node:fs/promises';
+import path from 'node:path';
+import { promisify } from 'node:util';
+
+import t from 'tap';
+
+import type { AgentProcess } from '../helpers/agent.js';
+import { startAgent } from '../helpers/agent.js';
+import { sha256 } from '../helpers/files.js';
+import { makeLoopFs, TEST_ROOT } from '../helpers/loop-fs.js';
+import { skipUnlessRoot } from '../helpers/privileged.js';
+import BetterSqlite3 from 'better-sqlite3';
+
+const execFileAsync = promisify(execFile);
+const MiB = 1024 * 1024;
+const GiB = 1024 * MiB;
+
+async function run(command: string, args: string[]): Promise<{ stdout: string; stderr: string; code: number }> {
+  try {
+    const { stdout, stderr } = await execFileAsync(command, args, { maxBuffer: 16 * MiB });
+    return { stdout, stderr, code: 0 };
+  } catch (error) {
+    const e = error as { stdout: string; stderr: string; code: number };
+    return { stdout: e.stdout, stderr: e.stderr, code: e.code };
+  }
+}
+
+function exportRows(catalogPath: string): Array<{ id: string; volume_id: string; protocol: string; state: string; device: string | null }> {
+  const db = new BetterSqlite3(catalogPath, { readonly: true, fileMustExist: true });
+  try {
+    return db.prepare('SELECT id, volume_id, protocol, state, device FROM exports ORDER BY id').all() as never;
+  } finally {
+    db.close();
+  }
+}
+
+async function loopBacking(device: string): Promise<string | undefined> {
+  return (await readFile(`/sys/block/${path.basename(device)}/loop/backing_file`, 'utf8').catch(() => undefined))?.trim();
+}
+
+if (!skipUnlessRoot(t)) {
+  const xfs = await makeLoopFs('xfs', GiB);
+  t.teardown(() => xfs.cleanup());
+  const poolPath = path.join(xfs.mountPoint, 'pool');
+  await mkdir(poolPath);
+  await mkdir(TEST_ROOT, { recursive: true });
+  const dir = path.join(xfs.mountPoint, 'agent');
+  await mkdir(dir);
+  const spec = { dir, pools: [{ name: 'fast', path: poolPath }] };
+  /** Agents restarted in a subtest serve the ones after it. */
+  const top = t;
+  let agent: AgentProcess = await startAgent(top, spec);
+  const objectFile = (name: string): string => path.join(poolPath, 'objects', `${name}.raw`);
+  // A block export's loop device outlives a killed agent: detach whatever a failing run left.
+  t.teardown(async () => {
+    for (const row of exportRows(agent.catalogPath)) if (row.device?.startsWith('/dev/loop')) await run('losetup', ['-d', row.device]);
+  });
+
+  let nbdUri = '';
+  let nbdId = '';
+
+  await t.test('an NBD export: the URI works with nbdinfo, nbdcopy and qemu-img; it is listed with its connections', async (t) => {
+    t.equal((await agent.request('PUT', '/v1/volumes/v1', { tenant: 't1', sizeBytes: 64 * MiB })).status, 201);
+    const handle = await open(objectFile('v1'), 'r+');
+    for (let i = 0; i < 4; i++) await handle.write(Buffer.alloc(MiB, 0x41 + i), 0, MiB, i * 16 * MiB);
+    await handle.close();
+    const reply = await agent.request('POST', '/v1/volumes/v1/exports', { protocol: 'nbd' });
+    t.equal(reply.status, 201, reply.text);
+    t.match(reply.body, { id: /^exp-[0-9a-f]{32}$/, volume: 'v1', protocol: 'nbd', readOnly: false, uri: /^nbd\+unix:\/\/\/exp-[0-9a-f]{32}\?socket=.*nbd\.sock$/, connections: 0 });
+    nbdUri = reply.body.uri;
+    nbdId = reply.body.id;
+    const info = JSON.parse((await run('nbdinfo', ['--json', nbdUri])).stdout).exports[0];
+    t.match(info, { 'export-size': 64 * MiB, is_read_only: false, can_multi_conn: true, contexts: ['base:allocation'] });
+    const copied = path.join(dir, 'copied.raw');
+    t.equal((await run('nbdcopy', [nbdUri, copied])).code, 0);
+    t.equal(await sha256(copied), await sha256(objectFile('v1')), 'nbdcopy reads the volume');
+    const compare = await run('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', nbdUri, objectFile('v1')]);
+    t.equal(compare.code, 0, compare.stdout + compare.stderr);
+    const io = await run('qemu-io', ['-f', 'raw', '-c', `write -f -P 0x77 ${MiB} 65536`, nbdUri]);
+    t.equal(io.code, 0, io.stderr);
+    const bytes = Buffer.alloc(65536);
+    const file = await open(objectFile('v1'), 'r');
+    await file.read(bytes, 0, 65536, MiB);
+    await file.close();
+    t.ok(bytes.equals(Buffer.alloc(65536, 0x77)), 'a write through the export is in the volume');
+    const listed = await agent.request('GET', '/v1/exports');
+    t.match(listed.body, [{ id: nbdId, volume: 'v1', protocol: 'nbd', uri: nbdUri, connections: 0 }]);
+  });
+
+  await t.test('an exported volume is neither deleted nor resized: 409 VOLUME_BUSY, nothing changes', async (t) => {
+    const before = await sha256(objectFile('v1'));
+    const del = await agent.request('DELETE', '/v1/volumes/v1');
+    t.equal(del.status, 409);
+    t.match(del.body.error, { code: 'VOLUME_BUSY', details: { volume: 'v1', exports: [nbdId] } });
+    const resize = await agent.request('POST', '/v1/volumes/v1/resize', { sizeBytes: 128 * MiB });
+    t.equal(resize.status, 409);
+    t.match((await agent.request('GET', '/v1/volumes/v1')).body, { state: 'available', sizeBytes: 64 * MiB });
+    t.equal(await sha256(objectFile('v1')), before, 'the file is untouched');
+  });
+
+  await t.test('read-only rules: a read-only export refuses writes; an Image-Volume is only exported read-only', async (t) => {
+    const ro = await agent.request('POST', '/v1/volumes/v1/exports', { protocol: 'nbd', readOnly: true });
+    t.equal(ro.status, 201);
+    const before = await sha256(objectFile('v1'));
+    const write = await run('nbdcopy', [objectFile('v1'), ro.body.uri]);
+    t.not(write.code, 0, 'nbdcopy into a read-only export fails');
+    t.equal(await sha256(objectFile('v1')), before);
+    t.equal((await agent.request('DELETE', `/v1/exports/${ro.body.id}`)).status, 204);
+    const image = await agent.request('PUT', '/v1/images/img1', { volume: 'v1', mode: 'clone', tenant: 't1' });
+    t.equal(image.status, 201, image.text);
+    const rowsBefore = exportRows(agent.catalogPath);
+    const rw = await agent.request('POST', `/v1/volumes/${image.body.volumeId}/exports`, { protocol: 'nbd', readOnly: false });
+    t.equal(rw.status, 409);
+    t.equal(rw.body.error.code, 'VOLUME_READ_ONLY');
+    t.same(exportRows(agent.catalogPath), rowsBefore, 'no export row');
+    const roImage = await agent.request('POST', `/v1/volumes/${image.body.volumeId}/exports`, { protocol: 'nbd', readOnly: true });
+    t.equal(roImage.status, 201);
+    t.equal((await agent.request('DELETE', `/v1/exports/${roImage.body.id}`)).status, 204);
+  });
+
+  await t.test('a block export: a loop device with the same bytes, detached on unexport; unexport is idempotent', async (t) => {
+    const reply = await agent.request('POST', '/v1/volumes/v1/exports', { protocol: 'block', readOnly: true });
+    t.equal(reply.status, 201, reply.text);
+    t.match(reply.body, { protocol: 'block', readOnly: true, uri: /^\/dev\/loop\d+$/ });
+    const device = reply.body.uri as string;
+    t.equal(await loopBacking(device), objectFile('v1'), 'the loop device is bound to the volume');
+    t.equal(await sha256(device), await sha256(objectFile('v1')), 'it reads the same bytes');
+    t.equal((await agent.request('DELETE', `/v1/exports/${reply.body.id}`)).status, 204);
+    t.equal(await loopBacking(device), undefined, 'detached');
+    t.equal((await agent.request('DELETE', `/v1/exports/${reply.body.id}`)).status, 204, 'again: 204');
+  });
+
+  await t.test('restart, and kill -9: every export comes back with its id and URI, and works', async (t) => {
+    const block = await agent.request('POST', '/v1/volumes/v1/exports', { protocol: 'block' });
+    t.equal(block.status, 201);
+    const before = (await agent.request('GET', '/v1/exports')).body;
+    t.equal(await agent.stop(), 0);
+    agent = await startAgent(top, spec);
+    t.same((await agent.request('GET', '/v1/exports')).body, before, 'after SIGTERM: the same exports');
+    await agent.kill();
+    agent = await startAgent(top, spec);
+    t.same((await agent.request('GET', '/v1/exports')).body, before, 'after kill -9: the same exports');
+    t.equal(JSON.parse((await run('nbdinfo', ['--json', nbdUri])).stdout).exports[0]['export-size'], 64 * MiB, 'the NBD URI works');
+    t.equal(await loopBacking(block.body.uri), objectFile('v1'), 'the same loop device, still bound (not a second one)');
+    t.equal((await agent.request('DELETE', `/v1/exports/${block.body.id}`)).status, 204);
+    t.equal(await loopBacking(block.body.uri), undefined);
+  });
+
+  await t.test('bad input: a clear 4xx and no export row', async (t) => {
+    const rows = exportRows(agent.catalogPath);
+    const cases: Array<[string, unknown, number, string]> = [
+      ['/v1/volumes/v1/exports', { protocol: 'iscsi' }, 400, 'BAD_REQUEST'],
+      ['/v1/volumes/v1/exports', { protocol: 'nbd', readOnly: 'yes' }, 400, 'BAD_REQUEST'],
+      ['/v1/volumes/v1/exports', { protocol: 'nbd', colour: 'red' }, 400, 'UNKNOWN_FIELD'],
+      ['/v1/volumes/v1/exports', { protocol: 'nbd', directIo: true }, 400, 'BAD_REQUEST'],
+      ['/v1/volumes/nope/exports', { protocol: 'nbd' }, 404, 'VOLUME_NOT_FOUND'],
+      ['/v1/volumes/..%2Fv1/exports', { protocol: 'nbd' }, 400, 'INVALID_ID'],
+    ];
+    for (const [url, body, status, code] of cases) {
+      const reply = await agent.request('POST', url, body);
+      t.equal(reply.status, status, `${url} ${JSON.stringify(body)}`);
+      t.equal(reply.body?.error?.code, code);
+    }
+    t.equal((await agent.request('GET', '/v1/exports/exp-00000000000000000000000000000000')).status, 404);
+    t.same(exportRows(agent.catalogPath), rows, 'no row was added');
+  });
+}

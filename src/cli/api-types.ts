@@ -6,6 +6,7 @@ import type { OperationView } from '../agent/operations.js';
 import type { SnapshotView, VolumeView } from '../agent/volumes.js';
 
 export type { PoolView as Pool } from '../agent/agent.js';
+export type { ExportView as Export } from '../agent/exports.js';
 export type { ImageView as Image } from '../agent/images.js';
 export type { OperationView as Operation } from '../agent/operations.js';
 export type { CheckReport, Difference } from '../agent/reconcile.js';

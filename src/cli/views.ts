@@ -3,7 +3,7 @@
 import { formatBytes } from '../units/bytes.js';
 import type { Column } from './table.js';
 import { formatFields, formatTable } from './table.js';
-import type { Image, Operation, Pool, Snapshot, SourceRef, Volume } from './api-types.js';
+import type { Export, Image, Operation, Pool, Snapshot, SourceRef, Volume } from './api-types.js';
 
 export const yesNo = (value: boolean): string => (value ? 'yes' : 'no');
 
@@ -34,6 +34,12 @@ export function poolTable(pools: Pool[]): string {
   return formatTable(['NAME', 'BACKEND', 'REFLINK', 'CONSTANT-TIME', right('TOTAL'), right('USED'), right('FREE'), 'HEALTH'], pools.map((p) => [
     p.name, p.backend, yesNo(p.capabilities.reflink), yesNo(p.capabilities.constantTimeClone),
     formatBytes(p.capacity.totalBytes), formatBytes(p.capacity.usedBytes), formatBytes(p.capacity.freeBytes), healthText(p),
+  ]));
+}
+
+export function exportTable(exports: Export[]): string {
+  return formatTable(['ID', 'VOLUME', 'PROTOCOL', 'RO', right('CONNECTIONS'), 'URI'], exports.map((e) => [
+    e.id, e.volume, e.protocol, yesNo(e.readOnly), String(e.connections), e.uri,
   ]));
 }
 

@@ -10,6 +10,7 @@ import { checkCommand } from './commands/check.js';
 import { cloneCommand } from './commands/clone.js';
 import { copyCommand, copyUsage } from './commands/copy.js';
 import { createCommand } from './commands/create.js';
+import { exportCommand, exportsCommand, unexportCommand } from './commands/export.js';
 import { imageCommand } from './commands/image.js';
 import { lsCommand } from './commands/ls.js';
 import { cancelCommand, opsCommand } from './commands/ops.js';
@@ -34,6 +35,9 @@ const commands: Record<string, Command> = {
   'rm-snapshot': rmSnapshotCommand,
   rm: rmCommand,
   image: imageCommand,
+  export: exportCommand,
+  unexport: unexportCommand,
+  exports: exportsCommand,
   ops: opsCommand,
   cancel: cancelCommand,
   check: checkCommand,

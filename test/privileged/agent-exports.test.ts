@@ -12,7 +12,7 @@ import { promisify } from 'node:util';
 import t from 'tap';
 
 import type { AgentProcess } from '../helpers/agent.js';
-import { startAgent } from '../helpers/agent.js';
+import { startAgent, VOLAGENT } from '../helpers/agent.js';
 import { sha256 } from '../helpers/files.js';
 import { makeLoopFs, TEST_ROOT } from '../helpers/loop-fs.js';
 import { skipUnlessRoot } from '../helpers/privileged.js';
@@ -151,6 +151,28 @@ if (!skipUnlessRoot(t)) {
     t.equal(await loopBacking(block.body.uri), objectFile('v1'), 'the same loop device, still bound (not a second one)');
     t.equal((await agent.request('DELETE', `/v1/exports/${block.body.id}`)).status, 204);
     t.equal(await loopBacking(block.body.uri), undefined);
+  });
+
+  await t.test('CLI: volagent export, exports, unexport', async (t) => {
+    const cli = (...args: string[]): Promise<{ stdout: string; stderr: string; code: number }> => run(process.execPath, [VOLAGENT, '--socket', agent.socket, ...args]);
+    const made = await cli('export', 'v1', '--read-only', '--json');
+    t.equal(made.code, 0, made.stderr);
+    const view = JSON.parse(made.stdout);
+    t.match(view, { volume: 'v1', protocol: 'nbd', readOnly: true, uri: /^nbd\+unix:/ });
+    const listed = await cli('exports');
+    t.match(listed.stdout, /^ID +VOLUME +PROTOCOL +RO +CONNECTIONS +URI\n/);
+    t.match(listed.stdout, new RegExp(`\n${view.id} +v1 +nbd +yes +0 +nbd\\+unix:`), 'the new export is listed');
+    const human = await cli('export', 'v1', '--protocol', 'block');
+    t.equal(human.code, 0, human.stderr);
+    t.match(human.stdout, /^exported v1 as exp-[0-9a-f]{32}: \/dev\/loop\d+\n$/);
+    const blockId = /as (exp-[0-9a-f]{32})/.exec(human.stdout)![1]!;
+    t.equal((await cli('unexport', blockId)).stdout, `unexported ${blockId}\n`);
+    t.equal((await cli('unexport', view.id)).code, 0);
+    t.equal((await cli('unexport', view.id)).code, 0, 'again: done');
+    const bad = await cli('export', 'v1', '--protocol', 'iscsi');
+    t.equal(bad.code, 2, 'a usage error');
+    t.match(bad.stderr, /--protocol must be nbd or block/);
+    t.equal((await cli('export', 'nope')).code, 3, 'an absent volume: exit 3');
   });
 
   await t.test('bad input: a clear 4xx and no export row', async (t) => {

@@ -14,3 +14,21 @@ export async function run(command: string, args: string[], options: { timeoutMs?
     throw new Error(`${command} ${args.join(' ')} failed: ${e.stderr?.trim() || e.message}`);
   }
 }
+
+export interface Outcome {
+  stdout: string;
+  stderr: string;
+  /** The exit status (non-zero when the command failed). */
+  code: number;
+}
+
+/** Runs a client whose failure is the point of the test: resolves its output and exit status, never rejects on a non-zero exit. */
+export async function outcome(command: string, args: string[]): Promise<Outcome> {
+  try {
+    const { stdout, stderr } = await execFileAsync(command, args, { timeout: 120_000, maxBuffer: 64 * 1024 * 1024 });
+    return { stdout, stderr, code: 0 };
+  } catch (error) {
+    const e = error as { stdout?: string; stderr?: string; code?: number };
+    return { stdout: e.stdout ?? '', stderr: e.stderr ?? '', code: typeof e.code === 'number' ? e.code : 1 };
+  }
+}

@@ -3,11 +3,9 @@
 // an exported volume is neither deleted nor resized; block exports on loop
 // devices; restart (and kill -9) keeps every export with its id and URI;
 // bad input changes nothing.
-import { execFile } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import { mkdir, open } from 'node:fs/promises';
 import path from 'node:path';
-import { promisify } from 'node:util';
 
 import t from 'tap';
 
@@ -16,21 +14,12 @@ import { startAgent, VOLAGENT } from '../helpers/agent.js';
 import { sha256 } from '../helpers/files.js';
 import { makeLoopFs, TEST_ROOT } from '../helpers/loop-fs.js';
 import { skipUnlessRoot } from '../helpers/privileged.js';
+import { outcome } from '../helpers/run.js';
 import BetterSqlite3 from 'better-sqlite3';
 
-const execFileAsync = promisify(execFile);
 const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
 
-async function run(command: string, args: string[]): Promise<{ stdout: string; stderr: string; code: number }> {
-  try {
-    const { stdout, stderr } = await execFileAsync(command, args, { maxBuffer: 16 * MiB });
-    return { stdout, stderr, code: 0 };
-  } catch (error) {
-    const e = error as { stdout: string; stderr: string; code: number };
-    return { stdout: e.stdout, stderr: e.stderr, code: e.code };
-  }
-}
 
 function exportRows(catalogPath: string): Array<{ id: string; volume_id: string; protocol: string; state: string; device: string | null }> {
   const db = new BetterSqlite3(catalogPath, { readonly: true, fileMustExist: true });
@@ -60,7 +49,7 @@ if (!skipUnlessRoot(t)) {
   const objectFile = (name: string): string => path.join(poolPath, 'objects', `${name}.raw`);
   // A block export's loop device outlives a killed agent: detach whatever a failing run left.
   t.teardown(async () => {
-    for (const row of exportRows(agent.catalogPath)) if (row.device?.startsWith('/dev/loop')) await run('losetup', ['-d', row.device]);
+    for (const row of exportRows(agent.catalogPath)) if (row.device?.startsWith('/dev/loop')) await outcome('losetup', ['-d', row.device]);
   });
 
   let nbdUri = '';
@@ -76,14 +65,14 @@ if (!skipUnlessRoot(t)) {
     t.match(reply.body, { id: /^exp-[0-9a-f]{32}$/, volume: 'v1', protocol: 'nbd', readOnly: false, uri: /^nbd\+unix:\/\/\/exp-[0-9a-f]{32}\?socket=.*nbd\.sock$/, connections: 0 });
     nbdUri = reply.body.uri;
     nbdId = reply.body.id;
-    const info = JSON.parse((await run('nbdinfo', ['--json', nbdUri])).stdout).exports[0];
+    const info = JSON.parse((await outcome('nbdinfo', ['--json', nbdUri])).stdout).exports[0];
     t.match(info, { 'export-size': 64 * MiB, is_read_only: false, can_multi_conn: true, contexts: ['base:allocation'] });
     const copied = path.join(dir, 'copied.raw');
-    t.equal((await run('nbdcopy', [nbdUri, copied])).code, 0);
+    t.equal((await outcome('nbdcopy', [nbdUri, copied])).code, 0);
     t.equal(await sha256(copied), await sha256(objectFile('v1')), 'nbdcopy reads the volume');
-    const compare = await run('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', nbdUri, objectFile('v1')]);
+    const compare = await outcome('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', nbdUri, objectFile('v1')]);
     t.equal(compare.code, 0, compare.stdout + compare.stderr);
-    const io = await run('qemu-io', ['-f', 'raw', '-c', `write -f -P 0x77 ${MiB} 65536`, nbdUri]);
+    const io = await outcome('qemu-io', ['-f', 'raw', '-c', `write -f -P 0x77 ${MiB} 65536`, nbdUri]);
     t.equal(io.code, 0, io.stderr);
     const bytes = Buffer.alloc(65536);
     const file = await open(objectFile('v1'), 'r');
@@ -109,7 +98,7 @@ if (!skipUnlessRoot(t)) {
     const ro = await agent.request('POST', '/v1/volumes/v1/exports', { protocol: 'nbd', readOnly: true });
     t.equal(ro.status, 201);
     const before = await sha256(objectFile('v1'));
-    const write = await run('nbdcopy', [objectFile('v1'), ro.body.uri]);
+    const write = await outcome('nbdcopy', [objectFile('v1'), ro.body.uri]);
     t.not(write.code, 0, 'nbdcopy into a read-only export fails');
     t.equal(await sha256(objectFile('v1')), before);
     t.equal((await agent.request('DELETE', `/v1/exports/${ro.body.id}`)).status, 204);
@@ -147,14 +136,14 @@ if (!skipUnlessRoot(t)) {
     await agent.kill();
     agent = await startAgent(top, spec);
     t.same((await agent.request('GET', '/v1/exports')).body, before, 'after kill -9: the same exports');
-    t.equal(JSON.parse((await run('nbdinfo', ['--json', nbdUri])).stdout).exports[0]['export-size'], 64 * MiB, 'the NBD URI works');
+    t.equal(JSON.parse((await outcome('nbdinfo', ['--json', nbdUri])).stdout).exports[0]['export-size'], 64 * MiB, 'the NBD URI works');
     t.equal(await loopBacking(block.body.uri), objectFile('v1'), 'the same loop device, still bound (not a second one)');
     t.equal((await agent.request('DELETE', `/v1/exports/${block.body.id}`)).status, 204);
     t.equal(await loopBacking(block.body.uri), undefined);
   });
 
   await t.test('CLI: volagent export, exports, unexport', async (t) => {
-    const cli = (...args: string[]): Promise<{ stdout: string; stderr: string; code: number }> => run(process.execPath, [VOLAGENT, '--socket', agent.socket, ...args]);
+    const cli = (...args: string[]): Promise<{ stdout: string; stderr: string; code: number }> => outcome(process.execPath, [VOLAGENT, '--socket', agent.socket, ...args]);
     const made = await cli('export', 'v1', '--read-only', '--json');
     t.equal(made.code, 0, made.stderr);
     const view = JSON.parse(made.stdout);

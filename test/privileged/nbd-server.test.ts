@@ -2,11 +2,9 @@
 // qemu-io) and a raw client for what real clients never send. The server runs
 // in this process over file and block-device targets; the exports layer's
 // wiring into the agent is tested with the agent.
-import { execFile } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { open, readFile, truncate, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { promisify } from 'node:util';
 
 import t from 'tap';
 import type { Test } from 'tap';
@@ -20,9 +18,9 @@ import type { ExportTarget } from '../../src/exports/nbd/target.js';
 import { goData, RawNbdClient } from '../helpers/nbd-client.js';
 import { makeLoopDevice } from '../helpers/loop-fs.js';
 import { skipUnlessRoot } from '../helpers/privileged.js';
+import { outcome } from '../helpers/run.js';
 import { tempDir } from '../helpers/temp-dir.js';
 
-const execFileAsync = promisify(execFile);
 const MiB = 1024 * 1024;
 const SIZE = 64 * MiB;
 
@@ -70,15 +68,6 @@ async function sha256(file: string): Promise<string> {
   return createHash('sha256').update(await readFile(file)).digest('hex');
 }
 
-async function run(command: string, args: string[]): Promise<{ stdout: string; stderr: string; code: number }> {
-  try {
-    const { stdout, stderr } = await execFileAsync(command, args, { maxBuffer: 16 * MiB });
-    return { stdout, stderr, code: 0 };
-  } catch (error) {
-    const e = error as { stdout: string; stderr: string; code: number };
-    return { stdout: e.stdout, stderr: e.stderr, code: e.code };
-  }
-}
 
 async function openTarget(t: Test, make: () => Promise<ExportTarget>): Promise<ExportTarget> {
   const target = await make();
@@ -91,7 +80,7 @@ if (!skipUnlessRoot(t)) {
     const dir = await tempDir(t, 'volagent-nbd-');
     const file = await sparseVolume(dir, 'v.raw');
     const served = await serve(t, dir, { 'exp-rw': await openTarget(t, () => FileTarget.open(file, false)) });
-    const info = await run('nbdinfo', ['--json', served.uri('exp-rw')]);
+    const info = await outcome('nbdinfo', ['--json', served.uri('exp-rw')]);
     t.equal(info.code, 0, info.stderr);
     const exported = JSON.parse(info.stdout).exports[0];
     t.match(exported, {
@@ -99,7 +88,7 @@ if (!skipUnlessRoot(t)) {
       can_trim: true, can_zero: true, can_fast_zero: true, can_multi_conn: true, can_df: true,
       block_size_minimum: 1, block_size_preferred: 4096, block_size_maximum: 32 * MiB, description: 'volume behind exp-rw',
     });
-    const map = await run('nbdinfo', ['--map', '--json', served.uri('exp-rw')]);
+    const map = await outcome('nbdinfo', ['--map', '--json', served.uri('exp-rw')]);
     t.equal(map.code, 0, map.stderr);
     const extents = (JSON.parse(map.stdout) as Array<{ offset: number; length: number; type: number }>).map((e) => [e.offset, e.length, e.type]);
     t.same(extents, [[0, 8 * MiB, 3], [8 * MiB, MiB, 0], [9 * MiB, 31 * MiB, 3], [40 * MiB, 3 * MiB, 0], [43 * MiB, 21 * MiB, 3]], 'holes and data as SEEK_DATA/SEEK_HOLE see them');
@@ -116,14 +105,14 @@ if (!skipUnlessRoot(t)) {
       dst: await openTarget(t, () => FileTarget.open(dest, false)),
     });
     const copied = path.join(dir, 'copied.raw');
-    t.equal((await run('nbdcopy', [served.uri('src'), copied])).code, 0, 'nbdcopy export -> file');
+    t.equal((await outcome('nbdcopy', [served.uri('src'), copied])).code, 0, 'nbdcopy export -> file');
     t.equal(await sha256(copied), await sha256(source), 'equal by sha256');
-    t.equal((await run('nbdcopy', [source, served.uri('dst')])).code, 0, 'nbdcopy file -> read-write export');
+    t.equal((await outcome('nbdcopy', [source, served.uri('dst')])).code, 0, 'nbdcopy file -> read-write export');
     t.equal(await sha256(dest), await sha256(source), 'the volume holds the file');
-    const compare = await run('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', served.uri('src'), source]);
+    const compare = await outcome('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', served.uri('src'), source]);
     t.equal(compare.code, 0, compare.stdout + compare.stderr);
-    const overNbd = JSON.parse((await run('qemu-img', ['map', '--output=json', '-f', 'raw', served.uri('src')])).stdout) as Array<{ start: number; length: number; data: boolean }>;
-    const local = JSON.parse((await run('qemu-img', ['map', '--output=json', '-f', 'raw', source])).stdout) as Array<{ start: number; length: number; data: boolean }>;
+    const overNbd = JSON.parse((await outcome('qemu-img', ['map', '--output=json', '-f', 'raw', served.uri('src')])).stdout) as Array<{ start: number; length: number; data: boolean }>;
+    const local = JSON.parse((await outcome('qemu-img', ['map', '--output=json', '-f', 'raw', source])).stdout) as Array<{ start: number; length: number; data: boolean }>;
     const dataOf = (map: typeof overNbd): number[][] => map.filter((e) => e.data).map((e) => [e.start, e.length]);
     t.same(dataOf(overNbd), [[8 * MiB, MiB], [40 * MiB, 3 * MiB]], 'qemu-img map over NBD: the data extents');
     t.same(dataOf(overNbd), dataOf(local), "the same as the file's own map");
@@ -133,7 +122,7 @@ if (!skipUnlessRoot(t)) {
     const dir = await tempDir(t, 'volagent-nbd-');
     const file = await sparseVolume(dir, 'v.raw');
     const served = await serve(t, dir, { v: await openTarget(t, () => FileTarget.open(file, false)) });
-    const io = await run('qemu-io', ['-f', 'raw', '-c', 'write -f -P 0x5a 0 65536', '-c', `write -z ${8 * MiB} 65536`, '-c', 'read -P 0x5a 0 65536',
+    const io = await outcome('qemu-io', ['-f', 'raw', '-c', 'write -f -P 0x5a 0 65536', '-c', `write -z ${8 * MiB} 65536`, '-c', 'read -P 0x5a 0 65536',
       '-c', `read -P 0 ${8 * MiB} 65536`, served.uri('v')]);
     t.equal(io.code, 0, io.stderr);
     t.notMatch(io.stdout, /Pattern verification failed|failed/, io.stdout);
@@ -152,9 +141,9 @@ if (!skipUnlessRoot(t)) {
     const file = await sparseVolume(dir, 'v.raw');
     const before = await sha256(file);
     const served = await serve(t, dir, { ro: await openTarget(t, () => FileTarget.open(file, true)) });
-    const info = JSON.parse((await run('nbdinfo', ['--json', served.uri('ro')])).stdout).exports[0];
+    const info = JSON.parse((await outcome('nbdinfo', ['--json', served.uri('ro')])).stdout).exports[0];
     t.match(info, { is_read_only: true, can_trim: false, can_zero: false });
-    const io = await run('qemu-io', ['-f', 'raw', '-c', 'write -P 1 0 4096', served.uri('ro')]);
+    const io = await outcome('qemu-io', ['-f', 'raw', '-c', 'write -P 1 0 4096', served.uri('ro')]);
     t.not(io.code, 0, 'qemu-io cannot open it for writing');
     t.match(io.stderr, /Could not open image: Permission denied/, 'qemu refuses a read-write open of a read-only export');
     const client = await RawNbdClient.connect(served.socket);
@@ -236,7 +225,7 @@ if (!skipUnlessRoot(t)) {
     t.ok(Date.now() - started < 2000, 'the server dropped a client that never finished the handshake');
 
     const listing = await serve(t, await tempDir(t, 'volagent-nbd-'), { a: await openTarget(t, () => FileTarget.open(file, true)) }, { allowList: true });
-    const list = await run('nbdinfo', ['--list', '--json', listing.uri('')]);
+    const list = await outcome('nbdinfo', ['--list', '--json', listing.uri('')]);
     t.equal(list.code, 0, list.stderr);
     t.same(JSON.parse(list.stdout).exports.map((e: { 'export-name': string }) => e['export-name']), ['a'], 'with allowList, LIST names the exports');
   });
@@ -247,13 +236,13 @@ if (!skipUnlessRoot(t)) {
     const dir = await tempDir(t, 'volagent-nbd-');
     const source = await sparseVolume(dir, 'source.raw');
     const served = await serve(t, dir, { blk: await openTarget(t, () => BlockTarget.open(loop.device, false)) });
-    const info = JSON.parse((await run('nbdinfo', ['--json', served.uri('blk')])).stdout).exports[0];
+    const info = JSON.parse((await outcome('nbdinfo', ['--json', served.uri('blk')])).stdout).exports[0];
     t.match(info, { 'export-size': SIZE, can_trim: true, can_zero: true, can_fast_zero: false });
-    t.equal((await run('nbdcopy', [source, served.uri('blk')])).code, 0);
+    t.equal((await outcome('nbdcopy', [source, served.uri('blk')])).code, 0);
     const back = path.join(dir, 'back.raw');
-    t.equal((await run('nbdcopy', [served.uri('blk'), back])).code, 0);
+    t.equal((await outcome('nbdcopy', [served.uri('blk'), back])).code, 0);
     t.equal(await sha256(back), await sha256(source), 'round trip through the device');
-    const io = await run('qemu-io', ['-f', 'raw', '-c', `write -z ${8 * MiB} ${MiB}`, '-c', `read -P 0 ${8 * MiB} ${MiB}`, served.uri('blk')]);
+    const io = await outcome('qemu-io', ['-f', 'raw', '-c', `write -z ${8 * MiB} ${MiB}`, '-c', `read -P 0 ${8 * MiB} ${MiB}`, served.uri('blk')]);
     t.equal(io.code, 0, io.stderr);
     t.notMatch(io.stdout, /failed/);
     const handle = await open(loop.device, 'r');

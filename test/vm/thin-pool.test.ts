@@ -14,6 +14,7 @@ const GUEST_SUBTESTS = [
   'volumes: create, clone keeps the first pattern',
   'bad input on a thin pool',
   'images on a thin pool',
+  'exports of thin volumes',
   'restart: the pool reopens',
   'the devices gone',
   'kill -9 at thin.after-message during a clone',

@@ -6,16 +6,17 @@ import type { FileHandle } from 'node:fs/promises';
 import { open } from 'node:fs/promises';
 
 import { native } from '../../native/binding.js';
-import { readFully, writeFully } from './fd-io.js';
-import type { Extent, ExportTarget, ZeroOptions } from './target.js';
+import { FdTarget } from './fd-target.js';
+import type { Extent, ZeroOptions } from './target.js';
 import { FastZeroUnsupportedError } from './target.js';
 
-export class BlockTarget implements ExportTarget {
+export class BlockTarget extends FdTarget {
   readonly canTrim = true;
   readonly canFastZero = false;
-  readonly multiConn = true;
 
-  private constructor(private readonly handle: FileHandle, private readonly path: string, readonly sizeBytes: number, readonly readOnly: boolean) {}
+  private constructor(handle: FileHandle, path: string, sizeBytes: number, readOnly: boolean) {
+    super(handle, path, sizeBytes, readOnly);
+  }
 
   static async open(path: string, readOnly: boolean): Promise<BlockTarget> {
     const handle = await open(path, readOnly ? 'r' : 'r+');
@@ -25,19 +26,6 @@ export class BlockTarget implements ExportTarget {
       await handle.close();
       throw error;
     }
-  }
-
-  read(offset: number, length: number): Promise<Buffer> {
-    return readFully(this.handle, offset, length, this.path);
-  }
-
-  async write(data: Buffer, offset: number, fua: boolean): Promise<void> {
-    await writeFully(this.handle, data, offset);
-    if (fua) await this.flush();
-  }
-
-  flush(): Promise<void> {
-    return native.fdatasync(this.handle.fd, this.path);
   }
 
   async trim(offset: number, length: number, fua: boolean): Promise<void> {
@@ -53,9 +41,5 @@ export class BlockTarget implements ExportTarget {
 
   async blockStatus(_offset: number, length: number): Promise<Extent[]> {
     return [{ length, flags: 0 }];
-  }
-
-  close(): Promise<void> {
-    return this.handle.close();
   }
 }

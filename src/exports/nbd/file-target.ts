@@ -7,9 +7,9 @@ import { open } from 'node:fs/promises';
 
 import { native } from '../../native/binding.js';
 import { isSystemError } from '../../native/system-error.js';
-import { readFully, writeFully } from './fd-io.js';
+import { FdTarget, writeFully } from './fd-target.js';
 import { AllocationState } from './protocol.js';
-import type { Extent, ExportTarget, ZeroOptions } from './target.js';
+import type { Extent, ZeroOptions } from './target.js';
 import { FastZeroUnsupportedError } from './target.js';
 
 /** fallocate modes a filesystem may lack. */
@@ -18,12 +18,13 @@ const UNSUPPORTED = ['EOPNOTSUPP', 'ENOTSUP', 'ENOSYS'];
 const MAX_EXTENTS = 1024;
 const ZERO_CHUNK_BYTES = 1024 * 1024;
 
-export class FileTarget implements ExportTarget {
+export class FileTarget extends FdTarget {
   readonly canTrim = true;
   readonly canFastZero = true;
-  readonly multiConn = true;
 
-  private constructor(private readonly handle: FileHandle, private readonly path: string, readonly sizeBytes: number, readonly readOnly: boolean) {}
+  private constructor(handle: FileHandle, path: string, sizeBytes: number, readOnly: boolean) {
+    super(handle, path, sizeBytes, readOnly);
+  }
 
   static async open(path: string, readOnly: boolean): Promise<FileTarget> {
     const handle = await open(path, readOnly ? 'r' : 'r+');
@@ -34,19 +35,6 @@ export class FileTarget implements ExportTarget {
       await handle.close();
       throw error;
     }
-  }
-
-  read(offset: number, length: number): Promise<Buffer> {
-    return readFully(this.handle, offset, length, this.path);
-  }
-
-  async write(data: Buffer, offset: number, fua: boolean): Promise<void> {
-    await writeFully(this.handle, data, offset);
-    if (fua) await this.flush();
-  }
-
-  flush(): Promise<void> {
-    return native.fdatasync(this.handle.fd, this.path);
   }
 
   /** A hole punched where the filesystem can; advisory, so a filesystem that cannot is not an error. */
@@ -100,9 +88,5 @@ export class FileTarget implements ExportTarget {
     const covered = batch.next >= end ? end : batch.next;
     if (covered > at) extents.push({ length: covered - at, flags: AllocationState.HOLE | AllocationState.ZERO });
     return extents;
-  }
-
-  close(): Promise<void> {
-    return this.handle.close();
   }
 }

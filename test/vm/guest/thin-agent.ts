@@ -312,6 +312,23 @@ if (!inVmGuest()) {
     t.equal((await agent.request('GET', `/v1/volumes/${registered.body.volumeId}`)).status, 404, "the image's Image-Volume is removed");
   });
 
+  await t.test('exports of thin volumes: NBD through the device node, and the node itself as a block export', async (t) => {
+    const nbd = await agent.request('POST', '/v1/volumes/v2/exports', { protocol: 'nbd', readOnly: true });
+    t.equal(nbd.status, 201, nbd.text);
+    const copy = path.join(dir, 'v2-over-nbd.raw');
+    const copied = spawnSync('nbdcopy', [nbd.body.uri, copy], { encoding: 'utf8' });
+    t.equal(copied.status, 0, copied.stderr);
+    const overNbd = await readRange(copy, 16 * MiB);
+    t.ok(overNbd.equals(await readRange(nodeOf('v2'), 16 * MiB)), 'nbdcopy reads what the device holds');
+    const busy = await agent.request('DELETE', '/v1/volumes/v2');
+    t.equal(busy.status, 409, 'an exported thin volume is not deleted');
+    const block = await agent.request('POST', '/v1/volumes/v2/exports', { protocol: 'block' });
+    t.equal(block.status, 201, block.text);
+    t.equal(block.body.uri, nodeOf('v2'), 'a block export of a thin volume is its own node');
+    for (const id of [nbd.body.id, block.body.id]) t.equal((await agent.request('DELETE', `/v1/exports/${id}`)).status, 204);
+    t.same((await agent.request('GET', '/v1/exports')).body, []);
+  });
+
   await t.test('restart: the pool reopens, every volume is active, the catalog equals the pool', async (t) => {
     const before = (await agent.request('GET', '/v1/volumes')).body;
     t.equal(await agent.stop(), 0, 'SIGTERM: clean exit');

@@ -44,7 +44,8 @@ export interface ExportRequest {
 interface LiveExport {
   row: ExportRow;
   target?: ExportTarget;
-  connections: number;
+  /** How to end each open NBD connection. */
+  connections: Set<() => void>;
 }
 
 export interface ExportsOptions {
@@ -80,9 +81,9 @@ export class Exports {
     if (!live?.target || live.row.protocol !== 'nbd' || live.row.state !== 'available') return undefined;
     return {
       name, target: live.target, description: `volagent volume ${live.row.volumeId}`,
-      attach: () => {
-        live.connections += 1;
-        return () => { live.connections -= 1; };
+      attach: (end) => {
+        live.connections.add(end);
+        return () => { live.connections.delete(end); };
       },
     };
   }
@@ -117,7 +118,7 @@ export class Exports {
         throw toApiError(error, { volume: volume.id });
       }
       const row = this.catalog.getExport(id)!;
-      this.live.set(id, { row, ...(made.target ? { target: made.target } : {}), connections: 0 });
+      this.live.set(id, { row, ...(made.target ? { target: made.target } : {}), connections: new Set() });
       return this.view(row);
     } finally {
       release();
@@ -134,7 +135,7 @@ export class Exports {
     return this.view(row);
   }
 
-  /** Unexport: idempotent. NBD connections to it are closed (their next request fails). */
+  /** Unexport: idempotent. Open NBD connections to it are closed first. */
   async delete(id: string): Promise<void> {
     const row = this.catalog.getExport(id);
     if (!row) return;
@@ -159,7 +160,7 @@ export class Exports {
       const volume = this.catalog.getVolume(row.volumeId);
       try {
         const made = await this.make(this.pool(volume!.pool), row.volumeId, { volumeId: row.volumeId, protocol: row.protocol, readOnly: row.readOnly }, row.device);
-        this.live.set(row.id, { row, ...(made.target ? { target: made.target } : {}), connections: 0 });
+        this.live.set(row.id, { row, ...(made.target ? { target: made.target } : {}), connections: new Set() });
       } catch (error) {
         onProblem(row, error);
       }
@@ -184,6 +185,7 @@ export class Exports {
   }
 
   private async unmake(row: ExportRow, live: LiveExport | undefined): Promise<void> {
+    for (const end of live?.connections ?? []) end();
     await live?.target?.close();
     if (row.protocol === 'block' && row.device && this.pool(this.catalog.getVolume(row.volumeId)!.pool).backend === 'file') {
       const path = this.pool(this.catalog.getVolume(row.volumeId)!.pool).objectPath(row.volumeId);
@@ -201,7 +203,7 @@ export class Exports {
     const uris = row.protocol === 'nbd' ? this.nbdUris(row.id) : [row.device ?? ''];
     return {
       id: row.id, volume: row.volumeId, protocol: row.protocol, readOnly: row.readOnly, uri: uris[0] ?? '',
-      ...(row.protocol === 'nbd' ? { uris } : {}), connections: this.live.get(row.id)?.connections ?? 0, createdAt: row.createdAt,
+      ...(row.protocol === 'nbd' ? { uris } : {}), connections: this.live.get(row.id)?.connections.size ?? 0, createdAt: row.createdAt,
     };
   }
 

@@ -13,6 +13,7 @@ import type { AgentProcess } from '../helpers/agent.js';
 import { startAgent, VOLAGENT } from '../helpers/agent.js';
 import { sha256 } from '../helpers/files.js';
 import { makeLoopFs, TEST_ROOT } from '../helpers/loop-fs.js';
+import { RawNbdClient } from '../helpers/nbd-client.js';
 import { skipUnlessRoot } from '../helpers/privileged.js';
 import { outcome } from '../helpers/run.js';
 import BetterSqlite3 from 'better-sqlite3';
@@ -81,6 +82,20 @@ if (!skipUnlessRoot(t)) {
     t.ok(bytes.equals(Buffer.alloc(65536, 0x77)), 'a write through the export is in the volume');
     const listed = await agent.request('GET', '/v1/exports');
     t.match(listed.body, [{ id: nbdId, volume: 'v1', protocol: 'nbd', uri: nbdUri, connections: 0 }]);
+  });
+
+  await t.test('connections are counted, and unexport ends them', async (t) => {
+    const other = await agent.request('POST', '/v1/volumes/v1/exports', { protocol: 'nbd', readOnly: true });
+    const socketPath = /socket=(.*)$/.exec(other.body.uri)![1]!;
+    const client = await RawNbdClient.connect(socketPath);
+    t.teardown(() => client.destroy());
+    t.equal((await client.open(other.body.id)).at(-1)!.type, 1, 'GO answered ACK');
+    t.equal((await agent.request('GET', `/v1/exports/${other.body.id}`)).body.connections, 1, 'one connection');
+    const closed = new Promise<void>((resolve) => client.socket.once('close', () => resolve()));
+    t.equal((await agent.request('DELETE', `/v1/exports/${other.body.id}`)).status, 204);
+    await closed;
+    t.pass('the connection was closed by the unexport');
+    t.equal((await agent.request('GET', `/v1/exports/${other.body.id}`)).status, 404);
   });
 
   await t.test('an exported volume is neither deleted nor resized: 409 VOLUME_BUSY, nothing changes', async (t) => {

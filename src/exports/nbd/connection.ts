@@ -21,8 +21,11 @@ export interface ExportHandle {
   name: string;
   description?: string;
   target: ExportTarget;
-  /** Called when a connection attaches to the export, and with the returned function when it detaches. */
-  attach(): () => void;
+  /**
+   * Called when a connection attaches to the export, with how to end it (the
+   * export is going away); the returned function is called when it detaches.
+   */
+  attach(end: () => void): () => void;
 }
 
 export interface ConnectionOptions {
@@ -109,7 +112,7 @@ export class NbdConnection {
       clearTimeout(timer);
       if (!handle) return;
       this.handle = handle;
-      this.detach = handle.attach();
+      this.detach = handle.attach(() => this.socket.destroy());
       await this.transmission(handle.target);
     } catch (error) {
       if (!(error instanceof ConnectionClosedError) && !(error instanceof ProtocolViolation)) throw error;

@@ -187,7 +187,8 @@ function parseListen(text: string, reader: TableReader, key: string): ListenAddr
   }
   const tcp = /^tcp:(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$/.exec(text);
   const port = tcp ? Number(tcp[2]) : NaN;
-  if (!tcp || port < 1 || port > 65535) return reader.fail(key, `"${text}": must be "unix:/path" or "tcp:host:port"`);
+  // Port 0: the kernel chooses one; export URIs carry the port it chose.
+  if (!tcp || port < 0 || port > 65535) return reader.fail(key, `"${text}": must be "unix:/path" or "tcp:host:port"`);
   return { kind: 'tcp', host: tcp[1]!.replace(/^\[|\]$/g, ''), port };
 }
 

@@ -120,6 +120,8 @@ export interface AgentSpec {
   env?: NodeJS.ProcessEnv;
   /** How long start-up may take; default 20 s (a VM under TCG needs more). */
   startTimeoutMs?: number;
+  /** NBD addresses besides `unix:<dir>/nbd.sock`, as written in `[nbd].listen` (`tcp:127.0.0.1:0`). */
+  nbdListen?: string[];
 }
 
 export interface StreamOptions {
@@ -202,7 +204,7 @@ export async function writeAgentConfig(spec: AgentSpec): Promise<string> {
   const lines = [
     '[control]', `socket = ${JSON.stringify(path.join(spec.dir, 'control.sock'))}`, '',
     '[catalog]', `path = ${JSON.stringify(path.join(spec.dir, 'catalog.db'))}`, '',
-    '[nbd]', `listen = [${JSON.stringify(`unix:${path.join(spec.dir, 'nbd.sock')}`)}]`, '',
+    '[nbd]', `listen = [${[`unix:${path.join(spec.dir, 'nbd.sock')}`, ...(spec.nbdListen ?? [])].map((a) => JSON.stringify(a)).join(', ')}]`, '',
     ...(spec.lockWaitMs !== undefined ? ['[agent]', `lock_wait_ms = ${spec.lockWaitMs}`, ''] : []),
     ...spec.pools.flatMap(poolLines),
   ];

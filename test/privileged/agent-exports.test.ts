@@ -4,6 +4,8 @@
 // devices; restart (and kill -9) keeps every export with its id and URI;
 // bad input changes nothing.
 import { readFile } from 'node:fs/promises';
+import type { AddressInfo } from 'node:net';
+import { createServer } from 'node:net';
 import { mkdir, open } from 'node:fs/promises';
 import path from 'node:path';
 
@@ -31,6 +33,18 @@ function exportRows(catalogPath: string): Array<{ id: string; volume_id: string;
   }
 }
 
+/** A TCP port nothing listens on now. */
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as AddressInfo;
+      server.close(() => resolve(port));
+    });
+  });
+}
+
 async function loopBacking(device: string): Promise<string | undefined> {
   return (await readFile(`/sys/block/${path.basename(device)}/loop/backing_file`, 'utf8').catch(() => undefined))?.trim();
 }
@@ -43,7 +57,9 @@ if (!skipUnlessRoot(t)) {
   await mkdir(TEST_ROOT, { recursive: true });
   const dir = path.join(xfs.mountPoint, 'agent');
   await mkdir(dir);
-  const spec = { dir, pools: [{ name: 'fast', path: poolPath }] };
+  // A fixed TCP port (one the kernel just handed out), so a restart keeps the nbd:// URI too.
+  const tcpPort = await freePort();
+  const spec = { dir, pools: [{ name: 'fast', path: poolPath }], nbdListen: [`tcp:127.0.0.1:${tcpPort}`] };
   /** Agents restarted in a subtest serve the ones after it. */
   const top = t;
   let agent: AgentProcess = await startAgent(top, spec);
@@ -82,6 +98,11 @@ if (!skipUnlessRoot(t)) {
     t.ok(bytes.equals(Buffer.alloc(65536, 0x77)), 'a write through the export is in the volume');
     const listed = await agent.request('GET', '/v1/exports');
     t.match(listed.body, [{ id: nbdId, volume: 'v1', protocol: 'nbd', uri: nbdUri, connections: 0 }]);
+    const tcpUri = (reply.body.uris as string[])[1]!;
+    t.equal(tcpUri, `nbd://127.0.0.1:${tcpPort}/${nbdId}`, 'a URI per [nbd].listen address');
+    const overTcp = path.join(dir, 'over-tcp.raw');
+    t.equal((await outcome('nbdcopy', [tcpUri, overTcp])).code, 0, 'nbdcopy over TCP');
+    t.equal(await sha256(overTcp), await sha256(objectFile('v1')));
   });
 
   await t.test('connections are counted, and unexport ends them', async (t) => {

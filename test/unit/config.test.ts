@@ -117,6 +117,12 @@ t.test('thin pool settings: min_free, error_if_no_space and device_dir, with the
   });
 });
 
+t.test('[nbd]: listen addresses (port 0 lets the kernel choose) and allow_list', async (t) => {
+  const pool = '[[pools]]\nname = "p"\nbackend = "file"\npath = "/p"\n';
+  const config = parseConfig(`[nbd]\nlisten = ["tcp:127.0.0.1:0", "tcp:[::1]:10809"]\nallow_list = true\n${pool}`, 'f.toml', '/');
+  t.same(config.nbd, { listen: [{ kind: 'tcp', host: '127.0.0.1', port: 0 }, { kind: 'tcp', host: '::1', port: 10809 }], allowList: true });
+});
+
 t.test('max_image_bytes is a size per pool', async (t) => {
   const config = parseConfig('[[pools]]\nname = "p"\nbackend = "file"\npath = "/p"\nmax_image_bytes = "64GiB"\n', 'f.toml', '/');
   t.equal(config.pools[0]!.maxImageBytes, 64 * 2 ** 30);

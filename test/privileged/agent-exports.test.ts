@@ -62,7 +62,11 @@ if (!skipUnlessRoot(t)) {
   const spec = { dir, pools: [{ name: 'fast', path: poolPath }], nbdListen: [`tcp:127.0.0.1:${tcpPort}`] };
   /** Agents restarted in a subtest serve the ones after it. */
   const top = t;
-  let agent: AgentProcess = await startAgent(top, spec);
+  // A failed start ends the file before tap's teardowns run: the filesystem is removed here then.
+  let agent: AgentProcess = await startAgent(top, spec).catch(async (error: unknown) => {
+    await xfs.cleanup();
+    throw error;
+  });
   const objectFile = (name: string): string => path.join(poolPath, 'objects', `${name}.raw`);
   // A block export's loop device outlives a killed agent: detach whatever a failing run left.
   t.teardown(async () => {

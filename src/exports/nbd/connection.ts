@@ -42,7 +42,7 @@ export interface ConnectionOptions {
 const ALLOCATION_CONTEXT_ID = 1;
 const MIN_BLOCK = 1;
 const PREFERRED_BLOCK = 4096;
-const DEFAULT_IN_FLIGHT_BYTES = 64 * 1024 * 1024;
+const DEFAULT_IN_FLIGHT_BYTES = 16 * 1024 * 1024;
 const KNOWN_CLIENT_FLAGS = HandshakeFlag.FIXED_NEWSTYLE | HandshakeFlag.NO_ZEROES;
 
 /** Flags each command accepts. */
@@ -98,6 +98,7 @@ export class NbdConnection {
   private inFlightBytes = 0;
   private readonly inFlight = new Set<Promise<void>>();
   private spaceWaiter: (() => void) | undefined;
+  private drainWait: Promise<void> | undefined;
 
   constructor(private readonly socket: Socket, private readonly options: ConnectionOptions) {
     this.reader = new SocketReader(socket);
@@ -361,11 +362,22 @@ export class NbdConnection {
     let drained = true;
     for (const buffer of buffers) drained = this.socket.write(buffer);
     this.socket.uncork();
-    return drained ? Promise.resolve() : new Promise((resolve) => {
-      const done = (): void => { this.socket.off('drain', done); this.socket.off('close', done); resolve(); };
-      this.socket.once('drain', done);
-      this.socket.once('close', done);
+    return drained ? Promise.resolve() : this.drained();
+  }
+
+  /** One wait for the socket's next 'drain' (or close), shared by every reply that filled its buffer. */
+  private drained(): Promise<void> {
+    this.drainWait ??= new Promise((resolve) => {
+      const done = (): void => {
+        this.socket.off('drain', done);
+        this.socket.off('close', done);
+        this.drainWait = undefined;
+        resolve();
+      };
+      this.socket.on('drain', done);
+      this.socket.on('close', done);
     });
+    return this.drainWait;
   }
 
   private sendDone(request: Request): void {

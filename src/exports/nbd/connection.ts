@@ -6,6 +6,7 @@
 // a bad request gets an error and the connection stays usable.
 import type { Socket } from 'node:net';
 
+import { BufferPool } from './buffer-pool.js';
 import type { ExportTarget } from './target.js';
 import { FastZeroUnsupportedError } from './target.js';
 import {
@@ -43,6 +44,8 @@ const ALLOCATION_CONTEXT_ID = 1;
 const MIN_BLOCK = 1;
 const PREFERRED_BLOCK = 4096;
 const DEFAULT_IN_FLIGHT_BYTES = 16 * 1024 * 1024;
+/** Read buffers kept for reuse, shared by every connection of the process. */
+const readBuffers = new BufferPool(32 * 1024 * 1024);
 const KNOWN_CLIENT_FLAGS = HandshakeFlag.FIXED_NEWSTYLE | HandshakeFlag.NO_ZEROES;
 
 /** Flags each command accepts. */
@@ -327,9 +330,18 @@ export class NbdConnection {
     const fua = (request.flags & CommandFlag.FUA) !== 0;
     try {
       switch (request.type) {
-        case Command.READ:
-          await this.sendData(request, await target.read(offset, request.length));
+        case Command.READ: {
+          const buffer = readBuffers.take(request.length);
+          let sent = false;
+          try {
+            await target.read(offset, request.length, buffer);
+            sent = true;
+            await this.sendData(request, buffer, () => readBuffers.give(buffer));
+          } finally {
+            if (!sent) readBuffers.give(buffer);
+          }
           return;
+        }
         case Command.WRITE:
           await target.write(data!, offset, fua);
           break;
@@ -356,11 +368,17 @@ export class NbdConnection {
     }
   }
 
-  private write(buffers: Buffer[]): Promise<void> {
-    if (this.socket.destroyed) return Promise.resolve();
+  /** Writes one reply whole; `written` runs once the socket has taken (or dropped) every byte of it. */
+  private write(buffers: Buffer[], written?: () => void): Promise<void> {
+    if (this.socket.destroyed) {
+      written?.();
+      return Promise.resolve();
+    }
     this.socket.cork();
     let drained = true;
-    for (const buffer of buffers) drained = this.socket.write(buffer);
+    buffers.forEach((buffer, i) => {
+      drained = i === buffers.length - 1 && written ? this.socket.write(buffer, () => written()) : this.socket.write(buffer);
+    });
     this.socket.uncork();
     return drained ? Promise.resolve() : this.drained();
   }
@@ -386,11 +404,11 @@ export class NbdConnection {
       : simpleReply(request.cookie, 0)]);
   }
 
-  private sendData(request: Request, data: Buffer): Promise<void> {
-    if (!this.structured) return this.write([simpleReply(request.cookie, 0), data]);
+  private sendData(request: Request, data: Buffer, written: () => void): Promise<void> {
+    if (!this.structured) return this.write([simpleReply(request.cookie, 0), data], written);
     const offset = Buffer.alloc(8);
     offset.writeBigUInt64BE(request.offset, 0);
-    return this.write([structuredReplyHeader(request.cookie, ReplyType.OFFSET_DATA, ReplyFlag.DONE, 8 + data.length), offset, data]);
+    return this.write([structuredReplyHeader(request.cookie, ReplyType.OFFSET_DATA, ReplyFlag.DONE, 8 + data.length), offset, data], written);
   }
 
   private sendBlockStatus(request: Request, extents: Array<{ length: number; flags: number }>): Promise<void> {

@@ -23,8 +23,9 @@ export abstract class FdTarget implements ExportTarget {
 
   protected constructor(protected readonly handle: FileHandle, protected readonly path: string, readonly sizeBytes: number, readonly readOnly: boolean) {}
 
-  async read(offset: number, length: number): Promise<Buffer> {
-    const buffer = Buffer.allocUnsafe(length);
+  /** Reads into `into` when given (exactly `length` bytes), else into a new buffer. */
+  async read(offset: number, length: number, into?: Buffer): Promise<Buffer> {
+    const buffer = into ?? Buffer.allocUnsafe(length);
     let done = 0;
     while (done < length) {
       const { bytesRead } = await this.handle.read(buffer, done, length - done, offset + done);

@@ -23,7 +23,8 @@ export interface ExportTarget {
   readonly canFastZero: boolean;
   /** Writes from one connection are visible to reads of another, and a flush on one covers all (one page cache, one fd). */
   readonly multiConn: boolean;
-  read(offset: number, length: number): Promise<Buffer>;
+  /** `into`, when given, is a buffer of exactly `length` bytes to read into. */
+  read(offset: number, length: number, into?: Buffer): Promise<Buffer>;
   write(data: Buffer, offset: number, fua: boolean): Promise<void>;
   flush(): Promise<void>;
   trim(offset: number, length: number, fua: boolean): Promise<void>;

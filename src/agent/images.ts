@@ -296,6 +296,13 @@ export class Images {
       const row = this.catalog.getImage(id);
       if (!row) return;
       if (row.state === 'creating') throw new ApiError('VOLUME_BUSY', `image ${id} is being registered`, { image: id });
+      // An exported Image-Volume would block the background removal: refused before anything changes.
+      const exports = this.catalog.exportsOfVolume(row.volumeId);
+      if (row.state !== 'deleting' && exports.length > 0) {
+        throw new ApiError('VOLUME_BUSY', `image ${id}: its Image-Volume ${row.volumeId} is exported; unexport it first`, {
+          image: id, volume: row.volumeId, exports: exports.map((e) => e.id),
+        });
+      }
       if (row.state !== 'deleting') await this.writes.transitionImage(id, row.state, 'deleting');
       if (!this.removals.has(id)) this.startRemoval(id, row.volumeId);
     } finally {

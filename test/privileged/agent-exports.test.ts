@@ -151,6 +151,10 @@ if (!skipUnlessRoot(t)) {
     t.same(exportRows(agent.catalogPath), rowsBefore, 'no export row');
     const roImage = await agent.request('POST', `/v1/volumes/${image.body.volumeId}/exports`, { protocol: 'nbd', readOnly: true });
     t.equal(roImage.status, 201);
+    const busy = await agent.request('DELETE', '/v1/images/img1');
+    t.equal(busy.status, 409, 'an image whose Image-Volume is exported is not deleted');
+    t.match(busy.body.error, { code: 'VOLUME_BUSY', details: { image: 'img1', exports: [roImage.body.id] } });
+    t.match((await agent.request('GET', '/v1/images/img1')).body, { state: 'available' }, 'the image is unchanged');
     t.equal((await agent.request('DELETE', `/v1/exports/${roImage.body.id}`)).status, 204);
   });
 

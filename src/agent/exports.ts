@@ -113,7 +113,7 @@ export class Exports {
         await this.writes.markExportAvailable(id, made.device);
       } catch (error) {
         await made.target?.close().catch(() => undefined);
-        if (made.device && pool.backend === 'file') await detachLoop(made.device).catch(() => undefined);
+        if (made.device) await this.releaseDevice(pool, volume.id, made.device).catch(() => undefined);
         await this.writes.removeExport(id);
         throw toApiError(error, { volume: volume.id });
       }
@@ -187,10 +187,13 @@ export class Exports {
   private async unmake(row: ExportRow, live: LiveExport | undefined): Promise<void> {
     for (const end of live?.connections ?? []) end();
     await live?.target?.close();
-    if (row.protocol === 'block' && row.device && this.pool(this.catalog.getVolume(row.volumeId)!.pool).backend === 'file') {
-      const path = this.pool(this.catalog.getVolume(row.volumeId)!.pool).objectPath(row.volumeId);
-      if ((await loopBackingFile(row.device)) === path) await detachLoop(row.device);
-    }
+    if (row.protocol === 'block' && row.device) await this.releaseDevice(this.pool(this.catalog.getVolume(row.volumeId)!.pool), row.volumeId, row.device);
+  }
+
+  /** A block export's device: the loop device a file volume was attached to is detached (if still bound to it); a thin node stays. */
+  private async releaseDevice(pool: Pool, volumeId: string, device: string): Promise<void> {
+    if (pool.backend !== 'file') return;
+    if ((await loopBackingFile(device)) === pool.objectPath(volumeId)) await detachLoop(device);
   }
 
   private pool(name: string): Pool {

@@ -59,6 +59,13 @@ const ALLOWED_FLAGS: Record<number, number> = {
   [Command.BLOCK_STATUS]: CommandFlag.REQ_ONE,
 };
 
+/** An option the server answers with an error reply (`reply`: one of Reply.ERR_*); the handshake goes on. */
+class OptionError extends Error {
+  constructor(readonly reply: number, message: string) {
+    super(message);
+  }
+}
+
 class RequestError extends Error {
   constructor(readonly errno: NbdErrnoName, message: string) {
     super(message);
@@ -87,8 +94,8 @@ class OptionData {
   u16(): number { this.need(2); const v = this.data.readUInt16BE(this.at); this.at += 2; return v; }
   u32(): number { this.need(4); const v = this.data.readUInt32BE(this.at); this.at += 4; return v; }
   string(length: number): string { this.need(length); const v = this.data.toString('utf8', this.at, this.at + length); this.at += length; return v; }
-  done(): void { if (this.at !== this.data.length) throw new RequestError('EINVAL', 'trailing option data'); }
-  private need(bytes: number): void { if (this.at + bytes > this.data.length) throw new RequestError('EINVAL', 'option data too short'); }
+  done(): void { if (this.at !== this.data.length) throw new OptionError(Reply.ERR_INVALID, 'trailing option data'); }
+  private need(bytes: number): void { if (this.at + bytes > this.data.length) throw new OptionError(Reply.ERR_INVALID, 'option data too short'); }
 }
 
 export class NbdConnection {
@@ -171,8 +178,8 @@ export class NbdConnection {
         const chosen = await this.negotiate(option, data);
         if (chosen) return this.keepMetaContextFor(chosen);
       } catch (error) {
-        if (!(error instanceof RequestError)) throw error;
-        this.reply(option, error.errno === 'EINVAL' ? Reply.ERR_INVALID : Reply.ERR_UNKNOWN, Buffer.from(error.message));
+        if (!(error instanceof OptionError)) throw error;
+        this.reply(option, error.reply, Buffer.from(error.message));
       }
     }
   }
@@ -181,7 +188,7 @@ export class NbdConnection {
   private async negotiate(option: number, data: Buffer): Promise<ExportHandle | undefined> {
     switch (option) {
       case Option.LIST: {
-        if (data.length !== 0) throw new RequestError('EINVAL', 'LIST takes no data');
+        if (data.length !== 0) throw new OptionError(Reply.ERR_INVALID, 'LIST takes no data');
         if (!this.options.allowList) {
           this.reply(option, Reply.ERR_POLICY, Buffer.from('export names are not listed'));
           return undefined;
@@ -197,8 +204,8 @@ export class NbdConnection {
         return undefined;
       }
       case Option.STRUCTURED_REPLY:
-        if (data.length !== 0) throw new RequestError('EINVAL', 'STRUCTURED_REPLY takes no data');
-        if (this.structured) throw new RequestError('EINVAL', 'structured replies are already on');
+        if (data.length !== 0) throw new OptionError(Reply.ERR_INVALID, 'STRUCTURED_REPLY takes no data');
+        if (this.structured) throw new OptionError(Reply.ERR_INVALID, 'structured replies are already on');
         this.structured = true;
         this.reply(option, Reply.ACK);
         return undefined;
@@ -222,7 +229,7 @@ export class NbdConnection {
     const requests = Array.from({ length: fields.u16() }, () => fields.u16());
     fields.done();
     const handle = this.options.lookup(name);
-    if (!handle) throw new RequestError('ENOENT' as NbdErrnoName, `no export named ${JSON.stringify(name)}`);
+    if (!handle) throw new OptionError(Reply.ERR_UNKNOWN, `no export named ${JSON.stringify(name)}`);
     const { target } = handle;
     const exportInfo = Buffer.alloc(12);
     exportInfo.writeUInt16BE(Info.EXPORT, 0);
@@ -243,12 +250,12 @@ export class NbdConnection {
 
   /** LIST_META_CONTEXT / SET_META_CONTEXT: base:allocation is the one context. */
   private metaContextOption(option: number, data: Buffer): void {
-    if (option === Option.SET_META_CONTEXT && !this.structured) throw new RequestError('EINVAL', 'SET_META_CONTEXT needs structured replies first');
+    if (option === Option.SET_META_CONTEXT && !this.structured) throw new OptionError(Reply.ERR_INVALID, 'SET_META_CONTEXT needs structured replies first');
     const fields = new OptionData(data);
     const exportName = fields.string(fields.u32());
     const queries = Array.from({ length: fields.u32() }, () => fields.string(fields.u32()));
     fields.done();
-    if (!this.options.lookup(exportName)) throw new RequestError('ENOENT' as NbdErrnoName, `no export named ${JSON.stringify(exportName)}`);
+    if (!this.options.lookup(exportName)) throw new OptionError(Reply.ERR_UNKNOWN, `no export named ${JSON.stringify(exportName)}`);
     const listing = option === Option.LIST_META_CONTEXT;
     const matches = (query: string): boolean => query === BASE_ALLOCATION || (listing && (query === 'base:' || query === 'base'));
     const allocation = listing ? queries.length === 0 || queries.some(matches) : queries.some(matches);

@@ -534,8 +534,7 @@ export class ThinPool implements Pool {
   }
 
   private isLowWater(status: Extract<ThinPoolStatus, { state: 'working' }>): boolean {
-    const freePercent = Math.min(100 - percent(status.data.used, status.data.total), 100 - percent(status.metadata.used, status.metadata.total));
-    return freePercent <= this.options.lowWaterPercent;
+    return freePercent(status) <= this.options.lowWaterPercent;
   }
 
   /** Logs a warning once each time free data or metadata falls to the low-water mark. */
@@ -564,8 +563,7 @@ export class ThinPool implements Pool {
     const status = await this.status();
     this.warnAtLowWater(status);
     if (status.state !== 'working' || status.mode === 'ro') throw systemError('EROFS', 'thin-pool', this.poolDmName);
-    const freePercent = Math.min(100 - percent(status.data.used, status.data.total), 100 - percent(status.metadata.used, status.metadata.total));
-    if (status.mode === 'out_of_data_space' || freePercent < this.options.minFreePercent) throw systemError('ENOSPC', 'thin-pool', this.poolDmName);
+    if (status.mode === 'out_of_data_space' || freePercent(status) < this.options.minFreePercent) throw systemError('ENOSPC', 'thin-pool', this.poolDmName);
   }
 
   private checkSize(sizeBytes: number): void {
@@ -593,6 +591,11 @@ export class ThinPool implements Pool {
 
 function percent(used: number, total: number): number {
   return total === 0 ? 0 : Math.round((used / total) * 10000) / 100;
+}
+
+/** The smaller of free data and free metadata, in percent: whichever runs out first stops the pool. */
+function freePercent(status: Extract<ThinPoolStatus, { state: 'working' }>): number {
+  return Math.min(100 - percent(status.data.used, status.data.total), 100 - percent(status.metadata.used, status.metadata.total));
 }
 
 function roundUp(value: number, unit: number): number {

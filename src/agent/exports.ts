@@ -24,6 +24,8 @@ export interface ExportView {
   volume: string;
   protocol: ExportProtocol;
   readOnly: boolean;
+  /** A block export's loop device bypasses the page cache. */
+  directIo?: boolean;
   /** `nbd+unix:///ID?socket=PATH` / `nbd://host:port/ID`, or the block device's path. */
   uri: string;
   /** Every NBD address the export is reachable at. */
@@ -103,7 +105,7 @@ export class Exports {
     const release = await this.locks.acquire(volume.id, 'shared', `export ${volume.id}`, 0).catch((error: unknown) => { throw toApiError(error, { volume: volume.id }); });
     try {
       const id = newExportId();
-      if (!(await this.writes.insertExportCreating({ id, volumeId: volume.id, protocol: request.protocol, readOnly: request.readOnly }))) {
+      if (!(await this.writes.insertExportCreating({ id, volumeId: volume.id, protocol: request.protocol, readOnly: request.readOnly, directIo: request.directIo === true }))) {
         throw new ApiError('VOLUME_BUSY', `volume ${volume.id} changed state`, { volume: volume.id });
       }
       const pool = this.pool(volume.pool);
@@ -159,8 +161,9 @@ export class Exports {
       }
       const volume = this.catalog.getVolume(row.volumeId);
       try {
-        const made = await this.make(this.pool(volume!.pool), row.volumeId, { volumeId: row.volumeId, protocol: row.protocol, readOnly: row.readOnly }, row.device);
-        this.live.set(row.id, { row, ...(made.target ? { target: made.target } : {}), connections: new Set() });
+        const made = await this.make(this.pool(volume!.pool), row.volumeId, { volumeId: row.volumeId, protocol: row.protocol, readOnly: row.readOnly, directIo: row.directIo }, row.device);
+        if (made.device && made.device !== row.device) await this.writes.moveExportDevice(row.id, made.device);
+        this.live.set(row.id, { row: this.catalog.getExport(row.id)!, ...(made.target ? { target: made.target } : {}), connections: new Set() });
       } catch (error) {
         onProblem(row, error);
       }
@@ -180,7 +183,8 @@ export class Exports {
     }
     if (pool.backend === 'thin') return { device: path };
     if (existing && (await loopBackingFile(existing)) === path) return { device: existing };
-    const loop = await attachLoop(path, { readOnly: request.readOnly, ...(request.directIo ? { directIo: true } : {}) });
+    // After a reboot the recorded device is usually free again: the same path, the same URI.
+    const loop = await attachLoop(path, { readOnly: request.readOnly, ...(request.directIo ? { directIo: true } : {}), ...(existing ? { preferredDevice: existing } : {}) });
     return { device: loop.device };
   }
 
@@ -205,7 +209,7 @@ export class Exports {
   private view(row: ExportRow): ExportView {
     const uris = row.protocol === 'nbd' ? this.nbdUris(row.id) : [row.device ?? ''];
     return {
-      id: row.id, volume: row.volumeId, protocol: row.protocol, readOnly: row.readOnly, uri: uris[0] ?? '',
+      id: row.id, volume: row.volumeId, protocol: row.protocol, readOnly: row.readOnly, ...(row.directIo ? { directIo: true } : {}), uri: uris[0] ?? '',
       ...(row.protocol === 'nbd' ? { uris } : {}), connections: this.live.get(row.id)?.connections.size ?? 0, createdAt: row.createdAt,
     };
   }

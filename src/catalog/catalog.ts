@@ -212,6 +212,8 @@ export interface ExportRow {
   volumeId: string;
   protocol: ExportProtocol;
   readOnly: boolean;
+  /** A block export's loop device bypasses the page cache. */
+  directIo: boolean;
   state: ExportState;
   /** A block export's device path (a loop device, or a thin volume's node). */
   device?: string;
@@ -220,12 +222,12 @@ export interface ExportRow {
 }
 
 interface ExportRecord {
-  id: string; volume_id: string; protocol: ExportProtocol; read_only: number; state: ExportState; device: string | null; created_at: string; updated_at: string;
+  id: string; volume_id: string; protocol: ExportProtocol; read_only: number; direct_io: number; state: ExportState; device: string | null; created_at: string; updated_at: string;
 }
 
 function toExport(r: ExportRecord): ExportRow {
   return {
-    id: r.id, volumeId: r.volume_id, protocol: r.protocol, readOnly: r.read_only === 1, state: r.state,
+    id: r.id, volumeId: r.volume_id, protocol: r.protocol, readOnly: r.read_only === 1, directIo: r.direct_io === 1, state: r.state,
     ...(r.device ? { device: r.device } : {}), createdAt: r.created_at, updatedAt: r.updated_at,
   };
 }
@@ -619,12 +621,12 @@ export class Catalog {
   }
 
   /** Records the intent to export an available volume; false when the volume is not available. */
-  insertExportCreating(row: { id: string; volumeId: string; protocol: ExportProtocol; readOnly: boolean }): boolean {
+  insertExportCreating(row: { id: string; volumeId: string; protocol: ExportProtocol; readOnly: boolean; directIo?: boolean }): boolean {
     return this.transaction(() => {
       if (this.getVolume(row.volumeId)?.state !== 'available') return false;
       const at = this.now();
-      this.sql(`INSERT INTO exports (id, volume_id, protocol, read_only, state, created_at, updated_at) VALUES (?, ?, ?, ?, 'creating', ?, ?)`).run(
-        row.id, row.volumeId, row.protocol, row.readOnly ? 1 : 0, at, at);
+      this.sql(`INSERT INTO exports (id, volume_id, protocol, read_only, direct_io, state, created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'creating', ?, ?)`).run(
+        row.id, row.volumeId, row.protocol, row.readOnly ? 1 : 0, row.directIo ? 1 : 0, at, at);
       return true;
     });
   }
@@ -632,6 +634,11 @@ export class Catalog {
   markExportAvailable(id: string, device?: string): boolean {
     return this.sql(`UPDATE exports SET state = 'available', device = COALESCE(?, device), updated_at = ? WHERE id = ? AND state = 'creating'`).run(
       device ?? null, this.now(), id).changes === 1;
+  }
+
+  /** An available block export attached again on another device (its recorded one was taken after a reboot). */
+  moveExportDevice(id: string, device: string): boolean {
+    return this.sql(`UPDATE exports SET device = ?, updated_at = ? WHERE id = ? AND state = 'available' AND protocol = 'block'`).run(device, this.now(), id).changes === 1;
   }
 
   markExportDeleting(id: string): boolean {

@@ -10,7 +10,7 @@ export const WRITE_METHODS = [
   'insertOperation', 'recordProgress', 'finishOperation',
   'insertImageCreating', 'transitionImage', 'completeAdoption', 'discardCreatingImage', 'removeImage', 'touchImage',
   'recordThinPool', 'markThinPoolReady', 'beginThinChange', 'commitThinChange', 'abandonThinChange', 'updateThinDevice',
-  'insertExportCreating', 'markExportAvailable', 'markExportDeleting', 'removeExport',
+  'insertExportCreating', 'markExportAvailable', 'moveExportDevice', 'markExportDeleting', 'removeExport',
 ] as const satisfies ReadonlyArray<keyof Catalog>;
 
 export type WriteMethod = (typeof WRITE_METHODS)[number];

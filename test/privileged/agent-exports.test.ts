@@ -3,10 +3,9 @@
 // an exported volume is neither deleted nor resized; block exports on loop
 // devices; restart (and kill -9) keeps every export with its id and URI;
 // bad input changes nothing.
-import { readFile } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
 import { createServer } from 'node:net';
-import { mkdir, open } from 'node:fs/promises';
+import { mkdir, open, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 
 import t from 'tap';
@@ -184,6 +183,50 @@ if (!skipUnlessRoot(t)) {
     t.equal(await loopBacking(block.body.uri), objectFile('v1'), 'the same loop device, still bound (not a second one)');
     t.equal((await agent.request('DELETE', `/v1/exports/${block.body.id}`)).status, 204);
     t.equal(await loopBacking(block.body.uri), undefined);
+  });
+
+  await t.test('direct I/O is recorded: after a reboot (the loop device gone) the export is attached again with it, on the same device', async (t) => {
+    const reply = await agent.request('POST', '/v1/volumes/v1/exports', { protocol: 'block', readOnly: false, directIo: true });
+    t.equal(reply.status, 201, reply.text);
+    t.match(reply.body, { protocol: 'block', directIo: true, uri: /^\/dev\/loop\d+$/ });
+    const device = reply.body.uri as string;
+    const dio = async (): Promise<string | undefined> => (await readFile(`/sys/block/${path.basename(device)}/loop/dio`, 'utf8').catch(() => undefined))?.trim();
+    t.equal(await dio(), '1', 'the loop device bypasses the page cache');
+    t.equal(await agent.stop(), 0);
+    // A reboot, as the agent sees it: its loop device is no longer bound.
+    t.equal((await outcome('losetup', ['-d', device])).code, 0);
+    t.equal(await loopBacking(device), undefined);
+    agent = await startAgent(top, spec);
+    t.match((await agent.request('GET', `/v1/exports/${reply.body.id}`)).body, { id: reply.body.id, directIo: true, uri: device }, 'the same id and device path');
+    t.equal(await loopBacking(device), objectFile('v1'), 'bound to the volume again');
+    t.equal(await dio(), '1', 'with direct I/O');
+    t.match(exportRows(agent.catalogPath).find((row) => row.id === reply.body.id), { device, state: 'available' });
+    t.equal((await agent.request('DELETE', `/v1/exports/${reply.body.id}`)).status, 204);
+    t.equal(await loopBacking(device), undefined, 'detached on unexport');
+  });
+
+  await t.test('a reboot that hands the recorded loop device to something else: attached on another one, and the catalog says which', async (t) => {
+    const reply = await agent.request('POST', '/v1/volumes/v1/exports', { protocol: 'block', readOnly: true });
+    t.equal(reply.status, 201, reply.text);
+    const device = reply.body.uri as string;
+    t.equal(await agent.stop(), 0);
+    t.equal((await outcome('losetup', ['-d', device])).code, 0);
+    const squatter = path.join(xfs.mountPoint, 'squatter.raw');
+    await writeFile(squatter, Buffer.alloc(MiB));
+    const taken = await outcome('losetup', [device, squatter]);
+    t.equal(taken.code, 0, taken.stderr);
+    try {
+      agent = await startAgent(top, spec);
+      const view = (await agent.request('GET', `/v1/exports/${reply.body.id}`)).body;
+      t.not(view.uri, device, 'another device');
+      t.equal(await loopBacking(view.uri), objectFile('v1'), 'bound to the volume');
+      t.equal(await loopBacking(device), squatter, 'the other user keeps its device');
+      t.equal(exportRows(agent.catalogPath).find((row) => row.id === reply.body.id)?.device, view.uri, 'the catalog records the new device');
+      t.equal((await agent.request('DELETE', `/v1/exports/${reply.body.id}`)).status, 204);
+      t.equal(await loopBacking(view.uri), undefined);
+    } finally {
+      await outcome('losetup', ['-d', device]);
+    }
   });
 
   await t.test('CLI: volagent export, exports, unexport', async (t) => {

@@ -16,6 +16,8 @@ export interface LoopOptions {
   autoclear?: boolean;
   /** Logical block size; default 512. */
   blockSize?: number;
+  /** `/dev/loopN` to bind if it is free (a device recorded before a reboot); another free one otherwise. */
+  preferredDevice?: string;
 }
 
 export interface AttachedLoop extends LoopStatus {
@@ -33,6 +35,14 @@ export function loopDevicePath(number: number): string {
 export async function attachLoop(file: string, options: LoopOptions = {}): Promise<AttachedLoop> {
   const { READ_ONLY, AUTOCLEAR, DIRECT_IO } = native.loopFlags;
   const flags = (options.readOnly ? READ_ONLY : 0) | (options.autoclear ? AUTOCLEAR : 0) | (options.directIo ? DIRECT_IO : 0);
+  if (options.preferredDevice && /^\/dev\/loop\d+$/.test(options.preferredDevice)) {
+    try {
+      return { device: options.preferredDevice, ...(await native.loopConfigure(options.preferredDevice, file, flags, options.blockSize ?? 0)) };
+    } catch (error) {
+      // EBUSY: bound to something else; ENOENT/ENXIO: no such device (yet).
+      if (!isSystemError(error, 'EBUSY', 'ENOENT', 'ENXIO')) throw error;
+    }
+  }
   for (let attempt = 1; ; attempt++) {
     const device = loopDevicePath(await native.loopGetFree());
     try {

@@ -7,7 +7,13 @@
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 
+#include <unistd.h>
+
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <vector>
 
 #include "args.h"
 #include "async.h"
@@ -87,6 +93,44 @@ Napi::Value MknodBlock(const Napi::CallbackInfo& info) {
       Undefined);
 }
 
+// pread into memory aligned for O_DIRECT (the caller opens the fd with
+// O_DIRECT; offset and length must be multiples of the device's logical block
+// size). Returns the bytes read: fewer than asked only at the end of the device.
+constexpr int64_t kAlignedReadMax = 1 << 20;
+constexpr size_t kDirectAlignment = 4096;
+
+Napi::Value PreadAligned(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = ArgFd(info, 0, "fd");
+  int64_t offset = ArgInteger(info, 1, "offset");
+  int64_t length = ArgInteger(info, 2, "length", 1);
+  std::string path = ArgLabel(info, 3);
+  if (env.IsExceptionPending()) return env.Undefined();
+  if (length > kAlignedReadMax) {
+    MakeTypeError(env, "The \"length\" argument is out of range").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  return PromiseWorker<std::vector<char>>::Start(
+      env, "volagent.preadaligned",
+      [=](std::vector<char>& bytes, SysError& err) {
+        void* raw = nullptr;
+        int rc = posix_memalign(&raw, kDirectAlignment, static_cast<size_t>(length));
+        if (rc != 0) return err.set(rc, "posix_memalign", path);
+        std::unique_ptr<char, decltype(&free)> aligned(static_cast<char*>(raw), &free);
+        size_t done = 0;
+        while (done < static_cast<size_t>(length)) {
+          ssize_t n = pread(fd, aligned.get() + done, static_cast<size_t>(length) - done, static_cast<off_t>(offset + done));
+          if (n < 0 && errno == EINTR) continue;
+          if (n < 0) return err.set(errno, "pread", path);
+          if (n == 0) break;
+          done += static_cast<size_t>(n);
+        }
+        bytes.assign(aligned.get(), aligned.get() + done);
+        return true;
+      },
+      [](Napi::Env e, std::vector<char>& bytes) { return Napi::Buffer<char>::Copy(e, bytes.data(), bytes.size()); });
+}
+
 }  // namespace
 
 void InitBlockOps(Napi::Env env, Napi::Object exports) {
@@ -95,6 +139,7 @@ void InitBlockOps(Napi::Env env, Napi::Object exports) {
   exports.Set("blkDiscard", Napi::Function::New(env, BlkDiscard, "blkDiscard"));
   exports.Set("blkZeroOut", Napi::Function::New(env, BlkZeroOut, "blkZeroOut"));
   exports.Set("mknodBlock", Napi::Function::New(env, MknodBlock, "mknodBlock"));
+  exports.Set("preadAligned", Napi::Function::New(env, PreadAligned, "preadAligned"));
 }
 
 }  // namespace volagent

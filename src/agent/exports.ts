@@ -179,7 +179,9 @@ export class Exports {
   private async make(pool: Pool, volumeId: string, request: ExportRequest, existing?: string): Promise<{ target?: ExportTarget; device?: string }> {
     const path = pool.objectPath(volumeId);
     if (request.protocol === 'nbd') {
-      return { target: pool.backend === 'thin' ? await BlockTarget.open(path, request.readOnly) : await FileTarget.open(path, request.readOnly) };
+      if (pool.backend === 'file') return { target: await FileTarget.open(path, request.readOnly) };
+      const allocation = pool.allocation?.bind(pool);
+      return { target: await BlockTarget.open(path, request.readOnly, allocation && ((offset, length) => allocation(volumeId, offset, length))) };
     }
     if (pool.backend === 'thin') return { device: path };
     if (existing && (await loopBackingFile(existing)) === path) return { device: existing };

@@ -136,6 +136,8 @@ export interface NativeAddon {
   blkSszGet(fd: number, path?: string): Promise<number>;
   blkDiscard(fd: number, offset: number, length: number, path?: string): Promise<void>;
   blkZeroOut(fd: number, offset: number, length: number, path?: string): Promise<void>;
+  /** pread into 4 KiB-aligned memory, for an fd opened O_DIRECT; at most 1 MiB; fewer bytes only at the end. */
+  preadAligned(fd: number, offset: number, length: number, path?: string): Promise<Buffer>;
   /** DM_VERSION on /dev/mapper/control: the kernel's ioctl interface version. */
   dmVersion(): Promise<DmVersion>;
   /** DM_LIST_DEVICES: every mapped device with its dev_t. */

@@ -116,6 +116,13 @@ export interface Pool {
   remove(name: string): Promise<void>;
   /** Whether something outside the agent holds the object open (a thin device's open count); backends that cannot tell lack it. */
   inUse?(name: string): Promise<boolean>;
+  /**
+   * Which parts of [offset, offset + length) of object `name` hold data and
+   * which read as zeros without any (thin: unprovisioned blocks), in order
+   * from `offset`; they may stop short of the end. Backends whose objects are
+   * files lack it: the file's own holes say the same (SEEK_DATA/SEEK_HOLE).
+   */
+  allocation?(name: string, offset: number, length: number): Promise<AllocationExtent[]>;
   /** undefined when absent. */
   stat(name: string): Promise<ObjectInfo | undefined>;
   /** Names of complete objects. */
@@ -125,6 +132,12 @@ export interface Pool {
   removeTemporary(temporary: string): Promise<void>;
   /** A path the exports layer can open (file path or device node). */
   objectPath(name: string): string;
+}
+
+export interface AllocationExtent {
+  length: number;
+  /** False: nothing is stored there and it reads as zeros. */
+  allocated: boolean;
 }
 
 export const OBJECT_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}(@[A-Za-z0-9][A-Za-z0-9._-]{0,127})?$/;

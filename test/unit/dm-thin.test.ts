@@ -4,6 +4,7 @@ import t from 'tap';
 
 import { decodeDeviceNumber } from '../../src/pools/thin/block-device.js';
 import { parseThinPoolStatus, parseThinStatus, thinPoolMessage, thinPoolTarget, thinTarget } from '../../src/pools/thin/dm-thin.js';
+import { allocationExtents } from '../../src/pools/thin/thin-pool.js';
 
 t.test('tables: devices by major:minor, features counted', async (t) => {
   t.same(thinPoolTarget('254:1', '254:0', 131072, { blockSectors: 128, lowWaterBlocks: 16, errorIfNoSpace: true, skipBlockZeroing: true }),
@@ -17,6 +18,25 @@ t.test('messages', async (t) => {
   t.equal(thinPoolMessage.createSnap(4, 3), 'create_snap 4 3');
   t.equal(thinPoolMessage.delete(4), 'delete 4');
   t.equal(thinPoolMessage.setTransactionId(7, 8), 'set_transaction_id 7 8');
+  t.equal(thinPoolMessage.reserveMetadataSnap, 'reserve_metadata_snap');
+  t.equal(thinPoolMessage.releaseMetadataSnap, 'release_metadata_snap');
+});
+
+t.test('mapped block runs as byte extents covering exactly the asked range', async (t) => {
+  const block = 65536;
+  const sum = (extents: Array<{ length: number }>): number => extents.reduce((total, e) => total + e.length, 0);
+  t.same(allocationExtents([], 0, 4 * block, block), [{ length: 4 * block, allocated: false }], 'nothing mapped: one hole');
+  t.same(allocationExtents([{ block: 0, count: 4 }], 0, 4 * block, block), [{ length: 4 * block, allocated: true }], 'all mapped');
+  t.same(allocationExtents([{ block: 1, count: 1 }, { block: 3, count: 2 }], 0, 6 * block, block), [
+    { length: block, allocated: false }, { length: block, allocated: true }, { length: block, allocated: false },
+    { length: 2 * block, allocated: true }, { length: block, allocated: false },
+  ]);
+  // A range starting and ending inside blocks: the runs are clipped to it.
+  const clipped = allocationExtents([{ block: 0, count: 1 }, { block: 2, count: 1 }], 1000, 2 * block + 5000, block);
+  t.same(clipped, [{ length: block - 1000, allocated: true }, { length: block, allocated: false }, { length: 5000, allocated: true }]);
+  t.equal(sum(clipped), 2 * block + 4000, 'lengths add up to the range');
+  t.same(allocationExtents([{ block: 0, count: 1 }, { block: 1, count: 1 }], 0, 2 * block, block), [{ length: 2 * block, allocated: true }], 'adjacent runs merge');
+  t.same(allocationExtents([{ block: 5, count: 3 }], 0, 2 * block, block), [{ length: 2 * block, allocated: false }], 'a run past the range is ignored');
 });
 
 t.test('thin-pool status: a working pool, every field', async (t) => {

@@ -92,6 +92,24 @@ t.test('writeData writes at the offset and skips all-zero blocks; a bad fd is EB
   await t.rejects(native.writeData(1, 'text' as unknown as Buffer, 0, 0, false), { name: 'TypeError', message: /"data" argument must be a Buffer/ });
 });
 
+t.test('preadAligned reads through O_DIRECT into aligned memory; short only at the end; bounded length', async (t) => {
+  const dir = await tempDir(t, 'volagent-pread-aligned-');
+  const file = path.join(dir, 'f');
+  const data = Buffer.concat([Buffer.alloc(4096, 7), Buffer.alloc(4096, 9)]);
+  await writeFile(file, data);
+  const { constants } = await import('node:fs');
+  const handle = await open(file, constants.O_RDONLY | constants.O_DIRECT).catch(() => open(file, 'r'));
+  try {
+    t.same(await native.preadAligned(handle.fd, 4096, 4096, file), Buffer.alloc(4096, 9), 'the second block');
+    t.same(await native.preadAligned(handle.fd, 0, 8192, file), data);
+    t.equal((await native.preadAligned(handle.fd, 8192, 4096, file)).length, 0, 'at the end: no bytes');
+    await t.rejects(native.preadAligned(handle.fd, 0, 2 * 1024 * 1024), { name: 'TypeError', message: /"length" argument is out of range/ });
+  } finally {
+    await handle.close();
+  }
+  await t.rejects(native.preadAligned(9999, 0, 4096, file), { code: 'EBADF', syscall: 'pread', path: file });
+});
+
 t.test('device-mapper calls check their arguments before any ioctl', async (t) => {
   await t.rejects(native.dmInfo(''), { name: 'TypeError', message: /"name" argument must be 1 to 127 bytes/ });
   await t.rejects(native.dmCreate('x'.repeat(128)), { name: 'TypeError' });

@@ -15,6 +15,7 @@ const GUEST_SUBTESTS = [
   'bad input on a thin pool',
   'images on a thin pool',
   'exports of thin volumes',
+  'block status of a thin export',
   'restart: the pool reopens',
   'the devices gone',
   'kill -9 at thin.after-message during a clone',

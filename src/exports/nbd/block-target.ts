@@ -1,27 +1,35 @@
 // A block device (a thin volume's node) as an NBD export. TRIM is
-// BLKDISCARD (dm-thin unmaps whole blocks), WRITE_ZEROES is BLKZEROOUT. The
-// device reports no allocation here, so block status answers "data" for the
-// whole range: correct, only not sparse.
+// BLKDISCARD (dm-thin unmaps whole blocks), WRITE_ZEROES is BLKZEROOUT.
+// Block status comes from the pool that owns the device (a thin pool's
+// mapping: unprovisioned blocks are holes that read as zeros); without one it
+// answers "data" for the whole range: correct, only not sparse.
 import type { FileHandle } from 'node:fs/promises';
 import { open } from 'node:fs/promises';
 
 import { native } from '../../native/binding.js';
 import { FdTarget } from './fd-target.js';
+import { AllocationState } from './protocol.js';
 import type { Extent, ZeroOptions } from './target.js';
 import { FastZeroUnsupportedError } from './target.js';
+
+/** Allocation of [offset, offset + length) of the device, in order from offset (Pool.allocation). */
+export type AllocationSource = (offset: number, length: number) => Promise<Array<{ length: number; allocated: boolean }>>;
+
+/** Extents in one block-status reply, at most. */
+const MAX_EXTENTS = 1024;
 
 export class BlockTarget extends FdTarget {
   readonly canTrim = true;
   readonly canFastZero = false;
 
-  private constructor(handle: FileHandle, path: string, sizeBytes: number, readOnly: boolean) {
+  private constructor(handle: FileHandle, path: string, sizeBytes: number, readOnly: boolean, private readonly allocation?: AllocationSource) {
     super(handle, path, sizeBytes, readOnly);
   }
 
-  static async open(path: string, readOnly: boolean): Promise<BlockTarget> {
+  static async open(path: string, readOnly: boolean, allocation?: AllocationSource): Promise<BlockTarget> {
     const handle = await open(path, readOnly ? 'r' : 'r+');
     try {
-      return new BlockTarget(handle, path, await native.blkGetSize64(handle.fd, path), readOnly);
+      return new BlockTarget(handle, path, await native.blkGetSize64(handle.fd, path), readOnly, allocation);
     } catch (error) {
       await handle.close();
       throw error;
@@ -39,7 +47,9 @@ export class BlockTarget extends FdTarget {
     if (options.fua) await this.flush();
   }
 
-  async blockStatus(_offset: number, length: number): Promise<Extent[]> {
-    return [{ length, flags: 0 }];
+  async blockStatus(offset: number, length: number): Promise<Extent[]> {
+    if (!this.allocation) return [{ length, flags: 0 }];
+    const extents = (await this.allocation(offset, length)).slice(0, MAX_EXTENTS);
+    return extents.map((extent) => ({ length: extent.length, flags: extent.allocated ? 0 : AllocationState.HOLE | AllocationState.ZERO }));
   }
 }

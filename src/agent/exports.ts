@@ -24,7 +24,7 @@ export interface ExportView {
   volume: string;
   protocol: ExportProtocol;
   readOnly: boolean;
-  /** A block export's loop device bypasses the page cache. */
+  /** The export bypasses the page cache (ExportRequest.directIo). */
   directIo?: boolean;
   /** `nbd+unix:///ID?socket=PATH` / `nbd://host:port/ID`, or the block device's path. */
   uri: string;
@@ -39,7 +39,7 @@ export interface ExportRequest {
   volumeId: string;
   protocol: ExportProtocol;
   readOnly: boolean;
-  /** The loop device bypasses the page cache (LO_FLAGS_DIRECT_IO). */
+  /** Bypass the page cache: a block export's loop device (LO_FLAGS_DIRECT_IO); an NBD export's aligned reads (O_DIRECT, as qemu-nbd --cache=none). */
   directIo?: boolean;
 }
 
@@ -179,9 +179,10 @@ export class Exports {
   private async make(pool: Pool, volumeId: string, request: ExportRequest, existing?: string): Promise<{ target?: ExportTarget; device?: string }> {
     const path = pool.objectPath(volumeId);
     if (request.protocol === 'nbd') {
-      if (pool.backend === 'file') return { target: await FileTarget.open(path, request.readOnly) };
+      const options = request.directIo ? { directIo: true } : {};
+      if (pool.backend === 'file') return { target: await FileTarget.open(path, request.readOnly, options) };
       const allocation = pool.allocation?.bind(pool);
-      return { target: await BlockTarget.open(path, request.readOnly, allocation && ((offset, length) => allocation(volumeId, offset, length))) };
+      return { target: await BlockTarget.open(path, request.readOnly, { ...options, ...(allocation ? { allocation: (offset, length) => allocation(volumeId, offset, length) } : {}) }) };
     }
     if (pool.backend === 'thin') return { device: path };
     if (existing && (await loopBackingFile(existing)) === path) return { device: existing };

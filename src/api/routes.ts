@@ -254,7 +254,6 @@ export const ROUTES: readonly Route[] = [
       const protocol = parseChoice(body!.protocol, 'protocol', ['nbd', 'block'] as const, 'nbd');
       const readOnly = parseBoolean(body!.readOnly, 'readOnly', false);
       const directIo = parseBoolean(body!.directIo, 'directIo', false);
-      if (directIo && protocol !== 'block') throw new ApiError('BAD_REQUEST', 'directIo applies to block exports (a loop device)', { field: 'directIo' });
       return { status: 201, body: await agent.exports.create({ volumeId: id!, protocol, readOnly, ...(directIo ? { directIo } : {}) }) };
     },
   },

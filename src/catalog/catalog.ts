@@ -212,7 +212,7 @@ export interface ExportRow {
   volumeId: string;
   protocol: ExportProtocol;
   readOnly: boolean;
-  /** A block export's loop device bypasses the page cache. */
+  /** The export bypasses the page cache (a loop device's direct I/O; an NBD export's O_DIRECT reads). */
   directIo: boolean;
   state: ExportState;
   /** A block export's device path (a loop device, or a thin volume's node). */

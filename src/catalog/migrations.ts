@@ -133,8 +133,9 @@ export const MIGRATIONS: readonly string[] = [
   ) STRICT;
   CREATE INDEX exports_by_volume ON exports (volume_id);
   `,
-  // 7: a block export's loop device bypasses the page cache (LO_FLAGS_DIRECT_IO);
-  // kept so an export attached again after a reboot keeps it.
+  // 7: an export bypasses the page cache (a loop device's LO_FLAGS_DIRECT_IO,
+  // an NBD export's O_DIRECT reads); kept so an export made again after a
+  // restart or reboot keeps it.
   `
   ALTER TABLE exports ADD COLUMN direct_io INTEGER NOT NULL DEFAULT 0 CHECK (direct_io IN (0, 1));
   `,

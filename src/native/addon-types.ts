@@ -138,6 +138,8 @@ export interface NativeAddon {
   blkZeroOut(fd: number, offset: number, length: number, path?: string): Promise<void>;
   /** pread into 4 KiB-aligned memory, for an fd opened O_DIRECT; at most 1 MiB; fewer bytes only at the end. */
   preadAligned(fd: number, offset: number, length: number, path?: string): Promise<Buffer>;
+  /** A Buffer over 4 KiB-aligned memory (for O_DIRECT reads and writes), at most 64 MiB; returns at once. */
+  alignedBuffer(length: number): Buffer;
   /** DM_VERSION on /dev/mapper/control: the kernel's ioctl interface version. */
   dmVersion(): Promise<DmVersion>;
   /** DM_LIST_DEVICES: every mapped device with its dev_t. */

@@ -58,10 +58,13 @@ function withCallerStack(failure: unknown, caller: Error): unknown {
 
 type AsyncFunctionKeys<T> = { [K in keyof T]: T[K] extends (...args: never[]) => Promise<unknown> ? K : never }[keyof T];
 
+/** The addon's functions that return at once (no kernel wait): left unwrapped. */
+const SYNC_FUNCTIONS = new Set(['alignedBuffer']);
+
 function wrapAsync<T extends object>(raw: T): T {
   const wrapped: Record<string, unknown> = {};
   for (const [name, value] of Object.entries(raw)) {
-    if (typeof value !== 'function') {
+    if (typeof value !== 'function' || SYNC_FUNCTIONS.has(name)) {
       wrapped[name] = value;
       continue;
     }

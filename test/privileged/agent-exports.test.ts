@@ -122,6 +122,30 @@ if (!skipUnlessRoot(t)) {
     t.equal((await agent.request('GET', `/v1/exports/${other.body.id}`)).status, 404);
   });
 
+  await t.test('an NBD export with directIo reads past the page cache (O_DIRECT) and sees the writes made through it', async (t) => {
+    const reply = await agent.request('POST', '/v1/volumes/v1/exports', { protocol: 'nbd', readOnly: false, directIo: true });
+    t.equal(reply.status, 201, reply.text);
+    t.match(reply.body, { protocol: 'nbd', directIo: true });
+    const uri = reply.body.uri as string;
+    const file = objectFile('v1');
+    const residentBytes = async (): Promise<number> => Number((await outcome('fincore', ['--bytes', '--noheadings', '--raw', '--output', 'RES', file])).stdout.trim());
+    t.equal((await outcome('dd', [`if=${file}`, 'iflag=nocache', 'count=0'])).code, 0, 'the volume is dropped from the page cache');
+    t.equal(await residentBytes(), 0);
+    const copied = path.join(dir, 'direct.raw');
+    t.equal((await outcome('nbdcopy', [uri, copied])).code, 0);
+    t.equal(await residentBytes(), 0, 'reading the whole export through it cached none of the volume');
+    t.equal(await sha256(copied), await sha256(file), 'and read every byte as the file holds it');
+    // A buffered write through the export, then aligned (direct) and unaligned (buffered) reads of it.
+    const wrote = await outcome('qemu-io', ['-f', 'raw', '-c', `write -P 0x6b ${3 * MiB} 65536`, uri]);
+    t.equal(wrote.code, 0, wrote.stderr);
+    const aligned = await outcome('qemu-io', ['-f', 'raw', '-c', `read -P 0x6b ${3 * MiB} 65536`, uri]);
+    t.equal(aligned.code, 0, aligned.stdout + aligned.stderr);
+    t.notMatch(aligned.stdout, /Pattern verification failed/, 'an aligned read sees the write');
+    const unaligned = await outcome('qemu-io', ['-f', 'raw', '-c', `read -P 0x6b ${3 * MiB + 512} 1000`, uri]);
+    t.notMatch(unaligned.stdout, /Pattern verification failed/, 'so does an unaligned one');
+    t.equal((await agent.request('DELETE', `/v1/exports/${reply.body.id}`)).status, 204);
+  });
+
   await t.test('an exported volume is neither deleted nor resized: 409 VOLUME_BUSY, nothing changes', async (t) => {
     const before = await sha256(objectFile('v1'));
     const del = await agent.request('DELETE', '/v1/volumes/v1');
@@ -257,7 +281,7 @@ if (!skipUnlessRoot(t)) {
       ['/v1/volumes/v1/exports', { protocol: 'iscsi' }, 400, 'BAD_REQUEST'],
       ['/v1/volumes/v1/exports', { protocol: 'nbd', readOnly: 'yes' }, 400, 'BAD_REQUEST'],
       ['/v1/volumes/v1/exports', { protocol: 'nbd', colour: 'red' }, 400, 'UNKNOWN_FIELD'],
-      ['/v1/volumes/v1/exports', { protocol: 'nbd', directIo: true }, 400, 'BAD_REQUEST'],
+      ['/v1/volumes/v1/exports', { protocol: 'nbd', directIo: 'on' }, 400, 'BAD_REQUEST'],
       ['/v1/volumes/nope/exports', { protocol: 'nbd' }, 404, 'VOLUME_NOT_FOUND'],
       ['/v1/volumes/..%2Fv1/exports', { protocol: 'nbd' }, 400, 'INVALID_ID'],
     ];

@@ -110,6 +110,35 @@ t.test('preadAligned reads through O_DIRECT into aligned memory; short only at t
   await t.rejects(native.preadAligned(9999, 0, 4096, file), { code: 'EBADF', syscall: 'pread', path: file });
 });
 
+t.test('alignedBuffer: writable memory of the asked length, usable for O_DIRECT reads; bounded length', async (t) => {
+  const buffer = native.alignedBuffer(8192);
+  t.equal(buffer.length, 8192);
+  t.equal(buffer.byteOffset, 0);
+  buffer.fill(0xab);
+  t.equal(buffer[8191], 0xab);
+  const dir = await tempDir(t, 'volagent-aligned-');
+  const file = path.join(dir, 'f');
+  await writeFile(file, Buffer.alloc(8192, 5));
+  const { constants } = await import('node:fs');
+  const direct = await open(file, constants.O_RDONLY | constants.O_DIRECT).catch(() => undefined);
+  if (direct) {
+    try {
+      // O_DIRECT refuses (EINVAL) a buffer that is not aligned; this one is.
+      const { bytesRead } = await direct.read(buffer, 0, 8192, 0);
+      t.equal(bytesRead, 8192);
+      t.same(buffer, Buffer.alloc(8192, 5));
+      const misaligned = native.alignedBuffer(8192 + 4096).subarray(1, 4097);
+      await t.rejects(direct.read(misaligned, 0, 4096, 0), { code: 'EINVAL' }, 'the same read into memory off by one byte is refused');
+    } finally {
+      await direct.close();
+    }
+  } else {
+    t.comment(`${dir}: the filesystem refuses O_DIRECT; alignment checked by length only`);
+  }
+  t.throws(() => native.alignedBuffer(0), { name: 'TypeError' });
+  t.throws(() => native.alignedBuffer(128 * 1024 * 1024), { name: 'TypeError', message: /"length" argument is out of range/ });
+});
+
 t.test('device-mapper calls check their arguments before any ioctl', async (t) => {
   await t.rejects(native.dmInfo(''), { name: 'TypeError', message: /"name" argument must be 1 to 127 bytes/ });
   await t.rejects(native.dmCreate('x'.repeat(128)), { name: 'TypeError' });

@@ -7,7 +7,8 @@ import type { FileHandle } from 'node:fs/promises';
 import { open } from 'node:fs/promises';
 
 import { native } from '../../native/binding.js';
-import { FdTarget } from './fd-target.js';
+import type { TargetOptions } from './fd-target.js';
+import { FdTarget, openDirectReader } from './fd-target.js';
 import { AllocationState } from './protocol.js';
 import type { Extent, ZeroOptions } from './target.js';
 import { FastZeroUnsupportedError } from './target.js';
@@ -22,15 +23,19 @@ export class BlockTarget extends FdTarget {
   readonly canTrim = true;
   readonly canFastZero = false;
 
-  private constructor(handle: FileHandle, path: string, sizeBytes: number, readOnly: boolean, private readonly allocation?: AllocationSource) {
-    super(handle, path, sizeBytes, readOnly);
+  private constructor(handle: FileHandle, path: string, sizeBytes: number, readOnly: boolean, directReader: FileHandle | undefined, private readonly allocation?: AllocationSource) {
+    super(handle, path, sizeBytes, readOnly, directReader);
   }
 
-  static async open(path: string, readOnly: boolean, allocation?: AllocationSource): Promise<BlockTarget> {
+  static async open(path: string, readOnly: boolean, options: TargetOptions & { allocation?: AllocationSource } = {}): Promise<BlockTarget> {
     const handle = await open(path, readOnly ? 'r' : 'r+');
+    let directReader: FileHandle | undefined;
     try {
-      return new BlockTarget(handle, path, await native.blkGetSize64(handle.fd, path), readOnly, allocation);
+      const size = await native.blkGetSize64(handle.fd, path);
+      directReader = options.directIo ? await openDirectReader(path) : undefined;
+      return new BlockTarget(handle, path, size, readOnly, directReader, options.allocation);
     } catch (error) {
+      await directReader?.close();
       await handle.close();
       throw error;
     }

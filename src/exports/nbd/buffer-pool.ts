@@ -1,8 +1,10 @@
 // Read buffers reused across requests: a fresh 256 KiB buffer per NBD read
 // is a malloc and garbage for the collector each time. Buffers come in
-// power-of-two sizes, each with its own ArrayBuffer (allocUnsafeSlow), and go
-// back to the pool only once the socket has taken their bytes (the write
-// callback); the pool keeps at most `maxPooledBytes`.
+// power-of-two sizes of at least 4 KiB, each its own 4 KiB-aligned memory
+// (native.alignedBuffer: direct-I/O reads need it), and go back to the pool
+// only once the socket has taken their bytes (the write callback); the pool
+// keeps at most `maxPooledBytes`.
+import { native } from '../../native/binding.js';
 
 const MIN_CLASS = 4096;
 
@@ -23,7 +25,7 @@ export class BufferPool {
     const size = sizeClass(length);
     const whole = this.free.get(size)?.pop();
     if (whole) this.pooledBytes -= size;
-    return (whole ?? Buffer.allocUnsafeSlow(size)).subarray(0, length);
+    return (whole ?? native.alignedBuffer(size)).subarray(0, length);
   }
 
   /** Returns a buffer from take(); nothing may use it afterwards. */

@@ -7,7 +7,8 @@ import { open } from 'node:fs/promises';
 
 import { native } from '../../native/binding.js';
 import { isSystemError } from '../../native/system-error.js';
-import { FdTarget, writeFully } from './fd-target.js';
+import type { TargetOptions } from './fd-target.js';
+import { FdTarget, openDirectReader, writeFully } from './fd-target.js';
 import { AllocationState } from './protocol.js';
 import type { Extent, ZeroOptions } from './target.js';
 import { FastZeroUnsupportedError } from './target.js';
@@ -22,16 +23,19 @@ export class FileTarget extends FdTarget {
   readonly canTrim = true;
   readonly canFastZero = true;
 
-  private constructor(handle: FileHandle, path: string, sizeBytes: number, readOnly: boolean) {
-    super(handle, path, sizeBytes, readOnly);
+  private constructor(handle: FileHandle, path: string, sizeBytes: number, readOnly: boolean, directReader?: FileHandle) {
+    super(handle, path, sizeBytes, readOnly, directReader);
   }
 
-  static async open(path: string, readOnly: boolean): Promise<FileTarget> {
+  static async open(path: string, readOnly: boolean, options: TargetOptions = {}): Promise<FileTarget> {
     const handle = await open(path, readOnly ? 'r' : 'r+');
+    let directReader: FileHandle | undefined;
     try {
       const { size } = await handle.stat();
-      return new FileTarget(handle, path, size, readOnly);
+      directReader = options.directIo ? await openDirectReader(path) : undefined;
+      return new FileTarget(handle, path, size, readOnly, directReader);
     } catch (error) {
+      await directReader?.close();
       await handle.close();
       throw error;
     }

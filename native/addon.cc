@@ -8,6 +8,7 @@ static Napi::Object InitVolagent(Napi::Env env, Napi::Object exports) {
   volagent::InitBlockOps(env, exports);
   volagent::InitDeviceMapper(env, exports);
   volagent::InitLoopOps(env, exports);
+  volagent::InitServiceOps(env, exports);
   return exports;
 }
 

@@ -1,5 +1,6 @@
 // `volagentd [--config FILE]`: the daemon's entry. Without --config it runs
-// the embedded default (DESIGN.md). SIGTERM and SIGINT drain and exit 0; a
+// the embedded default (DESIGN.md). Under systemd it reads $NOTIFY_SOCKET,
+// $WATCHDOG_USEC and $LISTEN_FDS (systemd.ts). SIGTERM and SIGINT drain and exit 0; a
 // start-up failure is one line on stderr (and the log) and exit 1; a bad
 // command line or config exits 2.
 import { parseArgs } from 'node:util';
@@ -7,6 +8,7 @@ import { parseArgs } from 'node:util';
 import { ConfigError, loadConfig } from '../daemon/config.js';
 import { startDaemon } from '../daemon/daemon.js';
 import { createLogger } from '../daemon/logger.js';
+import { listenedSockets, ServiceNotifier } from '../daemon/systemd.js';
 
 const USAGE = 'usage: volagentd [--config FILE]';
 
@@ -32,11 +34,21 @@ export async function main(argv: string[]): Promise<number> {
     process.stderr.write(`volagentd: ${message}\n`);
     return 2;
   }
+  const warned = new Set<string>();
+  const notifier = ServiceNotifier.fromEnvironment({
+    onError: (message, error) => {
+      if (warned.has(message)) return;
+      warned.add(message);
+      logger.warn({ err: error, message }, 'a systemd notification could not be sent');
+    },
+  });
+  const listened = listenedSockets();
   let daemon;
   try {
-    daemon = await startDaemon(config, logger);
+    daemon = await startDaemon(config, logger, { notifier, listened });
   } catch (error) {
     logger.fatal({ err: error }, (error as Error).message);
+    await notifier.status(`failed to start: ${(error as Error).message}`);
     process.stderr.write(`volagentd: ${(error as Error).message}\n`);
     return 1;
   }

@@ -16,6 +16,8 @@ import type { AgentConfig } from './config.js';
 import { EMBEDDED_DEFAULT_SOURCE } from './config.js';
 import { prepareSocketPath } from './control-socket.js';
 import type { Logger } from './logger.js';
+import type { ListenedSocket } from './systemd.js';
+import { ServiceNotifier } from './systemd.js';
 
 /** DESIGN.md "Reliability contract": the socket is a filesystem path, mode 0660. */
 const SOCKET_MODE = 0o660;
@@ -24,8 +26,16 @@ export class StartupError extends Error {
   override name = 'StartupError';
 }
 
+export interface DaemonOptions {
+  /** sd_notify: READY=1 once the control socket serves, STATUS=, watchdog pings, STOPPING=1. */
+  notifier?: ServiceNotifier;
+  /** Sockets passed by systemd (socket activation): the control API is served on the one named `control`, or on the only one. */
+  listened?: ListenedSocket[];
+}
+
 export interface RunningDaemon {
   agent: Agent;
+  /** The control socket's path; under socket activation, the path the config names (systemd made the socket). */
   socketPath: string;
   /** Drains and stops; resolves when everything is closed. Safe to call twice. */
   stop(reason: string): Promise<void>;
@@ -52,7 +62,17 @@ async function openPools(config: AgentConfig, logger: Logger, context: PoolConte
   return pools;
 }
 
-export async function startDaemon(config: AgentConfig, logger: Logger): Promise<RunningDaemon> {
+/** The passed socket the control API is served on: the one named `control`, else the only one passed. */
+export function controlSocketOf(listened: ListenedSocket[]): ListenedSocket | undefined {
+  return listened.find((socket) => socket.name === 'control') ?? (listened.length === 1 ? listened[0] : undefined);
+}
+
+export async function startDaemon(config: AgentConfig, logger: Logger, options: DaemonOptions = {}): Promise<RunningDaemon> {
+  const notifier = options.notifier ?? ServiceNotifier.fromEnvironment({ env: {} });
+  const activated = controlSocketOf(options.listened ?? []);
+  if (options.listened?.length && !activated) {
+    throw new StartupError(`socket activation passed ${options.listened.length} sockets (${options.listened.map((l) => l.name).join(', ')}) and none is named "control" (FileDescriptorName=control)`);
+  }
   // Thin pools keep their thin ids in the catalog: with one configured, the
   // catalog opens first. Otherwise a pool that fails start-up leaves no catalog behind.
   const catalog = config.pools.some((pool) => pool.backend === 'thin') ? Catalog.open(config.catalog.path) : undefined;
@@ -90,28 +110,38 @@ export async function startDaemon(config: AgentConfig, logger: Logger): Promise<
     logger[level]({ ...difference }, difference.action ? 'start-up reconcile settled a difference' : 'start-up reconcile found a difference; `volagent check --repair` settles it');
   }
   const socketPath = config.control.socket;
+  const where = activated ? `fd ${activated.fd} (${activated.name}, passed by systemd)` : socketPath;
   const api = createApiServer(agent, logger);
   try {
-    const { removedStale } = await prepareSocketPath(socketPath);
-    if (removedStale) logger.info({ socket: socketPath }, 'removed a stale control socket');
+    if (!activated) {
+      const { removedStale } = await prepareSocketPath(socketPath);
+      if (removedStale) logger.info({ socket: socketPath }, 'removed a stale control socket');
+    }
     await new Promise<void>((resolve, reject) => {
       api.server.once('error', reject);
-      api.server.listen(socketPath, () => {
+      const listening = (): void => {
         api.server.off('error', reject);
         resolve();
-      });
+      };
+      // A passed socket is already bound and listening, with systemd's mode and group (SocketMode=, SocketGroup=).
+      if (activated) api.server.listen({ fd: activated.fd }, listening);
+      else api.server.listen(socketPath, listening);
     });
-    await chmod(socketPath, SOCKET_MODE);
+    if (!activated) await chmod(socketPath, SOCKET_MODE);
   } catch (error) {
     await nbd.close();
     await agent.close();
-    throw new StartupError(`control socket ${socketPath}: ${(error as Error).message}`, { cause: error });
+    throw new StartupError(`control socket ${where}: ${(error as Error).message}`, { cause: error });
   }
-  logger.info({ socket: socketPath, catalog: config.catalog.path, pools: pools.map((p) => p.name), config: config.source }, 'volagentd listening');
+  logger.info({ socket: where, catalog: config.catalog.path, pools: pools.map((p) => p.name), config: config.source }, 'volagentd listening');
+  await notifier.ready(statusLine(agent));
+  notifier.startWatchdog();
+  if (notifier.watchdogUsec !== undefined) logger.info({ watchdogUsec: notifier.watchdogUsec }, 'systemd watchdog: pinging every half period');
 
   let stopping: Promise<void> | undefined;
   const stop = (reason: string): Promise<void> => {
     stopping ??= (async () => {
+      await notifier.stopping(`stopping (${reason})`);
       logger.info({ reason, inFlight: api.inFlight() }, 'volagentd stopping');
       const closed = new Promise<void>((resolve) => api.server.close(() => resolve()));
       api.server.closeIdleConnections();
@@ -123,10 +153,18 @@ export async function startDaemon(config: AgentConfig, logger: Logger): Promise<
       await closed;
       await nbd.close();
       await agent.close();
-      await unlink(socketPath).catch(() => undefined);
+      // A passed socket belongs to systemd: it keeps it for the next start.
+      if (!activated) await unlink(socketPath).catch(() => undefined);
       logger.info({ reason }, 'volagentd stopped');
     })();
     return stopping;
   };
   return { agent, socketPath, stop };
+}
+
+/** STATUS= for systemctl status: what the agent serves. */
+function statusLine(agent: Agent): string {
+  const volumes = agent.catalog.listVolumes().length;
+  const exports = agent.exports.list().length;
+  return `serving ${agent.pools.size} pool(s), ${volumes} volume(s), ${exports} export(s)`;
 }

@@ -66,6 +66,12 @@ export interface DmTarget {
 }
 
 /** What a loop device is bound to (LOOP_GET_STATUS64). */
+export interface PeerCredentials {
+  pid: number;
+  uid: number;
+  gid: number;
+}
+
 export interface LoopStatus {
   number: number;
   major: number;
@@ -171,5 +177,9 @@ export interface NativeAddon {
   loopFlags: LoopFlags;
   /** mknod(path, S_IFBLK | mode, major:minor); EEXIST when the path exists. */
   mknodBlock(path: string, major: number, minor: number, mode: number): Promise<void>;
+  /** One sd_notify datagram to `socketPath` (a path, or `@name` for an abstract socket); EAGAIN when its queue is full. */
+  sdNotify(socketPath: string, message: string): Promise<void>;
+  /** SO_PEERCRED of a connected unix socket: the peer's pid, uid and gid as the kernel recorded them at connect. */
+  peerCredentials(fd: number): Promise<PeerCredentials>;
   fileConstants: FileConstants;
 }

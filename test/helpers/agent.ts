@@ -214,7 +214,9 @@ export async function writeAgentConfig(spec: AgentSpec): Promise<string> {
 
 /** Spawns volagentd with `args` (no readiness wait): for start-up failure tests. */
 export function spawnAgent(args: string[], env: NodeJS.ProcessEnv = {}): ChildProcess {
-  return spawn(process.execPath, [VOLAGENTD, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
+  // A test runner started by systemd must not lend the agent its notify socket or passed sockets.
+  const inherited = Object.fromEntries(Object.entries(process.env).filter(([name]) => !/^(NOTIFY_SOCKET|WATCHDOG_(USEC|PID)|LISTEN_(PID|FDS|FDNAMES))$/.test(name)));
+  return spawn(process.execPath, [VOLAGENTD, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...inherited, ...env } });
 }
 
 /** Collects a finished child's output and exit code. */

@@ -1,0 +1,94 @@
+// What a systemd service needs from the kernel: sd_notify's datagram and the
+// credentials of a unix-socket peer. Policy (when to notify, who may connect)
+// is in TypeScript (src/daemon/systemd.ts, src/api/peer-auth.ts).
+#include <errno.h>
+#include <stddef.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <string>
+
+#include "args.h"
+#include "async.h"
+#include "exports.h"
+
+namespace volagent {
+namespace {
+
+// sd_notify(3)'s wire contract: one datagram of newline-separated VAR=value
+// assignments to the AF_UNIX socket $NOTIFY_SOCKET names: a filesystem path,
+// or an abstract name when it begins with '@'. The sender is identified by
+// the kernel (SCM_CREDENTIALS are attached on request by the receiver), so
+// any thread of the main process may send it. MSG_DONTWAIT: a full receive
+// queue is EAGAIN, never a wait.
+Napi::Value SdNotify(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string socketPath = ArgString(info, 0, "socketPath");
+  std::string message = ArgString(info, 1, "message");
+  if (env.IsExceptionPending()) return env.Undefined();
+  if (socketPath.empty() || socketPath.size() >= sizeof(sockaddr_un::sun_path) || (socketPath[0] != '/' && socketPath[0] != '@')) {
+    MakeTypeError(env, "The \"socketPath\" argument must be an absolute path or an @abstract name that fits sockaddr_un").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  return PromiseWorker<NoResult>::Start(
+      env, "volagent.sdnotify",
+      [=](NoResult&, SysError& err) {
+        int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        if (fd < 0) return err.set(errno, "socket", socketPath);
+        sockaddr_un address{};
+        address.sun_family = AF_UNIX;
+        std::memcpy(address.sun_path, socketPath.data(), socketPath.size());
+        if (socketPath[0] == '@') address.sun_path[0] = '\0';
+        socklen_t length = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + socketPath.size() + (socketPath[0] == '/' ? 1 : 0));
+        ssize_t sent;
+        do {
+          sent = sendto(fd, message.data(), message.size(), MSG_NOSIGNAL | MSG_DONTWAIT, reinterpret_cast<sockaddr*>(&address), length);
+        } while (sent < 0 && errno == EINTR);
+        int sendErrno = errno;
+        close(fd);
+        if (sent < 0) return err.set(sendErrno, "sendto", socketPath);
+        return true;
+      },
+      Undefined);
+}
+
+struct PeerCredentials {
+  pid_t pid;
+  uid_t uid;
+  gid_t gid;
+};
+
+// SO_PEERCRED of a connected unix socket: the credentials the peer had when
+// it called connect(2) (or socketpair), set by the kernel, not by the peer.
+Napi::Value PeerCredentialsOf(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = ArgFd(info, 0, "fd");
+  if (env.IsExceptionPending()) return env.Undefined();
+  return PromiseWorker<PeerCredentials>::Start(
+      env, "volagent.peercred",
+      [=](PeerCredentials& result, SysError& err) {
+        ucred credentials{};
+        socklen_t length = sizeof credentials;
+        if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &credentials, &length) != 0) return err.set(errno, "getsockopt");
+        result = {credentials.pid, credentials.uid, credentials.gid};
+        return true;
+      },
+      [](Napi::Env e, PeerCredentials& c) {
+        Napi::Object object = Napi::Object::New(e);
+        object.Set("pid", Napi::Number::New(e, c.pid));
+        object.Set("uid", Napi::Number::New(e, c.uid));
+        object.Set("gid", Napi::Number::New(e, c.gid));
+        return object;
+      });
+}
+
+}  // namespace
+
+void InitServiceOps(Napi::Env env, Napi::Object exports) {
+  exports.Set("sdNotify", Napi::Function::New(env, SdNotify, "sdNotify"));
+  exports.Set("peerCredentials", Napi::Function::New(env, PeerCredentialsOf, "peerCredentials"));
+}
+
+}  // namespace volagent

@@ -9,6 +9,7 @@
 
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include "args.h"
 #include "async.h"
@@ -58,10 +59,13 @@ struct PeerCredentials {
   pid_t pid;
   uid_t uid;
   gid_t gid;
+  std::vector<gid_t> groups;
 };
 
-// SO_PEERCRED of a connected unix socket: the credentials the peer had when
-// it called connect(2) (or socketpair), set by the kernel, not by the peer.
+// SO_PEERCRED and SO_PEERGROUPS of a connected unix socket: the pid, uid, gid
+// and supplementary groups the peer had when it called connect(2), recorded
+// by the kernel, not claimed by the peer. SO_PEERGROUPS answers ERANGE with
+// the length it needs when the buffer is short.
 Napi::Value PeerCredentialsOf(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int fd = ArgFd(info, 0, "fd");
@@ -72,7 +76,20 @@ Napi::Value PeerCredentialsOf(const Napi::CallbackInfo& info) {
         ucred credentials{};
         socklen_t length = sizeof credentials;
         if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &credentials, &length) != 0) return err.set(errno, "getsockopt");
-        result = {credentials.pid, credentials.uid, credentials.gid};
+        result.pid = credentials.pid;
+        result.uid = credentials.uid;
+        result.gid = credentials.gid;
+        std::vector<gid_t> groups(64);
+        for (;;) {
+          socklen_t bytes = static_cast<socklen_t>(groups.size() * sizeof(gid_t));
+          if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups.data(), &bytes) == 0) {
+            groups.resize(bytes / sizeof(gid_t));
+            break;
+          }
+          if (errno != ERANGE || bytes <= groups.size() * sizeof(gid_t)) return err.set(errno, "getsockopt");
+          groups.resize(bytes / sizeof(gid_t));
+        }
+        result.groups = std::move(groups);
         return true;
       },
       [](Napi::Env e, PeerCredentials& c) {
@@ -80,6 +97,9 @@ Napi::Value PeerCredentialsOf(const Napi::CallbackInfo& info) {
         object.Set("pid", Napi::Number::New(e, c.pid));
         object.Set("uid", Napi::Number::New(e, c.uid));
         object.Set("gid", Napi::Number::New(e, c.gid));
+        Napi::Array groups = Napi::Array::New(e, c.groups.size());
+        for (size_t i = 0; i < c.groups.size(); i++) groups.Set(static_cast<uint32_t>(i), Napi::Number::New(e, c.groups[i]));
+        object.Set("groups", groups);
         return object;
       });
 }

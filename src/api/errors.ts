@@ -17,7 +17,7 @@ export const ERROR_CODES = {
   EXPORT_NOT_FOUND: { status: 404, meaning: 'No export with that id.' },
   ROUTE_NOT_FOUND: { status: 404, meaning: 'No such route in API version 1.' },
   METHOD_NOT_ALLOWED: { status: 405, meaning: 'The route exists but not with this method.' },
-  FORBIDDEN: { status: 403, meaning: 'The peer (by SO_PEERCRED) may not make this request.' },
+  FORBIDDEN: { status: 403, meaning: 'The peer (by SO_PEERCRED/SO_PEERGROUPS) is not in [control].allow, or is a reader and the method is not GET or HEAD.' },
   SOURCE_NOT_VISIBLE: { status: 403, meaning: 'The source volume or snapshot belongs to another tenant.' },
   IMAGE_NOT_VISIBLE: { status: 403, meaning: 'The image is private to another tenant.' },
   VOLUME_EXISTS: { status: 409, meaning: 'A volume with that id exists with a different definition.' },

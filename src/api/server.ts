@@ -4,18 +4,35 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { createServer } from 'node:http';
 import type { Server } from 'node:http';
-import type { Socket } from 'node:net';
+import type { Server as NetServer, Socket } from 'node:net';
+import { createServer as createNetServer } from 'node:net';
 
 import type { Logger } from 'pino';
 
 import type { Agent } from '../agent/agent.js';
 import { toApiError } from '../agent/faults.js';
+import type { AllowRule } from '../daemon/config.js';
+import { native } from '../native/binding.js';
 import { parseJsonObject, readBody } from './body.js';
 import { ApiError } from './errors.js';
+import type { Peer } from './peer-auth.js';
+import { isMutating, mayRequest, roleOf } from './peer-auth.js';
 import type { Reply, UploadBody } from './routes.js';
 import { matchRoute } from './routes.js';
 
+export interface ApiServerOptions {
+  /** `[control].allow`: empty lets only root in. */
+  allow: readonly AllowRule[];
+}
+
 export interface ApiServer {
+  /**
+   * What listens (on the control socket's path, or a passed fd): each
+   * connection's peer is checked before its first byte is read, then handed
+   * to `server`.
+   */
+  listener: NetServer;
+  /** The HTTP server the admitted connections are served by. */
   server: Server;
   /** Requests being handled now. */
   inFlight(): number;
@@ -83,7 +100,28 @@ async function* readUpload(request: IncomingMessage): AsyncGenerator<Buffer> {
   if (!request.complete) throw new ApiError('UPLOAD_INCOMPLETE', 'the upload broke off before its last byte', {});
 }
 
-export function createApiServer(agent: Agent, logger: Logger): ApiServer {
+/** The descriptor under a connected unix socket (Node's pipe handle keeps it as `fd`). */
+function socketFd(socket: Socket): number | undefined {
+  const fd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
+  return typeof fd === 'number' && fd >= 0 ? fd : undefined;
+}
+
+/**
+ * Answers 403 on a connection whose request was never read, then reads and
+ * drops what the client sent (a unix socket closed with unread data resets
+ * the peer, which would lose the answer) until it closes, or LINGER_MS.
+ */
+function refuseConnection(socket: Socket, error: ApiError): void {
+  const text = `${JSON.stringify(error.toBody())}\n`;
+  socket.on('data', () => undefined);
+  socket.resume();
+  socket.end(`HTTP/1.1 403 Forbidden\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(text)}\r\nconnection: close\r\n\r\n${text}`);
+  setTimeout(() => socket.destroy(), LINGER_MS).unref();
+}
+
+export function createApiServer(agent: Agent, logger: Logger, options: ApiServerOptions = { allow: [] }): ApiServer {
+  /** The peer of each admitted connection, with its role. */
+  const peers = new WeakMap<Socket, Peer>();
   let inFlight = 0;
   let waiters: (() => void)[] = [];
   /** Requests streaming an upload or a download now. */
@@ -92,6 +130,7 @@ export function createApiServer(agent: Agent, logger: Logger): ApiServer {
   const handle = async (request: IncomingMessage, response: ServerResponse, expectsContinue: boolean): Promise<void> => {
     const started = process.hrtime.bigint();
     const method = request.method ?? 'GET';
+    const peer = peers.get(request.socket);
     const url = new URL(request.url ?? '/', 'http://volagent');
     let route = url.pathname;
     let reply: Reply;
@@ -105,6 +144,9 @@ export function createApiServer(agent: Agent, logger: Logger): ApiServer {
         throw new ApiError('METHOD_NOT_ALLOWED', `${url.pathname} does not take ${method}`, { method, allowed: match.allowed });
       }
       route = match.route.pattern;
+      if (peer && !mayRequest(peer.role, method)) {
+        throw new ApiError('FORBIDDEN', `uid ${peer.uid} has the ${peer.role} role in [control].allow: ${method} is not allowed`, { uid: peer.uid, role: peer.role, method });
+      }
       if (route.startsWith('/v1/volumes/:id')) volume = match.params[0];
       const streamed = match.route.body === 'stream';
       if (streamed) transfers.add(request);
@@ -144,6 +186,8 @@ export function createApiServer(agent: Agent, logger: Logger): ApiServer {
       method, route, status: reply.status, ms: Number(ms.toFixed(3)),
       ...(volume ? { volume } : {}),
       ...(fault ? { code: fault.code } : {}),
+      // Who asked: the audit record of every request that changes something.
+      ...(peer ? { peer: { uid: peer.uid, gid: peer.gid, pid: peer.pid }, ...(isMutating(method) ? { audit: true } : {}) } : {}),
     };
     if (fault && !fault.isClientFault) logger.error({ ...fields, err: cause }, fault.message);
     else logger.info(fields, 'request');
@@ -173,7 +217,34 @@ export function createApiServer(agent: Agent, logger: Logger): ApiServer {
   server.requestTimeout = 0;
   server.headersTimeout = 30_000;
 
+  const admit = async (socket: Socket): Promise<void> => {
+    socket.on('error', () => undefined); // a peer gone before it was admitted
+    const fd = socketFd(socket);
+    let credentials;
+    try {
+      if (fd === undefined) throw new Error('the connection has no descriptor');
+      credentials = await native.peerCredentials(fd);
+    } catch (error) {
+      logger.error({ err: error }, 'could not read the peer credentials of a control connection; closed it');
+      socket.destroy();
+      return;
+    }
+    const role = roleOf(credentials, options.allow);
+    const who = { uid: credentials.uid, gid: credentials.gid, pid: credentials.pid };
+    if (!role) {
+      logger.warn({ peer: who }, 'refused a control connection: its peer is not in [control].allow');
+      refuseConnection(socket, new ApiError('FORBIDDEN', `uid ${credentials.uid} (gid ${credentials.gid}) may not use the control socket: not in [control].allow`, { uid: credentials.uid, gid: credentials.gid }));
+      return;
+    }
+    peers.set(socket, { ...credentials, role });
+    server.emit('connection', socket);
+    socket.resume();
+  };
+  // Paused: nothing of a connection is read until its peer is admitted.
+  const listener = createNetServer({ pauseOnConnect: true }, (socket) => void admit(socket));
+
   return {
+    listener,
     server,
     inFlight: () => inFlight,
     drained: () => (inFlight === 0 ? Promise.resolve() : new Promise<void>((resolve) => waiters.push(resolve))),

@@ -111,21 +111,21 @@ export async function startDaemon(config: AgentConfig, logger: Logger, options: 
   }
   const socketPath = config.control.socket;
   const where = activated ? `fd ${activated.fd} (${activated.name}, passed by systemd)` : socketPath;
-  const api = createApiServer(agent, logger);
+  const api = createApiServer(agent, logger, { allow: config.control.allow });
   try {
     if (!activated) {
       const { removedStale } = await prepareSocketPath(socketPath);
       if (removedStale) logger.info({ socket: socketPath }, 'removed a stale control socket');
     }
     await new Promise<void>((resolve, reject) => {
-      api.server.once('error', reject);
+      api.listener.once('error', reject);
       const listening = (): void => {
-        api.server.off('error', reject);
+        api.listener.off('error', reject);
         resolve();
       };
       // A passed socket is already bound and listening, with systemd's mode and group (SocketMode=, SocketGroup=).
-      if (activated) api.server.listen({ fd: activated.fd }, listening);
-      else api.server.listen(socketPath, listening);
+      if (activated) api.listener.listen({ fd: activated.fd }, listening);
+      else api.listener.listen(socketPath, listening);
     });
     if (!activated) await chmod(socketPath, SOCKET_MODE);
   } catch (error) {
@@ -143,7 +143,7 @@ export async function startDaemon(config: AgentConfig, logger: Logger, options: 
     stopping ??= (async () => {
       await notifier.stopping(`stopping (${reason})`);
       logger.info({ reason, inFlight: api.inFlight() }, 'volagentd stopping');
-      const closed = new Promise<void>((resolve) => api.server.close(() => resolve()));
+      const closed = new Promise<void>((resolve) => api.listener.close(() => resolve()));
       api.server.closeIdleConnections();
       await agent.operations.cancelAll(`the agent is stopping (${reason})`);
       const broken = api.abortTransfers();

@@ -70,6 +70,8 @@ export interface PeerCredentials {
   pid: number;
   uid: number;
   gid: number;
+  /** Supplementary groups (SO_PEERGROUPS). */
+  groups: number[];
 }
 
 export interface LoopStatus {
@@ -179,7 +181,7 @@ export interface NativeAddon {
   mknodBlock(path: string, major: number, minor: number, mode: number): Promise<void>;
   /** One sd_notify datagram to `socketPath` (a path, or `@name` for an abstract socket); EAGAIN when its queue is full. */
   sdNotify(socketPath: string, message: string): Promise<void>;
-  /** SO_PEERCRED of a connected unix socket: the peer's pid, uid and gid as the kernel recorded them at connect. */
+  /** SO_PEERCRED and SO_PEERGROUPS of a connected unix socket: the peer's pid, uid, gid and groups as the kernel recorded them at connect. */
   peerCredentials(fd: number): Promise<PeerCredentials>;
   fileConstants: FileConstants;
 }

@@ -122,6 +122,8 @@ export interface AgentSpec {
   startTimeoutMs?: number;
   /** NBD addresses besides `unix:<dir>/nbd.sock`, as written in `[nbd].listen` (`tcp:127.0.0.1:0`). */
   nbdListen?: string[];
+  /** `[control].allow` rules; none: root only. */
+  allow?: Array<{ uid?: number; gid?: number; role: 'admin' | 'reader' }>;
 }
 
 export interface StreamOptions {
@@ -202,7 +204,10 @@ export interface AgentProcess {
 export async function writeAgentConfig(spec: AgentSpec): Promise<string> {
   const configFile = path.join(spec.dir, 'volagent.toml');
   const lines = [
-    '[control]', `socket = ${JSON.stringify(path.join(spec.dir, 'control.sock'))}`, '',
+    '[control]', `socket = ${JSON.stringify(path.join(spec.dir, 'control.sock'))}`,
+    ...(spec.allow ? [`allow = [${spec.allow.map((rule) => `{ ${[
+      ...(rule.uid !== undefined ? [`uid = ${rule.uid}`] : []), ...(rule.gid !== undefined ? [`gid = ${rule.gid}`] : []), `role = "${rule.role}"`,
+    ].join(', ')} }`).join(', ')}]`] : []), '',
     '[catalog]', `path = ${JSON.stringify(path.join(spec.dir, 'catalog.db'))}`, '',
     '[nbd]', `listen = [${[`unix:${path.join(spec.dir, 'nbd.sock')}`, ...(spec.nbdListen ?? [])].map((a) => JSON.stringify(a)).join(', ')}]`, '',
     ...(spec.lockWaitMs !== undefined ? ['[agent]', `lock_wait_ms = ${spec.lockWaitMs}`, ''] : []),

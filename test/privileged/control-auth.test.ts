@@ -1,0 +1,97 @@
+// Who may use the control socket: the agent reads each connection's peer
+// credentials (SO_PEERCRED, SO_PEERGROUPS) and maps them through
+// [control].allow before reading the request. Real clients run as other
+// users with setpriv: curl refused as an unlisted uid, a reader's GET and
+// PUT, an admin by supplementary group; the audit line of each change.
+// The socket's group (4242 here) only lets them connect; the agent decides.
+// Needs root (setpriv, chown).
+import { spawn } from 'node:child_process';
+import { chown, mkdir } from 'node:fs/promises';
+import path from 'node:path';
+import t from 'tap';
+
+import type { AgentProcess } from '../helpers/agent.js';
+import { startAgent } from '../helpers/agent.js';
+import { skipUnlessRoot } from '../helpers/privileged.js';
+import { tempDir } from '../helpers/temp-dir.js';
+
+const SOCKET_GROUP = 4242;
+const READER_UID = 65533;
+const ADMIN_GID = 4343;
+const UNLISTED_UID = 65534;
+
+interface CurlOutcome {
+  code: number | null;
+  status: number;
+  body: any;
+  stderr: string;
+}
+
+/** curl on the control socket as `uid` (primary gid = uid, supplementary `groups`). */
+function curlAs(socket: string, uid: number, groups: number[], method: string, url: string, body?: unknown): Promise<CurlOutcome> {
+  const args = [`--reuid=${uid}`, `--regid=${uid}`, `--groups=${groups.join(',')}`, '--', 'curl', '-s', '-S', '-X', method, '--unix-socket', socket,
+    '-w', '\n%{http_code}', ...(body === undefined ? [] : ['-H', 'content-type: application/json', '-d', JSON.stringify(body)]), `http://volagent${url}`];
+  const child = spawn('setpriv', args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (d: Buffer) => { stdout += d.toString(); });
+  child.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
+  return new Promise((resolve) => child.once('exit', (code) => {
+    const at = stdout.lastIndexOf('\n');
+    const text = stdout.slice(0, at);
+    let parsed: unknown;
+    try { parsed = text ? JSON.parse(text) : undefined; } catch { parsed = text; }
+    resolve({ code, status: Number(stdout.slice(at + 1)), body: parsed, stderr });
+  }));
+}
+
+if (!skipUnlessRoot(t)) {
+  const dir = await tempDir(t, 'volagent-auth-');
+  const poolPath = path.join(dir, 'pool');
+  await mkdir(poolPath);
+  const agent: AgentProcess = await startAgent(t, {
+    dir, pools: [{ name: 'p', path: poolPath }],
+    allow: [{ uid: 0, role: 'admin' }, { uid: READER_UID, role: 'reader' }, { gid: ADMIN_GID, role: 'admin' }],
+  });
+  // The directory and socket let group 4242 connect (as systemd's SocketGroup= would).
+  await chown(dir, 0, SOCKET_GROUP);
+  await chown(agent.socket, 0, SOCKET_GROUP);
+  const { chmod } = await import('node:fs/promises');
+  await chmod(dir, 0o750);
+
+  await t.test('an unlisted uid is refused before its request is read: 403, nothing changes', async (t) => {
+    const refused = await curlAs(agent.socket, UNLISTED_UID, [SOCKET_GROUP], 'PUT', '/v1/volumes/intruder', { tenant: 't', sizeBytes: 1048576 });
+    t.equal(refused.code, 0, refused.stderr);
+    t.equal(refused.status, 403);
+    t.match(refused.body, { error: { code: 'FORBIDDEN', message: /uid 65534 .*not in \[control\]\.allow/, details: { uid: UNLISTED_UID } } });
+    t.equal((await agent.request('GET', '/v1/volumes/intruder')).status, 404, 'no volume was made');
+    t.notOk(agent.logs.some((line) => /"route":"\/v1\/volumes\/:id"/.test(line) && /"uid":65534/.test(line)), 'the request never reached the router');
+    t.ok(agent.logs.some((line) => /refused a control connection/.test(line) && /"uid":65534/.test(line)), 'the refusal is logged with the peer');
+    const get = await curlAs(agent.socket, UNLISTED_UID, [SOCKET_GROUP], 'GET', '/v1/version');
+    t.equal(get.status, 403, 'a GET too');
+  });
+
+  await t.test('a reader: GET answers, PUT and DELETE are 403 and change nothing', async (t) => {
+    t.equal((await agent.request('PUT', '/v1/volumes/v1', { tenant: 't', sizeBytes: 1048576 })).status, 201, 'root (admin) makes a volume');
+    const list = await curlAs(agent.socket, READER_UID, [SOCKET_GROUP], 'GET', '/v1/volumes');
+    t.equal(list.status, 200, list.stderr);
+    t.match(list.body, [{ id: 'v1' }]);
+    const put = await curlAs(agent.socket, READER_UID, [SOCKET_GROUP], 'PUT', '/v1/volumes/v2', { tenant: 't', sizeBytes: 1048576 });
+    t.equal(put.status, 403);
+    t.match(put.body, { error: { code: 'FORBIDDEN', details: { uid: READER_UID, role: 'reader', method: 'PUT' } } });
+    const del = await curlAs(agent.socket, READER_UID, [SOCKET_GROUP], 'DELETE', '/v1/volumes/v1');
+    t.equal(del.status, 403);
+    t.same((await agent.request('GET', '/v1/volumes')).body.map((v: { id: string }) => v.id), ['v1'], 'v1 is still there, v2 was not made');
+  });
+
+  await t.test('an admin by supplementary group: changes are made and each has an audit line with uid, gid and pid', async (t) => {
+    const made = await curlAs(agent.socket, 65532, [SOCKET_GROUP, ADMIN_GID], 'PUT', '/v1/volumes/v3', { tenant: 't', sizeBytes: 1048576 });
+    t.equal(made.status, 201, made.stderr);
+    const audit = agent.logs.map((line) => JSON.parse(line)).find((entry) => entry.audit === true && entry.method === 'PUT' && entry.volume === 'v3');
+    t.match(audit, { route: '/v1/volumes/:id', status: 201, peer: { uid: 65532, gid: 65532, pid: Number } }, 'the audit line names the peer');
+    t.ok(audit.peer.pid > 1);
+    const read = agent.logs.map((line) => JSON.parse(line)).find((entry) => entry.method === 'GET' && entry.peer?.uid === READER_UID);
+    t.notOk(read?.audit, 'reads are not audit lines');
+    t.equal((await curlAs(agent.socket, 65532, [SOCKET_GROUP], 'PUT', '/v1/volumes/v4', { tenant: 't', sizeBytes: 1048576 })).status, 403, 'without the admin group: refused');
+  });
+}

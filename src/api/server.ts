@@ -34,6 +34,8 @@ export interface ApiServer {
   listener: NetServer;
   /** The HTTP server the admitted connections are served by. */
   server: Server;
+  /** Stops listening; resolves once every admitted connection has closed. */
+  close(): Promise<void>;
   /** Requests being handled now. */
   inFlight(): number;
   /** Resolves when no request is being handled. */
@@ -242,10 +244,17 @@ export function createApiServer(agent: Agent, logger: Logger, options: ApiServer
   };
   // Paused: nothing of a connection is read until its peer is admitted.
   const listener = createNetServer({ pauseOnConnect: true }, (socket) => void admit(socket));
+  // The HTTP server itself never listens; its connection tracking (headersTimeout,
+  // closeIdleConnections) starts on its 'listening' event and stops in close().
+  listener.on('listening', () => server.emit('listening'));
 
   return {
     listener,
     server,
+    close: () => new Promise<void>((resolve) => {
+      server.close(() => undefined); // only stops the tracking timer: the HTTP server holds no socket
+      listener.close(() => resolve());
+    }),
     inFlight: () => inFlight,
     drained: () => (inFlight === 0 ? Promise.resolve() : new Promise<void>((resolve) => waiters.push(resolve))),
     abortTransfers: () => {

@@ -143,7 +143,7 @@ export async function startDaemon(config: AgentConfig, logger: Logger, options: 
     stopping ??= (async () => {
       await notifier.stopping(`stopping (${reason})`);
       logger.info({ reason, inFlight: api.inFlight() }, 'volagentd stopping');
-      const closed = new Promise<void>((resolve) => api.listener.close(() => resolve()));
+      const closed = api.close();
       api.server.closeIdleConnections();
       await agent.operations.cancelAll(`the agent is stopping (${reason})`);
       const broken = api.abortTransfers();

@@ -94,4 +94,20 @@ if (!skipUnlessRoot(t)) {
     t.notOk(read?.audit, 'reads are not audit lines');
     t.equal((await curlAs(agent.socket, 65532, [SOCKET_GROUP], 'PUT', '/v1/volumes/v4', { tenant: 't', sizeBytes: 1048576 })).status, 403, 'without the admin group: refused');
   });
+
+  await t.test('an idle keep-alive connection does not hold up the stop', async (t) => {
+    const { Agent: HttpAgent, request } = await import('node:http');
+    const keepAlive = new HttpAgent({ keepAlive: true });
+    const status = await new Promise<number>((resolve, reject) => {
+      request({ socketPath: agent.socket, path: '/v1/version', agent: keepAlive }, (res) => {
+        res.resume();
+        res.once('end', () => resolve(res.statusCode ?? 0));
+      }).once('error', reject).end();
+    });
+    t.equal(status, 200);
+    const started = Date.now();
+    t.equal(await agent.stop(), 0, 'SIGTERM: clean exit');
+    t.ok(Date.now() - started < 5000, 'with the idle connection still open, the agent stopped at once');
+    keepAlive.destroy();
+  });
 }

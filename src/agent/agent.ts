@@ -14,6 +14,7 @@ import type { ImageCacheView } from './image-cache.js';
 import type { PoolImagePolicy } from './images.js';
 import { Images } from './images.js';
 import { LockTable } from './locks.js';
+import { AgentMetrics } from './metrics.js';
 import { Operations } from './operations.js';
 import type { ListenAddress } from '../daemon/config.js';
 import { Exports } from './exports.js';
@@ -57,6 +58,7 @@ export class Agent {
   readonly exports: Exports;
   readonly operations: Operations;
   readonly locks = new LockTable();
+  readonly metrics: AgentMetrics;
   readonly pools: ReadonlyMap<string, Pool>;
 
   private constructor(readonly catalog: Catalog, private readonly writer: CatalogWriter, options: AgentOptions) {
@@ -72,6 +74,13 @@ export class Agent {
       nbdListen: options.nbdListen ?? [], ...(options.boundPorts ? { boundPorts: options.boundPorts } : {}),
     });
     this.volumes.isExported = (volumeId) => this.exports.isExported(volumeId);
+    this.metrics = new AgentMetrics({
+      pools: () => this.pools.values(),
+      imageCache: (pool) => this.images.cacheView(pool),
+      exports: () => this.exports.list(),
+      operationsByState: () => this.catalog.countOperationsByState(),
+    });
+    this.volumes.onCloned = (method, seconds, bytesCopied) => this.metrics.observeClone(method, seconds, bytesCopied);
   }
 
   get writes(): CatalogWrites {

@@ -60,6 +60,17 @@ function putReply<View>(outcome: PutOutcome<View>, key: 'volume' | 'snapshot' | 
 
 export const ROUTES: readonly Route[] = [
   {
+    method: 'GET', pattern: '/metrics', body: 'none',
+    handle: async (agent, { query }) => {
+      requireQuery(query, []);
+      const text = await agent.metrics.text();
+      return {
+        status: 200, headers: { 'content-type': agent.metrics.contentType, 'content-length': Buffer.byteLength(text) },
+        send: async (out) => { out.write(text); },
+      };
+    },
+  },
+  {
     method: 'GET', pattern: '/v1/version', body: 'none',
     handle: async (agent, { query }) => {
       requireQuery(query, []);

@@ -135,6 +135,8 @@ export function createApiServer(agent: Agent, logger: Logger, options: ApiServer
     const peer = peers.get(request.socket);
     const url = new URL(request.url ?? '/', 'http://volagent');
     let route = url.pathname;
+    /** The route pattern, or "unmatched": a label never takes a client's raw path. */
+    let metricRoute = 'unmatched';
     let reply: Reply;
     let fault: ApiError | undefined;
     let cause: unknown;
@@ -146,6 +148,7 @@ export function createApiServer(agent: Agent, logger: Logger, options: ApiServer
         throw new ApiError('METHOD_NOT_ALLOWED', `${url.pathname} does not take ${method}`, { method, allowed: match.allowed });
       }
       route = match.route.pattern;
+      metricRoute = route;
       if (peer && !mayRequest(peer.role, method)) {
         throw new ApiError('FORBIDDEN', `uid ${peer.uid} has the ${peer.role} role in [control].allow: ${method} is not allowed`, { uid: peer.uid, role: peer.role, method });
       }
@@ -184,6 +187,7 @@ export function createApiServer(agent: Agent, logger: Logger, options: ApiServer
     }
     if (closeAfter && socket) response.once('finish', () => lingeringClose(request, socket));
     const ms = Number(process.hrtime.bigint() - started) / 1e6;
+    agent.metrics.observeRequest(method, metricRoute, reply.status, ms / 1000);
     const fields = {
       method, route, status: reply.status, ms: Number(ms.toFixed(3)),
       ...(volume ? { volume } : {}),

@@ -532,6 +532,12 @@ export class Catalog {
     return (this.sql(`SELECT * FROM operations WHERE state = 'running' ORDER BY created_at, id`).all() as OperationRecord[]).map(toOperation);
   }
 
+  /** How many operations the catalog holds in each state. */
+  countOperationsByState(): Record<string, number> {
+    const rows = this.sql('SELECT state, COUNT(*) AS count FROM operations GROUP BY state').all() as Array<{ state: string; count: number }>;
+    return Object.fromEntries(rows.map((row) => [row.state, row.count]));
+  }
+
   /** Running operations and the `finished` most recent ended ones, newest first. */
   listOperations(finished = 100): OperationRow[] {
     return (this.sql(`SELECT * FROM operations WHERE state = 'running'

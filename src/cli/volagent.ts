@@ -12,6 +12,7 @@ import { copyCommand, copyUsage } from './commands/copy.js';
 import { createCommand } from './commands/create.js';
 import { exportCommand, exportsCommand, unexportCommand } from './commands/export.js';
 import { imageCommand } from './commands/image.js';
+import { installServiceCommand } from './commands/install-service.js';
 import { lsCommand } from './commands/ls.js';
 import { cancelCommand, opsCommand } from './commands/ops.js';
 import { poolsCommand } from './commands/pools.js';
@@ -42,6 +43,7 @@ const commands: Record<string, Command> = {
   cancel: cancelCommand,
   check: checkCommand,
   version: versionCommand,
+  'install-service': installServiceCommand,
   copy: { usage: copyUsage, summary: 'clone a file through the clone engine, without the agent', run: (args, globals) => copyCommand(globals.json ? ['--json', ...args] : args) },
 };
 

@@ -59,10 +59,10 @@ export class Agent {
   readonly operations: Operations;
   readonly locks = new LockTable();
   readonly metrics: AgentMetrics;
-  readonly pools: ReadonlyMap<string, Pool>;
+  private readonly poolMap: Map<string, Pool>;
 
   private constructor(readonly catalog: Catalog, private readonly writer: CatalogWriter, options: AgentOptions) {
-    this.pools = new Map(options.pools.map((pool) => [pool.name, pool]));
+    this.poolMap = new Map(options.pools.map((pool) => [pool.name, pool]));
     this.operations = new Operations(catalog, this.writes);
     this.volumes = new Volumes(catalog, this.writes, this.pools, this.locks, this.operations, options.lockWaitMs);
     this.images = new Images(catalog, this.writes, this.volumes, this.operations, this.locks, {
@@ -104,6 +104,25 @@ export class Agent {
       await Promise.all(options.pools.map((pool) => pool.close()));
       throw error;
     }
+  }
+
+  /** The configured pools, by name (Volumes, Images and Exports read this one map). */
+  get pools(): ReadonlyMap<string, Pool> {
+    return this.poolMap;
+  }
+
+  /**
+   * Serves an opened pool from now on (a config reload added it), with its
+   * image policy. A name the catalog already has rows for is refused: those
+   * rows were made under another config and need the start-up reconcile.
+   */
+  addPool(pool: Pool, policy: PoolImagePolicy = {}): void {
+    if (this.poolMap.has(pool.name)) throw new Error(`pool ${pool.name} is already served`);
+    if (this.catalog.listVolumes({ pool: pool.name }).length > 0) {
+      throw new Error(`the catalog has volumes in a pool named ${pool.name} from an earlier config; restart the agent so start-up reconciles them`);
+    }
+    this.poolMap.set(pool.name, pool);
+    this.images.addPolicy(pool.name, policy);
   }
 
   version(): { version: string; api: 1 } {

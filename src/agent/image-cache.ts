@@ -41,10 +41,15 @@ export class ImageCache {
     private readonly writes: CatalogWrites,
     private readonly locks: LockTable,
     /** Pools with a cache, by name. */
-    private readonly limits: ReadonlyMap<string, ImageCacheConfig>,
+    private readonly limits: Map<string, ImageCacheConfig>,
     /** Removes an unused entry's image and Image-Volume, before returning. */
     private readonly evict: (entry: ImageRow) => Promise<void>,
   ) {}
+
+  /** A pool added by a config reload gets its cache. */
+  addPool(pool: string, limits: ImageCacheConfig): void {
+    this.limits.set(pool, limits);
+  }
 
   /** The pool's limits; UNSUPPORTED_FOR_POOL when it has no cache. */
   limitsOf(pool: string): ImageCacheConfig {

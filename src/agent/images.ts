@@ -112,7 +112,7 @@ export class Images {
   readonly cache: ImageCache;
   private readonly internalTenant: string;
   private readonly lockWaitMs: number;
-  private readonly policies: ReadonlyMap<string, PoolImagePolicy>;
+  private readonly policies: Map<string, PoolImagePolicy>;
 
   constructor(
     private readonly catalog: Catalog,
@@ -124,13 +124,19 @@ export class Images {
   ) {
     this.internalTenant = options.internalTenant;
     this.lockWaitMs = options.lockWaitMs;
-    this.policies = options.policies ?? new Map();
+    this.policies = new Map(options.policies ?? []);
     const cacheLimits = new Map([...this.policies].flatMap(([pool, policy]) => (policy.imageCache ? [[pool, policy.imageCache] as const] : [])));
     this.cache = new ImageCache(catalog, writes, locks, cacheLimits, (entry) => this.evict(entry));
     volumes.onImageClone = (imageId) => {
       const image = this.catalog.getImage(imageId);
       if (image) this.cache.recordUse(image);
     };
+  }
+
+  /** A pool added by a config reload: its upload limit and image cache. */
+  addPolicy(pool: string, policy: PoolImagePolicy): void {
+    this.policies.set(pool, policy);
+    if (policy.imageCache) this.cache.addPool(pool, policy.imageCache);
   }
 
   /** The cache's figures for `pool`; undefined when it has none. */

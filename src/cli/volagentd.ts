@@ -1,6 +1,7 @@
 // `volagentd [--config FILE]`: the daemon's entry. Without --config it runs
 // the embedded default (DESIGN.md). Under systemd it reads $NOTIFY_SOCKET,
-// $WATCHDOG_USEC and $LISTEN_FDS (systemd.ts). SIGTERM and SIGINT drain and exit 0; a
+// $WATCHDOG_USEC and $LISTEN_FDS (systemd.ts). SIGHUP reloads the config:
+// pools it adds are opened; other changes need a restart (reload.ts). SIGTERM and SIGINT drain and exit 0; a
 // start-up failure is one line on stderr (and the log) and exit 1; a bad
 // command line or config exits 2.
 import { parseArgs } from 'node:util';
@@ -43,6 +44,10 @@ export async function main(argv: string[]): Promise<number> {
     },
   });
   const listened = listenedSockets();
+  // systemctl reload (ExecReload=kill -HUP): pools added to the config are opened. Before
+  // the agent serves, a SIGHUP is ignored (its default action would end the process).
+  let reloadOnHangup = (): void => logger.info({}, 'SIGHUP during start-up ignored');
+  process.on('SIGHUP', () => reloadOnHangup());
   let daemon;
   try {
     daemon = await startDaemon(config, logger, { notifier, listened });
@@ -62,5 +67,8 @@ export async function main(argv: string[]): Promise<number> {
     };
     process.once('SIGTERM', onSignal);
     process.once('SIGINT', onSignal);
+    reloadOnHangup = () => {
+      void running.reload().catch((error: unknown) => logger.error({ err: error }, 'reload failed'));
+    };
   });
 }

@@ -12,8 +12,11 @@ import { NbdServer } from '../exports/nbd/server.js';
 import type { PoolContext } from '../pools/index.js';
 import { createPool } from '../pools/index.js';
 import type { Pool } from '../pools/pool.js';
+import type { PoolImagePolicy } from '../agent/images.js';
+import type { PoolConfig } from '../pools/pool-config.js';
 import type { AgentConfig } from './config.js';
-import { EMBEDDED_DEFAULT_SOURCE } from './config.js';
+import { EMBEDDED_DEFAULT_SOURCE, loadConfig } from './config.js';
+import { planReload } from './reload.js';
 import { prepareSocketPath } from './control-socket.js';
 import type { Logger } from './logger.js';
 import type { ListenedSocket } from './systemd.js';
@@ -39,6 +42,12 @@ export interface RunningDaemon {
   socketPath: string;
   /** Drains and stops; resolves when everything is closed. Safe to call twice. */
   stop(reason: string): Promise<void>;
+  /**
+   * Reads the config file again (SIGHUP) and opens the pools it adds;
+   * everything else it changes is refused with a log line (reload.ts).
+   * RELOADING=1 before, READY=1 after. Reloads run one at a time.
+   */
+  reload(): Promise<void>;
 }
 
 async function openPools(config: AgentConfig, logger: Logger, context: PoolContext): Promise<Pool[]> {
@@ -76,18 +85,16 @@ export async function startDaemon(config: AgentConfig, logger: Logger, options: 
   // Thin pools keep their thin ids in the catalog: with one configured, the
   // catalog opens first. Otherwise a pool that fails start-up leaves no catalog behind.
   const catalog = config.pools.some((pool) => pool.backend === 'thin') ? Catalog.open(config.catalog.path) : undefined;
-  const thinLedger = catalog ? new CatalogThinLedger(catalog) : undefined;
+  let thinLedger = catalog ? new CatalogThinLedger(catalog) : undefined;
+  const warn = (fields: Record<string, unknown>, message: string): void => logger.warn(fields, message);
   let pools: Pool[];
   try {
-    pools = await openPools(config, logger, { ...(thinLedger ? { thinLedger } : {}), warn: (fields, message) => logger.warn(fields, message) });
+    pools = await openPools(config, logger, { ...(thinLedger ? { thinLedger } : {}), warn });
   } catch (error) {
     catalog?.close();
     throw error;
   }
-  const imagePolicies = new Map(config.pools.map((pool) => [pool.name, {
-    ...(pool.maxImageBytes !== undefined ? { maxImageBytes: pool.maxImageBytes } : {}),
-    ...(pool.imageCache ? { imageCache: pool.imageCache } : {}),
-  }]));
+  const imagePolicies = new Map(config.pools.map((pool) => [pool.name, imagePolicyOf(pool)]));
   const boundPorts = new Map<number, number>();
   const { agent, startup } = await Agent.open({
     catalogPath: config.catalog.path, ...(catalog ? { catalog } : {}), pools, lockWaitMs: config.lockWaitMs, internalTenant: config.internalTenant, imagePolicies,
@@ -138,6 +145,52 @@ export async function startDaemon(config: AgentConfig, logger: Logger, options: 
   notifier.startWatchdog();
   if (notifier.watchdogUsec !== undefined) logger.info({ watchdogUsec: notifier.watchdogUsec }, 'systemd watchdog: pinging every half period');
 
+  let running = config;
+  let reloading: Promise<void> = Promise.resolve();
+  const reloadOnce = async (): Promise<void> => {
+    await notifier.reloading();
+    try {
+      if (running.source === EMBEDDED_DEFAULT_SOURCE) {
+        logger.warn({}, 'reload: the agent runs the embedded default config; there is no file to read again');
+        return;
+      }
+      let next: AgentConfig;
+      try {
+        next = await loadConfig(running.source);
+      } catch (error) {
+        logger.error({ config: running.source, err: (error as Error).message }, 'reload refused: the config is not valid; the running one stays');
+        return;
+      }
+      const plan = planReload(running, next);
+      for (const reason of plan.refused) logger.warn({ config: running.source }, `reload: ${reason}`);
+      const added: PoolConfig[] = [];
+      for (const poolConfig of plan.added) {
+        if (poolConfig.backend === 'thin' && !thinLedger) {
+          thinLedger = new CatalogThinLedger(agent.catalog);
+          thinLedger.writeThrough(agent.writes);
+        }
+        const pool = createPool(poolConfig, { ...(thinLedger ? { thinLedger } : {}), warn });
+        try {
+          await pool.open();
+          agent.addPool(pool, imagePolicyOf(poolConfig));
+        } catch (error) {
+          await pool.close().catch(() => undefined);
+          logger.error({ pool: poolConfig.name, err: (error as Error).message }, 'reload: the new pool could not be opened; not added');
+          continue;
+        }
+        added.push(poolConfig);
+        logger.info({ pool: pool.name, backend: pool.backend, capabilities: pool.capabilities() }, 'reload: pool added');
+      }
+      running = { ...running, pools: [...running.pools, ...added] };
+    } finally {
+      await notifier.ready(statusLine(agent));
+    }
+  };
+  const reload = (): Promise<void> => {
+    reloading = reloading.then(reloadOnce, reloadOnce);
+    return reloading;
+  };
+
   let stopping: Promise<void> | undefined;
   const stop = (reason: string): Promise<void> => {
     stopping ??= (async () => {
@@ -159,7 +212,14 @@ export async function startDaemon(config: AgentConfig, logger: Logger, options: 
     })();
     return stopping;
   };
-  return { agent, socketPath, stop };
+  return { agent, socketPath, stop, reload };
+}
+
+function imagePolicyOf(pool: PoolConfig): PoolImagePolicy {
+  return {
+    ...(pool.maxImageBytes !== undefined ? { maxImageBytes: pool.maxImageBytes } : {}),
+    ...(pool.imageCache ? { imageCache: pool.imageCache } : {}),
+  };
 }
 
 /** STATUS= for systemctl status: what the agent serves. */

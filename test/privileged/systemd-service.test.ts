@@ -124,4 +124,43 @@ if (!skipUnlessRoot(t)) {
     t.equal(code, 1, 'exit 1');
     t.match(stderr, /socket activation passed 2 sockets \(x, y\) and none is named "control"/);
   });
+
+  await t.test('SIGHUP: RELOADING=1, then READY=1; an added pool is served, a changed one is refused with a log line, a bad config changes nothing', async (t) => {
+    const reloadDir = path.join(dir, 'reload');
+    await mkdir(path.join(reloadDir, 'p1'), { recursive: true });
+    await mkdir(path.join(reloadDir, 'p2'), { recursive: true });
+    const reloadSpec = { dir: reloadDir, pools: [{ name: 'p1', path: path.join(reloadDir, 'p1') }] };
+    const reloadConfig = await writeAgentConfig(reloadSpec);
+    const listener = await NotifyListener.start(t, path.join(reloadDir, 'notify.sock'));
+    const agent = spawnAgent(['--config', reloadConfig], { NOTIFY_SOCKET: listener.address });
+    t.teardown(async () => { await stopChild(agent, 'SIGKILL'); });
+    const output = outcomeOf(agent);
+    await listener.next('READY', '1');
+    const socket = path.join(reloadDir, 'control.sock');
+    const poolNames = async (): Promise<string[]> => (await requestOn(socket, 'GET', '/v1/pools')).body.map((p: { name: string }) => p.name);
+
+    // Add p2 and change p1's path: p2 is opened, p1 stays as it was.
+    await writeAgentConfig({ ...reloadSpec, pools: [{ name: 'p1', path: path.join(reloadDir, 'elsewhere') }, { name: 'p2', path: path.join(reloadDir, 'p2') }] });
+    let from = listener.messages.length;
+    agent.kill('SIGHUP');
+    const reloadingAt = await listener.next('RELOADING', '1', 10_000, from);
+    t.match(reloadingAt.fields.MONOTONIC_USEC, /^\d+$/, 'RELOADING=1 carries MONOTONIC_USEC');
+    const readyAgain = await listener.next('READY', '1', 10_000, listener.messages.indexOf(reloadingAt));
+    t.match(readyAgain.fields.STATUS, /serving 2 pool\(s\)/);
+    t.same(await poolNames(), ['p1', 'p2'], 'p2 is served');
+    t.equal((await requestOn(socket, 'PUT', '/v1/volumes/r1', { tenant: 't', pool: 'p2', sizeBytes: 1048576 })).status, 201, 'a volume in the added pool');
+
+    // A config that does not parse: nothing changes, READY=1 all the same.
+    const { writeFile } = await import('node:fs/promises');
+    await writeFile(reloadConfig, '[[pools]]\nname = "p1"\nbackend = "zfs"\n');
+    from = listener.messages.length;
+    agent.kill('SIGHUP');
+    await listener.next('READY', '1', 10_000, from);
+    t.same(await poolNames(), ['p1', 'p2'], 'still both pools');
+    t.equal(await stopChild(agent), 0);
+    const { stdout } = await output;
+    t.match(stdout, /reload: pool p1 changed: changing a pool needs a restart/, 'the refused change is logged');
+    t.match(stdout, /reload: pool added/);
+    t.match(stdout, /reload refused: the config is not valid/);
+  });
 }

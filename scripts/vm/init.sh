@@ -72,6 +72,39 @@ hostname volagent-vm
 ip link set lo up 2>/dev/null || ifconfig lo 127.0.0.1 up
 
 [ -f $R/vmjob/run.sh ] || fail "no /vmjob/run.sh"
+
+# volagent.init=systemd: the host root's systemd becomes PID 1 and runs the
+# job as a oneshot service in its own target (sysinit and basic only: no host
+# service starts), then powers off. The host passes fstab=no and
+# systemd.gpt_auto=no so nothing on the test disks is mounted.
+if grep -q 'volagent.init=systemd' /proc/cmdline; then
+  U=$R/etc/systemd/system
+  mkdir -p $U
+  cat >$U/volagent-vmjob.service <<'UNIT'
+[Unit]
+Description=volagent VM-lane job
+After=basic.target
+SuccessAction=poweroff-force
+FailureAction=poweroff-force
+[Service]
+Type=oneshot
+ExecStart=/bin/sh /vmjob/run.sh
+StandardOutput=journal+console
+UNIT
+  cat >$U/volagent-vmjob.target <<'UNIT'
+[Unit]
+Description=volagent VM-lane job target
+Requires=basic.target volagent-vmjob.service
+After=basic.target volagent-vmjob.service
+AllowIsolate=yes
+UNIT
+  # The host root may be a container's (/.dockerenv): systemd would think it
+  # runs in one and ignore the kernel command line (systemd.unit=).
+  rm -f $R/.dockerenv $R/run/.containerenv
+  say "systemd $(uptime_s)"
+  exec switch_root $R /lib/systemd/systemd
+fi
+
 say "chroot $(uptime_s)"
 chroot $R /bin/sh /vmjob/run.sh </dev/null
 say "job-exited $? $(uptime_s)"

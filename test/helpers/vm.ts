@@ -84,6 +84,12 @@ export interface RunInVmOptions {
   modules?: string[];
   /** Extra kernel command line words. */
   kernelArgs?: string[];
+  /**
+   * `chroot` (default): the busybox init runs the script in a chroot.
+   * `systemd`: the host root's systemd is PID 1 and runs the script as a
+   * oneshot service (scripts/vm/init.sh), for tests of systemd units.
+   */
+  init?: 'chroot' | 'systemd';
   /** Abort = kill the VM and reject. */
   signal?: AbortSignal;
 }
@@ -821,7 +827,9 @@ async function bootOnce(
       '-initrd',
       initramfs,
       '-append',
-      ['console=ttyS0', 'quiet', 'panic=-1', 'rdinit=/init', 'i8042.noaux', 'i8042.nopnp', ...(opts.kernelArgs ?? [])].join(' '),
+      ['console=ttyS0', 'quiet', 'panic=-1', 'rdinit=/init', 'i8042.noaux', 'i8042.nopnp',
+        ...(opts.init === 'systemd' ? ['volagent.init=systemd', 'systemd.unit=volagent-vmjob.target', 'fstab=no', 'systemd.gpt_auto=no', 'systemd.show_status=0'] : []),
+        ...(opts.kernelArgs ?? [])].join(' '),
       '-device',
       'virtio-rng-pci',
     ];

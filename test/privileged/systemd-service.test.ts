@@ -58,7 +58,7 @@ if (!skipUnlessRoot(t)) {
     t.ok(pings.length >= 3, `pings while running (${pings.length} in 1.5 s)`);
     const gaps = pings.slice(1).map((p, i) => p.at - pings[i]!.at);
     const meanGap = gaps.reduce((a, b) => a + b, 0) / gaps.length;
-    t.ok(meanGap > 100 && meanGap < 400, `one every half of WATCHDOG_USEC=400 ms (mean gap ${meanGap.toFixed(0)} ms)`);
+    t.ok(meanGap > 100 && meanGap < 600, `one every half of WATCHDOG_USEC=400 ms (mean gap ${meanGap.toFixed(0)} ms)`);
     t.ok(pings.every((p) => p.at >= ready.at), 'no ping before READY=1');
 
     const count = listener.messages.length;

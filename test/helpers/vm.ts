@@ -48,6 +48,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { gunzipSync } from 'node:zlib';
+import type { Test } from 'tap';
 
 // ---------------------------------------------------------------------------
 // Public API
@@ -967,4 +968,20 @@ async function bootOnce(
     if (!keep) await rm(share, { recursive: true, force: true }).catch(() => {});
     liveShares.delete(share);
   }
+}
+
+/**
+ * The host-side checks of a guest tap file whose subtests run in order: it
+ * passed, no assertion failed, each of `titles` (the start of a subtest's
+ * name) ran and passed, nothing else ran, and no VM is left.
+ */
+export function expectGuestSubtests(t: Test, result: GuestTestResult, titles: readonly string[], extra: Record<string, unknown> = {}): void {
+  t.comment(`guest assertions:\n${result.output.split('\n').filter((line) => /^\s*(not )?ok \d+ - /.test(line)).join('\n')}`);
+  t.equal(result.exitCode, 0, 'the guest tap file passes', { output: result.output, ...extra });
+  t.notMatch(result.output, /^\s*not ok/m, 'no failing guest assertion');
+  for (const title of titles) {
+    t.match(result.output, new RegExp(`^ok \\d+ - ${title.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}`, 'm'), `ran and passed: ${title}`);
+  }
+  t.equal(/^1\.\.(\d+)$/m.exec(result.output)?.[1], String(titles.length), 'every guest subtest ran');
+  t.same(liveVmPids(), [], 'no VM left running');
 }

@@ -98,6 +98,10 @@ Requires=basic.target volagent-vmjob.service
 After=basic.target volagent-vmjob.service
 AllowIsolate=yes
 UNIT
+  # Debian's tmpfiles.d/tmp.conf empties /tmp at boot ('D'); the repo (a CI
+  # clone) may live there. Keep the directory, not empty it.
+  mkdir -p $R/etc/tmpfiles.d
+  echo 'd /tmp 1777 root root -' >$R/etc/tmpfiles.d/tmp.conf
   # The host root may be a container's (/.dockerenv): systemd would think it
   # runs in one and ignore the kernel command line (systemd.unit=).
   rm -f $R/.dockerenv $R/run/.containerenv

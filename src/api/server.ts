@@ -222,6 +222,18 @@ export function createApiServer(agent: Agent, logger: Logger, options: ApiServer
   // A `?wait=true` clone may take minutes: no timeout on the response.
   server.requestTimeout = 0;
   server.headersTimeout = 30_000;
+  // Bytes the HTTP parser refuses (a bad request line, a raw control byte in
+  // the path, headers too large) get the API's one fault shape, not Node's bare 400.
+  server.on('clientError', (error: NodeJS.ErrnoException, socket: Socket) => {
+    if (!socket.writable || !error.code?.startsWith('HPE_')) {
+      socket.destroy();
+      return;
+    }
+    const fault = new ApiError('BAD_REQUEST', `the request is not valid HTTP/1.1 (${error.code})`, { parser: error.code });
+    const text = `${JSON.stringify(fault.toBody())}\n`;
+    socket.end(`HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(text)}\r\nconnection: close\r\n\r\n${text}`);
+    logger.info({ status: 400, code: 'BAD_REQUEST', parser: error.code }, 'request');
+  });
 
   const admit = async (socket: Socket): Promise<void> => {
     socket.on('error', () => undefined); // a peer gone before it was admitted

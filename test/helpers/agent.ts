@@ -230,7 +230,8 @@ export function outcomeOf(child: ChildProcess): Promise<{ code: number | null; s
   let stderr = '';
   child.stdout?.on('data', (d: Buffer) => { stdout += d.toString(); });
   child.stderr?.on('data', (d: Buffer) => { stderr += d.toString(); });
-  return new Promise((resolve) => child.once('exit', (code) => resolve({ code, stdout, stderr })));
+  // 'close', not 'exit': the output pipes may still hold data when the process has exited.
+  return new Promise((resolve) => child.once('close', (code) => resolve({ code, stdout, stderr })));
 }
 
 /** Starts an agent on `spec` and waits until it answers GET /v1/version. */

@@ -59,6 +59,15 @@ if (!skipUnlessRoot(t)) {
   const { chmod } = await import('node:fs/promises');
   await chmod(dir, 0o750);
 
+  /** Whether a log line matching `test` arrives within 5 s (the agent's log comes through a pipe). */
+  const logged = async (test: (line: string) => boolean): Promise<boolean> => {
+    for (let i = 0; i < 100; i++) {
+      if (agent.logs.some(test)) return true;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    return false;
+  };
+
   await t.test('an unlisted uid is refused before its request is read: 403, nothing changes', async (t) => {
     const refused = await curlAs(agent.socket, UNLISTED_UID, [SOCKET_GROUP], 'PUT', '/v1/volumes/intruder', { tenant: 't', sizeBytes: 1048576 });
     t.equal(refused.code, 0, refused.stderr);
@@ -66,7 +75,7 @@ if (!skipUnlessRoot(t)) {
     t.match(refused.body, { error: { code: 'FORBIDDEN', message: /uid 65534 .*not in \[control\]\.allow/, details: { uid: UNLISTED_UID } } });
     t.equal((await agent.request('GET', '/v1/volumes/intruder')).status, 404, 'no volume was made');
     t.notOk(agent.logs.some((line) => /"route":"\/v1\/volumes\/:id"/.test(line) && /"uid":65534/.test(line)), 'the request never reached the router');
-    t.ok(agent.logs.some((line) => /refused a control connection/.test(line) && /"uid":65534/.test(line)), 'the refusal is logged with the peer');
+    t.ok(await logged((line) => /refused a control connection/.test(line) && /"uid":65534/.test(line)), 'the refusal is logged with the peer');
     const get = await curlAs(agent.socket, UNLISTED_UID, [SOCKET_GROUP], 'GET', '/v1/version');
     t.equal(get.status, 403, 'a GET too');
   });
@@ -87,6 +96,7 @@ if (!skipUnlessRoot(t)) {
   await t.test('an admin by supplementary group: changes are made and each has an audit line with uid, gid and pid', async (t) => {
     const made = await curlAs(agent.socket, 65532, [SOCKET_GROUP, ADMIN_GID], 'PUT', '/v1/volumes/v3', { tenant: 't', sizeBytes: 1048576 });
     t.equal(made.status, 201, made.stderr);
+    t.ok(await logged((line) => /"audit":true/.test(line) && /"volume":"v3"/.test(line)), 'the audit line arrived');
     const audit = agent.logs.map((line) => JSON.parse(line)).find((entry) => entry.audit === true && entry.method === 'PUT' && entry.volume === 'v3');
     t.match(audit, { route: '/v1/volumes/:id', status: 201, peer: { uid: 65532, gid: 65532, pid: Number } }, 'the audit line names the peer');
     t.ok(audit.peer.pid > 1);

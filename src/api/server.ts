@@ -80,6 +80,39 @@ function lingeringClose(request: IncomingMessage, socket: Socket): void {
   request.resume();
 }
 
+/**
+ * The request target as a URL: origin-form only (`/path?query`). Anything
+ * else (`//host/...`, an absolute URL, a string WHATWG URL refuses) is
+ * undefined, answered 400.
+ */
+function requestUrl(target: string | undefined): URL | undefined {
+  if (!target?.startsWith('/') || target.startsWith('//')) return undefined;
+  try {
+    return new URL(target, 'http://volagent');
+  } catch {
+    return undefined;
+  }
+}
+
+/** Bodies up to this size (declared) are read and dropped before a refusal is sent; larger ones are cut. */
+const DRAIN_LIMIT = 4 * 1024 * 1024;
+
+/** Reads and drops the rest of a body declared at most DRAIN_LIMIT bytes, for at most LINGER_MS. */
+function drainSmallBody(request: IncomingMessage): Promise<void> {
+  const declared = Number(request.headers['content-length']);
+  if (!Number.isSafeInteger(declared) || declared > DRAIN_LIMIT) return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = (): void => {
+      clearTimeout(timer);
+      resolve();
+    };
+    const timer = setTimeout(done, LINGER_MS);
+    request.once('end', done);
+    request.once('close', done);
+    request.resume();
+  });
+}
+
 /** The raw body of `request`; the 100 Continue goes out when it is first read. */
 function uploadBody(request: IncomingMessage, response: ServerResponse, expectsContinue: boolean): UploadBody {
   const declared = request.headers['content-length'];
@@ -109,15 +142,17 @@ function socketFd(socket: Socket): number | undefined {
 }
 
 /**
- * Answers 403 on a connection whose request was never read, then reads and
- * drops what the client sent (a unix socket closed with unread data resets
- * the peer, which would lose the answer) until it closes, or LINGER_MS.
+ * Answers `error` on a connection whose request was never read (or could not
+ * be parsed), then reads and drops what the client sends (a unix socket
+ * closed with unread data resets the peer, which would lose the answer) until
+ * it closes, or LINGER_MS.
  */
-function refuseConnection(socket: Socket, error: ApiError): void {
+function refuseConnection(socket: Socket, error: ApiError, reason = 'Forbidden'): void {
   const text = `${JSON.stringify(error.toBody())}\n`;
   socket.on('data', () => undefined);
+  socket.once('end', () => socket.destroy());
   socket.resume();
-  socket.end(`HTTP/1.1 403 Forbidden\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(text)}\r\nconnection: close\r\n\r\n${text}`);
+  socket.end(`HTTP/1.1 ${error.status} ${reason}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(text)}\r\nconnection: close\r\n\r\n${text}`);
   setTimeout(() => socket.destroy(), LINGER_MS).unref();
 }
 
@@ -133,8 +168,8 @@ export function createApiServer(agent: Agent, logger: Logger, options: ApiServer
     const started = process.hrtime.bigint();
     const method = request.method ?? 'GET';
     const peer = peers.get(request.socket);
-    const url = new URL(request.url ?? '/', 'http://volagent');
-    let route = url.pathname;
+    const url = requestUrl(request.url);
+    let route = url?.pathname ?? '(unparsable)';
     /** The route pattern, or "unmatched": a label never takes a client's raw path. */
     let metricRoute = 'unmatched';
     let reply: Reply;
@@ -142,6 +177,7 @@ export function createApiServer(agent: Agent, logger: Logger, options: ApiServer
     let cause: unknown;
     let volume: string | undefined;
     try {
+      if (!url) throw new ApiError('BAD_REQUEST', 'the request target is not a path the API can parse', { target: (request.url ?? '').slice(0, 256) });
       const match = matchRoute(method, url.pathname);
       if (match.kind === 'none') throw new ApiError('ROUTE_NOT_FOUND', `no route ${method} ${url.pathname} in API v1`, { path: url.pathname });
       if (match.kind === 'method') {
@@ -168,6 +204,11 @@ export function createApiServer(agent: Agent, logger: Logger, options: ApiServer
       fault = toApiError(error);
       reply = { status: fault.status, body: fault.toBody(), headers: fault.headers };
     }
+    // A small unread body (a request refused before its body was read) is
+    // read and dropped first: a client that asked for `Connection: close` has
+    // its socket closed by Node right after the answer, and a unix socket
+    // closed with unread data resets the peer, losing the answer.
+    if (!request.complete && !reply.send) await drainSmallBody(request);
     // The unread rest of a body (oversize, or an upload refused before it was
     // read) must not be parsed as a next request: close after answering.
     const closeAfter = !request.complete;
@@ -230,8 +271,9 @@ export function createApiServer(agent: Agent, logger: Logger, options: ApiServer
       return;
     }
     const fault = new ApiError('BAD_REQUEST', `the request is not valid HTTP/1.1 (${error.code})`, { parser: error.code });
-    const text = `${JSON.stringify(fault.toBody())}\n`;
-    socket.end(`HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(text)}\r\nconnection: close\r\n\r\n${text}`);
+    // The parser lets go of the socket; what the client still sends is read and dropped (a lingering close).
+    socket.removeAllListeners('data');
+    refuseConnection(socket, fault, 'Bad Request');
     logger.info({ status: 400, code: 'BAD_REQUEST', parser: error.code }, 'request');
   });
 

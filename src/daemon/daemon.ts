@@ -24,6 +24,8 @@ import { ServiceNotifier } from './systemd.js';
 
 /** DESIGN.md "Reliability contract": the socket is a filesystem path, mode 0660. */
 const SOCKET_MODE = 0o660;
+/** listen(2) backlog of the control socket; the kernel caps it at net.core.somaxconn. */
+const CONTROL_BACKLOG = 4096;
 
 export class StartupError extends Error {
   override name = 'StartupError';
@@ -132,7 +134,10 @@ export async function startDaemon(config: AgentConfig, logger: Logger, options: 
       };
       // A passed socket is already bound and listening, with systemd's mode and group (SocketMode=, SocketGroup=).
       if (activated) api.listener.listen({ fd: activated.fd }, listening);
-      else api.listener.listen(socketPath, listening);
+      // A deep accept queue (as systemd's Backlog= default, SOMAXCONN): a burst of
+      // clients waits in it instead of getting EAGAIN from connect(2) while
+      // the agent admits the ones before them.
+      else api.listener.listen({ path: socketPath, backlog: CONTROL_BACKLOG }, listening);
     });
     if (!activated) await chmod(socketPath, SOCKET_MODE);
   } catch (error) {

@@ -6,7 +6,7 @@
 // (RSS, CPU, event-loop lag, open fds) come from prom-client's defaults.
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 
-import type { Pool } from '../pools/pool.js';
+import type { Pool, PoolCapacity } from '../pools/pool.js';
 import type { ImageCacheView } from './image-cache.js';
 
 /** What the scrape-time gauges read. */
@@ -22,8 +22,14 @@ const REQUEST_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5
 const CLONE_BUCKETS = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600];
 const OPERATION_STATES = ['running', 'succeeded', 'failed', 'cancelled'];
 
+interface ScrapeState {
+  capacities: Map<string, PoolCapacity>;
+  exports: Array<{ protocol: string; connections: number }>;
+}
+
 export class AgentMetrics {
   readonly registry = new Registry();
+  private scrape: Promise<ScrapeState> | undefined;
   private readonly requests: Counter<'method' | 'route' | 'status'>;
   private readonly requestSeconds: Histogram<'method' | 'route' | 'status'>;
   private readonly cloneSeconds: Histogram<'method'>;
@@ -43,16 +49,16 @@ export class AgentMetrics {
     });
     this.bytesCopied = new Counter({ name: 'volagent_clone_copied_bytes_total', help: 'Bytes clones copied (0 for reflinks and thin snapshots), by method.', labelNames: ['method'], registers });
 
+    // One read of the pools' capacity and of the exports per scrape, shared by the gauges below.
+    const scraped = (): Promise<ScrapeState> => this.scraped(source);
     new Gauge({
       name: 'volagent_pool_bytes', help: 'Pool capacity: total, used and free bytes.', labelNames: ['pool', 'kind'], registers,
       async collect() {
         this.reset();
-        for (const pool of source.pools()) {
-          const capacity = await pool.capacity().catch(() => undefined);
-          if (!capacity) continue;
-          this.set({ pool: pool.name, kind: 'total' }, capacity.totalBytes);
-          this.set({ pool: pool.name, kind: 'used' }, capacity.usedBytes);
-          this.set({ pool: pool.name, kind: 'free' }, capacity.freeBytes);
+        for (const [pool, capacity] of (await scraped()).capacities) {
+          this.set({ pool, kind: 'total' }, capacity.totalBytes);
+          this.set({ pool, kind: 'used' }, capacity.usedBytes);
+          this.set({ pool, kind: 'free' }, capacity.freeBytes);
         }
       },
     });
@@ -60,11 +66,9 @@ export class AgentMetrics {
       name: 'volagent_thin_pool_used_percent', help: 'Thin pools: data and metadata space in use, in percent.', labelNames: ['pool', 'space'], registers,
       async collect() {
         this.reset();
-        for (const pool of source.pools()) {
-          if (pool.backend !== 'thin') continue;
-          const capacity = await pool.capacity().catch(() => undefined);
-          if (capacity?.dataPercent !== undefined) this.set({ pool: pool.name, space: 'data' }, capacity.dataPercent);
-          if (capacity?.metadataPercent !== undefined) this.set({ pool: pool.name, space: 'metadata' }, capacity.metadataPercent);
+        for (const [pool, capacity] of (await scraped()).capacities) {
+          if (capacity.dataPercent !== undefined) this.set({ pool, space: 'data' }, capacity.dataPercent);
+          if (capacity.metadataPercent !== undefined) this.set({ pool, space: 'metadata' }, capacity.metadataPercent);
         }
       },
     });
@@ -97,15 +101,15 @@ export class AgentMetrics {
     });
     new Gauge({
       name: 'volagent_exports', help: 'Exports, by protocol.', labelNames: ['protocol'], registers,
-      collect() {
-        this.reset();
-        for (const protocol of ['nbd', 'block']) this.set({ protocol }, source.exports().filter((e) => e.protocol === protocol).length);
+      async collect() {
+        const { exports } = await scraped();
+        for (const protocol of ['nbd', 'block']) this.set({ protocol }, exports.filter((e) => e.protocol === protocol).length);
       },
     });
     new Gauge({
       name: 'volagent_nbd_connections', help: 'Open NBD connections to exports.', registers,
-      collect() {
-        this.set(source.exports().reduce((sum, e) => sum + e.connections, 0));
+      async collect() {
+        this.set((await scraped()).exports.reduce((sum, e) => sum + e.connections, 0));
       },
     });
     new Gauge({
@@ -132,7 +136,24 @@ export class AgentMetrics {
     return this.registry.contentType;
   }
 
-  text(): Promise<string> {
-    return this.registry.metrics();
+  async text(): Promise<string> {
+    try {
+      return await this.registry.metrics();
+    } finally {
+      this.scrape = undefined;
+    }
+  }
+
+  /** The state the gauges of the scrape in progress read, read once. */
+  private scraped(source: MetricsSource): Promise<ScrapeState> {
+    this.scrape ??= (async () => {
+      const capacities = new Map<string, PoolCapacity>();
+      for (const pool of source.pools()) {
+        const capacity = await pool.capacity().catch(() => undefined);
+        if (capacity) capacities.set(pool.name, capacity);
+      }
+      return { capacities, exports: source.exports() };
+    })();
+    return this.scrape;
   }
 }

@@ -3,12 +3,10 @@
 // Block status comes from the pool that owns the device (a thin pool's
 // mapping: unprovisioned blocks are holes that read as zeros); without one it
 // answers "data" for the whole range: correct, only not sparse.
-import type { FileHandle } from 'node:fs/promises';
-import { open } from 'node:fs/promises';
 
 import { native } from '../../native/binding.js';
-import type { TargetOptions } from './fd-target.js';
-import { FdTarget, openDirectReader } from './fd-target.js';
+import type { TargetFiles, TargetOptions } from './fd-target.js';
+import { FdTarget, openTargetFiles } from './fd-target.js';
 import { AllocationState } from './protocol.js';
 import type { Extent, ZeroOptions } from './target.js';
 import { FastZeroUnsupportedError } from './target.js';
@@ -23,22 +21,13 @@ export class BlockTarget extends FdTarget {
   readonly canTrim = true;
   readonly canFastZero = false;
 
-  private constructor(handle: FileHandle, path: string, sizeBytes: number, readOnly: boolean, directReader: FileHandle | undefined, private readonly allocation?: AllocationSource) {
-    super(handle, path, sizeBytes, readOnly, directReader);
+  private constructor(files: TargetFiles, path: string, readOnly: boolean, private readonly allocation?: AllocationSource) {
+    super(files, path, readOnly);
   }
 
   static async open(path: string, readOnly: boolean, options: TargetOptions & { allocation?: AllocationSource } = {}): Promise<BlockTarget> {
-    const handle = await open(path, readOnly ? 'r' : 'r+');
-    let directReader: FileHandle | undefined;
-    try {
-      const size = await native.blkGetSize64(handle.fd, path);
-      directReader = options.directIo ? await openDirectReader(path) : undefined;
-      return new BlockTarget(handle, path, size, readOnly, directReader, options.allocation);
-    } catch (error) {
-      await directReader?.close();
-      await handle.close();
-      throw error;
-    }
+    const files = await openTargetFiles(path, readOnly, options, (handle) => native.blkGetSize64(handle.fd, path));
+    return new BlockTarget(files, path, readOnly, options.allocation);
   }
 
   async trim(offset: number, length: number, fua: boolean): Promise<void> {

@@ -28,11 +28,36 @@ export interface TargetOptions {
 }
 
 /** `path` opened O_RDONLY | O_DIRECT; undefined where the filesystem refuses O_DIRECT. */
-export async function openDirectReader(path: string): Promise<FileHandle | undefined> {
+async function openDirectReader(path: string): Promise<FileHandle | undefined> {
   try {
     return await open(path, fsConstants.O_RDONLY | fsConstants.O_DIRECT);
   } catch (error) {
     if (isSystemError(error, 'EINVAL')) return undefined;
+    throw error;
+  }
+}
+
+export interface TargetFiles {
+  handle: FileHandle;
+  sizeBytes: number;
+  directReader?: FileHandle;
+}
+
+/**
+ * A target's descriptors: `path` opened read-write (read-only when asked),
+ * its size by `sizeOf`, and the O_DIRECT reader when `directIo`. On a
+ * failure, none stays open.
+ */
+export async function openTargetFiles(path: string, readOnly: boolean, options: TargetOptions, sizeOf: (handle: FileHandle) => Promise<number>): Promise<TargetFiles> {
+  const handle = await open(path, readOnly ? 'r' : 'r+');
+  let directReader: FileHandle | undefined;
+  try {
+    const sizeBytes = await sizeOf(handle);
+    directReader = options.directIo ? await openDirectReader(path) : undefined;
+    return { handle, sizeBytes, ...(directReader ? { directReader } : {}) };
+  } catch (error) {
+    await directReader?.close();
+    await handle.close();
     throw error;
   }
 }
@@ -50,14 +75,14 @@ export abstract class FdTarget implements ExportTarget {
   abstract readonly canFastZero: boolean;
   readonly multiConn = true;
 
-  protected constructor(
-    protected readonly handle: FileHandle, protected readonly path: string, readonly sizeBytes: number, readonly readOnly: boolean,
-    private directReader?: FileHandle,
-  ) {}
+  protected readonly handle: FileHandle;
+  readonly sizeBytes: number;
+  private directReader: FileHandle | undefined;
 
-  /** Whether aligned reads bypass the page cache. */
-  get directIo(): boolean {
-    return this.directReader !== undefined;
+  protected constructor(files: TargetFiles, protected readonly path: string, readonly readOnly: boolean) {
+    this.handle = files.handle;
+    this.sizeBytes = files.sizeBytes;
+    this.directReader = files.directReader;
   }
 
   /**

@@ -2,13 +2,11 @@
 // WRITE_ZEROES punches or zero-ranges them (fallocate), and block status
 // answers from SEEK_DATA/SEEK_HOLE, so a sparse volume copies in time
 // proportional to its data.
-import type { FileHandle } from 'node:fs/promises';
-import { open } from 'node:fs/promises';
 
 import { native } from '../../native/binding.js';
 import { isSystemError } from '../../native/system-error.js';
-import type { TargetOptions } from './fd-target.js';
-import { FdTarget, openDirectReader, writeFully } from './fd-target.js';
+import type { TargetFiles, TargetOptions } from './fd-target.js';
+import { FdTarget, openTargetFiles, writeFully } from './fd-target.js';
 import { AllocationState } from './protocol.js';
 import type { Extent, ZeroOptions } from './target.js';
 import { FastZeroUnsupportedError } from './target.js';
@@ -23,22 +21,12 @@ export class FileTarget extends FdTarget {
   readonly canTrim = true;
   readonly canFastZero = true;
 
-  private constructor(handle: FileHandle, path: string, sizeBytes: number, readOnly: boolean, directReader?: FileHandle) {
-    super(handle, path, sizeBytes, readOnly, directReader);
+  private constructor(files: TargetFiles, path: string, readOnly: boolean) {
+    super(files, path, readOnly);
   }
 
   static async open(path: string, readOnly: boolean, options: TargetOptions = {}): Promise<FileTarget> {
-    const handle = await open(path, readOnly ? 'r' : 'r+');
-    let directReader: FileHandle | undefined;
-    try {
-      const { size } = await handle.stat();
-      directReader = options.directIo ? await openDirectReader(path) : undefined;
-      return new FileTarget(handle, path, size, readOnly, directReader);
-    } catch (error) {
-      await directReader?.close();
-      await handle.close();
-      throw error;
-    }
+    return new FileTarget(await openTargetFiles(path, readOnly, options, async (handle) => (await handle.stat()).size), path, readOnly);
   }
 
   /** A hole punched where the filesystem can; advisory, so a filesystem that cannot is not an error. */

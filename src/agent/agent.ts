@@ -145,12 +145,19 @@ export class Agent {
   }
 
   /** `volagent check`: what differs now; with `repair`, settled. Live work is left alone. */
-  check(repair: boolean): Promise<CheckReport> {
-    return reconcile(this.catalog, this.writes, this.pools, {
+  async check(repair: boolean): Promise<CheckReport> {
+    const report = await reconcile(this.catalog, this.writes, this.pools, {
       mode: repair ? 'repair' : 'check',
       isLive: (object) => this.volumes.isLive(object) || this.images.isLive(object),
       isOperationLive: (id) => this.operations.isRunning(id),
     });
+    const exports = await this.exports.check(repair);
+    const differences = [...report.differences, ...exports];
+    return {
+      clean: differences.every((d) => d.action !== undefined),
+      repaired: differences.some((d) => d.action !== undefined),
+      differences,
+    };
   }
 
   /** Cancels running operations (each cleans up its partial object), then closes the catalog and the pools. */

@@ -10,14 +10,16 @@ import { ApiError } from '../api/errors.js';
 import type { Catalog, ExportProtocol, ExportRow } from '../catalog/catalog.js';
 import type { CatalogWrites } from '../catalog/writes.js';
 import type { ListenAddress } from '../daemon/config.js';
+import { failpoint } from '../faults/failpoints.js';
 import { BlockTarget } from '../exports/nbd/block-target.js';
 import type { ExportHandle } from '../exports/nbd/connection.js';
 import { FileTarget } from '../exports/nbd/file-target.js';
 import type { ExportTarget } from '../exports/nbd/target.js';
-import { attachLoop, detachLoop, loopBackingFile } from '../pools/thin/loop-device.js';
+import { attachLoop, boundLoopDevices, detachLoop, loopBackingFile } from '../pools/thin/loop-device.js';
 import type { Pool } from '../pools/pool.js';
 import { toApiError } from './faults.js';
 import type { LockTable } from './locks.js';
+import type { Difference } from './reconcile.js';
 
 export interface ExportView {
   id: string;
@@ -112,6 +114,7 @@ export class Exports {
       let made: { target?: ExportTarget; device?: string } = {};
       try {
         made = await this.make(pool, volume.id, request);
+        failpoint('export.made'); // the target open or the device attached, not yet recorded
         await this.writes.markExportAvailable(id, made.device);
       } catch (error) {
         await made.target?.close().catch(() => undefined);
@@ -143,6 +146,7 @@ export class Exports {
     if (!row) return;
     await this.writes.markExportDeleting(id);
     await this.unmake(row, this.live.get(id));
+    failpoint('export.unmade');
     this.live.delete(id);
     await this.writes.removeExport(id);
   }
@@ -155,24 +159,100 @@ export class Exports {
   async restore(onProblem: (row: ExportRow, error: unknown) => void): Promise<void> {
     for (const row of this.catalog.listExports()) {
       if (row.state !== 'available') {
-        await this.unmake(row, undefined).catch((error: unknown) => onProblem(row, error));
+        await this.undoInterrupted(row).catch((error: unknown) => onProblem(row, error));
         await this.writes.removeExport(row.id);
         continue;
       }
-      const volume = this.catalog.getVolume(row.volumeId);
-      try {
-        const made = await this.make(this.pool(volume!.pool), row.volumeId, { volumeId: row.volumeId, protocol: row.protocol, readOnly: row.readOnly, directIo: row.directIo }, row.device);
-        if (made.device && made.device !== row.device) await this.writes.moveExportDevice(row.id, made.device);
-        this.live.set(row.id, { row: this.catalog.getExport(row.id)!, ...(made.target ? { target: made.target } : {}), connections: new Set() });
-      } catch (error) {
-        onProblem(row, error);
-      }
+      await this.restoreOne(row).catch((error: unknown) => onProblem(row, error));
     }
+  }
+
+  /**
+   * How the export rows and the kernel differ: a loop device bound to a
+   * volume of a file pool that no export records (made by hand, or left by
+   * an attach whose row is gone), and an available export that is not served
+   * (it could not be made again at start-up, or its loop device was detached
+   * or rebound behind the agent's back). With `repair`, the first is
+   * detached and the second made again. Volumes with an export being made
+   * or removed right now are left alone.
+   */
+  async check(repair: boolean): Promise<Difference[]> {
+    const differences: Difference[] = [];
+    const rows = this.catalog.listExports();
+    const changing = new Set(rows.filter((row) => row.state !== 'available').map((row) => row.volumeId));
+    const recordedDevices = new Set(rows.filter((row) => row.protocol === 'block' && row.device).map((row) => row.device!));
+    const fileVolumes = new Map<string, { pool: string; volume: string }>();
+    for (const [name, pool] of this.pools) {
+      if (pool.backend !== 'file') continue;
+      for (const volume of this.catalog.listVolumes({ pool: name })) fileVolumes.set(pool.objectPath(volume.id), { pool: name, volume: volume.id });
+    }
+    for (const { device, backingFile } of await boundLoopDevices()) {
+      const owner = fileVolumes.get(backingFile);
+      if (!owner || recordedDevices.has(device) || changing.has(owner.volume)) continue;
+      const difference: Difference = { kind: 'export', ...owner, object: owner.volume, device, detail: `loop device ${device} is bound to volume ${owner.volume} but no export records it` };
+      if (repair) {
+        await detachLoop(device);
+        difference.action = 'detached';
+      }
+      differences.push(difference);
+    }
+    for (const row of rows) {
+      if (row.state !== 'available' || (await this.isServed(row))) continue;
+      const volume = this.catalog.getVolume(row.volumeId);
+      const difference: Difference = {
+        kind: 'export', ...(volume ? { pool: volume.pool } : {}), volume: row.volumeId, object: row.volumeId, export: row.id, ...(row.device ? { device: row.device } : {}),
+        detail: `export ${row.id} (${row.protocol}) is available in the catalog but not served`,
+      };
+      if (repair) {
+        await this.live.get(row.id)?.target?.close().catch(() => undefined);
+        this.live.delete(row.id);
+        await this.restoreOne(row);
+        difference.action = 'restored';
+      }
+      differences.push(difference);
+    }
+    return differences;
   }
 
   async close(): Promise<void> {
     for (const live of this.live.values()) await live.target?.close().catch(() => undefined);
     this.live.clear();
+  }
+
+  /** Makes an available export again: the NBD target reopened, the loop device found bound to its file or attached again. */
+  private async restoreOne(row: ExportRow): Promise<void> {
+    const volume = this.catalog.getVolume(row.volumeId);
+    const made = await this.make(this.pool(volume!.pool), row.volumeId, { volumeId: row.volumeId, protocol: row.protocol, readOnly: row.readOnly, directIo: row.directIo }, row.device);
+    if (made.device && made.device !== row.device) await this.writes.moveExportDevice(row.id, made.device);
+    this.live.set(row.id, { row: this.catalog.getExport(row.id)!, ...(made.target ? { target: made.target } : {}), connections: new Set() });
+  }
+
+  /** Whether an available export is served: its NBD target open, its loop device bound to its volume's file. */
+  private async isServed(row: ExportRow): Promise<boolean> {
+    const live = this.live.get(row.id);
+    if (!live) return false;
+    if (row.protocol === 'nbd') return live.target !== undefined;
+    const pool = this.pools.get(this.catalog.getVolume(row.volumeId)?.pool ?? '');
+    if (!pool || pool.backend !== 'file') return true;
+    return (await loopBackingFile(row.device ?? '')) === pool.objectPath(row.volumeId);
+  }
+
+  /**
+   * Undoes an export left creating or deleting by a stop. A block export of
+   * a file volume may have been attached before its device was recorded:
+   * every loop device bound to the volume's file that no available export
+   * records is detached.
+   */
+  private async undoInterrupted(row: ExportRow): Promise<void> {
+    await this.unmake(row, undefined);
+    const volume = this.catalog.getVolume(row.volumeId);
+    const pool = volume ? this.pools.get(volume.pool) : undefined;
+    if (row.protocol !== 'block' || pool?.backend !== 'file') return;
+    const kept = new Set(this.catalog.exportsOfVolume(row.volumeId).filter((e) => e.state === 'available' && e.device).map((e) => e.device!));
+    const file = pool.objectPath(row.volumeId);
+    for (const { device, backingFile } of await boundLoopDevices()) {
+      if (backingFile === file && !kept.has(device)) await detachLoop(device);
+    }
   }
 
   /** Opens the NBD target, or attaches the block device (`existing`: a loop device an earlier run attached). */

@@ -4,7 +4,8 @@
 //   startup: before the socket listens. Operations left running are marked
 //            failed, rows left `creating` are rolled back (their object, if
 //            any, removed: the request was never answered as done), rows left
-//            `deleting` are finished, temporaries removed. Orphans, missing
+//            `deleting` are finished, temporaries removed, a writable volume
+//            grown past its row's size (a resize cut off) recorded. Orphans, missing
 //            objects and size differences are reported and logged but kept:
 //            an empty catalog pointed at a full pool must not wipe it.
 //   check:   reports everything, changes nothing.
@@ -19,8 +20,8 @@ import { snapshotObject } from './ids.js';
 
 export type ReconcileMode = 'startup' | 'check' | 'repair';
 
-export type DifferenceKind = 'temporary' | 'orphan' | 'missing' | 'size' | 'transitional' | 'operation';
-export type RepairAction = 'removed' | 'marked-error' | 'resized-row' | 'finished';
+export type DifferenceKind = 'temporary' | 'orphan' | 'missing' | 'size' | 'transitional' | 'operation' | 'export';
+export type RepairAction = 'removed' | 'marked-error' | 'resized-row' | 'finished' | 'detached' | 'restored';
 
 export interface Difference {
   kind: DifferenceKind;
@@ -30,6 +31,9 @@ export interface Difference {
   snapshot?: string;
   image?: string;
   operation?: string;
+  export?: string;
+  /** A loop device (export differences). */
+  device?: string;
   detail: string;
   action?: RepairAction;
 }
@@ -67,8 +71,8 @@ export async function reconcile(catalog: Catalog, writes: CatalogWrites, pools: 
   const isOperationLive = options.isOperationLive ?? (() => false);
   const settles = SETTLES[mode];
   const differences: Difference[] = [];
-  const settle = async (difference: Difference, action: RepairAction, fix: () => Promise<unknown> | unknown): Promise<void> => {
-    if (settles.has(difference.kind)) {
+  const settle = async (difference: Difference, action: RepairAction, fix: () => Promise<unknown> | unknown, settledAtStartup = false): Promise<void> => {
+    if (settles.has(difference.kind) || (settledAtStartup && mode === 'startup')) {
       await fix();
       difference.action = action;
     }
@@ -199,8 +203,11 @@ export async function reconcile(catalog: Catalog, writes: CatalogWrites, pools: 
         await settle({ kind: 'missing', ...base, detail: 'volume is available in the catalog but its object is gone' }, 'marked-error',
           () => writes.transitionVolume(row.id, 'available', 'error', { error: 'backend object missing' }));
       } else if (info.sizeBytes !== row.sizeBytes) {
+        // A resize grows the object, then records the size: a writable volume
+        // larger than its row is a resize cut off after the grow, finished here.
+        const growCutOff = info.sizeBytes > row.sizeBytes && !row.readOnly && row.kind === 'volume';
         await settle({ kind: 'size', ...base, detail: `object is ${info.sizeBytes} bytes, the catalog says ${row.sizeBytes}` }, 'resized-row',
-          () => writes.updateVolume(row.id, { sizeBytes: info.sizeBytes }));
+          () => writes.updateVolume(row.id, { sizeBytes: info.sizeBytes }), growCutOff);
       }
     }
     for (const [object, row] of snapshotRows) {

@@ -2,6 +2,7 @@
 // catalog writer thread (writer.ts), so a commit's fsync never blocks the
 // JavaScript thread; `inlineWrites` runs them on the calling thread, for
 // start-up (before anything is served) and for tools and tests.
+import { failpoint } from '../faults/failpoints.js';
 import type { Catalog } from './catalog.js';
 
 export const WRITE_METHODS = [
@@ -29,9 +30,26 @@ export function applyWrite(catalog: Catalog, method: WriteMethod, args: readonly
   return (catalog[method] as (...a: unknown[]) => unknown).apply(catalog, args as unknown[]);
 }
 
-/** CatalogWrites whose every method is `call(method, args)`. */
+/** `catalog.before-<method>` and `catalog.after-<method>` of a write method (kebab case). */
+export function writeFailpoints(method: WriteMethod): { before: string; after: string } {
+  const name = method.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
+  return { before: `catalog.before-${name}`, after: `catalog.after-${name}` };
+}
+
+/**
+ * CatalogWrites whose every method is `call(method, args)`, with a failpoint
+ * before the call and one after its commit was answered.
+ */
 export function writesThrough(call: (method: WriteMethod, args: unknown[]) => Promise<unknown>): CatalogWrites {
-  return Object.fromEntries(WRITE_METHODS.map((method) => [method, (...args: unknown[]) => call(method, args)])) as unknown as CatalogWrites;
+  return Object.fromEntries(WRITE_METHODS.map((method) => {
+    const points = writeFailpoints(method);
+    return [method, async (...args: unknown[]) => {
+      failpoint(points.before);
+      const value = await call(method, args);
+      failpoint(points.after);
+      return value;
+    }];
+  })) as unknown as CatalogWrites;
 }
 
 /** The writes of `catalog` on the calling thread, each its own commit. */

@@ -3,39 +3,58 @@
 // stop it) or fail with an injected error. Armed only by the environment,
 // read once at start:
 //
-//   VOLAGENT_FAILPOINTS="thin.after-message=kill,thin.before-commit=error:EIO"
+//   VOLAGENT_FAILPOINTS="thin.after-message=kill,file.renamed@2=error:EIO"
 //
-// Unarmed (the variable unset, always in production) a failpoint is one
-// comparison against an empty map.
+// `NAME@N` acts on the Nth time the point is reached (default the first);
+// earlier passes go on. VOLAGENT_FAILPOINT_TRACE=FILE appends the name of
+// every point reached, one per line, so a test can learn which points an
+// operation passes before it arms them one by one (docs/reliability.md).
+//
+// Unarmed and untraced (both variables unset, always in production) a
+// failpoint is one test of a module constant.
+import { appendFileSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 
 import { systemError } from '../native/system-error.js';
 
 export type FailpointAction = { kind: 'kill' } | { kind: 'error'; code: keyof typeof osConstants.errno & string };
 
+/** An armed point: what to do, on which pass (1 = the first). */
+export type ArmedFailpoint = FailpointAction & { hit: number };
+
 export const FAILPOINTS_ENV = 'VOLAGENT_FAILPOINTS';
+export const FAILPOINT_TRACE_ENV = 'VOLAGENT_FAILPOINT_TRACE';
 
 /** Parses the variable's value; a malformed entry is an error (a test that arms nothing must not pass). */
-export function parseFailpoints(text: string | undefined): Map<string, FailpointAction> {
-  const armed = new Map<string, FailpointAction>();
+export function parseFailpoints(text: string | undefined): Map<string, ArmedFailpoint> {
+  const armed = new Map<string, ArmedFailpoint>();
   for (const entry of (text ?? '').split(',').map((e) => e.trim()).filter(Boolean)) {
-    const match = /^([a-z0-9.-]+)=(kill|error:([A-Z0-9]+))$/.exec(entry);
-    const code = match?.[3];
+    const match = /^([a-z0-9.-]+)(?:@([1-9][0-9]{0,5}))?=(kill|error:([A-Z0-9]+))$/.exec(entry);
+    const code = match?.[4];
     if (!match || (code !== undefined && !(code in osConstants.errno))) {
-      throw new Error(`${FAILPOINTS_ENV}: "${entry}" is not NAME=kill or NAME=error:ECODE`);
+      throw new Error(`${FAILPOINTS_ENV}: "${entry}" is not NAME[@N]=kill or NAME[@N]=error:ECODE`);
     }
-    armed.set(match[1]!, code === undefined ? { kind: 'kill' } : { kind: 'error', code: code as keyof typeof osConstants.errno & string });
+    const hit = match[2] === undefined ? 1 : Number(match[2]);
+    armed.set(match[1]!, code === undefined ? { kind: 'kill', hit } : { kind: 'error', code: code as keyof typeof osConstants.errno & string, hit });
   }
   return armed;
 }
 
 const armed = parseFailpoints(process.env[FAILPOINTS_ENV]);
+const traceFile = process.env[FAILPOINT_TRACE_ENV] || undefined;
+const active = armed.size > 0 || traceFile !== undefined;
+const passes = new Map<string, number>();
 
-/** Dies or throws here when `name` is armed; otherwise nothing. */
+/** Dies or throws here when `name` is armed for this pass; otherwise nothing. */
 export function failpoint(name: string): void {
-  if (armed.size === 0) return;
+  if (!active) return;
+  // Synchronous: a kill armed at a later point must not lose this line.
+  if (traceFile !== undefined) appendFileSync(traceFile, `${name}\n`);
   const action = armed.get(name);
   if (!action) return;
+  const pass = (passes.get(name) ?? 0) + 1;
+  passes.set(name, pass);
+  if (pass !== action.hit) return;
   if (action.kind === 'kill') {
     process.kill(process.pid, 'SIGKILL');
     // SIGKILL to oneself is delivered before kill(2) returns to user space; nothing below runs.

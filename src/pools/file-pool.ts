@@ -20,6 +20,7 @@ import { link, mkdir, open, readdir, stat, unlink } from 'node:fs/promises';
 import path from 'node:path';
 
 import { throwIfAborted } from '../clone/abort.js';
+import { failpoint } from '../faults/failpoints.js';
 import { cloneFile, REFLINK_UNSUPPORTED } from '../clone/clone-file.js';
 import { native } from '../native/binding.js';
 import { isSystemError, systemError } from '../native/system-error.js';
@@ -203,7 +204,9 @@ export class FilePool implements Pool {
     const handle = await open(target, fsConstants.O_WRONLY);
     try {
       await handle.truncate(sizeBytes);
+      failpoint('file.resize-truncated');
       await native.fsync(handle.fd, target);
+      failpoint('file.resized');
     } finally {
       await handle.close();
     }
@@ -220,7 +223,9 @@ export class FilePool implements Pool {
     const handle = await open(target, fsConstants.O_RDONLY);
     try {
       await handle.chmod(readOnly ? MODE_READ_ONLY : MODE_WRITABLE);
+      failpoint('file.mode-changed');
       await native.fsync(handle.fd, target);
+      failpoint('file.mode-synced');
     } finally {
       await handle.close();
     }
@@ -228,7 +233,9 @@ export class FilePool implements Pool {
 
   async remove(name: string): Promise<void> {
     await unlinkIfPresent(this.objectPath(name));
+    failpoint('file.unlinked');
     await this.syncDirectory(this.objectsDir);
+    failpoint('file.removed');
   }
 
   async stat(name: string): Promise<ObjectInfo | undefined> {
@@ -292,6 +299,7 @@ export class FilePool implements Pool {
    * a power loss; if that fails the object is withdrawn.
    */
   private async publish(temp: string, target: string): Promise<void> {
+    failpoint('file.temp-synced');
     try {
       if (this.renameNoReplace) {
         await native.renameNoReplace(temp, target);
@@ -304,11 +312,13 @@ export class FilePool implements Pool {
       throw error;
     }
     try {
+      failpoint('file.renamed');
       await this.syncDirectory(this.objectsDir);
     } catch (error) {
       await unlinkIfPresent(target).catch(() => undefined);
       throw error;
     }
+    failpoint('file.published');
   }
 
   /** Opens a directory (O_DIRECTORY: ENOTDIR for anything else, ENOENT when absent). */

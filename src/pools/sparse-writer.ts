@@ -7,6 +7,7 @@
 // Each written buffer's writeback is started at once (sync_file_range), so
 // the caller's final fsync waits for the last few MiB, not the whole file,
 // and dirty pages do not pile up in the page cache.
+import { failpoint } from '../faults/failpoints.js';
 import { native } from '../native/binding.js';
 import { systemError } from '../native/system-error.js';
 
@@ -80,7 +81,10 @@ export async function writeSparse(fd: number, path: string, data: AsyncIterable<
         staging.set(chunk.subarray(position, position + take), filled);
         filled += take;
         position += take;
-        if (filled === staging.length) await flush();
+        if (filled === staging.length) {
+          await flush();
+          if (base === staging.length) failpoint('upload.receiving'); // once: the first block is on its way
+        }
       }
       options.onProgress?.(base + filled);
     }

@@ -7,6 +7,7 @@ import { mkdir, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 
+import { boundLoopDevices } from '../../src/pools/thin/loop-device.js';
 import { run } from './run.js';
 
 export const TEST_ROOT = process.env.VOLAGENT_TEST_ROOT ?? path.join(tmpdir(), 'volagent-test');
@@ -69,6 +70,17 @@ const MKFS: Record<FsType, string[]> = {
   ext4: ['mkfs.ext4', '-q', '-F', '-E', 'nodiscard,lazy_itable_init=1,lazy_journal_init=1'],
 };
 
+/** Detaches every loop device whose backing file lies under `dir`. */
+export async function detachLoopsUnder(dir: string): Promise<string[]> {
+  const detached: string[] = [];
+  for (const { device, backingFile } of await boundLoopDevices()) {
+    if (!backingFile.startsWith(`${dir}/`)) continue;
+    await run('losetup', ['--detach', device]).catch(() => undefined);
+    detached.push(device);
+  }
+  return detached;
+}
+
 /** A fresh filesystem of `fsType` on a loop device, mounted under TEST_ROOT. */
 export async function makeLoopFs(fsType: FsType, sizeBytes: number): Promise<LoopFs> {
   const loop = await makeLoopDevice(sizeBytes, fsType);
@@ -77,6 +89,8 @@ export async function makeLoopFs(fsType: FsType, sizeBytes: number): Promise<Loo
   const cleanup = async (): Promise<void> => {
     if (mounted) {
       mounted = false;
+      // A loop device over a file in this filesystem (a block export a test left) would keep it busy.
+      await detachLoopsUnder(mountPoint);
       await run('umount', [mountPoint]).catch(() => run('umount', ['--lazy', mountPoint]));
     }
     await loop.detach();

@@ -70,9 +70,16 @@ export async function loopBackingFile(device: string): Promise<string | undefine
 
 /** The loop device bound to `file`, undefined when none is. */
 export async function loopBoundTo(file: string): Promise<string | undefined> {
+  return (await boundLoopDevices()).find((loop) => loop.backingFile === file)?.device;
+}
+
+/** Every bound loop device and its backing file (as sysfs says it: a deleted file ends in " (deleted)"). */
+export async function boundLoopDevices(): Promise<Array<{ device: string; backingFile: string }>> {
   const entries = await readdir('/sys/block').catch(() => [] as string[]);
-  for (const entry of entries.filter((e) => /^loop\d+$/.test(e)).sort()) {
-    if ((await loopBackingFile(`/dev/${entry}`)) === file) return `/dev/${entry}`;
+  const bound: Array<{ device: string; backingFile: string }> = [];
+  for (const entry of entries.filter((e) => /^loop\d+$/.test(e)).sort((a, b) => Number(a.slice(4)) - Number(b.slice(4)))) {
+    const backingFile = await loopBackingFile(`/dev/${entry}`);
+    if (backingFile !== undefined) bound.push({ device: `/dev/${entry}`, backingFile });
   }
-  return undefined;
+  return bound;
 }

@@ -10,7 +10,7 @@ import t from 'tap';
 import { fiemapExtents } from '../../src/clone/extents.js';
 import { native } from '../../src/native/binding.js';
 import type { AgentProcess } from '../helpers/agent.js';
-import { poolEntries, readCatalog, startAgent, waitOperation } from '../helpers/agent.js';
+import { poolEntries, readCatalog, startAgent, streamOn, waitOperation } from '../helpers/agent.js';
 import { sha256 } from '../helpers/files.js';
 import { makeLoopFs, TEST_ROOT } from '../helpers/loop-fs.js';
 import { skipUnlessRoot } from '../helpers/privileged.js';
@@ -230,7 +230,7 @@ if (!skipUnlessRoot(t)) {
     t.match(ext4Snap.body, { cloneMethod: 'copy_file_range', readOnly: true });
   });
 
-  await t.test('out of space: 507, the partial clone removed, the source intact, no row', async (t) => {
+  await t.test('out of space: 507 for a copy clone and an upload, the partial result removed, the source intact, no row', async (t) => {
     t.equal((await agent.request('PUT', '/v1/volumes/filler', { tenant: 'acme', pool: 'tiny', sizeBytes: 128 * MiB })).status, 201);
     await fill(tinyPool, 'filler', 128 * MiB, 48);
     const sourceHash = await sha256(objectFile(tinyPool, 'filler'));
@@ -243,6 +243,21 @@ if (!skipUnlessRoot(t)) {
     t.equal(await sha256(objectFile(tinyPool, 'filler')), sourceHash, 'the source is intact');
     const failed = (await agent.request('GET', '/v1/operations')).body.find((o: any) => o.target === 'overflow');
     t.match(failed, { state: 'failed', error: { code: 'INSUFFICIENT_SPACE' } });
+
+    // An upload larger than the free space: 507 once the pool is full, the partial Image-Volume removed.
+    const { randomBytes } = await import('node:crypto');
+    const data = randomBytes(64 * MiB);
+    const upload = await streamOn(agent.socket, 'PUT', '/v1/images/overflow-image/data?tenant=acme&pool=tiny', data, { headers: { 'content-length': data.length } });
+    t.equal(upload.status, 507, `the upload is refused: ${upload.text}`);
+    t.equal(upload.body.error.code, 'INSUFFICIENT_SPACE');
+    t.same(await state(), { ...(before as object), catalog: { ...(before as any).catalog, operations: readCatalog(agent.catalogPath).operations } }, 'no image, no Image-Volume, no temporary');
+    t.equal((await agent.request('GET', '/v1/images/overflow-image')).status, 404);
+    t.equal(await sha256(objectFile(tinyPool, 'filler')), sourceHash, 'the other volume is intact');
+    t.equal((await agent.request('GET', '/v1/check')).body.clean, true, 'check is clean');
+    // The space is back: a small volume and upload now fit.
+    const small = await streamOn(agent.socket, 'PUT', '/v1/images/small-image/data?tenant=acme&pool=tiny', data.subarray(0, 4 * MiB));
+    t.equal(small.status, 201, 'the agent keeps serving: a small upload fits');
+    t.equal((await agent.request('DELETE', '/v1/images/small-image')).status, 204);
     t.equal((await agent.request('DELETE', '/v1/volumes/filler')).status, 204);
   });
 

@@ -72,6 +72,10 @@ export async function checkInvariants(agent: AgentProcess, filePools: ReadonlyMa
     ...rows.operations.filter((r) => r.state === 'running').map((r) => `operation ${r.id} running`),
   ];
   if (transitional.length) throw new InvariantError(`rows not in a terminal state: ${transitional.join(', ')}`);
+  // An image names one Image-Volume of kind image; an Image-Volume belongs to one image.
+  const imageVolumes = rows.volumes.filter((v) => v.kind === 'image').map((v) => v.id);
+  sameSet('Image-Volumes against the images naming them', imageVolumes, rows.images.map((i) => i.volumeId));
+  if (new Set(rows.images.map((i) => i.volumeId)).size !== rows.images.length) throw new InvariantError('two images name one Image-Volume');
   const objectsDirs = new Map<string, string>();
   for (const [pool, poolPath] of filePools) {
     const objectsDir = path.join(poolPath, 'objects');

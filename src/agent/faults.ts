@@ -27,6 +27,10 @@ export function toApiError(error: unknown, details: Record<string, unknown> = {}
   if (isSystemError(error, 'EROFS')) {
     return new ApiError('POOL_UNAVAILABLE', `${(error as Error).message}: the pool refuses changes (read-only or failed); see GET /v1/pools`, details);
   }
+  if (isSystemError(error, 'EIO')) {
+    // A failing device, or a filesystem that shut itself down after one (XFS answers EIO from then on).
+    return new ApiError('POOL_UNAVAILABLE', `${(error as Error).message}: the pool's storage failed the request; the log and the kernel log have the device's error`, details);
+  }
   if (isSystemError(error, 'EFBIG')) return new ApiError('INVALID_SIZE', `${(error as Error).message}: too large for this pool`, details);
   if (isSystemError(error, 'ENAMETOOLONG')) return new ApiError('INVALID_ID', `${(error as Error).message}: the name is too long for this pool`, details);
   const message = error instanceof Error ? error.message : String(error);

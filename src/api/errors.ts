@@ -33,7 +33,7 @@ export const ERROR_CODES = {
   UNSUPPORTED_FOR_POOL: { status: 422, meaning: "The pool's backend cannot do this." },
   INSUFFICIENT_SPACE: { status: 507, meaning: 'The pool is out of space; the partial result was removed and the source is intact.' },
   IMAGE_CACHE_FULL: { status: 507, meaning: "The image does not fit in the pool's image cache: larger than max_bytes, or the entries in use leave no room." },
-  POOL_UNAVAILABLE: { status: 503, meaning: "The pool's kernel side refuses changes: a thin pool whose metadata went read-only or whose target failed (GET /v1/pools shows its health)." },
+  POOL_UNAVAILABLE: { status: 503, meaning: "The pool's storage refuses changes: an I/O error (a failing device, a filesystem shut down after one), or a thin pool whose metadata went read-only or whose target failed (GET /v1/pools shows its health)." },
   INTERNAL: { status: 500, meaning: 'An agent fault; the log has the details.' },
 } as const;
 

@@ -12,6 +12,8 @@ t.test('pool failures map to documented codes with their details', async (t) => 
   t.match(unaligned.message, /pool thin0 stores sizes in multiples of 65536 bytes; 66048 is not one; nothing was kept/);
   t.match(toApiError(systemError('EROFS', 'thin-pool', 'volagent-thin0-pool')), { code: 'POOL_UNAVAILABLE', status: 503 });
   t.match(toApiError(systemError('ENOSPC', 'thin-pool', 'volagent-thin0-pool')), { code: 'INSUFFICIENT_SPACE', status: 507 });
+  t.match(toApiError(systemError('EIO', 'fsync', '/pool/objects/.tmp-v1-0123456789ab.raw'), { volume: 'v1' }), { code: 'POOL_UNAVAILABLE', status: 503, details: { volume: 'v1' } });
+  t.match(toApiError(systemError('EIO', 'read', '/pool/objects/v1.raw')).message, /EIO.*the pool's storage failed the request/);
   const busy = toApiError(Object.assign(new Error("EBUSY: device or resource busy, DM_DEV_REMOVE 'volagent-thin0-3'"), { code: 'EBUSY', errno: -16, syscall: 'DM_DEV_REMOVE' }), { volume: 'v3' });
   t.match(busy, { code: 'VOLUME_BUSY', status: 409, details: { volume: 'v3' } });
   t.match(toApiError(new Error('something else')), { code: 'INTERNAL', status: 500 });

@@ -1,0 +1,289 @@
+// Guest-only tap file, run by test/vm/power-loss.test.ts: a file pool and
+// its catalog on XFS over dm-flakey (vda), on the guest's kernel.
+//
+//   power loss: the agent serves a workload; at a random moment the flakey
+//     table is swapped for one that drops every write (suspended without
+//     flushing or freezing, so nothing in flight or in the page cache gets
+//     out), as a power cut would; then the agent is killed, the device
+//     removed, and vda mounted directly (XFS log recovery). Every operation
+//     answered before the cut must be there with its exact bytes, SQLite's
+//     integrity_check must say ok, and a fresh agent must find the
+//     invariants (test/helpers/invariants.ts) hold. Several rounds, each
+//     building on the last.
+//   I/O errors: the table is swapped for one that fails every write (EIO).
+//     Requests fail with 503 POOL_UNAVAILABLE, the agent keeps answering,
+//     nothing is answered done that is not; after the device is healthy
+//     again and the filesystem remounted, the invariants hold.
+import { spawnSync } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdir, mkdtemp } from 'node:fs/promises';
+import path from 'node:path';
+import { performance } from 'node:perf_hooks';
+
+import BetterSqlite3 from 'better-sqlite3';
+import t from 'tap';
+
+import type { AgentProcess, AgentSpec, Reply } from '../../helpers/agent.js';
+import { startAgent, streamOn } from '../../helpers/agent.js';
+import { sha256 } from '../../helpers/files.js';
+import type { CatalogRows } from '../../helpers/invariants.js';
+import { catalogRows, checkInvariants } from '../../helpers/invariants.js';
+import { inVmGuest } from '../../helpers/vm.js';
+
+const KiB = 1024;
+const DISK = '/dev/vda';
+const FLAKEY = 'test-flakey';
+const MOUNT = '/mnt/pool-fs';
+const ROUNDS = Number(process.env.VOLAGENT_POWER_LOSS_ROUNDS ?? 4);
+const SEED = Number(process.env.VOLAGENT_POWER_LOSS_SEED ?? 20261125);
+
+function sh(command: string, args: string[]): string {
+  const result = spawnSync(command, args, { encoding: 'utf8' });
+  if (result.status !== 0) throw new Error(`${command} ${args.join(' ')}: exit ${result.status}: ${result.stderr}`);
+  return result.stdout;
+}
+
+/** A flakey table over the whole of DISK: `pass` lets every write through, `drop` drops them (reported done), `error` fails them. */
+function flakeyTable(mode: 'pass' | 'drop' | 'error'): string {
+  const sectors = sh('blockdev', ['--getsz', DISK]).trim();
+  if (mode === 'pass') return `0 ${sectors} flakey ${DISK} 0 86400 0`;
+  return `0 ${sectors} flakey ${DISK} 0 0 86400 1 ${mode === 'drop' ? 'drop_writes' : 'error_writes'}`;
+}
+
+/** Swaps the live table: suspended with neither a flush nor a freeze, so what is in flight meets the new table. */
+function swapTable(mode: 'drop' | 'error' | 'pass'): void {
+  sh('dmsetup', ['suspend', '--noudevsync', '--nolockfs', '--noflush', FLAKEY]);
+  sh('dmsetup', ['load', FLAKEY, '--table', flakeyTable(mode)]);
+  sh('dmsetup', ['resume', '--noudevsync', FLAKEY]);
+}
+
+function mountFlakey(): void {
+  sh('dmsetup', ['create', '--noudevsync', FLAKEY, '--table', flakeyTable('pass')]);
+  sh('dmsetup', ['mknodes', FLAKEY]); // no udev in the guest: dmsetup makes the /dev/mapper node itself
+  sh('mount', [`/dev/mapper/${FLAKEY}`, MOUNT]);
+}
+
+/** After the cut: the flakey device gone, the disk itself mounted (XFS replays its log). */
+function remountDirect(): void {
+  spawnSync('umount', [MOUNT]);
+  sh('dmsetup', ['remove', '--noudevsync', FLAKEY]);
+  sh('mount', [DISK, MOUNT]);
+}
+
+/** mulberry32, seeded: the workload's choices and the cut's moment. */
+function generator(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let x = a;
+    x = Math.imul(x ^ (x >>> 15), x | 1);
+    x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
+    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** What was answered done: objects with the sha256 of their bytes, and the ids deleted. */
+interface Model {
+  images: Map<string, { sha: string }>;
+  volumes: Map<string, { sha: string }>;
+  deleted: Set<string>;
+}
+
+if (!inVmGuest()) {
+  t.plan(0, 'guest-only file: runs inside the VM through runGuestTests() from test/vm/power-loss.test.ts');
+} else {
+  t.setTimeout(600_000);
+  sh('mkfs.xfs', ['-q', '-f', '-m', 'reflink=1', DISK]);
+  await mkdir(MOUNT, { recursive: true });
+  mountFlakey();
+  t.teardown(() => {
+    spawnSync('umount', [MOUNT]);
+    spawnSync('dmsetup', ['remove', '--noudevsync', FLAKEY]);
+  });
+  const poolPath = path.join(MOUNT, 'pool');
+  const dir = path.join(MOUNT, 'agent');
+  await mkdir(poolPath);
+  await mkdir(dir);
+  const poolPaths = new Map([['fast', poolPath]]);
+  const spec: AgentSpec = { dir, pools: [{ name: 'fast', path: poolPath }], startTimeoutMs: 120_000 };
+  const objectFile = (object: string): string => path.join(poolPath, 'objects', `${object}.raw`);
+  const random = generator(SEED);
+  const model: Model = { images: new Map(), volumes: new Map(), deleted: new Set() };
+  let serial = 0;
+
+  /** One request of the workload, chosen from what was answered done; resolves with what it would add to the model. */
+  function nextStep(): { label: string; touches: string[]; send: (a: AgentProcess) => Promise<Reply>; apply: (m: Model) => void } {
+    const images = [...model.images.keys()];
+    const volumes = [...model.volumes.keys()];
+    const roll = random();
+    if (images.length === 0 || roll < 0.3) {
+      const id = `img-${++serial}`;
+      const data = randomBytes((64 + Math.floor(random() * 448)) * KiB);
+      data[0] = 1;
+      const sha = createHash('sha256').update(data).digest('hex');
+      return {
+        label: `upload ${id}`, touches: [id],
+        send: (a) => streamOn(a.socket, 'PUT', `/v1/images/${id}/data?tenant=t1`, data, { headers: { 'content-length': data.length } }),
+        apply: (m) => { m.images.set(id, { sha }); },
+      };
+    }
+    if (volumes.length === 0 || roll < 0.7) {
+      const image = images[Math.floor(random() * images.length)]!;
+      const id = `vol-${++serial}`;
+      const sha = model.images.get(image)!.sha;
+      return {
+        label: `clone ${image} to ${id}`, touches: [id],
+        send: (a) => a.request('PUT', `/v1/volumes/${id}`, { tenant: 't1', source: { image } }),
+        apply: (m) => { m.volumes.set(id, { sha }); },
+      };
+    }
+    const id = volumes[Math.floor(random() * volumes.length)]!;
+    return {
+      label: `delete ${id}`, touches: [id],
+      send: (a) => a.request('DELETE', `/v1/volumes/${id}`),
+      apply: (m) => { m.volumes.delete(id); m.deleted.add(id); },
+    };
+  }
+
+  /** Every fact of the model holds on disk and in the catalog, except for the objects in `uncertain`, which are adopted as found. */
+  async function verifyModel(rows: CatalogRows, uncertain: Set<string>): Promise<string[]> {
+    const problems: string[] = [];
+    const imageVolume = new Map(rows.images.map((i) => [i.id, i.volumeId]));
+    const volumeIds = new Set(rows.volumes.map((v) => v.id));
+    for (const [id, { sha }] of model.images) {
+      if (uncertain.has(id)) continue;
+      const volume = imageVolume.get(id);
+      if (!volume) problems.push(`image ${id} was answered 201 but is gone`);
+      else if ((await sha256(objectFile(volume))) !== sha) problems.push(`image ${id} does not hold its bytes`);
+    }
+    for (const [id, { sha }] of model.volumes) {
+      if (uncertain.has(id)) continue;
+      if (!volumeIds.has(id)) problems.push(`volume ${id} was answered 201 but is gone`);
+      else if ((await sha256(objectFile(id))) !== sha) problems.push(`volume ${id} does not hold its image's bytes`);
+    }
+    for (const id of model.deleted) if (!uncertain.has(id) && volumeIds.has(id)) problems.push(`volume ${id} was answered 204 (deleted) but is back`);
+    // The cut-off ones as they are now.
+    for (const id of uncertain) {
+      if (id.startsWith('img-')) {
+        const volume = imageVolume.get(id);
+        if (volume) model.images.set(id, { sha: await sha256(objectFile(volume)) });
+        else model.images.delete(id);
+      } else if (volumeIds.has(id)) {
+        model.volumes.set(id, { sha: await sha256(objectFile(id)) });
+        model.deleted.delete(id);
+      } else {
+        model.volumes.delete(id);
+      }
+    }
+    return problems;
+  }
+
+  const figures = { rounds: 0, answeredBeforeCut: 0, answeredAfterCut: 0, cutOff: 0 };
+
+  for (let round = 1; round <= ROUNDS; round++) {
+    await t.test(`power loss ${round}: every operation answered before the cut survives with its bytes`, async (t) => {
+      const agent = await startAgent(t, spec);
+      // The workload: one client, one request at a time, until the cut.
+      let cut = Infinity;
+      let stop = false;
+      const uncertain = new Set<string>();
+      let answered = 0;
+      const workload = (async () => {
+        while (!stop) {
+          const step = nextStep();
+          const reply = await step.send(agent).then((r) => r, (e: Error) => e);
+          const at = performance.now();
+          if (reply instanceof Error || at >= cut) {
+            // No answer, or one after the cut: either way.
+            for (const id of step.touches) uncertain.add(id);
+            if (reply instanceof Error) figures.cutOff += 1;
+            else figures.answeredAfterCut += 1;
+            if (reply instanceof Error) return;
+            if (reply.status >= 200 && reply.status < 300) step.apply(model);
+            continue;
+          }
+          if (reply.status < 200 || reply.status >= 300) throw new Error(`${step.label} before the cut: ${reply.status} ${reply.text}`);
+          step.apply(model);
+          answered += 1;
+          figures.answeredBeforeCut += 1;
+        }
+      })();
+      const delayMs = 1500 + Math.floor(random() * 4000);
+      await new Promise((r) => setTimeout(r, delayMs));
+      cut = performance.now(); // set before the swap starts: an answer after this line may be lost
+      swapTable('drop');
+      await new Promise((r) => setTimeout(r, 300)); // the agent goes on writing into the void a moment
+      stop = true;
+      await agent.kill();
+      await workload;
+      remountDirect();
+      t.ok(answered > 0, `${answered} operations answered before the cut (${delayMs} ms in), ${uncertain.size} object(s) cut off or answered after it`);
+
+      const db = new BetterSqlite3(path.join(dir, 'catalog.db'), { fileMustExist: true });
+      try {
+        t.same(db.pragma('integrity_check', { simple: true }), 'ok', 'SQLite integrity_check: ok');
+      } finally {
+        db.close();
+      }
+      const restarted = await startAgent(t, spec);
+      const rows = await checkInvariants(restarted, poolPaths);
+      t.same(await verifyModel(rows, uncertain), [], 'every answered operation is there with its bytes; no deleted volume came back');
+      t.pass('the invariants hold: check clean, no transitional row, the pool exactly the catalog');
+      await restarted.stop();
+      // Next round on the same filesystem, over a fresh flakey device.
+      sh('umount', [MOUNT]);
+      mountFlakey();
+      figures.rounds += 1;
+    });
+  }
+
+  await t.test('I/O errors: requests fail with 503 POOL_UNAVAILABLE, the agent stays up, nothing failed is kept', async (t) => {
+    // A pool of its own on the flakey filesystem; its catalog on healthy storage (the guest's /tmp), so only the pool fails.
+    const eioPool = path.join(MOUNT, 'pool-eio');
+    await mkdir(eioPool);
+    const eioSpec: AgentSpec = { dir: await mkdtemp('/tmp/eio-agent-'), pools: [{ name: 'eio', path: eioPool }], startTimeoutMs: 120_000 };
+    const eioFile = (object: string): string => path.join(eioPool, 'objects', `${object}.raw`);
+    const agent = await startAgent(t, eioSpec);
+    const data = randomBytes(256 * KiB);
+    data[0] = 1;
+    const upload = (id: string): Promise<Reply> => streamOn(agent.socket, 'PUT', `/v1/images/${id}/data?tenant=t1`, data, { headers: { 'content-length': data.length } });
+    t.equal((await upload('good-img')).status, 201, 'an upload before the errors');
+    t.equal((await agent.request('PUT', '/v1/volumes/good-vol', { tenant: 't1', source: { image: 'good-img' } })).status, 201, 'and a clone of it');
+    const before = catalogRows(agent.catalogPath);
+
+    swapTable('error');
+    const attempts: Array<[string, () => Promise<Reply>]> = [
+      ['upload', () => upload('eio-img')],
+      ['create', () => agent.request('PUT', '/v1/volumes/eio-vol', { tenant: 't1', sizeBytes: 1024 * KiB })],
+      ['clone', () => agent.request('PUT', '/v1/volumes/eio-clone', { tenant: 't1', source: { image: 'good-img' } })],
+      ['snapshot', () => agent.request('PUT', '/v1/volumes/good-vol/snapshots/eio-snap')],
+    ];
+    for (const [label, send] of attempts) {
+      const reply = await send();
+      t.equal(reply.status, 503, `${label}: 503 (${reply.text.slice(0, 300)})`);
+      t.equal(reply.body?.error?.code, 'POOL_UNAVAILABLE', `${label}: POOL_UNAVAILABLE`);
+    }
+    t.equal((await agent.request('GET', '/v1/version')).status, 200, 'the agent keeps answering');
+    const after = catalogRows(agent.catalogPath);
+    t.same(after.volumes.map((v) => `${v.id} ${v.state}`), before.volumes.map((v) => `${v.id} ${v.state}`), 'no failed request left a row');
+    t.same(after.images.map((i) => i.id), before.images.map((i) => i.id), 'nor an image');
+    t.same(after.snapshots, before.snapshots, 'nor a snapshot');
+    t.equal(await agent.stop(), 0, 'it stops cleanly');
+
+    // The device healthy again, the filesystem remounted (it shut itself down): the invariants hold, the earlier data is intact.
+    swapTable('pass');
+    spawnSync('umount', [MOUNT]);
+    sh('dmsetup', ['remove', '--noudevsync', FLAKEY]);
+    mountFlakey();
+    const restarted = await startAgent(t, eioSpec);
+    const rows = await checkInvariants(restarted, new Map([['eio', eioPool]]));
+    t.same(rows.volumes.map((v) => v.id), before.volumes.map((v) => v.id), 'the volumes are those from before the errors');
+    const dataSha = createHash('sha256').update(data).digest('hex');
+    t.equal(await sha256(eioFile('good-vol')), dataSha, 'the clone made before the errors holds its bytes');
+    t.equal(await sha256(eioFile(rows.images.find((i) => i.id === 'good-img')!.volumeId)), dataSha, 'and its image');
+    await restarted.stop();
+  });
+
+  t.comment(`power loss: ${figures.rounds} cuts; ${figures.answeredBeforeCut} operations answered before a cut (all kept), ` +
+    `${figures.answeredAfterCut} answered after one, ${figures.cutOff} cut off; lost: 0`);
+}

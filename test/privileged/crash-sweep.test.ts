@@ -17,16 +17,16 @@
 // Pools: `fast` on XFS (reflink clones and snapshots), `slow` on ext4
 // (copy_file_range clones that run as operations). Needs root.
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdir, open, readFile, stat, writeFile } from 'node:fs/promises';
+import { mkdir, open, stat } from 'node:fs/promises';
 import path from 'node:path';
 
 import t from 'tap';
 
-import { FAILPOINT_TRACE_ENV, FAILPOINTS_ENV } from '../../src/faults/failpoints.js';
 import type { AgentProcess, AgentSpec, Reply } from '../helpers/agent.js';
 import { startAgent, streamOn } from '../helpers/agent.js';
+import type { SweptOperation } from '../helpers/crash-sweep.js';
+import { literal as esc, newSweepFigures, sweepOperation, volumeLine } from '../helpers/crash-sweep.js';
 import { sha256 } from '../helpers/files.js';
-import type { CatalogRows } from '../helpers/invariants.js';
 import { checkInvariants } from '../helpers/invariants.js';
 import { makeLoopFs } from '../helpers/loop-fs.js';
 import { skipUnlessRoot } from '../helpers/privileged.js';
@@ -36,48 +36,12 @@ const VOLUME_BYTES = 16 * MiB;
 const UPLOAD_BYTES = 12 * MiB; // past the pool's 4 MiB staging buffer, so the upload passes upload.receiving
 const TENANT = 'acme';
 
-/** One catalog fact per line: what a cut-off operation may add or remove. */
-function summary(rows: CatalogRows): Set<string> {
-  return new Set([
-    ...rows.volumes.map((v) => `volume ${v.id} ${v.pool} ${v.kind} ${v.sizeBytes} ${v.readOnly ? 'ro' : 'rw'}`),
-    ...rows.snapshots.map((s) => `snapshot ${s.object}`),
-    ...rows.images.map((i) => `image ${i.id} ${i.volumeId}`),
-    ...rows.exports.map((e) => `export ${e.volumeId} ${e.protocol} ${e.id}`),
-  ]);
-}
-
-interface Change { added: string[]; removed: string[] }
-
-function difference(before: Set<string>, after: Set<string>): Change {
-  return { added: [...after].filter((l) => !before.has(l)).sort(), removed: [...before].filter((l) => !after.has(l)).sort() };
-}
-
-/** Each pattern matches one line, and there are no other lines. */
-function exactly(lines: string[], patterns: RegExp[]): boolean {
-  return lines.length === patterns.length && patterns.every((p) => lines.filter((l) => p.test(l)).length === 1);
-}
-
 interface Context {
   agent: AgentProcess;
   objectFile(pool: string, object: string): string;
 }
 
-interface Operation {
-  name: string;
-  /** Makes what the operation needs (with an unarmed agent); returns its arguments. */
-  prepare(ctx: Context, n: number): Promise<Record<string, string>>;
-  run(ctx: Context, args: Record<string, string>): Promise<Reply>;
-  /** The catalog change of the operation when it is wholly done. */
-  done(args: Record<string, string>): { added: RegExp[]; removed: RegExp[] };
-  /** Checks the data of a done operation (throws when it is wrong). */
-  verifyDone?(ctx: Context, args: Record<string, string>, rows: CatalogRows): Promise<void>;
-  /** Checks the data of an operation that left nothing (throws when it is wrong). */
-  verifyAbsent?(ctx: Context, args: Record<string, string>): Promise<void>;
-}
-
-const esc = (text: string): string => text.replace(/[.*+?^${}()|[\]\\@]/g, '\\$&');
-const volumeLine = (id: string, pool: string, kind: string, size: number, ro: boolean): RegExp =>
-  new RegExp(`^volume ${esc(id)} ${pool} ${kind} ${size} ${ro ? 'ro' : 'rw'}$`);
+type Operation = SweptOperation<Context>;
 
 async function fillRandom(file: string, runs: number): Promise<void> {
   const handle = await open(file, 'r+');
@@ -268,91 +232,29 @@ if (!skipUnlessRoot(t)) {
     ]),
   ];
 
-  /**
-   * Starts a fresh agent (unarmed unless `env` arms it), the previous one
-   * stopped first. Its teardown is the whole test's: it outlives a subtest.
-   */
-  async function restart(env: NodeJS.ProcessEnv = {}): Promise<void> {
-    if (ctx.agent.child.exitCode === null && ctx.agent.child.signalCode === null) await ctx.agent.stop();
-    ctx.agent = await startAgent(t, spec(env));
-  }
-
-  /** After a restart: the invariants, the change against `before`, and the data; returns whether the operation is done. */
-  async function judge(op: Operation, args: Record<string, string>, before: Set<string>): Promise<{ done: boolean; rows: CatalogRows }> {
-    const rows = await checkInvariants(ctx.agent, poolPaths);
-    const change = difference(before, summary(rows));
-    let done: boolean;
-    if (change.added.length === 0 && change.removed.length === 0) done = false;
-    else {
-      const expected = op.done(args);
-      if (!exactly(change.added, expected.added) || !exactly(change.removed, expected.removed)) {
-        throw new Error(`${op.name} ${JSON.stringify(args)} is neither done nor absent: ${JSON.stringify(change)}`);
+  const harness = {
+    ctx,
+    agent: () => ctx.agent,
+    /** The agent's teardown is the whole test's: it outlives a subtest. */
+    restart: async (env: NodeJS.ProcessEnv = {}) => {
+      if (ctx.agent.child.exitCode === null && ctx.agent.child.signalCode === null) await ctx.agent.stop();
+      ctx.agent = await startAgent(t, spec(env));
+    },
+    invariants: () => checkInvariants(ctx.agent, poolPaths),
+    verifyUntouched: async () => {
+      for (const [id, source] of sources) {
+        if ((await sha256(objectFile(source.pool, id))) !== source.sha) throw new Error(`source ${id} changed`);
       }
-      done = true;
-    }
-    if (done) await op.verifyDone?.(ctx, args, rows);
-    else await op.verifyAbsent?.(ctx, args);
-    for (const [id, source] of sources) {
-      if ((await sha256(objectFile(source.pool, id))) !== source.sha) throw new Error(`source ${id} changed`);
-    }
-    return { done, rows };
-  }
+    },
+    traceFile,
+  };
 
   // VOLAGENT_SWEEP_ONLY=REGEX sweeps only the operations whose name matches (to replay one).
   const only = process.env.VOLAGENT_SWEEP_ONLY ? new RegExp(process.env.VOLAGENT_SWEEP_ONLY) : undefined;
-  const figures = { operations: 0, points: 0, kills: 0, done: 0, absent: 0, acknowledged: 0 };
+  const figures = newSweepFigures();
   let n = 0;
-  for (const op of OPERATIONS.filter((o) => !only || only.test(o.name))) {
-    await t.test(op.name, async (t) => {
-      // The traced run: which points the operation passes, in order.
-      const traceArgs = await op.prepare(ctx, ++n);
-      const traceBefore = summary((await checkInvariants(ctx.agent, poolPaths)));
-      await writeFile(traceFile, '');
-      await restart({ [FAILPOINT_TRACE_ENV]: traceFile });
-      const startupLines = (await readFile(traceFile, 'utf8')).split('\n').filter(Boolean).length;
-      const traced = await op.run(ctx, traceArgs);
-      t.ok(traced.status >= 200 && traced.status < 300, `the traced ${op.name} succeeds (${traced.status} ${traced.text.slice(0, 200)})`);
-      await restart();
-      const { done: traceDone } = await judge(op, traceArgs, traceBefore);
-      t.ok(traceDone, 'the traced run did it');
-      const lines = (await readFile(traceFile, 'utf8')).split('\n').filter(Boolean);
-      const seen = new Map<string, number>();
-      const points = lines.map((name, i) => {
-        const pass = (seen.get(name) ?? 0) + 1;
-        seen.set(name, pass);
-        return { name, pass, afterStartup: i >= startupLines };
-      }).filter((p) => p.afterStartup);
-      t.ok(points.length >= 2, `${op.name} passes ${points.length} failpoints: ${points.map((p) => `${p.name}@${p.pass}`).join(' ')}`);
-      figures.operations += 1;
-
-      for (const point of points) {
-        const armed = `${point.name}@${point.pass}`;
-        const args = await op.prepare(ctx, ++n);
-        const before = summary(await checkInvariants(ctx.agent, poolPaths));
-        await writeFile(traceFile, '');
-        await restart({ [FAILPOINTS_ENV]: `${armed}=kill`, [FAILPOINT_TRACE_ENV]: traceFile });
-        const victim = ctx.agent;
-        const reply = op.run(ctx, args).then((r) => r, (error: Error) => error);
-        const exit = await Promise.race([victim.exited, new Promise<undefined>((r) => setTimeout(r, 30_000, undefined))]);
-        if (exit?.signal !== 'SIGKILL') throw new Error(`${op.name}: the agent did not die at ${armed} (${JSON.stringify(exit)})`);
-        const answer = await reply;
-        const acknowledged = !(answer instanceof Error) && answer.status >= 200 && answer.status < 300;
-        const trace = (await readFile(traceFile, 'utf8')).split('\n').filter(Boolean);
-        if (trace.at(-1) !== point.name || trace.filter((l) => l === point.name).length !== point.pass) {
-          throw new Error(`${op.name}: the agent died, but not at ${armed} (trace ends ${trace.slice(-3).join(', ')})`);
-        }
-        await restart();
-        const { done } = await judge(op, args, before);
-        if (acknowledged && !done) throw new Error(`${op.name}: answered ${(answer as Reply).status} before the kill at ${armed}, but is not done`);
-        t.pass(`killed at ${armed}${acknowledged ? ' after the answer' : ''}: ${done ? 'done' : 'absent'}, invariants hold`);
-        figures.points += 1;
-        figures.kills += 1;
-        figures[done ? 'done' : 'absent'] += 1;
-        if (acknowledged) figures.acknowledged += 1;
-      }
-    });
-  }
-  t.comment(`crash sweep: ${figures.operations} operations, ${figures.points} failpoints, ${figures.kills} kills; ` +
+  for (const op of OPERATIONS.filter((o) => !only || only.test(o.name))) await sweepOperation(t, harness, op, () => ++n, figures);
+  t.comment(`crash sweep: ${figures.operations} operations, ${figures.kills} failpoints, each a kill; ` +
     `after restart ${figures.done} done (${figures.acknowledged} answered before the kill), ${figures.absent} absent; lost: 0`);
   await ctx.agent.stop();
 }

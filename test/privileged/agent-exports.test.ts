@@ -253,6 +253,36 @@ if (!skipUnlessRoot(t)) {
     }
   });
 
+  await t.test('check: a loop device on a volume that no export records, and an export whose device was detached behind the agent; repair settles both', async (t) => {
+    const stray = await outcome('losetup', ['--find', '--show', '--read-only', objectFile('v1')]);
+    t.equal(stray.code, 0, stray.stderr);
+    const strayDevice = stray.stdout.trim();
+    const block = await agent.request('POST', '/v1/volumes/v1/exports', { protocol: 'block', readOnly: true });
+    t.equal(block.status, 201, block.text);
+    const device = block.body.uri as string;
+    try {
+      t.equal((await outcome('losetup', ['-d', device])).code, 0, 'the export\'s device detached by hand');
+      const report = (await agent.request('GET', '/v1/check')).body;
+      t.equal(report.clean, false);
+      t.match(report.differences, [
+        { kind: 'export', volume: 'v1', device: strayDevice, detail: /no export records it/ },
+        { kind: 'export', volume: 'v1', export: block.body.id, detail: /available in the catalog but not served/ },
+      ]);
+      t.equal(report.differences.length, 2, 'nothing else');
+      t.equal(await loopBacking(strayDevice), objectFile('v1'), 'check changes nothing');
+      const repaired = (await agent.request('POST', '/v1/check/repair')).body;
+      t.match(repaired, { clean: true, repaired: true });
+      t.same(repaired.differences.map((d: { action: string }) => d.action).sort(), ['detached', 'restored']);
+      t.equal(await loopBacking(strayDevice), undefined, 'the stray device is detached');
+      t.equal(await loopBacking(device), objectFile('v1'), 'the export is bound again, on its recorded device');
+      t.same((await agent.request('GET', '/v1/check')).body, { clean: true, repaired: false, differences: [] }, 'check is clean');
+    } finally {
+      await outcome('losetup', ['-d', strayDevice]);
+    }
+    t.equal((await agent.request('DELETE', `/v1/exports/${block.body.id}`)).status, 204);
+    t.equal(await loopBacking(device), undefined);
+  });
+
   await t.test('CLI: volagent export, exports, unexport', async (t) => {
     const cli = (...args: string[]): Promise<{ stdout: string; stderr: string; code: number }> => outcome(process.execPath, [VOLAGENT, '--socket', agent.socket, ...args]);
     const made = await cli('export', 'v1', '--read-only', '--json');

@@ -342,9 +342,23 @@ export class ThinPool implements Pool {
       await this.setTable(name, { sizeBytes: outcome.sizeBytes, readOnly: request.readOnly ?? false });
       return outcome;
     } catch (error) {
+      const cause = await this.writeFailureCause(error);
       await this.remove(name).catch(() => undefined);
-      throw error;
+      throw cause;
     }
+  }
+
+  /**
+   * A write into a thin device of a pool out of data space fails with
+   * ENOSPC (error_if_no_space), but a buffered write reports the failed
+   * writeback at fsync as EIO. When the pool is out of data space, an EIO
+   * is that: ENOSPC, with the EIO as its cause.
+   */
+  private async writeFailureCause(error: unknown): Promise<unknown> {
+    if (!isSystemError(error, 'EIO')) return error;
+    const status = await this.status().catch(() => undefined);
+    if (status?.state !== 'working' || status.mode !== 'out_of_data_space') return error;
+    return Object.assign(systemError('ENOSPC', (error as NodeJS.ErrnoException).syscall ?? 'write', this.poolDmName), { cause: error });
   }
 
   async resize(name: string, sizeBytes: number): Promise<void> {
@@ -543,7 +557,9 @@ export class ThinPool implements Pool {
       const dmName = this.thinDmName(device.thinId);
       try {
         await native.dmLoad(dmName, [thinTarget(this.poolDevice!, device.thinId, device.sizeBytes / SECTOR_BYTES)], device.readOnly);
+        failpoint('thin.table-loaded'); // the new table inactive: start-up activation loads the catalog's again
         await native.dmResume(dmName);
+        failpoint('thin.table-resumed');
       } catch (error) {
         await this.ledger.updateDevice(this.name, name, { sizeBytes: before.sizeBytes, readOnly: before.readOnly }).catch(() => undefined);
         throw error;

@@ -20,6 +20,7 @@ import { parseThinPoolStatus, thinPoolTarget } from '../../../src/pools/thin/dm-
 import type { DeviceNumber } from '../../../src/pools/thin/dm-thin.js';
 import type { AgentProcess, ThinPoolSpec } from '../../helpers/agent.js';
 import { downloadOn, outcomeOf, spawnAgent, startAgent, streamOn, writeAgentConfig } from '../../helpers/agent.js';
+import { activeThinIds as activeThinIdsOf, poolStatus as poolStatusOf, poolThinIds as poolThinIdsOf } from '../../helpers/thin-state.js';
 import { inVmGuest } from '../../helpers/vm.js';
 
 const MiB = 1024 * 1024;
@@ -86,28 +87,9 @@ function readThinRows(catalogPath: string): ThinRows {
   }
 }
 
-/** Active device-mapper devices of the agent's pool: thin id by device name. */
-async function activeThinIds(): Promise<number[]> {
-  const ours = new RegExp(`^volagent-${POOL}-(\\d+)$`);
-  return (await native.dmListDevices()).map((d) => ours.exec(d.name)?.[1]).filter((id): id is string => id !== undefined).map(Number).sort((a, b) => a - b);
-}
-
-/** Thin ids the pool's metadata holds, read by thin_dump from a metadata snapshot of the live pool. */
-async function poolThinIds(metadataDevice: string): Promise<number[]> {
-  await native.dmMessage(POOL_DM, 0, 'reserve_metadata_snap');
-  try {
-    const dump = spawnSync('thin_dump', ['--metadata-snap', metadataDevice], { encoding: 'utf8' });
-    if (dump.status !== 0) throw new Error(`thin_dump failed: ${dump.stderr}`);
-    return [...dump.stdout.matchAll(/<device dev_id="(\d+)"/g)].map((m) => Number(m[1])).sort((a, b) => a - b);
-  } finally {
-    await native.dmMessage(POOL_DM, 0, 'release_metadata_snap');
-  }
-}
-
-async function poolStatus(): Promise<ReturnType<typeof parseThinPoolStatus>> {
-  const [target] = await native.dmTable(POOL_DM);
-  return parseThinPoolStatus(target!.params);
-}
+const activeThinIds = (): Promise<number[]> => activeThinIdsOf(POOL);
+const poolThinIds = (metadataDevice: string): Promise<number[]> => poolThinIdsOf(POOL, metadataDevice);
+const poolStatus = (): ReturnType<typeof poolStatusOf> => poolStatusOf(POOL);
 
 /** The invariant after every restart: catalog rows, active devices and the pool's metadata name the same thin ids. */
 async function checkConsistent(t: Test, catalogPath: string, metadataDevice: string, label: string): Promise<void> {

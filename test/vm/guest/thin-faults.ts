@@ -1,0 +1,261 @@
+// Guest-only tap file, run by test/vm/thin-faults.test.ts: a thin pool whose
+// data (vda, 64 MiB) and metadata (vdb, 8 MiB) devices are dm-flakey
+// devices, on the guest's kernel.
+//
+//   crash sweep: create, clone, snapshot, resize, delete a volume, delete a
+//     snapshot, each killed at every thin failpoint it passes (and a
+//     resize after its ledger update)
+//     (test/helpers/crash-sweep.ts). After each restart the invariants hold,
+//     and the catalog's thin ids are exactly the active devices' and the
+//     pool metadata's (thin_dump), with no change pending. (The catalog's
+//     own failpoints are swept on file pools, crash-sweep.test.ts: the
+//     agent's layer above the pool is the same.)
+//   out of space: an upload larger than the pool gets 507, and the partial
+//     Image-Volume is removed.
+//   I/O errors: the data device fails every write. A guest's write to a
+//     volume fails with EIO, and an upload answers 503; the agent stays up.
+//     Then the metadata device fails too: the pool goes read-only or fails,
+//     GET /v1/pools says so, every change is refused with 503
+//     POOL_UNAVAILABLE and leaves no row, and reads are still served.
+import { spawnSync } from 'node:child_process';
+import { mkdtemp, open } from 'node:fs/promises';
+import path from 'node:path';
+
+import BetterSqlite3 from 'better-sqlite3';
+import t from 'tap';
+
+import { native } from '../../../src/native/binding.js';
+import type { AgentProcess, AgentSpec, Reply } from '../../helpers/agent.js';
+import { startAgent, streamOn } from '../../helpers/agent.js';
+import type { SweptOperation } from '../../helpers/crash-sweep.js';
+import { literal, newSweepFigures, sweepOperation, volumeLine } from '../../helpers/crash-sweep.js';
+import { catalogRows, checkInvariants, InvariantError } from '../../helpers/invariants.js';
+import { activeThinIds, poolStatus, poolThinIds } from '../../helpers/thin-state.js';
+import { inVmGuest } from '../../helpers/vm.js';
+
+const MiB = 1024 * 1024;
+const POOL = 'tf';
+const DEVICE_DIR = '/dev/volagent-tf';
+const VOLUME_BYTES = MiB;
+const FLAKEY = { data: { name: 'tf-data', disk: '/dev/vda' }, meta: { name: 'tf-meta', disk: '/dev/vdb' } } as const;
+
+function sh(command: string, args: string[]): string {
+  const result = spawnSync(command, args, { encoding: 'utf8' });
+  if (result.status !== 0) throw new Error(`${command} ${args.join(' ')}: exit ${result.status}: ${result.stderr}`);
+  return result.stdout;
+}
+
+function flakeyTable(disk: string, mode: 'pass' | 'error'): string {
+  const sectors = sh('blockdev', ['--getsz', disk]).trim();
+  return mode === 'pass' ? `0 ${sectors} flakey ${disk} 0 86400 0` : `0 ${sectors} flakey ${disk} 0 0 86400 1 error_writes`;
+}
+
+/** Swaps a flakey device's table; suspended without a flush, so queued writes meet the new table. */
+function swapTable(device: { name: string; disk: string }, mode: 'pass' | 'error'): void {
+  sh('dmsetup', ['suspend', '--noudevsync', '--noflush', device.name]);
+  sh('dmsetup', ['load', device.name, '--table', flakeyTable(device.disk, mode)]);
+  sh('dmsetup', ['resume', '--noudevsync', device.name]);
+}
+
+interface Context { agent: AgentProcess }
+
+if (!inVmGuest()) {
+  t.plan(0, 'guest-only file: runs inside the VM through runGuestTests() from test/vm/thin-faults.test.ts');
+} else {
+  t.setTimeout(840_000);
+  for (const device of Object.values(FLAKEY)) {
+    sh('dmsetup', ['create', '--noudevsync', device.name, '--table', flakeyTable(device.disk, 'pass')]);
+    sh('dmsetup', ['mknodes', device.name]); // no udev in the guest
+  }
+  const dir = await mkdtemp('/tmp/thin-faults-');
+  const traceFile = path.join(dir, 'failpoints.trace');
+  const spec = (env: NodeJS.ProcessEnv = {}): AgentSpec => ({
+    dir, startTimeoutMs: 120_000, env,
+    pools: [{ name: POOL, backend: 'thin', dataDevice: `/dev/mapper/${FLAKEY.data.name}`, metadataDevice: `/dev/mapper/${FLAKEY.meta.name}`, deviceDir: DEVICE_DIR, blockSize: '64KiB', minFree: '5%' }],
+  });
+  const ctx: Context = { agent: await startAgent(t, spec()) };
+  t.teardown(async () => {
+    if (ctx.agent.child.exitCode === null && ctx.agent.child.signalCode === null) await ctx.agent.kill();
+    for (const id of (await activeThinIds(POOL)).reverse()) await native.dmRemove(`volagent-${POOL}-${id}`).catch(() => undefined);
+    await native.dmRemove(`volagent-${POOL}-pool`).catch(() => undefined);
+    for (const device of Object.values(FLAKEY)) spawnSync('dmsetup', ['remove', '--noudevsync', device.name]);
+  });
+  const nodeOf = (object: string): string => path.join(DEVICE_DIR, POOL, object);
+  const request = (method: string, urlPath: string, body?: unknown): Promise<Reply> => ctx.agent.request(method, urlPath, body);
+  const expect201 = async (reply: Promise<Reply>, what: string): Promise<Reply> => {
+    const r = await reply;
+    if (r.status !== 201) throw new Error(`${what}: ${r.status} ${r.text}`);
+    return r;
+  };
+  await expect201(request('PUT', '/v1/volumes/src', { tenant: 't1', sizeBytes: VOLUME_BYTES }), 'create src');
+  {
+    const handle = await open(nodeOf('src'), 'r+');
+    await handle.write(Buffer.alloc(VOLUME_BYTES, 0xa5), 0, VOLUME_BYTES, 0);
+    await handle.sync();
+    await handle.close();
+  }
+
+  /** The invariants, and the thin ids of catalog, active devices and pool metadata the same. */
+  const invariants = async () => {
+    const rows = await checkInvariants(ctx.agent, new Map());
+    const db = catalogThinIds(ctx.agent.catalogPath);
+    const active = await activeThinIds(POOL);
+    const metadata = await poolThinIds(POOL, `/dev/mapper/${FLAKEY.meta.name}`);
+    if (db.pending !== null) throw new InvariantError(`a thin change is pending in the catalog: ${db.pending}`);
+    if (JSON.stringify(active) !== JSON.stringify(db.ids)) throw new InvariantError(`active thin ids ${JSON.stringify(active)}, the catalog's ${JSON.stringify(db.ids)}`);
+    if (JSON.stringify(metadata) !== JSON.stringify(db.ids)) throw new InvariantError(`the pool's metadata holds ${JSON.stringify(metadata)}, the catalog ${JSON.stringify(db.ids)}`);
+    const status = await poolStatus(POOL);
+    if (status.state !== 'working' || status.transactionId !== db.transactionId) throw new InvariantError(`pool transaction id ${JSON.stringify(status)}, the catalog's ${db.transactionId}`);
+    return rows;
+  };
+
+  const create = (c: Context, id: string): Promise<Reply> => c.agent.request('PUT', `/v1/volumes/${id}`, { tenant: 't1', sizeBytes: VOLUME_BYTES });
+  const OPERATIONS: Array<SweptOperation<Context>> = [
+    {
+      name: 'create',
+      prepare: async (_c, n) => ({ id: `c-${n}` }),
+      run: (c, { id }) => create(c, id!),
+      done: ({ id }) => ({ added: [volumeLine(id!, POOL, 'volume', VOLUME_BYTES, false)], removed: [] }),
+    },
+    {
+      name: 'clone (a thin snapshot)',
+      prepare: async (_c, n) => ({ id: `k-${n}` }),
+      run: (c, { id }) => c.agent.request('PUT', `/v1/volumes/${id}`, { tenant: 't1', source: { volume: 'src' } }),
+      done: ({ id }) => ({ added: [volumeLine(id!, POOL, 'volume', VOLUME_BYTES, false)], removed: [] }),
+    },
+    {
+      name: 'snapshot',
+      prepare: async (_c, n) => ({ id: `s-${n}` }),
+      run: (c, { id }) => c.agent.request('PUT', `/v1/volumes/src/snapshots/${id}`),
+      done: ({ id }) => ({ added: [new RegExp(`^snapshot src@${literal(id!)}$`)], removed: [] }),
+    },
+    {
+      name: 'resize',
+      prepare: async (c, n) => {
+        await expect201(create(c, `r-${n}`), `prepare r-${n}`);
+        return { id: `r-${n}` };
+      },
+      run: (c, { id }) => c.agent.request('POST', `/v1/volumes/${id}/resize`, { sizeBytes: 2 * VOLUME_BYTES }),
+      done: ({ id }) => ({ added: [volumeLine(id!, POOL, 'volume', 2 * VOLUME_BYTES, false)], removed: [volumeLine(id!, POOL, 'volume', VOLUME_BYTES, false)] }),
+    },
+    {
+      name: 'delete a volume',
+      prepare: async (c, n) => {
+        await expect201(create(c, `d-${n}`), `prepare d-${n}`);
+        return { id: `d-${n}` };
+      },
+      run: (c, { id }) => c.agent.request('DELETE', `/v1/volumes/${id}`),
+      done: ({ id }) => ({ added: [], removed: [volumeLine(id!, POOL, 'volume', VOLUME_BYTES, false)] }),
+    },
+    {
+      name: 'delete a snapshot',
+      prepare: async (c, n) => {
+        await expect201(c.agent.request('PUT', `/v1/volumes/src/snapshots/ds-${n}`), `prepare snapshot ds-${n}`);
+        return { id: `ds-${n}` };
+      },
+      run: (c, { id }) => c.agent.request('DELETE', `/v1/volumes/src/snapshots/${id}`),
+      done: ({ id }) => ({ added: [], removed: [new RegExp(`^snapshot src@${literal(id!)}$`)] }),
+    },
+  ];
+
+  const harness = {
+    ctx,
+    agent: () => ctx.agent,
+    restart: async (env: NodeJS.ProcessEnv = {}) => {
+      if (ctx.agent.child.exitCode === null && ctx.agent.child.signalCode === null) await ctx.agent.stop();
+      ctx.agent = await startAgent(t, spec(env));
+    },
+    invariants,
+    traceFile,
+    // The pool's own points. Each catalog point of the thin ledger sits next to
+    // one of them with nothing durable between (thin.after-begin is
+    // catalog.after-begin-thin-change, ...), except a resize's, which is swept.
+    sweeps: (point: string) => point.startsWith('thin.') || point === 'catalog.after-update-thin-device',
+    deathTimeoutMs: 60_000,
+  };
+  const figures = newSweepFigures();
+  let n = 0;
+  for (const op of OPERATIONS) await sweepOperation(t, harness, op, () => ++n, figures);
+  t.comment(`thin crash sweep: ${figures.operations} operations, ${figures.kills} kills at thin failpoints; ` +
+    `after restart ${figures.done} done, ${figures.absent} absent; lost: 0`);
+
+  await t.test('out of data space during an upload: 507, the partial Image-Volume removed, the pool usable again', async (t) => {
+    const before = catalogRows(ctx.agent.catalogPath);
+    const srcBefore = await readHead(nodeOf('src'));
+    // Random bytes (never a zero block the pool would skip), more than the 64 MiB data device holds.
+    const { randomBytes } = await import('node:crypto');
+    const data = randomBytes(80 * MiB);
+    const reply = await streamOn(ctx.agent.socket, 'PUT', '/v1/images/too-big/data?tenant=t1', data, { headers: { 'content-length': data.length } });
+    t.equal(reply.status, 507, `the upload is refused when the pool fills (${reply.text.slice(0, 300)})`);
+    t.equal(reply.body?.error?.code, 'INSUFFICIENT_SPACE', 'INSUFFICIENT_SPACE');
+    const after = await invariants();
+    t.same(after.volumes.map((v) => v.id), before.volumes.map((v) => v.id), 'no Image-Volume row is left');
+    t.same(after.images, before.images, 'no image row is left');
+    t.ok(srcBefore.equals(Buffer.alloc(srcBefore.length, 0xa5)) && (await readHead(nodeOf('src'))).equals(srcBefore), 'the source volume is intact');
+    const [pool] = (await request('GET', '/v1/pools')).body;
+    t.comment(`pool after the partial upload was removed: ${JSON.stringify({ health: pool.health, capacity: pool.capacity })}`);
+    const small = await create(ctx, 'after-full');
+    t.equal(small.status, 201, `the agent keeps serving: a volume is made once the space is back (${small.text.slice(0, 200)})`);
+    t.equal((await request('DELETE', '/v1/volumes/after-full')).status, 204);
+  });
+
+  await t.test('I/O errors on the data device, then the metadata device: clear errors, the agent up, nothing kept that failed', async (t) => {
+    await expect201(create(ctx, 'victim'), 'create victim');
+    const before = catalogRows(ctx.agent.catalogPath);
+    swapTable(FLAKEY.data, 'error');
+    const handle = await open(nodeOf('victim'), 'r+');
+    const write = await handle.write(Buffer.alloc(64 * 1024, 0x5a), 0, 64 * 1024, 0).then(() => handle.sync()).then(() => 'written', (e: NodeJS.ErrnoException) => e.code);
+    await handle.close().catch(() => undefined);
+    t.equal(write, 'EIO', "a guest's write to a volume fails with EIO");
+    const upload = await streamOn(ctx.agent.socket, 'PUT', '/v1/images/eio-img/data?tenant=t1', Buffer.alloc(2 * MiB, 0x33), { headers: { 'content-length': 2 * MiB } });
+    t.equal(upload.status, 503, `an upload answers 503 (${upload.text.slice(0, 300)})`);
+    t.equal(upload.body?.error?.code, 'POOL_UNAVAILABLE', 'POOL_UNAVAILABLE');
+    t.equal((await request('GET', '/v1/version')).status, 200, 'the agent keeps answering');
+
+    swapTable(FLAKEY.meta, 'error');
+    const refused = await request('PUT', '/v1/volumes/eio-vol', { tenant: 't1', sizeBytes: VOLUME_BYTES });
+    t.equal(refused.status, 503, `a create once the metadata fails: 503 (${refused.text.slice(0, 300)})`);
+    t.equal(refused.body?.error?.code, 'POOL_UNAVAILABLE', 'POOL_UNAVAILABLE');
+    const [pool] = (await request('GET', '/v1/pools')).body;
+    t.not(pool.health?.mode, 'rw', `GET /v1/pools reports the pool is no longer read-write: ${JSON.stringify(pool.health)}`);
+    for (const [label, send] of [
+      ['snapshot', () => request('PUT', '/v1/volumes/src/snapshots/eio-snap')],
+      ['clone', () => request('PUT', '/v1/volumes/eio-clone', { tenant: 't1', source: { volume: 'src' } })],
+      ['create', () => request('PUT', '/v1/volumes/eio-vol2', { tenant: 't1', sizeBytes: VOLUME_BYTES })],
+    ] as Array<[string, () => Promise<Reply>]>) {
+      const reply = await send();
+      t.equal(reply.status, 503, `${label} is refused: 503 (${reply.text.slice(0, 200)})`);
+      t.equal(reply.body?.error?.code, 'POOL_UNAVAILABLE', `${label}: POOL_UNAVAILABLE`);
+    }
+    const listed = await request('GET', '/v1/volumes');
+    t.equal(listed.status, 200, 'reads are still served');
+    const after = catalogRows(ctx.agent.catalogPath);
+    t.same(after.volumes.map((v) => `${v.id} ${v.state}`), before.volumes.map((v) => `${v.id} ${v.state}`), 'no refused change left a row, and no row changed state');
+    t.same(after.snapshots, before.snapshots, 'nor a snapshot');
+    t.same(after.images, before.images, 'nor an image');
+    t.equal((await request('GET', '/v1/version')).status, 200, 'the agent is up');
+  });
+}
+
+async function readHead(node: string): Promise<Buffer> {
+  const handle = await open(node, 'r');
+  try {
+    const buffer = Buffer.alloc(64 * 1024);
+    await handle.read(buffer, 0, buffer.length, 0);
+    return buffer;
+  } finally {
+    await handle.close();
+  }
+}
+
+/** The catalog's thin ids of the pool, its pending change and transaction id. */
+function catalogThinIds(file: string): { ids: number[]; pending: string | null; transactionId: number } {
+  const db = new BetterSqlite3(file, { readonly: true, fileMustExist: true });
+  try {
+    const pool = db.prepare('SELECT pending, transaction_id AS transactionId FROM thin_pools WHERE pool = ?').get(POOL) as { pending: string | null; transactionId: number };
+    const ids = (db.prepare('SELECT thin_id AS id FROM thin_devices WHERE pool = ? ORDER BY thin_id').all(POOL) as Array<{ id: number }>).map((r) => r.id);
+    return { ids, pending: pool.pending, transactionId: pool.transactionId };
+  } finally {
+    db.close();
+  }
+}

@@ -55,12 +55,11 @@ export interface SweptOperation<Context> {
   verifyAbsent?(ctx: Context, args: Record<string, string>): Promise<void>;
 }
 
-export interface SweepHarness<Context> {
+export interface SweepHarness<Context extends { agent: AgentProcess }> {
+  /** What the operations use; `ctx.agent` is the running agent. */
   ctx: Context;
-  /** The running agent. */
-  agent(): AgentProcess;
-  /** Stops the running agent (if it runs) and starts a fresh one with `env`. */
-  restart(env?: NodeJS.ProcessEnv): Promise<void>;
+  /** Starts a fresh agent with `env` (one whose teardown outlives a subtest). */
+  start(env: NodeJS.ProcessEnv): Promise<AgentProcess>;
   /** Throws unless the invariants hold; returns the catalog's rows. */
   invariants(): Promise<CatalogRows>;
   /** Throws when data that no operation may change (the sources) changed. */
@@ -78,12 +77,19 @@ export function newSweepFigures(): SweepFigures {
   return { operations: 0, kills: 0, done: 0, absent: 0, acknowledged: 0 };
 }
 
+/** Stops the running agent (when it still runs) and starts a fresh one with `env`. */
+async function restart<Context extends { agent: AgentProcess }>(h: SweepHarness<Context>, env: NodeJS.ProcessEnv = {}): Promise<void> {
+  const running = h.ctx.agent;
+  if (running.child.exitCode === null && running.child.signalCode === null) await running.stop();
+  h.ctx.agent = await h.start(env);
+}
+
 async function traceLines(file: string): Promise<string[]> {
   return (await readFile(file, 'utf8')).split('\n').filter(Boolean);
 }
 
 /** After a restart: the invariants, the change against `before`, the data; whether the operation is done. */
-async function judge<Context>(h: SweepHarness<Context>, op: SweptOperation<Context>, args: Record<string, string>, before: Set<string>): Promise<boolean> {
+async function judge<Context extends { agent: AgentProcess }>(h: SweepHarness<Context>, op: SweptOperation<Context>, args: Record<string, string>, before: Set<string>): Promise<boolean> {
   const rows = await h.invariants();
   const change = difference(before, summary(rows));
   const done = change.added.length > 0 || change.removed.length > 0;
@@ -101,17 +107,17 @@ async function judge<Context>(h: SweepHarness<Context>, op: SweptOperation<Conte
 }
 
 /** Sweeps one operation as a subtest of `t`; `serial` numbers the objects each case makes. */
-export async function sweepOperation<Context>(t: Test, h: SweepHarness<Context>, op: SweptOperation<Context>, serial: () => number, figures: SweepFigures): Promise<void> {
+export async function sweepOperation<Context extends { agent: AgentProcess }>(t: Test, h: SweepHarness<Context>, op: SweptOperation<Context>, serial: () => number, figures: SweepFigures): Promise<void> {
   await t.test(op.name, async (t) => {
     // The traced run: which points the operation passes, in order.
     const traceArgs = await op.prepare(h.ctx, serial());
     const traceBefore = summary(await h.invariants());
     await writeFile(h.traceFile, '');
-    await h.restart({ [FAILPOINT_TRACE_ENV]: h.traceFile });
+    await restart(h, { [FAILPOINT_TRACE_ENV]: h.traceFile });
     const startupLines = (await traceLines(h.traceFile)).length;
     const traced = await op.run(h.ctx, traceArgs);
     t.ok(traced.status >= 200 && traced.status < 300, `the traced ${op.name} succeeds (${traced.status} ${traced.text.slice(0, 200)})`);
-    await h.restart();
+    await restart(h);
     t.ok(await judge(h, op, traceArgs, traceBefore), 'the traced run did it');
     const seen = new Map<string, number>();
     const passed = (await traceLines(h.traceFile)).map((name, i) => {
@@ -128,8 +134,8 @@ export async function sweepOperation<Context>(t: Test, h: SweepHarness<Context>,
       const args = await op.prepare(h.ctx, serial());
       const before = summary(await h.invariants());
       await writeFile(h.traceFile, '');
-      await h.restart({ [FAILPOINTS_ENV]: `${armed}=kill`, [FAILPOINT_TRACE_ENV]: h.traceFile });
-      const victim = h.agent();
+      await restart(h, { [FAILPOINTS_ENV]: `${armed}=kill`, [FAILPOINT_TRACE_ENV]: h.traceFile });
+      const victim = h.ctx.agent;
       const reply = op.run(h.ctx, args).then((r) => r, (error: Error) => error);
       const limit = h.deathTimeoutMs ?? 30_000;
       const exit = await Promise.race([victim.exited, new Promise<undefined>((r) => setTimeout(r, limit, undefined))]);
@@ -140,7 +146,7 @@ export async function sweepOperation<Context>(t: Test, h: SweepHarness<Context>,
       if (trace.at(-1) !== point.name || trace.filter((l) => l === point.name).length !== point.pass) {
         throw new Error(`${op.name}: the agent died, but not at ${armed} (trace ends ${trace.slice(-3).join(', ')})`);
       }
-      await h.restart();
+      await restart(h);
       const done = await judge(h, op, args, before);
       if (acknowledged && !done) throw new Error(`${op.name}: answered ${(answer as Reply).status} before the kill at ${armed}, but is not done`);
       t.pass(`killed at ${armed}${acknowledged ? ' after the answer' : ''}: ${done ? 'done' : 'absent'}, invariants hold`);

@@ -234,12 +234,7 @@ if (!skipUnlessRoot(t)) {
 
   const harness = {
     ctx,
-    agent: () => ctx.agent,
-    /** The agent's teardown is the whole test's: it outlives a subtest. */
-    restart: async (env: NodeJS.ProcessEnv = {}) => {
-      if (ctx.agent.child.exitCode === null && ctx.agent.child.signalCode === null) await ctx.agent.stop();
-      ctx.agent = await startAgent(t, spec(env));
-    },
+    start: (env: NodeJS.ProcessEnv) => startAgent(t, spec(env)), // the whole test's teardown: it outlives a subtest
     invariants: () => checkInvariants(ctx.agent, poolPaths),
     verifyUntouched: async () => {
       for (const [id, source] of sources) {

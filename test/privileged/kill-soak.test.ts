@@ -27,6 +27,7 @@ import type { CatalogRows } from '../helpers/invariants.js';
 import { checkInvariants } from '../helpers/invariants.js';
 import { makeLoopFs } from '../helpers/loop-fs.js';
 import { skipUnlessRoot } from '../helpers/privileged.js';
+import { seededRandom } from '../helpers/random.js';
 
 const MiB = 1024 * 1024;
 const SEED = Number(process.env.VOLAGENT_SOAK_SEED ?? 20261125);
@@ -37,17 +38,6 @@ const TENANT = 'acme';
 const POOLS = ['fast', 'slow'] as const;
 const MAX_BLOCK_EXPORTS = 2; // per client: loop devices are a host resource
 
-/** mulberry32: a small seeded generator, enough to pick operations. */
-function generator(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let x = a;
-    x = Math.imul(x ^ (x >>> 15), x | 1);
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 interface VolumeModel { pool: string; kind: string; sizeBytes: number; readOnly: boolean }
 
@@ -105,10 +95,10 @@ if (!skipUnlessRoot(t)) {
   uploadData[0] = 1;
 
   t.comment(`soak seed ${SEED} (replay: VOLAGENT_SOAK_SEED=${SEED}): ${OPERATIONS} operations, ${CLIENTS} clients, ${KILLS} kills`);
-  const random = generator(SEED);
+  const random = seededRandom(SEED);
   const killAt = new Set<number>();
   while (killAt.size < KILLS) killAt.add(10 + Math.floor(random() * (OPERATIONS - 20)));
-  const killDelay = generator(SEED ^ 0x5eed);
+  const killDelay = seededRandom(SEED ^ 0x5eed);
   const kills: Array<Promise<void>> = [];
 
   const figures = { sent: 0, answered2xx: 0, answered4xx: 0, cutOff: 0, kills: 0, restarts: 0, statuses: new Map<number, number>() };
@@ -293,7 +283,7 @@ if (!skipUnlessRoot(t)) {
   }
 
   async function runClient(client: number): Promise<void> {
-    const pick = generator(SEED + client + 1);
+    const pick = seededRandom(SEED + client + 1);
     let serial = 0;
     while (!failure) {
       while (paused) await paused;

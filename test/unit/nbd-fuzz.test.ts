@@ -16,6 +16,7 @@ import {
 } from '../../src/exports/nbd/protocol.js';
 import { NbdServer } from '../../src/exports/nbd/server.js';
 import { RawNbdClient, goData, metaContextData } from '../helpers/nbd-client.js';
+import { seededRandom } from '../helpers/random.js';
 import { tempDir } from '../helpers/temp-dir.js';
 
 const ITERATIONS = 10_000;
@@ -25,17 +26,6 @@ const SIZE = 1024 * 1024;
 const IDLE_MS = 40;
 const SEED = Number(process.env.VOLAGENT_FUZZ_SEED ?? 0x5eed);
 
-/** mulberry32: small, fast, seeded. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let x = a;
-    x = Math.imul(x ^ (x >>> 15), x | 1);
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 interface Findings {
   connections: number;
@@ -157,7 +147,7 @@ t.test(`${ITERATIONS} random and mutated handshakes and requests (seed ${SEED}):
   await server.listen([{ kind: 'unix', path: socketPath }]);
   t.teardown(() => server.close());
 
-  const random = prng(SEED);
+  const random = seededRandom(SEED);
   const int = (n: number): number => Math.floor(random() * n);
   const pick = <T>(items: readonly T[]): T => items[int(items.length)]!;
   const bytes = (n: number): Buffer => Buffer.from(Array.from({ length: n }, () => int(256)));

@@ -28,6 +28,7 @@ import { startAgent, streamOn } from '../../helpers/agent.js';
 import { sha256 } from '../../helpers/files.js';
 import type { CatalogRows } from '../../helpers/invariants.js';
 import { catalogRows, checkInvariants } from '../../helpers/invariants.js';
+import { seededRandom } from '../../helpers/random.js';
 import { inVmGuest } from '../../helpers/vm.js';
 
 const KiB = 1024;
@@ -70,17 +71,6 @@ function remountDirect(): void {
   sh('mount', [DISK, MOUNT]);
 }
 
-/** mulberry32, seeded: the workload's choices and the cut's moment. */
-function generator(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let x = a;
-    x = Math.imul(x ^ (x >>> 15), x | 1);
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** What was answered done: objects with the sha256 of their bytes, and the ids deleted. */
 interface Model {
@@ -107,7 +97,7 @@ if (!inVmGuest()) {
   const poolPaths = new Map([['fast', poolPath]]);
   const spec: AgentSpec = { dir, pools: [{ name: 'fast', path: poolPath }], startTimeoutMs: 120_000 };
   const objectFile = (object: string): string => path.join(poolPath, 'objects', `${object}.raw`);
-  const random = generator(SEED);
+  const random = seededRandom(SEED);
   const model: Model = { images: new Map(), volumes: new Map(), deleted: new Set() };
   let serial = 0;
 

@@ -160,11 +160,7 @@ if (!inVmGuest()) {
 
   const harness = {
     ctx,
-    agent: () => ctx.agent,
-    restart: async (env: NodeJS.ProcessEnv = {}) => {
-      if (ctx.agent.child.exitCode === null && ctx.agent.child.signalCode === null) await ctx.agent.stop();
-      ctx.agent = await startAgent(t, spec(env));
-    },
+    start: (env: NodeJS.ProcessEnv) => startAgent(t, spec(env)), // the whole test's teardown: it outlives a subtest
     invariants,
     traceFile,
     // The pool's own points. Each catalog point of the thin ledger sits next to

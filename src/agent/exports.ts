@@ -59,6 +59,16 @@ export interface ExportsOptions {
   boundPorts?: Map<number, number>;
 }
 
+/** Runs a repair; one that fails leaves the difference unsettled and says why (EBUSY: something holds the device). */
+async function settleExport(difference: Difference, action: 'detached' | 'restored', fix: () => Promise<unknown>): Promise<void> {
+  try {
+    await fix();
+    difference.action = action;
+  } catch (error) {
+    difference.detail += `; repair failed: ${(error as Error).message}`;
+  }
+}
+
 function newExportId(): string {
   return `exp-${randomBytes(16).toString('hex')}`;
 }
@@ -190,10 +200,7 @@ export class Exports {
       const owner = fileVolumes.get(backingFile);
       if (!owner || recordedDevices.has(device) || changing.has(owner.volume)) continue;
       const difference: Difference = { kind: 'export', ...owner, object: owner.volume, device, detail: `loop device ${device} is bound to volume ${owner.volume} but no export records it` };
-      if (repair) {
-        await detachLoop(device);
-        difference.action = 'detached';
-      }
+      if (repair) await settleExport(difference, 'detached', () => detachLoop(device));
       differences.push(difference);
     }
     for (const row of rows) {
@@ -204,10 +211,11 @@ export class Exports {
         detail: `export ${row.id} (${row.protocol}) is available in the catalog but not served`,
       };
       if (repair) {
-        await this.live.get(row.id)?.target?.close().catch(() => undefined);
-        this.live.delete(row.id);
-        await this.restoreOne(row);
-        difference.action = 'restored';
+        await settleExport(difference, 'restored', async () => {
+          await this.live.get(row.id)?.target?.close().catch(() => undefined);
+          this.live.delete(row.id);
+          await this.restoreOne(row);
+        });
       }
       differences.push(difference);
     }

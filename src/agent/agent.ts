@@ -19,7 +19,7 @@ import { Operations } from './operations.js';
 import type { ListenAddress } from '../daemon/config.js';
 import { Exports } from './exports.js';
 import type { CheckReport } from './reconcile.js';
-import { reconcile } from './reconcile.js';
+import { checkReport, reconcile } from './reconcile.js';
 import { Volumes } from './volumes.js';
 
 const { version: AGENT_VERSION } = createRequire(import.meta.url)('../../../package.json') as { version: string };
@@ -151,13 +151,7 @@ export class Agent {
       isLive: (object) => this.volumes.isLive(object) || this.images.isLive(object),
       isOperationLive: (id) => this.operations.isRunning(id),
     });
-    const exports = await this.exports.check(repair);
-    const differences = [...report.differences, ...exports];
-    return {
-      clean: differences.every((d) => d.action !== undefined),
-      repaired: differences.some((d) => d.action !== undefined),
-      differences,
-    };
+    return checkReport([...report.differences, ...(await this.exports.check(repair))]);
   }
 
   /** Cancels running operations (each cleans up its partial object), then closes the catalog and the pools. */

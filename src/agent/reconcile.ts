@@ -219,6 +219,11 @@ export async function reconcile(catalog: Catalog, writes: CatalogWrites, pools: 
     }
   }
 
+  return checkReport(differences);
+}
+
+/** The report of `differences`: clean when each was settled (or there are none). */
+export function checkReport(differences: Difference[]): CheckReport {
   return {
     clean: differences.every((d) => d.action !== undefined),
     repaired: differences.some((d) => d.action !== undefined),

@@ -31,7 +31,7 @@ export function applyWrite(catalog: Catalog, method: WriteMethod, args: readonly
 }
 
 /** `catalog.before-<method>` and `catalog.after-<method>` of a write method (kebab case). */
-export function writeFailpoints(method: WriteMethod): { before: string; after: string } {
+function writeFailpoints(method: WriteMethod): { before: string; after: string } {
   const name = method.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
   return { before: `catalog.before-${name}`, after: `catalog.after-${name}` };
 }

@@ -1,7 +1,9 @@
-// What the kernel says of an agent's thin pool (VM lane): the thin devices
-// active, the thin ids its metadata holds, and its status line. The crash
-// tests hold these against the catalog.
+// An agent's thin pool as the kernel and the catalog say it is (VM lane):
+// the thin devices active, the thin ids its metadata holds, its status line,
+// and the catalog's thin rows. The crash tests hold one against the other.
 import { spawnSync } from 'node:child_process';
+
+import BetterSqlite3 from 'better-sqlite3';
 
 import { native } from '../../src/native/binding.js';
 import { parseThinPoolStatus } from '../../src/pools/thin/dm-thin.js';
@@ -32,4 +34,31 @@ export async function poolThinIds(pool: string, metadataDevice: string): Promise
 export async function poolStatus(pool: string): Promise<ReturnType<typeof parseThinPoolStatus>> {
   const [target] = await native.dmTable(poolDmName(pool));
   return parseThinPoolStatus(target!.params);
+}
+
+/** Removes every device the agent made for the pool: its thin devices, then the pool. */
+export async function removeAgentDevices(pool: string): Promise<void> {
+  for (const id of (await activeThinIds(pool)).reverse()) await native.dmRemove(`volagent-${pool}-${id}`);
+  await native.dmRemove(poolDmName(pool)).catch(() => undefined);
+}
+
+export interface ThinRows {
+  pool: { transaction_id: number; next_thin_id: number; pending: string | null; phase: string } | undefined;
+  devices: { name: string; thin_id: number; size_bytes: number; read_only: number }[];
+  volumes: { id: string; state: string; size_bytes: number }[];
+}
+
+/** The catalog's record of the pool (read directly; WAL lets a reader beside the agent). */
+export function readThinRows(catalogPath: string, pool: string): ThinRows {
+  const db = new BetterSqlite3(catalogPath, { readonly: true, fileMustExist: true });
+  try {
+    const hasTable = db.prepare(`SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'thin_pools'`).get();
+    return {
+      pool: hasTable ? db.prepare('SELECT transaction_id, next_thin_id, pending, phase FROM thin_pools WHERE pool = ?').get(pool) as ThinRows['pool'] : undefined,
+      devices: hasTable ? db.prepare('SELECT name, thin_id, size_bytes, read_only FROM thin_devices WHERE pool = ? ORDER BY thin_id').all(pool) as ThinRows['devices'] : [],
+      volumes: db.prepare('SELECT id, state, size_bytes FROM volumes ORDER BY id').all() as ThinRows['volumes'],
+    };
+  } finally {
+    db.close();
+  }
 }

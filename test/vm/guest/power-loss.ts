@@ -14,7 +14,6 @@
 //     Requests fail with 503 POOL_UNAVAILABLE, the agent keeps answering,
 //     nothing is answered done that is not; after the device is healthy
 //     again and the filesystem remounted, the invariants hold.
-import { spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdir, mkdtemp } from 'node:fs/promises';
 import path from 'node:path';
@@ -26,9 +25,11 @@ import t from 'tap';
 import type { AgentProcess, AgentSpec, Reply } from '../../helpers/agent.js';
 import { startAgent, streamOn } from '../../helpers/agent.js';
 import { sha256 } from '../../helpers/files.js';
+import { FlakeyDevice } from '../../helpers/flakey.js';
 import type { CatalogRows } from '../../helpers/invariants.js';
 import { catalogRows, checkInvariants } from '../../helpers/invariants.js';
 import { seededRandom } from '../../helpers/random.js';
+import { outcome, run } from '../../helpers/run.js';
 import { inVmGuest } from '../../helpers/vm.js';
 
 const KiB = 1024;
@@ -37,40 +38,6 @@ const FLAKEY = 'test-flakey';
 const MOUNT = '/mnt/pool-fs';
 const ROUNDS = Number(process.env.VOLAGENT_POWER_LOSS_ROUNDS ?? 4);
 const SEED = Number(process.env.VOLAGENT_POWER_LOSS_SEED ?? 20261125);
-
-function sh(command: string, args: string[]): string {
-  const result = spawnSync(command, args, { encoding: 'utf8' });
-  if (result.status !== 0) throw new Error(`${command} ${args.join(' ')}: exit ${result.status}: ${result.stderr}`);
-  return result.stdout;
-}
-
-/** A flakey table over the whole of DISK: `pass` lets every write through, `drop` drops them (reported done), `error` fails them. */
-function flakeyTable(mode: 'pass' | 'drop' | 'error'): string {
-  const sectors = sh('blockdev', ['--getsz', DISK]).trim();
-  if (mode === 'pass') return `0 ${sectors} flakey ${DISK} 0 86400 0`;
-  return `0 ${sectors} flakey ${DISK} 0 0 86400 1 ${mode === 'drop' ? 'drop_writes' : 'error_writes'}`;
-}
-
-/** Swaps the live table: suspended with neither a flush nor a freeze, so what is in flight meets the new table. */
-function swapTable(mode: 'drop' | 'error' | 'pass'): void {
-  sh('dmsetup', ['suspend', '--noudevsync', '--nolockfs', '--noflush', FLAKEY]);
-  sh('dmsetup', ['load', FLAKEY, '--table', flakeyTable(mode)]);
-  sh('dmsetup', ['resume', '--noudevsync', FLAKEY]);
-}
-
-function mountFlakey(): void {
-  sh('dmsetup', ['create', '--noudevsync', FLAKEY, '--table', flakeyTable('pass')]);
-  sh('dmsetup', ['mknodes', FLAKEY]); // no udev in the guest: dmsetup makes the /dev/mapper node itself
-  sh('mount', [`/dev/mapper/${FLAKEY}`, MOUNT]);
-}
-
-/** After the cut: the flakey device gone, the disk itself mounted (XFS replays its log). */
-function remountDirect(): void {
-  spawnSync('umount', [MOUNT]);
-  sh('dmsetup', ['remove', '--noudevsync', FLAKEY]);
-  sh('mount', [DISK, MOUNT]);
-}
-
 
 /** What was answered done: objects with the sha256 of their bytes, and the ids deleted. */
 interface Model {
@@ -83,12 +50,24 @@ if (!inVmGuest()) {
   t.plan(0, 'guest-only file: runs inside the VM through runGuestTests() from test/vm/power-loss.test.ts');
 } else {
   t.setTimeout(600_000);
-  sh('mkfs.xfs', ['-q', '-f', '-m', 'reflink=1', DISK]);
+  await run('mkfs.xfs', ['-q', '-f', '-m', 'reflink=1', DISK]);
   await mkdir(MOUNT, { recursive: true });
-  mountFlakey();
-  t.teardown(() => {
-    spawnSync('umount', [MOUNT]);
-    spawnSync('dmsetup', ['remove', '--noudevsync', FLAKEY]);
+  /** The filesystem mounted over a fresh flakey device that passes every write. */
+  const mountFlakey = async (): Promise<FlakeyDevice> => {
+    const device = await FlakeyDevice.create(FLAKEY, DISK);
+    await run('mount', [device.path, MOUNT]);
+    return device;
+  };
+  /** After a cut: the flakey device gone, the disk itself mounted (XFS replays its log). */
+  const remountDirect = async (): Promise<void> => {
+    await outcome('umount', [MOUNT]);
+    await flakey.remove();
+    await run('mount', [DISK, MOUNT]);
+  };
+  let flakey = await mountFlakey();
+  t.teardown(async () => {
+    await outcome('umount', [MOUNT]);
+    await flakey.remove().catch(() => undefined);
   });
   const poolPath = path.join(MOUNT, 'pool');
   const dir = path.join(MOUNT, 'agent');
@@ -201,12 +180,12 @@ if (!inVmGuest()) {
       const delayMs = 1500 + Math.floor(random() * 4000);
       await new Promise((r) => setTimeout(r, delayMs));
       cut = performance.now(); // set before the swap starts: an answer after this line may be lost
-      swapTable('drop');
+      await flakey.swap('drop');
       await new Promise((r) => setTimeout(r, 300)); // the agent goes on writing into the void a moment
       stop = true;
       await agent.kill();
       await workload;
-      remountDirect();
+      await remountDirect();
       t.ok(answered > 0, `${answered} operations answered before the cut (${delayMs} ms in), ${uncertain.size} object(s) cut off or answered after it`);
 
       const db = new BetterSqlite3(path.join(dir, 'catalog.db'), { fileMustExist: true });
@@ -221,8 +200,8 @@ if (!inVmGuest()) {
       t.pass('the invariants hold: check clean, no transitional row, the pool exactly the catalog');
       await restarted.stop();
       // Next round on the same filesystem, over a fresh flakey device.
-      sh('umount', [MOUNT]);
-      mountFlakey();
+      await run('umount', [MOUNT]);
+      flakey = await mountFlakey();
       figures.rounds += 1;
     });
   }
@@ -241,7 +220,7 @@ if (!inVmGuest()) {
     t.equal((await agent.request('PUT', '/v1/volumes/good-vol', { tenant: 't1', source: { image: 'good-img' } })).status, 201, 'and a clone of it');
     const before = catalogRows(agent.catalogPath);
 
-    swapTable('error');
+    await flakey.swap('error');
     const attempts: Array<[string, () => Promise<Reply>]> = [
       ['upload', () => upload('eio-img')],
       ['create', () => agent.request('PUT', '/v1/volumes/eio-vol', { tenant: 't1', sizeBytes: 1024 * KiB })],
@@ -261,10 +240,10 @@ if (!inVmGuest()) {
     t.equal(await agent.stop(), 0, 'it stops cleanly');
 
     // The device healthy again, the filesystem remounted (it shut itself down): the invariants hold, the earlier data is intact.
-    swapTable('pass');
-    spawnSync('umount', [MOUNT]);
-    sh('dmsetup', ['remove', '--noudevsync', FLAKEY]);
-    mountFlakey();
+    await flakey.swap('pass');
+    await outcome('umount', [MOUNT]);
+    await flakey.remove();
+    flakey = await mountFlakey();
     const restarted = await startAgent(t, eioSpec);
     const rows = await checkInvariants(restarted, new Map([['eio', eioPool]]));
     t.same(rows.volumes.map((v) => v.id), before.volumes.map((v) => v.id), 'the volumes are those from before the errors');

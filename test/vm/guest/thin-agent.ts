@@ -10,7 +10,6 @@ import { createHash } from 'node:crypto';
 import { mkdtemp, open, readdir, readFile, stat, truncate, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 
-import BetterSqlite3 from 'better-sqlite3';
 import t from 'tap';
 import type { Test } from 'tap';
 
@@ -20,7 +19,10 @@ import { parseThinPoolStatus, thinPoolTarget } from '../../../src/pools/thin/dm-
 import type { DeviceNumber } from '../../../src/pools/thin/dm-thin.js';
 import type { AgentProcess, ThinPoolSpec } from '../../helpers/agent.js';
 import { downloadOn, outcomeOf, spawnAgent, startAgent, streamOn, writeAgentConfig } from '../../helpers/agent.js';
-import { activeThinIds as activeThinIdsOf, poolStatus as poolStatusOf, poolThinIds as poolThinIdsOf } from '../../helpers/thin-state.js';
+import type { ThinRows } from '../../helpers/thin-state.js';
+import {
+  activeThinIds as activeThinIdsOf, poolStatus as poolStatusOf, poolThinIds as poolThinIdsOf, readThinRows as readThinRowsOf, removeAgentDevices,
+} from '../../helpers/thin-state.js';
 import { inVmGuest } from '../../helpers/vm.js';
 
 const MiB = 1024 * 1024;
@@ -67,26 +69,7 @@ async function head(device: string, bytes = 4096): Promise<Buffer> {
   return readRange(device, bytes, 0);
 }
 
-interface ThinRows {
-  pool: { transaction_id: number; next_thin_id: number; pending: string | null; phase: string } | undefined;
-  devices: { name: string; thin_id: number; size_bytes: number; read_only: number }[];
-  volumes: { id: string; state: string; size_bytes: number }[];
-}
-
-function readThinRows(catalogPath: string): ThinRows {
-  const db = new BetterSqlite3(catalogPath, { readonly: true, fileMustExist: true });
-  try {
-    const hasTable = db.prepare(`SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'thin_pools'`).get();
-    return {
-      pool: hasTable ? db.prepare('SELECT transaction_id, next_thin_id, pending, phase FROM thin_pools WHERE pool = ?').get(POOL) as ThinRows['pool'] : undefined,
-      devices: hasTable ? db.prepare('SELECT name, thin_id, size_bytes, read_only FROM thin_devices WHERE pool = ? ORDER BY thin_id').all(POOL) as ThinRows['devices'] : [],
-      volumes: db.prepare('SELECT id, state, size_bytes FROM volumes ORDER BY id').all() as ThinRows['volumes'],
-    };
-  } finally {
-    db.close();
-  }
-}
-
+const readThinRows = (catalogPath: string): ThinRows => readThinRowsOf(catalogPath, POOL);
 const activeThinIds = (): Promise<number[]> => activeThinIdsOf(POOL);
 const poolThinIds = (metadataDevice: string): Promise<number[]> => poolThinIdsOf(POOL, metadataDevice);
 const poolStatus = (): ReturnType<typeof poolStatusOf> => poolStatusOf(POOL);
@@ -103,10 +86,7 @@ async function checkConsistent(t: Test, catalogPath: string, metadataDevice: str
   t.same(rows.volumes.filter((v) => v.state !== 'available'), [], `${label}: no volume row in a transitional state`);
 }
 
-async function removeEveryAgentDevice(): Promise<void> {
-  for (const id of (await activeThinIds()).reverse()) await native.dmRemove(`volagent-${POOL}-${id}`);
-  await native.dmRemove(POOL_DM).catch(() => undefined);
-}
+const removeEveryAgentDevice = (): Promise<void> => removeAgentDevices(POOL);
 
 /** Loop devices bound to `file`, from sysfs. */
 async function loopsBoundTo(file: string): Promise<string[]> {

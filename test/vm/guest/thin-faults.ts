@@ -17,45 +17,24 @@
 //     Then the metadata device fails too: the pool goes read-only or fails,
 //     GET /v1/pools says so, every change is refused with 503
 //     POOL_UNAVAILABLE and leaves no row, and reads are still served.
-import { spawnSync } from 'node:child_process';
 import { mkdtemp, open } from 'node:fs/promises';
 import path from 'node:path';
 
-import BetterSqlite3 from 'better-sqlite3';
 import t from 'tap';
 
-import { native } from '../../../src/native/binding.js';
 import type { AgentProcess, AgentSpec, Reply } from '../../helpers/agent.js';
 import { startAgent, streamOn } from '../../helpers/agent.js';
 import type { SweptOperation } from '../../helpers/crash-sweep.js';
 import { literal, newSweepFigures, sweepOperation, volumeLine } from '../../helpers/crash-sweep.js';
+import { FlakeyDevice } from '../../helpers/flakey.js';
 import { catalogRows, checkInvariants, InvariantError } from '../../helpers/invariants.js';
-import { activeThinIds, poolStatus, poolThinIds } from '../../helpers/thin-state.js';
+import { activeThinIds, poolStatus, poolThinIds, readThinRows, removeAgentDevices } from '../../helpers/thin-state.js';
 import { inVmGuest } from '../../helpers/vm.js';
 
 const MiB = 1024 * 1024;
 const POOL = 'tf';
 const DEVICE_DIR = '/dev/volagent-tf';
 const VOLUME_BYTES = MiB;
-const FLAKEY = { data: { name: 'tf-data', disk: '/dev/vda' }, meta: { name: 'tf-meta', disk: '/dev/vdb' } } as const;
-
-function sh(command: string, args: string[]): string {
-  const result = spawnSync(command, args, { encoding: 'utf8' });
-  if (result.status !== 0) throw new Error(`${command} ${args.join(' ')}: exit ${result.status}: ${result.stderr}`);
-  return result.stdout;
-}
-
-function flakeyTable(disk: string, mode: 'pass' | 'error'): string {
-  const sectors = sh('blockdev', ['--getsz', disk]).trim();
-  return mode === 'pass' ? `0 ${sectors} flakey ${disk} 0 86400 0` : `0 ${sectors} flakey ${disk} 0 0 86400 1 error_writes`;
-}
-
-/** Swaps a flakey device's table; suspended without a flush, so queued writes meet the new table. */
-function swapTable(device: { name: string; disk: string }, mode: 'pass' | 'error'): void {
-  sh('dmsetup', ['suspend', '--noudevsync', '--noflush', device.name]);
-  sh('dmsetup', ['load', device.name, '--table', flakeyTable(device.disk, mode)]);
-  sh('dmsetup', ['resume', '--noudevsync', device.name]);
-}
 
 interface Context { agent: AgentProcess }
 
@@ -63,22 +42,18 @@ if (!inVmGuest()) {
   t.plan(0, 'guest-only file: runs inside the VM through runGuestTests() from test/vm/thin-faults.test.ts');
 } else {
   t.setTimeout(840_000);
-  for (const device of Object.values(FLAKEY)) {
-    sh('dmsetup', ['create', '--noudevsync', device.name, '--table', flakeyTable(device.disk, 'pass')]);
-    sh('dmsetup', ['mknodes', device.name]); // no udev in the guest
-  }
+  const flakey = { data: await FlakeyDevice.create('tf-data', '/dev/vda'), meta: await FlakeyDevice.create('tf-meta', '/dev/vdb') };
   const dir = await mkdtemp('/tmp/thin-faults-');
   const traceFile = path.join(dir, 'failpoints.trace');
   const spec = (env: NodeJS.ProcessEnv = {}): AgentSpec => ({
     dir, startTimeoutMs: 120_000, env,
-    pools: [{ name: POOL, backend: 'thin', dataDevice: `/dev/mapper/${FLAKEY.data.name}`, metadataDevice: `/dev/mapper/${FLAKEY.meta.name}`, deviceDir: DEVICE_DIR, blockSize: '64KiB', minFree: '5%' }],
+    pools: [{ name: POOL, backend: 'thin', dataDevice: flakey.data.path, metadataDevice: flakey.meta.path, deviceDir: DEVICE_DIR, blockSize: '64KiB', minFree: '5%' }],
   });
   const ctx: Context = { agent: await startAgent(t, spec()) };
   t.teardown(async () => {
     if (ctx.agent.child.exitCode === null && ctx.agent.child.signalCode === null) await ctx.agent.kill();
-    for (const id of (await activeThinIds(POOL)).reverse()) await native.dmRemove(`volagent-${POOL}-${id}`).catch(() => undefined);
-    await native.dmRemove(`volagent-${POOL}-pool`).catch(() => undefined);
-    for (const device of Object.values(FLAKEY)) spawnSync('dmsetup', ['remove', '--noudevsync', device.name]);
+    await removeAgentDevices(POOL).catch(() => undefined);
+    for (const device of Object.values(flakey)) await device.remove().catch(() => undefined);
   });
   const nodeOf = (object: string): string => path.join(DEVICE_DIR, POOL, object);
   const request = (method: string, urlPath: string, body?: unknown): Promise<Reply> => ctx.agent.request(method, urlPath, body);
@@ -98,14 +73,17 @@ if (!inVmGuest()) {
   /** The invariants, and the thin ids of catalog, active devices and pool metadata the same. */
   const invariants = async () => {
     const rows = await checkInvariants(ctx.agent, new Map());
-    const db = catalogThinIds(ctx.agent.catalogPath);
+    const thin = readThinRows(ctx.agent.catalogPath, POOL);
+    const ids = thin.devices.map((d) => d.thin_id);
     const active = await activeThinIds(POOL);
-    const metadata = await poolThinIds(POOL, `/dev/mapper/${FLAKEY.meta.name}`);
-    if (db.pending !== null) throw new InvariantError(`a thin change is pending in the catalog: ${db.pending}`);
-    if (JSON.stringify(active) !== JSON.stringify(db.ids)) throw new InvariantError(`active thin ids ${JSON.stringify(active)}, the catalog's ${JSON.stringify(db.ids)}`);
-    if (JSON.stringify(metadata) !== JSON.stringify(db.ids)) throw new InvariantError(`the pool's metadata holds ${JSON.stringify(metadata)}, the catalog ${JSON.stringify(db.ids)}`);
+    const metadata = await poolThinIds(POOL, flakey.meta.path);
+    if (thin.pool?.pending !== null) throw new InvariantError(`a thin change is pending in the catalog: ${thin.pool?.pending}`);
+    if (JSON.stringify(active) !== JSON.stringify(ids)) throw new InvariantError(`active thin ids ${JSON.stringify(active)}, the catalog's ${JSON.stringify(ids)}`);
+    if (JSON.stringify(metadata) !== JSON.stringify(ids)) throw new InvariantError(`the pool's metadata holds ${JSON.stringify(metadata)}, the catalog ${JSON.stringify(ids)}`);
     const status = await poolStatus(POOL);
-    if (status.state !== 'working' || status.transactionId !== db.transactionId) throw new InvariantError(`pool transaction id ${JSON.stringify(status)}, the catalog's ${db.transactionId}`);
+    if (status.state !== 'working' || status.transactionId !== thin.pool.transaction_id) {
+      throw new InvariantError(`pool transaction id ${JSON.stringify(status)}, the catalog's ${thin.pool.transaction_id}`);
+    }
     return rows;
   };
 
@@ -198,7 +176,7 @@ if (!inVmGuest()) {
   await t.test('I/O errors on the data device, then the metadata device: clear errors, the agent up, nothing kept that failed', async (t) => {
     await expect201(create(ctx, 'victim'), 'create victim');
     const before = catalogRows(ctx.agent.catalogPath);
-    swapTable(FLAKEY.data, 'error');
+    await flakey.data.swap('error');
     const handle = await open(nodeOf('victim'), 'r+');
     const write = await handle.write(Buffer.alloc(64 * 1024, 0x5a), 0, 64 * 1024, 0).then(() => handle.sync()).then(() => 'written', (e: NodeJS.ErrnoException) => e.code);
     await handle.close().catch(() => undefined);
@@ -208,7 +186,7 @@ if (!inVmGuest()) {
     t.equal(upload.body?.error?.code, 'POOL_UNAVAILABLE', 'POOL_UNAVAILABLE');
     t.equal((await request('GET', '/v1/version')).status, 200, 'the agent keeps answering');
 
-    swapTable(FLAKEY.meta, 'error');
+    await flakey.meta.swap('error');
     const refused = await request('PUT', '/v1/volumes/eio-vol', { tenant: 't1', sizeBytes: VOLUME_BYTES });
     t.equal(refused.status, 503, `a create once the metadata fails: 503 (${refused.text.slice(0, 300)})`);
     t.equal(refused.body?.error?.code, 'POOL_UNAVAILABLE', 'POOL_UNAVAILABLE');
@@ -241,17 +219,5 @@ async function readHead(node: string): Promise<Buffer> {
     return buffer;
   } finally {
     await handle.close();
-  }
-}
-
-/** The catalog's thin ids of the pool, its pending change and transaction id. */
-function catalogThinIds(file: string): { ids: number[]; pending: string | null; transactionId: number } {
-  const db = new BetterSqlite3(file, { readonly: true, fileMustExist: true });
-  try {
-    const pool = db.prepare('SELECT pending, transaction_id AS transactionId FROM thin_pools WHERE pool = ?').get(POOL) as { pending: string | null; transactionId: number };
-    const ids = (db.prepare('SELECT thin_id AS id FROM thin_devices WHERE pool = ? ORDER BY thin_id').all(POOL) as Array<{ id: number }>).map((r) => r.id);
-    return { ids, pending: pool.pending, transactionId: pool.transactionId };
-  } finally {
-    db.close();
   }
 }

@@ -10,6 +10,8 @@ import type { CatalogWrites } from '../catalog/writes.js';
 import { inlineWrites } from '../catalog/writes.js';
 import type { Pool, PoolCapabilities, PoolCapacity, PoolHealth } from '../pools/pool.js';
 import type { Backend } from '../pools/pool.js';
+import type { Principal } from './access.js';
+import { Access } from './access.js';
 import type { ImageCacheView } from './image-cache.js';
 import type { PoolImagePolicy } from './images.js';
 import { Images } from './images.js';
@@ -59,10 +61,15 @@ export class Agent {
   readonly operations: Operations;
   readonly locks = new LockTable();
   readonly metrics: AgentMetrics;
+  /** The agent's own view (metrics, status, start-up): everything. */
+  readonly system: Access;
   private readonly poolMap: Map<string, Pool>;
+  private readonly internalTenant: string;
 
   private constructor(readonly catalog: Catalog, private readonly writer: CatalogWriter, options: AgentOptions) {
     this.poolMap = new Map(options.pools.map((pool) => [pool.name, pool]));
+    this.internalTenant = options.internalTenant;
+    this.system = Access.system(options.internalTenant);
     this.operations = new Operations(catalog, this.writes);
     this.volumes = new Volumes(catalog, this.writes, this.pools, this.locks, this.operations, options.lockWaitMs);
     this.images = new Images(catalog, this.writes, this.volumes, this.operations, this.locks, {
@@ -77,7 +84,7 @@ export class Agent {
     this.metrics = new AgentMetrics({
       pools: () => this.pools.values(),
       imageCache: (pool) => this.images.cacheView(pool),
-      exports: () => this.exports.list(),
+      exports: () => this.exports.list(this.system),
       operationsByState: () => this.catalog.countOperationsByState(),
     });
     this.volumes.onCloned = (method, seconds, bytesCopied) => this.metrics.observeClone(method, seconds, bytesCopied);
@@ -123,6 +130,11 @@ export class Agent {
     }
     this.poolMap.set(pool.name, pool);
     this.images.addPolicy(pool.name, policy);
+  }
+
+  /** What a request by `principal`, scoped to `scope` (`?tenant=`) when given, may see and do (docs/api.md "Access"). */
+  access(principal: Principal, scope?: string): Access {
+    return Access.of(principal, this.internalTenant, scope);
   }
 
   version(): { version: string; api: 1 } {

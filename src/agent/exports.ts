@@ -17,6 +17,7 @@ import { FileTarget } from '../exports/nbd/file-target.js';
 import type { ExportTarget } from '../exports/nbd/target.js';
 import { attachLoop, boundLoopDevices, detachLoop, loopBackingFile } from '../pools/thin/loop-device.js';
 import type { Pool } from '../pools/pool.js';
+import type { Access } from './access.js';
 import { toApiError } from './faults.js';
 import type { LockTable } from './locks.js';
 import type { Difference } from './reconcile.js';
@@ -106,9 +107,9 @@ export class Exports {
     return [...this.live.values()].filter((e) => e.row.protocol === 'nbd').map((e) => e.row.id);
   }
 
-  async create(request: ExportRequest): Promise<ExportView> {
+  async create(request: ExportRequest, access: Access): Promise<ExportView> {
     const volume = this.catalog.getVolume(request.volumeId);
-    if (!volume) throw new ApiError('VOLUME_NOT_FOUND', `volume ${request.volumeId} does not exist`, { volume: request.volumeId });
+    if (!volume || !access.sees(volume)) throw new ApiError('VOLUME_NOT_FOUND', `volume ${request.volumeId} does not exist`, { volume: request.volumeId });
     if (volume.state !== 'available') throw new ApiError('VOLUME_BUSY', `volume ${volume.id} is ${volume.state}`, { volume: volume.id, state: volume.state });
     if (!request.readOnly && (volume.readOnly || volume.kind === 'image')) {
       throw new ApiError('VOLUME_READ_ONLY', `volume ${volume.id} is ${volume.kind === 'image' ? 'an Image-Volume' : 'read-only'}: it is only exported read-only`, { volume: volume.id });
@@ -140,20 +141,22 @@ export class Exports {
     }
   }
 
-  list(): ExportView[] {
-    return this.catalog.listExports().filter((row) => row.state === 'available').map((row) => this.view(row));
+  /** The exports `access` sees: those of its scope's volumes, or all. */
+  list(access: Access): ExportView[] {
+    return this.catalog.listExports().filter((row) => row.state === 'available' && this.seenBy(row, access)).map((row) => this.view(row));
   }
 
-  get(id: string): ExportView {
+  get(id: string, access: Access): ExportView {
     const row = this.catalog.getExport(id);
-    if (!row || row.state !== 'available') throw new ApiError('EXPORT_NOT_FOUND', `no export ${id}`, { export: id });
+    if (!row || row.state !== 'available' || !this.seenBy(row, access)) throw this.notFound(id);
     return this.view(row);
   }
 
-  /** Unexport: idempotent. Open NBD connections to it are closed first. */
-  async delete(id: string): Promise<void> {
+  /** Unexport: idempotent; another tenant's is absent (404). Open NBD connections to it are closed first. */
+  async delete(id: string, access: Access): Promise<void> {
     const row = this.catalog.getExport(id);
     if (!row) return;
+    if (!this.seenBy(row, access)) throw this.notFound(id);
     await this.writes.markExportDeleting(id);
     await this.unmake(row, this.live.get(id));
     failpoint('export.unmade');
@@ -228,6 +231,16 @@ export class Exports {
   }
 
   /** Makes an available export again: the NBD target reopened, the loop device found bound to its file or attached again. */
+  /** An export is its volume's: seen by whoever sees the volume. */
+  private seenBy(row: ExportRow, access: Access): boolean {
+    const volume = this.catalog.getVolume(row.volumeId);
+    return volume !== undefined ? access.sees(volume) : access.scope === undefined;
+  }
+
+  private notFound(id: string): ApiError {
+    return new ApiError('EXPORT_NOT_FOUND', `no export ${id}`, { export: id });
+  }
+
   private async restoreOne(row: ExportRow): Promise<void> {
     const volume = this.catalog.getVolume(row.volumeId);
     const made = await this.make(this.pool(volume!.pool), row.volumeId, { volumeId: row.volumeId, protocol: row.protocol, readOnly: row.readOnly, directIo: row.directIo }, row.device);

@@ -24,6 +24,7 @@ import { ApiError } from '../api/errors.js';
 import type { Catalog, ImageMode, ImageRow, ImageVisibility } from '../catalog/catalog.js';
 import type { CatalogWrites } from '../catalog/writes.js';
 import { isSystemError } from '../native/system-error.js';
+import type { Access } from './access.js';
 import type { ImageCacheConfig } from '../pools/pool-config.js';
 import { toApiError } from './faults.js';
 import type { ImageCacheView } from './image-cache.js';
@@ -50,7 +51,8 @@ export interface UploadImageRequest {
   id: string;
   /** Default: the first pool. */
   pool?: string;
-  tenant: string;
+  /** The owner named in the request (see Access.owner). */
+  tenant?: string;
   visibility: ImageVisibility;
   /** Make the image an entry of the pool's image-volume cache. */
   cache: boolean;
@@ -74,8 +76,8 @@ export interface RegisterImageRequest {
   /** The volume to register. */
   volume: string;
   mode: Exclude<ImageMode, 'upload'>;
-  /** The caller's tenant: it must own the volume, and owns the image. */
-  tenant: string;
+  /** The image's owner named in the request (see Access.owner). */
+  tenant?: string;
   visibility: ImageVisibility;
   /** Put the Image-Volume in the internal tenant. */
   internal: boolean;
@@ -97,11 +99,6 @@ export interface ImageView {
   state: ImageRow['state'];
   createdAt: string;
   error?: string;
-}
-
-export interface ImageFilter {
-  /** Only images this tenant may use: public ones and its own. */
-  visibleTo?: string;
 }
 
 export class Images {
@@ -144,14 +141,13 @@ export class Images {
     return this.cache.view(pool);
   }
 
-  list(filter: ImageFilter = {}): ImageView[] {
-    return this.catalog.listImages()
-      .filter((row) => filter.visibleTo === undefined || row.visibility === 'public' || row.tenant === filter.visibleTo)
-      .map((row) => this.view(row));
+  /** The images `access` sees: with a scope, its own and the public ones. */
+  list(access: Access): ImageView[] {
+    return this.catalog.listImages().filter((row) => access.seesImage(row)).map((row) => this.view(row));
   }
 
-  get(id: string): ImageView {
-    return this.view(this.imageRow(id));
+  get(id: string, access: Access): ImageView {
+    return this.view(this.imageRow(id, access));
   }
 
   /**
@@ -160,18 +156,17 @@ export class Images {
    * the image becomes available when the operation ends (and is rolled back
    * when it fails).
    */
-  async register(request: RegisterImageRequest): Promise<PutOutcome<ImageView>> {
-    const requestKey = JSON.stringify([request.volume, request.mode, request.tenant, request.visibility, request.internal]);
+  async register(request: RegisterImageRequest, access: Access): Promise<PutOutcome<ImageView>> {
+    const tenant = access.owner(request.tenant);
+    if (request.internal) access.checkInternal(`internal: true`);
+    const requestKey = JSON.stringify([request.volume, request.mode, tenant, request.visibility, request.internal]);
     // One registration per image id at a time in this process: a concurrent repeat waits and then sees the outcome.
     const release = await this.lock(`image/${request.id}`, 'exclusive', `register image ${request.id}`);
     try {
       const existing = this.catalog.getImage(request.id);
       if (existing) return await this.repeatRegistration(existing, requestKey, request.wait ?? false);
       const volume = this.catalog.getVolume(request.volume);
-      if (!volume) throw new ApiError('VOLUME_NOT_FOUND', `volume ${request.volume} does not exist`, { volume: request.volume });
-      if (volume.tenant !== request.tenant) {
-        throw new ApiError('SOURCE_NOT_VISIBLE', `volume ${volume.id} belongs to another tenant`, { volume: volume.id });
-      }
+      if (!volume || !access.usesSource(volume)) throw new ApiError('VOLUME_NOT_FOUND', `volume ${request.volume} does not exist`, { volume: request.volume });
       const imageOfVolume = this.catalog.imageOfVolume(volume.id);
       if (volume.kind === 'image' || imageOfVolume) {
         throw new ApiError('VOLUME_IS_IMAGE', `volume ${volume.id} is already an Image-Volume${imageOfVolume ? ` (image ${imageOfVolume.id})` : ''}`, {
@@ -181,19 +176,20 @@ export class Images {
       if (volume.state !== 'available') {
         throw new ApiError('VOLUME_BUSY', `volume ${volume.id} is ${volume.state}`, { volume: volume.id, state: volume.state });
       }
+      if (request.mode === 'adopt') this.volumes.checkNoWriters(volume.id); // again under the volume's lock, in adoptAsImageVolume
       const imageVolumeId = request.mode === 'adopt' ? volume.id : `iv-${randomUUID()}`;
-      const imageVolumeTenant = request.internal ? this.internalTenant : request.tenant;
+      const imageVolumeTenant = request.internal ? this.internalTenant : tenant;
       const intent = await this.writes.insertImageCreating({
-        id: request.id, volumeId: imageVolumeId, pool: volume.pool, tenant: request.tenant, visibility: request.visibility,
+        id: request.id, volumeId: imageVolumeId, pool: volume.pool, tenant, visibility: request.visibility,
         internal: request.internal, mode: request.mode, sourceVolume: volume.id, requestKey,
       });
       if (!intent.inserted) return await this.repeatRegistration(intent.row, requestKey, request.wait ?? false);
       try {
         if (request.mode === 'clone') {
-          const made = await this.volumes.createImageVolume(imageVolumeId, imageVolumeTenant, volume.id, request.tenant, request.wait ?? false);
+          const made = await this.volumes.createImageVolume(imageVolumeId, imageVolumeTenant, volume.id, access, request.wait ?? false);
           if (made.status === 'started') {
             this.finishRegistration(intent.row);
-            return { status: 'started', view: this.get(request.id), operation: made.operation };
+            return { status: 'started', view: this.view(this.imageRow(request.id)), operation: made.operation };
           }
           await this.writes.transitionImage(request.id, 'creating', 'available');
         } else {
@@ -203,7 +199,7 @@ export class Images {
         await this.rollBack(intent.row);
         throw toApiError(error, { image: request.id });
       }
-      return { status: 'created', view: this.get(request.id) };
+      return { status: 'created', view: this.view(this.imageRow(request.id)) };
     } finally {
       release();
     }
@@ -214,7 +210,9 @@ export class Images {
    * an upload cannot be compared with the first, so it is never a repeat.
    * Checks that need no byte come first, so a refused upload is not read.
    */
-  async upload(request: UploadImageRequest): Promise<ImageView> {
+  async upload(request: UploadImageRequest, access: Access): Promise<ImageView> {
+    const tenant = access.owner(request.tenant);
+    if (request.cache) access.checkInternal('cache=true');
     const pool = this.volumes.pool(request.pool ?? this.volumes.defaultPoolName()).name;
     if (this.catalog.getImage(request.id)) throw this.exists(request.id);
     const { maxImageBytes } = this.policies.get(pool) ?? {};
@@ -226,9 +224,9 @@ export class Images {
     if (declared !== undefined && request.cache) this.cache.checkFits(pool, declared);
 
     const volumeId = `iv-${randomUUID()}`;
-    const requestKey = JSON.stringify(['upload', pool, request.tenant, request.visibility, request.cache]);
+    const requestKey = JSON.stringify(['upload', pool, tenant, request.visibility, request.cache]);
     const intent = await this.writes.insertImageCreating({
-      id: request.id, volumeId, pool, tenant: request.tenant, visibility: request.visibility,
+      id: request.id, volumeId, pool, tenant, visibility: request.visibility,
       internal: request.cache, mode: 'upload', cached: request.cache, requestKey,
     });
     if (!intent.inserted) throw this.exists(request.id);
@@ -238,7 +236,7 @@ export class Images {
       const maxBytes = cacheDecides ? cacheMaxBytes : maxImageBytes;
       let received;
       try {
-        received = await this.volumes.receiveImageVolume(volumeId, request.cache ? this.internalTenant : request.tenant, pool, request.data(), {
+        received = await this.volumes.receiveImageVolume(volumeId, request.cache ? this.internalTenant : tenant, pool, request.data(), {
           ...(maxBytes !== undefined ? { maxBytes } : {}), ...(declared !== undefined ? { expectedBytes: declared } : {}),
         });
       } catch (error) {
@@ -255,18 +253,18 @@ export class Images {
       await this.rollBack(intent.row);
       throw toApiError(error, { image: request.id });
     }
-    return this.get(request.id);
+    return this.view(this.imageRow(request.id));
   }
 
   /**
-   * Opens image `id`'s bytes for reading by `viewer` (when given, the image
-   * must be visible to it). Holds a shared lock on the Image-Volume until closed.
+   * Opens image `id`'s bytes for reading with `access` (the image must be
+   * one it sees and may read). Holds a shared lock on the Image-Volume until closed.
    */
-  async openData(id: string, viewer?: string): Promise<ImageData> {
-    const row = this.visibleImage(id, viewer);
+  async openData(id: string, access: Access): Promise<ImageData> {
+    const row = this.readableImage(id, access);
     const release = await this.lock(row.volumeId, 'shared', `download image ${id}`);
     try {
-      const current = this.visibleImage(id, viewer); // it may have changed while we waited
+      const current = this.readableImage(id, access); // it may have changed while we waited
       const volume = this.catalog.getVolume(current.volumeId);
       if (!volume || volume.state !== 'available') throw new ApiError('VOLUME_BUSY', `image ${id} is not readable now`, { image: id });
       const pool = this.volumes.pool(volume.pool);
@@ -296,11 +294,13 @@ export class Images {
    * Image-Volume goes when the clones reading it have finished (in the
    * background: the answer does not wait for them).
    */
-  async delete(id: string): Promise<void> {
+  async delete(id: string, access: Access): Promise<void> {
     const release = await this.lock(`image/${id}`, 'exclusive', `delete image ${id}`);
     try {
       const row = this.catalog.getImage(id);
       if (!row) return;
+      // A public image of another tenant is seen, not owned: absent to this caller's delete.
+      if (!access.sees(row)) throw this.notFound(id);
       if (row.state === 'creating') throw new ApiError('VOLUME_BUSY', `image ${id} is being registered`, { image: id });
       // An exported Image-Volume would block the background removal: refused before anything changes.
       const exports = this.catalog.exportsOfVolume(row.volumeId);
@@ -396,21 +396,24 @@ export class Images {
     });
   }
 
-  /** An image that is available and, when `viewer` is given, visible to it. */
-  private visibleImage(id: string, viewer: string | undefined): ImageRow {
-    const row = this.imageRow(id);
-    if (row.state === 'deleting') throw new ApiError('IMAGE_NOT_FOUND', `image ${id} does not exist`, { image: id });
-    if (viewer !== undefined && row.visibility !== 'public' && row.tenant !== viewer) {
-      throw new ApiError('IMAGE_NOT_VISIBLE', `image ${id} is private to another tenant`, { image: id });
-    }
+  /** An image that is available, that `access` sees and whose data it may read. */
+  private readableImage(id: string, access: Access): ImageRow {
+    const row = this.imageRow(id, access);
+    if (row.state === 'deleting') throw this.notFound(id);
+    access.checkImageData(row);
     if (row.state !== 'available') throw new ApiError('VOLUME_BUSY', `image ${id} is ${row.state}`, { image: id, state: row.state });
     return row;
   }
 
-  private imageRow(id: string): ImageRow {
+  /** Image `id`; absent, or not seen by `access` when given: IMAGE_NOT_FOUND. */
+  private imageRow(id: string, access?: Access): ImageRow {
     const row = this.catalog.getImage(id);
-    if (!row) throw new ApiError('IMAGE_NOT_FOUND', `image ${id} does not exist`, { image: id });
+    if (!row || (access && !access.seesImage(row))) throw this.notFound(id);
     return row;
+  }
+
+  private notFound(id: string): ApiError {
+    return new ApiError('IMAGE_NOT_FOUND', `image ${id} does not exist`, { image: id });
   }
 
   private async lock(key: string, mode: 'shared' | 'exclusive', holder: string): Promise<() => void> {

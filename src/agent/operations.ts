@@ -11,11 +11,14 @@ import { randomUUID } from 'node:crypto';
 import { ApiError } from '../api/errors.js';
 import type { Catalog, OperationRow, OperationState } from '../catalog/catalog.js';
 import type { CatalogWrites } from '../catalog/writes.js';
+import type { Access } from './access.js';
 
 export interface OperationView {
   id: string;
   kind: string;
   target: string;
+  /** The owner of what it makes (absent on operations recorded before the catalog knew it). */
+  tenant?: string;
   state: OperationState;
   doneBytes: number;
   totalBytes: number;
@@ -96,27 +99,30 @@ export class Operations {
     await this.writes.finishOperation(id, state, error, { doneBytes, totalBytes });
   }
 
-  get(id: string): OperationView | undefined {
+  /** Operation `id`, when it exists and `access` (when given) sees it: an operation is its tenant's. */
+  get(id: string, access?: Access): OperationView | undefined {
     const row = this.catalog.getOperation(id);
-    return row && this.view(row);
+    return row && (!access || seenBy(row, access)) ? this.view(row) : undefined;
   }
 
-  list(): OperationView[] {
-    return this.catalog.listOperations().map((row) => this.view(row));
+  list(access?: Access): OperationView[] {
+    return this.catalog.listOperations().filter((row) => !access || seenBy(row, access)).map((row) => this.view(row));
   }
 
   isRunning(id: string): boolean {
     return this.live.has(id);
   }
 
-  /** Resolves once the operation has ended (at once if it has). */
-  async wait(id: string): Promise<OperationView | undefined> {
+  /** Resolves once the operation has ended (at once if it has); undefined when `access` does not see it. */
+  async wait(id: string, access?: Access): Promise<OperationView | undefined> {
+    if (!this.get(id, access)) return undefined;
     await this.live.get(id)?.ended;
     return this.get(id);
   }
 
-  /** Cancels a running operation and resolves once it has stopped and cleaned up. */
-  async cancel(id: string, reason = 'cancelled by request'): Promise<OperationView | undefined> {
+  /** Cancels a running operation and resolves once it has stopped and cleaned up; undefined when `access` does not see it. */
+  async cancel(id: string, reason = 'cancelled by request', access?: Access): Promise<OperationView | undefined> {
+    if (!this.get(id, access)) return undefined;
     const entry = this.live.get(id);
     if (entry) {
       entry.controller.abort(new ApiError('OPERATION_CANCELLED', reason, { operation: id }));
@@ -136,6 +142,7 @@ export class Operations {
       id: row.id,
       kind: row.kind,
       target: row.targetId,
+      ...(row.tenant !== undefined ? { tenant: row.tenant } : {}),
       state: row.state,
       doneBytes: entry?.doneBytes ?? row.doneBytes,
       totalBytes: entry?.totalBytes ?? row.totalBytes,
@@ -144,4 +151,9 @@ export class Operations {
       updatedAt: row.updatedAt,
     };
   }
+}
+
+/** An operation recorded without a tenant is seen only by an unscoped admin or reader. */
+function seenBy(row: OperationRow, access: Access): boolean {
+  return row.tenant !== undefined ? access.sees({ tenant: row.tenant }) : access.scope === undefined;
 }

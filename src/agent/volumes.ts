@@ -12,6 +12,7 @@ import type { Catalog, SnapshotRow, SourceKind, VolumeKind, VolumeRow } from '..
 import type { CatalogWrites } from '../catalog/writes.js';
 import type { ObjectState } from '../catalog/volume-state.js';
 import type { CloneOutcome, Pool, ReceiveOutcome } from '../pools/pool.js';
+import type { Access } from './access.js';
 import { toApiError } from './faults.js';
 import { snapshotObject } from './ids.js';
 import type { LockTable, Release } from './locks.js';
@@ -24,7 +25,8 @@ export type SourceRef = { volume: string } | { snapshot: string } | { image: str
 export interface PutVolumeRequest {
   id: string;
   pool?: string;
-  tenant: string;
+  /** The owner named in the request: an admin must name it; a tenant-bound peer's is its own. */
+  tenant?: string;
   sizeBytes?: number;
   source?: SourceRef;
   /** Block until a long clone has ended instead of answering with its operation. */
@@ -76,12 +78,10 @@ interface ResolvedSource {
   sizeBytes: number;
 }
 
-/** What a clone makes: a plain volume, or an Image-Volume (read-only, maybe in another tenant than its viewer). */
+/** What a clone makes: a plain volume, or an Image-Volume (read-only, maybe in the internal tenant). */
 interface CloneShape {
   kind: VolumeKind;
   readOnly: boolean;
-  /** The tenant the source must be visible to; default the new volume's. */
-  viewer?: string;
 }
 
 interface Pending {
@@ -91,7 +91,6 @@ interface Pending {
 
 export interface VolumeFilter {
   pool?: string;
-  tenant?: string;
   kind?: VolumeKind;
 }
 
@@ -129,21 +128,24 @@ export class Volumes {
 
   // --- volumes ---
 
-  async list(filter: VolumeFilter = {}): Promise<VolumeView[]> {
+  /** The volumes `access` sees (its scope's, or all). */
+  async list(access: Access, filter: VolumeFilter = {}): Promise<VolumeView[]> {
     if (filter.pool !== undefined) this.pool(filter.pool);
-    const rows = this.catalog.listVolumes(filter);
+    const rows = this.catalog.listVolumes({ ...filter, ...(access.scope !== undefined ? { tenant: access.scope } : {}) });
     return Promise.all(rows.map((row) => this.volumeView(row)));
   }
 
-  async get(id: string): Promise<VolumeView> {
-    return this.volumeView(this.volumeRow(id));
+  async get(id: string, access: Access): Promise<VolumeView> {
+    return this.volumeView(this.volumeRow(id, access));
   }
 
-  async put(request: PutVolumeRequest): Promise<PutOutcome<VolumeView>> {
-    return request.source === undefined ? this.createEmpty(request) : this.createClone(request, request.source);
+  async put(request: PutVolumeRequest, access: Access): Promise<PutOutcome<VolumeView>> {
+    const owned = { ...request, tenant: access.owner(request.tenant) };
+    return request.source === undefined ? this.createEmpty(owned) : this.createClone(owned, request.source, access);
   }
 
-  async resize(id: string, sizeBytes: number): Promise<VolumeView> {
+  async resize(id: string, sizeBytes: number, access: Access): Promise<VolumeView> {
+    this.volumeRow(id, access);
     const release = await this.lock(id, 'exclusive', `resize ${id}`);
     try {
       const row = this.volumeRow(id);
@@ -162,14 +164,16 @@ export class Volumes {
         }
         await this.writes.updateVolume(id, { sizeBytes });
       }
-      return await this.get(id);
+      return await this.volumeView(this.volumeRow(id));
     } finally {
       release();
     }
   }
 
-  /** Absent is done (204). Waits lockWaitMs for readers, then VOLUME_BUSY. An Image-Volume goes with its image only. */
-  async delete(id: string): Promise<void> {
+  /** Absent is done (204); another tenant's is absent to `access` (404). Waits lockWaitMs for readers, then VOLUME_BUSY. An Image-Volume goes with its image only. */
+  async delete(id: string, access: Access): Promise<void> {
+    const row = this.catalog.getVolume(id);
+    if (row && !access.sees(row)) throw this.notFound(id);
     const image = this.catalog.imageOfVolume(id);
     if (image) throw this.isImage(id, image.id);
     return this.remove(id);
@@ -182,12 +186,12 @@ export class Volumes {
 
   /**
    * An Image-Volume: a read-only clone of volume `source`, owned by `tenant`
-   * (maybe the internal one), the source judged visible to `viewer`. When the
+   * (maybe the internal one), the source one `access` may use. When the
    * pool copies and `wait` is false, it answers with the running operation
    * (`started`); `whenCreated` then tells how the creation ended.
    */
-  async createImageVolume(id: string, tenant: string, source: string, viewer: string, wait = true): Promise<PutOutcome<VolumeView>> {
-    return this.createClone({ id, tenant, wait }, { volume: source }, { kind: 'image', readOnly: true, viewer });
+  async createImageVolume(id: string, tenant: string, source: string, access: Access, wait = true): Promise<PutOutcome<VolumeView>> {
+    return this.createClone({ id, tenant, wait }, { volume: source }, access, { kind: 'image', readOnly: true });
   }
 
   /** Resolves when the creation of `object` running in this process has ended (at once when none runs); rejects with its fault. */
@@ -236,6 +240,7 @@ export class Volumes {
   async adoptAsImageVolume(id: string, imageId: string, tenant: string): Promise<void> {
     const release = await this.lock(id, 'exclusive', `adopt ${id} as image ${imageId}`);
     try {
+      this.checkNoWriters(id);
       const pool = this.pool(this.volumeRow(id).pool);
       try {
         await pool.setReadOnly(id, true);
@@ -282,23 +287,23 @@ export class Volumes {
 
   // --- snapshots ---
 
-  async listSnapshots(volumeId: string): Promise<SnapshotView[]> {
-    const volume = this.volumeRow(volumeId);
+  async listSnapshots(volumeId: string, access: Access): Promise<SnapshotView[]> {
+    const volume = this.volumeRow(volumeId, access);
     return Promise.all(this.catalog.listSnapshots(volumeId).map((s) => this.snapshotView(s, volume)));
   }
 
-  async getSnapshot(volumeId: string, id: string): Promise<SnapshotView> {
-    const volume = this.volumeRow(volumeId);
+  async getSnapshot(volumeId: string, id: string, access?: Access): Promise<SnapshotView> {
+    const volume = this.volumeRow(volumeId, access);
     const row = this.catalog.getSnapshot(volumeId, id);
     if (!row) throw new ApiError('SNAPSHOT_NOT_FOUND', `volume ${volumeId} has no snapshot ${id}`, { volume: volumeId, snapshot: id });
     return this.snapshotView(row, volume);
   }
 
-  async putSnapshot(volumeId: string, id: string, wait: boolean): Promise<PutOutcome<SnapshotView>> {
+  async putSnapshot(volumeId: string, id: string, wait: boolean, access: Access): Promise<PutOutcome<SnapshotView>> {
     const object = snapshotObject(volumeId, id);
+    let volume = this.volumeRow(volumeId, access);
     const existing = this.catalog.findSnapshot(id);
     if (existing) return this.repeatSnapshot(existing, volumeId, wait);
-    let volume = this.volumeRow(volumeId);
     const image = this.catalog.imageOfVolume(volumeId);
     if (image) throw this.isImage(volumeId, image.id); // immutable already: an image is cloned from, not snapshotted
     const pool = this.pool(volume.pool);
@@ -310,7 +315,7 @@ export class Volumes {
       this.requireAvailable(volume);
       const operationId = pool.capabilities().constantTimeClone ? undefined : newOperationId();
       const inserted = await this.recordIntent(object, this.writes.insertSnapshotCreating({ volumeId, id, pool: pool.name, sizeBytes: volume.sizeBytes },
-        operationId ? { id: operationId, kind: 'snapshot', targetId: object, totalBytes: volume.sizeBytes } : undefined));
+        operationId ? { id: operationId, kind: 'snapshot', targetId: object, totalBytes: volume.sizeBytes, tenant: volume.tenant } : undefined));
       if (!inserted.inserted) return await this.repeatSnapshot(inserted.row, volumeId, wait);
       handedOver = true;
       const work = async (context?: TaskContext): Promise<void> => {
@@ -335,7 +340,9 @@ export class Volumes {
     }
   }
 
-  async deleteSnapshot(volumeId: string, id: string): Promise<void> {
+  async deleteSnapshot(volumeId: string, id: string, access: Access): Promise<void> {
+    const volume = this.catalog.getVolume(volumeId);
+    if (volume && !access.sees(volume)) throw this.notFound(volumeId);
     const object = snapshotObject(volumeId, id);
     const first = this.catalog.getSnapshot(volumeId, id);
     if (!first) return;
@@ -362,7 +369,7 @@ export class Volumes {
 
   // --- creation ---
 
-  private async createEmpty(request: PutVolumeRequest): Promise<PutOutcome<VolumeView>> {
+  private async createEmpty(request: PutVolumeRequest & { tenant: string }): Promise<PutOutcome<VolumeView>> {
     const pool = this.pool(request.pool ?? this.defaultPoolName());
     const { id, tenant, sizeBytes } = request;
     if (sizeBytes === undefined) throw new ApiError('INVALID_SIZE', 'sizeBytes is required when there is no source', { field: 'sizeBytes' });
@@ -384,13 +391,13 @@ export class Volumes {
     };
     this.start(id, sizeBytes, undefined, work, () => undefined);
     await this.settled(id);
-    return { status: 'created', view: await this.get(id) };
+    return { status: 'created', view: await this.viewOf(id) };
   }
 
-  private async createClone(request: PutVolumeRequest, ref: SourceRef, shape: CloneShape = { kind: 'volume', readOnly: false }): Promise<PutOutcome<VolumeView>> {
+  private async createClone(request: PutVolumeRequest & { tenant: string }, ref: SourceRef, access: Access,
+    shape: CloneShape = { kind: 'volume', readOnly: false }): Promise<PutOutcome<VolumeView>> {
     const { id, tenant } = request;
-    const viewer = shape.viewer ?? tenant;
-    let source = this.resolveSource(ref, viewer);
+    let source = this.resolveSource(ref, access);
     if (request.pool !== undefined && request.pool !== source.pool) {
       this.pool(request.pool);
       throw new ApiError('UNSUPPORTED_FOR_POOL', `a clone is made in its source's pool (${source.pool}), not in ${request.pool}`, {
@@ -411,12 +418,12 @@ export class Volumes {
     const release = await this.lock(source.object, 'shared', `clone ${id}`);
     let handedOver = false;
     try {
-      source = this.resolveSource(ref, viewer); // it may have changed while we waited for the lock
+      source = this.resolveSource(ref, access); // it may have changed while we waited for the lock
       const sizeBytes = request.sizeBytes ?? source.sizeBytes;
       const operationId = pool.capabilities().constantTimeClone ? undefined : newOperationId();
       const inserted = await this.recordIntent(id, this.writes.insertCreating(
         { id, pool: pool.name, tenant, kind: shape.kind, readOnly: shape.readOnly, sizeBytes, requestKey, source: { kind: source.kind, id: source.id } },
-        operationId ? { id: operationId, kind: 'clone', targetId: id, totalBytes: source.sizeBytes } : undefined));
+        operationId ? { id: operationId, kind: 'clone', targetId: id, totalBytes: source.sizeBytes, tenant } : undefined));
       if (!inserted.inserted) return await this.repeatVolume(inserted.row, requestKey, request.wait);
       handedOver = true;
       const resolved = source;
@@ -439,9 +446,9 @@ export class Volumes {
         }
       };
       const started = this.start(id, source.sizeBytes, operationId, work, release);
-      if (started && !request.wait) return { status: 'started', view: await this.get(id), operation: started };
+      if (started && !request.wait) return { status: 'started', view: await this.viewOf(id), operation: started };
       await this.settled(id);
-      return { status: 'created', view: await this.get(id) };
+      return { status: 'created', view: await this.viewOf(id) };
     } finally {
       if (!handedOver) release();
     }
@@ -513,7 +520,7 @@ export class Volumes {
     }
     const running = row.state === 'creating' ? await this.joinCreation(row.id, row.operationId, wait) : undefined;
     if (running) return { status: 'started', view: await this.volumeView(row), operation: running };
-    return { status: 'exists', view: await this.get(row.id) };
+    return { status: 'exists', view: await this.viewOf(row.id) };
   }
 
   private async repeatSnapshot(row: SnapshotRow, volumeId: string, wait: boolean): Promise<PutOutcome<SnapshotView>> {
@@ -526,21 +533,19 @@ export class Volumes {
     return { status: 'exists', view: await this.getSnapshot(volumeId, row.id) };
   }
 
-  private resolveSource(ref: SourceRef, tenant: string): ResolvedSource {
+  /** The source `ref` names, when `access` may clone from it; another tenant's is absent (404). */
+  private resolveSource(ref: SourceRef, access: Access): ResolvedSource {
     if ('volume' in ref) {
-      const row = this.volumeRow(ref.volume);
-      if (row.tenant !== tenant) {
-        throw new ApiError('SOURCE_NOT_VISIBLE', `volume ${row.id} belongs to another tenant`, { volume: row.id });
-      }
+      const row = this.catalog.getVolume(ref.volume);
+      if (!row || !access.usesSource(row)) throw this.notFound(ref.volume);
       this.requireAvailable(row);
       return { ref, kind: 'volume', id: row.id, pool: row.pool, object: row.id, sizeBytes: row.sizeBytes };
     }
     if ('snapshot' in ref) {
       const snapshot = this.catalog.findSnapshot(ref.snapshot);
-      if (!snapshot) throw new ApiError('SNAPSHOT_NOT_FOUND', `snapshot ${ref.snapshot} does not exist`, { snapshot: ref.snapshot });
-      const volume = this.volumeRow(snapshot.volumeId);
-      if (volume.tenant !== tenant) {
-        throw new ApiError('SOURCE_NOT_VISIBLE', `snapshot ${snapshot.id} belongs to another tenant`, { snapshot: snapshot.id });
+      const volume = snapshot && this.catalog.getVolume(snapshot.volumeId);
+      if (!snapshot || !volume || !access.usesSource(volume)) {
+        throw new ApiError('SNAPSHOT_NOT_FOUND', `snapshot ${ref.snapshot} does not exist`, { snapshot: ref.snapshot });
       }
       if (snapshot.state !== 'available') {
         throw new ApiError('VOLUME_BUSY', `snapshot ${snapshot.id} is ${snapshot.state}`, { snapshot: snapshot.id, state: snapshot.state });
@@ -548,9 +553,8 @@ export class Volumes {
       return { ref, kind: 'snapshot', id: snapshot.id, pool: snapshot.pool, object: snapshotObject(snapshot.volumeId, snapshot.id), sizeBytes: snapshot.sizeBytes };
     }
     const image = this.catalog.getImage(ref.image);
-    if (!image || image.state === 'deleting') throw new ApiError('IMAGE_NOT_FOUND', `image ${ref.image} does not exist`, { image: ref.image });
-    if (image.visibility !== 'public' && image.tenant !== tenant) {
-      throw new ApiError('IMAGE_NOT_VISIBLE', `image ${image.id} is private to another tenant`, { image: image.id });
+    if (!image || image.state === 'deleting' || !access.usesImage(image)) {
+      throw new ApiError('IMAGE_NOT_FOUND', `image ${ref.image} does not exist`, { image: ref.image });
     }
     if (image.state !== 'available') {
       throw new ApiError('VOLUME_BUSY', `image ${image.id} is ${image.state}`, { image: image.id, state: image.state });
@@ -580,10 +584,21 @@ export class Volumes {
     return pool;
   }
 
-  private volumeRow(id: string): VolumeRow {
+  /** Volume `id`; absent, or another tenant's to `access` when given: VOLUME_NOT_FOUND. */
+  private volumeRow(id: string, access?: Access): VolumeRow {
     const row = this.catalog.getVolume(id);
-    if (!row) throw new ApiError('VOLUME_NOT_FOUND', `volume ${id} does not exist`, { volume: id });
+    if (!row || (access && !access.sees(row))) throw this.notFound(id);
     return row;
+  }
+
+  /** The view of a volume this request made or found (already judged visible). */
+  private async viewOf(id: string): Promise<VolumeView> {
+    return this.volumeView(this.volumeRow(id));
+  }
+
+  /** Absent, or not the caller's: one answer for both, so no other tenant's id is confirmed. */
+  private notFound(id: string): ApiError {
+    return new ApiError('VOLUME_NOT_FOUND', `volume ${id} does not exist`, { volume: id });
   }
 
   private requireAvailable(row: VolumeRow): void {
@@ -608,6 +623,19 @@ export class Volumes {
       pool.objectPath(object);
     } catch (error) {
       throw toApiError(error, details);
+    }
+  }
+
+  /**
+   * An Image-Volume is immutable: a volume with a writable export (whose
+   * writer would go on changing it) is not made one. VOLUME_IN_USE.
+   */
+  checkNoWriters(id: string): void {
+    const writable = this.catalog.exportsOfVolume(id).filter((e) => !e.readOnly);
+    if (writable.length > 0) {
+      throw new ApiError('VOLUME_IN_USE', `volume ${id} has writable exports (${writable.map((e) => e.id).join(', ')}): an Image-Volume is immutable; remove them or export the volume read-only first`, {
+        volume: id, exports: writable.map((e) => e.id),
+      });
     }
   }
 

@@ -3,6 +3,7 @@
 // the domain (STYLE.md 7: parse, then execute). Handlers never see sockets.
 import type { Writable } from 'node:stream';
 
+import type { Access, Principal } from '../agent/access.js';
 import type { Agent } from '../agent/agent.js';
 import type { PutOutcome } from '../agent/volumes.js';
 import { ApiError } from './errors.js';
@@ -10,6 +11,8 @@ import { sendFileRange } from './file-body.js';
 import { parseBoolean, parseChoice, parseFlag, parseId, parseOptionalId, parseRange, parseSize, parseSource, requireFields, requireQuery } from './parse.js';
 
 export interface RouteInput {
+  /** Who asks, from the peer's credentials (docs/api.md "Access"). */
+  principal: Principal;
   params: string[];
   query: URLSearchParams;
   /** The parsed JSON body; undefined when the request had none. */
@@ -49,6 +52,14 @@ export interface Route {
   handle(agent: Agent, input: RouteInput): Promise<Reply>;
 }
 
+/**
+ * The access of a request whose query may scope it with `?tenant=X` (an
+ * admin's ownership check; a tenant-bound peer may name only its own).
+ */
+function scoped(agent: Agent, principal: Principal, query: URLSearchParams): Access {
+  return agent.access(principal, parseOptionalId(query.get('tenant') ?? undefined, 'tenant'));
+}
+
 function noBodyFields(body: Record<string, unknown> | undefined): void {
   if (body) requireFields(body, []);
 }
@@ -61,8 +72,9 @@ function putReply<View>(outcome: PutOutcome<View>, key: 'volume' | 'snapshot' | 
 export const ROUTES: readonly Route[] = [
   {
     method: 'GET', pattern: '/metrics', body: 'none',
-    handle: async (agent, { query }) => {
+    handle: async (agent, { principal, query }) => {
       requireQuery(query, []);
+      agent.access(principal).checkAgentWide('GET /metrics');
       const text = await agent.metrics.text();
       return {
         status: 200, headers: { 'content-type': agent.metrics.contentType, 'content-length': Buffer.byteLength(text) },
@@ -86,151 +98,152 @@ export const ROUTES: readonly Route[] = [
   },
   {
     method: 'GET', pattern: '/v1/volumes', body: 'none',
-    handle: async (agent, { query }) => {
+    handle: async (agent, { principal, query }) => {
       requireQuery(query, ['pool', 'tenant', 'kind']);
       const kind = query.get('kind') ?? undefined;
       if (kind !== undefined && kind !== 'volume' && kind !== 'image') {
         throw new ApiError('BAD_REQUEST', 'kind must be volume or image', { parameter: 'kind', value: kind });
       }
       const pool = parseOptionalId(query.get('pool') ?? undefined, 'pool');
-      const tenant = parseOptionalId(query.get('tenant') ?? undefined, 'tenant');
-      return { status: 200, body: await agent.volumes.list({ ...(pool ? { pool } : {}), ...(tenant ? { tenant } : {}), ...(kind ? { kind } : {}) }) };
+      const access = scoped(agent, principal, query);
+      return { status: 200, body: await agent.volumes.list(access, { ...(pool ? { pool } : {}), ...(kind ? { kind } : {}) }) };
     },
   },
   {
     method: 'GET', pattern: '/v1/volumes/:id', body: 'none',
-    handle: async (agent, { params: [id], query }) => {
-      requireQuery(query, []);
-      return { status: 200, body: await agent.volumes.get(id!) };
+    handle: async (agent, { principal, params: [id], query }) => {
+      requireQuery(query, ['tenant']);
+      return { status: 200, body: await agent.volumes.get(id!, scoped(agent, principal, query)) };
     },
   },
   {
     method: 'PUT', pattern: '/v1/volumes/:id', body: 'required',
-    handle: async (agent, { params: [id], query, body }) => {
+    handle: async (agent, { principal, params: [id], query, body }) => {
       requireQuery(query, ['wait']);
       const fields = body!;
       requireFields(fields, ['pool', 'tenant', 'sizeBytes', 'source']);
-      const tenant = parseId(fields.tenant, 'tenant');
+      const tenant = parseOptionalId(fields.tenant, 'tenant');
       const pool = parseOptionalId(fields.pool, 'pool');
       const sizeBytes = fields.sizeBytes === undefined ? undefined : parseSize(fields.sizeBytes);
       const source = fields.source === undefined ? undefined : parseSource(fields.source);
       const outcome = await agent.volumes.put({
-        id: id!, tenant, wait: parseFlag(query, 'wait'),
+        id: id!, wait: parseFlag(query, 'wait'), ...(tenant !== undefined ? { tenant } : {}),
         ...(pool !== undefined ? { pool } : {}), ...(sizeBytes !== undefined ? { sizeBytes } : {}), ...(source ? { source } : {}),
-      });
+      }, agent.access(principal));
       return putReply(outcome, 'volume');
     },
   },
   {
     method: 'DELETE', pattern: '/v1/volumes/:id', body: 'none',
-    handle: async (agent, { params: [id], query }) => {
-      requireQuery(query, []);
-      await agent.volumes.delete(id!);
+    handle: async (agent, { principal, params: [id], query }) => {
+      requireQuery(query, ['tenant']);
+      await agent.volumes.delete(id!, scoped(agent, principal, query));
       return { status: 204 };
     },
   },
   {
     method: 'POST', pattern: '/v1/volumes/:id/resize', body: 'required',
-    handle: async (agent, { params: [id], query, body }) => {
-      requireQuery(query, []);
+    handle: async (agent, { principal, params: [id], query, body }) => {
+      requireQuery(query, ['tenant']);
       requireFields(body!, ['sizeBytes']);
-      return { status: 200, body: await agent.volumes.resize(id!, parseSize(body!.sizeBytes)) };
+      return { status: 200, body: await agent.volumes.resize(id!, parseSize(body!.sizeBytes), scoped(agent, principal, query)) };
     },
   },
   {
     method: 'GET', pattern: '/v1/volumes/:id/snapshots', body: 'none',
-    handle: async (agent, { params: [id], query }) => {
-      requireQuery(query, []);
-      return { status: 200, body: await agent.volumes.listSnapshots(id!) };
+    handle: async (agent, { principal, params: [id], query }) => {
+      requireQuery(query, ['tenant']);
+      return { status: 200, body: await agent.volumes.listSnapshots(id!, scoped(agent, principal, query)) };
     },
   },
   {
     method: 'GET', pattern: '/v1/volumes/:id/snapshots/:sid', body: 'none',
-    handle: async (agent, { params: [id, sid], query }) => {
-      requireQuery(query, []);
-      return { status: 200, body: await agent.volumes.getSnapshot(id!, sid!) };
+    handle: async (agent, { principal, params: [id, sid], query }) => {
+      requireQuery(query, ['tenant']);
+      return { status: 200, body: await agent.volumes.getSnapshot(id!, sid!, scoped(agent, principal, query)) };
     },
   },
   {
     method: 'PUT', pattern: '/v1/volumes/:id/snapshots/:sid', body: 'optional',
-    handle: async (agent, { params: [id, sid], query, body }) => {
-      requireQuery(query, ['wait']);
+    handle: async (agent, { principal, params: [id, sid], query, body }) => {
+      requireQuery(query, ['wait', 'tenant']);
       noBodyFields(body);
-      return putReply(await agent.volumes.putSnapshot(id!, sid!, parseFlag(query, 'wait')), 'snapshot');
+      return putReply(await agent.volumes.putSnapshot(id!, sid!, parseFlag(query, 'wait'), scoped(agent, principal, query)), 'snapshot');
     },
   },
   {
     method: 'DELETE', pattern: '/v1/volumes/:id/snapshots/:sid', body: 'none',
-    handle: async (agent, { params: [id, sid], query }) => {
-      requireQuery(query, []);
-      await agent.volumes.deleteSnapshot(id!, sid!);
+    handle: async (agent, { principal, params: [id, sid], query }) => {
+      requireQuery(query, ['tenant']);
+      await agent.volumes.deleteSnapshot(id!, sid!, scoped(agent, principal, query));
       return { status: 204 };
     },
   },
   {
     method: 'GET', pattern: '/v1/images', body: 'none',
-    handle: async (agent, { query }) => {
+    handle: async (agent, { principal, query }) => {
       requireQuery(query, ['tenant']);
-      const tenant = parseOptionalId(query.get('tenant') ?? undefined, 'tenant');
-      return { status: 200, body: agent.images.list(tenant ? { visibleTo: tenant } : {}) };
+      return { status: 200, body: agent.images.list(scoped(agent, principal, query)) };
     },
   },
   {
     method: 'GET', pattern: '/v1/images/:id', body: 'none',
-    handle: async (agent, { params: [id], query }) => {
-      requireQuery(query, []);
-      return { status: 200, body: agent.images.get(id!) };
+    handle: async (agent, { principal, params: [id], query }) => {
+      requireQuery(query, ['tenant']);
+      return { status: 200, body: agent.images.get(id!, scoped(agent, principal, query)) };
     },
   },
   {
     method: 'PUT', pattern: '/v1/images/:id', body: 'required',
-    handle: async (agent, { params: [id], query, body }) => {
+    handle: async (agent, { principal, params: [id], query, body }) => {
       requireQuery(query, ['wait']);
       const fields = body!;
       requireFields(fields, ['volume', 'mode', 'tenant', 'visibility', 'internal']);
+      const tenant = parseOptionalId(fields.tenant, 'tenant');
       const outcome = await agent.images.register({
         id: id!,
         volume: parseId(fields.volume, 'volume'),
         mode: parseChoice(fields.mode, 'mode', ['clone', 'adopt'] as const),
-        tenant: parseId(fields.tenant, 'tenant'),
+        ...(tenant !== undefined ? { tenant } : {}),
         visibility: parseChoice(fields.visibility, 'visibility', ['public', 'private'] as const, 'private'),
         internal: parseBoolean(fields.internal, 'internal', false),
         wait: parseFlag(query, 'wait'),
-      });
+      }, agent.access(principal));
       return putReply(outcome, 'image');
     },
   },
   {
     method: 'DELETE', pattern: '/v1/images/:id', body: 'none',
-    handle: async (agent, { params: [id], query }) => {
-      requireQuery(query, []);
-      await agent.images.delete(id!);
+    handle: async (agent, { principal, params: [id], query }) => {
+      requireQuery(query, ['tenant']);
+      await agent.images.delete(id!, scoped(agent, principal, query));
       return { status: 204 };
     },
   },
   {
     method: 'PUT', pattern: '/v1/images/:id/data', body: 'stream',
-    handle: async (agent, { params: [id], query, upload }) => {
+    handle: async (agent, { principal, params: [id], query, upload }) => {
       requireQuery(query, ['pool', 'tenant', 'visibility', 'cache']);
       const pool = parseOptionalId(query.get('pool') ?? undefined, 'pool');
+      // `tenant` names the owner here, as the body's field does on the other creations.
+      const tenant = parseOptionalId(query.get('tenant') ?? undefined, 'tenant');
       const view = await agent.images.upload({
         id: id!,
         ...(pool !== undefined ? { pool } : {}),
-        tenant: parseId(query.get('tenant') ?? undefined, 'tenant'),
+        ...(tenant !== undefined ? { tenant } : {}),
         visibility: parseChoice(query.get('visibility') ?? undefined, 'visibility', ['public', 'private'] as const, 'private'),
         cache: parseFlag(query, 'cache'),
         ...(upload!.contentLength !== undefined ? { contentLength: upload!.contentLength } : {}),
         data: () => upload!.chunks(),
-      });
+      }, agent.access(principal));
       return { status: 201, body: view };
     },
   },
   {
     method: 'GET', pattern: '/v1/images/:id/data', body: 'none',
-    handle: async (agent, { params: [id], query, range: rangeHeader }) => {
+    handle: async (agent, { principal, params: [id], query, range: rangeHeader }) => {
       requireQuery(query, ['tenant']);
-      const tenant = parseOptionalId(query.get('tenant') ?? undefined, 'tenant');
-      const data = await agent.images.openData(id!, tenant);
+      const data = await agent.images.openData(id!, scoped(agent, principal, query));
       try {
         const range = parseRange(rangeHeader, data.sizeBytes);
         const start = range?.start ?? 0;
@@ -259,73 +272,76 @@ export const ROUTES: readonly Route[] = [
   },
   {
     method: 'POST', pattern: '/v1/volumes/:id/exports', body: 'required',
-    handle: async (agent, { params: [id], query, body }) => {
-      requireQuery(query, []);
+    handle: async (agent, { principal, params: [id], query, body }) => {
+      requireQuery(query, ['tenant']);
       requireFields(body!, ['protocol', 'readOnly', 'directIo']);
       const protocol = parseChoice(body!.protocol, 'protocol', ['nbd', 'block'] as const, 'nbd');
       const readOnly = parseBoolean(body!.readOnly, 'readOnly', false);
       const directIo = parseBoolean(body!.directIo, 'directIo', false);
-      return { status: 201, body: await agent.exports.create({ volumeId: id!, protocol, readOnly, ...(directIo ? { directIo } : {}) }) };
+      return { status: 201, body: await agent.exports.create({ volumeId: id!, protocol, readOnly, ...(directIo ? { directIo } : {}) }, scoped(agent, principal, query)) };
     },
   },
   {
     method: 'GET', pattern: '/v1/exports', body: 'none',
-    handle: async (agent, { query }) => {
-      requireQuery(query, []);
-      return { status: 200, body: agent.exports.list() };
+    handle: async (agent, { principal, query }) => {
+      requireQuery(query, ['tenant']);
+      return { status: 200, body: agent.exports.list(scoped(agent, principal, query)) };
     },
   },
   {
     method: 'GET', pattern: '/v1/exports/:id', body: 'none',
-    handle: async (agent, { params: [id], query }) => {
-      requireQuery(query, []);
-      return { status: 200, body: agent.exports.get(id!) };
+    handle: async (agent, { principal, params: [id], query }) => {
+      requireQuery(query, ['tenant']);
+      return { status: 200, body: agent.exports.get(id!, scoped(agent, principal, query)) };
     },
   },
   {
     method: 'DELETE', pattern: '/v1/exports/:id', body: 'none',
-    handle: async (agent, { params: [id], query }) => {
-      requireQuery(query, []);
-      await agent.exports.delete(id!);
+    handle: async (agent, { principal, params: [id], query }) => {
+      requireQuery(query, ['tenant']);
+      await agent.exports.delete(id!, scoped(agent, principal, query));
       return { status: 204 };
     },
   },
   {
     method: 'GET', pattern: '/v1/operations', body: 'none',
-    handle: async (agent, { query }) => {
-      requireQuery(query, []);
-      return { status: 200, body: agent.operations.list() };
+    handle: async (agent, { principal, query }) => {
+      requireQuery(query, ['tenant']);
+      return { status: 200, body: agent.operations.list(scoped(agent, principal, query)) };
     },
   },
   {
     method: 'GET', pattern: '/v1/operations/:id', body: 'none',
-    handle: async (agent, { params: [id], query }) => {
-      requireQuery(query, ['wait']);
-      const view = parseFlag(query, 'wait') ? await agent.operations.wait(id!) : agent.operations.get(id!);
+    handle: async (agent, { principal, params: [id], query }) => {
+      requireQuery(query, ['wait', 'tenant']);
+      const access = scoped(agent, principal, query);
+      const view = parseFlag(query, 'wait') ? await agent.operations.wait(id!, access) : agent.operations.get(id!, access);
       if (!view) throw new ApiError('OPERATION_NOT_FOUND', `operation ${id} does not exist`, { operation: id });
       return { status: 200, body: view };
     },
   },
   {
     method: 'DELETE', pattern: '/v1/operations/:id', body: 'none',
-    handle: async (agent, { params: [id], query }) => {
-      requireQuery(query, []);
-      const view = await agent.operations.cancel(id!);
+    handle: async (agent, { principal, params: [id], query }) => {
+      requireQuery(query, ['tenant']);
+      const view = await agent.operations.cancel(id!, 'cancelled by request', scoped(agent, principal, query));
       if (!view) throw new ApiError('OPERATION_NOT_FOUND', `operation ${id} does not exist`, { operation: id });
       return { status: 200, body: view };
     },
   },
   {
     method: 'GET', pattern: '/v1/check', body: 'none',
-    handle: async (agent, { query }) => {
+    handle: async (agent, { principal, query }) => {
       requireQuery(query, []);
+      agent.access(principal).checkAgentWide('GET /v1/check');
       return { status: 200, body: await agent.check(false) };
     },
   },
   {
     method: 'POST', pattern: '/v1/check/repair', body: 'optional',
-    handle: async (agent, { query, body }) => {
+    handle: async (agent, { principal, query, body }) => {
       requireQuery(query, []);
+      agent.access(principal).checkAgentWide('POST /v1/check/repair');
       noBodyFields(body);
       return { status: 200, body: await agent.check(true) };
     },

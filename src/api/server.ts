@@ -16,7 +16,7 @@ import { native } from '../native/binding.js';
 import { parseJsonObject, readBody } from './body.js';
 import { ApiError } from './errors.js';
 import type { Peer } from './peer-auth.js';
-import { isMutating, mayRequest, roleOf } from './peer-auth.js';
+import { boundTenants, isMutating, mayRequest, principalOf } from './peer-auth.js';
 import type { Reply, UploadBody } from './routes.js';
 import { matchRoute } from './routes.js';
 
@@ -185,8 +185,11 @@ export function createApiServer(agent: Agent, logger: Logger, options: ApiServer
       }
       route = match.route.pattern;
       metricRoute = route;
-      if (peer && !mayRequest(peer.role, method)) {
-        throw new ApiError('FORBIDDEN', `uid ${peer.uid} has the ${peer.role} role in [control].allow: ${method} is not allowed`, { uid: peer.uid, role: peer.role, method });
+      // Every connection is admitted with its peer; one without is refused, never let through.
+      if (!peer) throw new ApiError('FORBIDDEN', 'the connection has no admitted peer', {});
+      const { principal } = peer;
+      if (!mayRequest(principal.role, method)) {
+        throw new ApiError('FORBIDDEN', `uid ${peer.uid} has the ${principal.role} role in [control].allow: ${method} is not allowed`, { uid: peer.uid, role: principal.role, method });
       }
       if (route.startsWith('/v1/volumes/:id')) volume = match.params[0];
       const streamed = match.route.body === 'stream';
@@ -195,7 +198,7 @@ export function createApiServer(agent: Agent, logger: Logger, options: ApiServer
       const raw = streamed ? undefined : await readBody(request);
       const body = match.route.body === 'none' || streamed ? undefined : parseJsonObject(raw, match.route.body === 'optional');
       reply = await match.route.handle(agent, {
-        params: match.params, query: url.searchParams, body,
+        principal, params: match.params, query: url.searchParams, body,
         ...(streamed ? { upload: uploadBody(request, response, expectsContinue) } : {}),
         ...(request.headers.range !== undefined ? { range: request.headers.range } : {}),
       });
@@ -289,14 +292,16 @@ export function createApiServer(agent: Agent, logger: Logger, options: ApiServer
       socket.destroy();
       return;
     }
-    const role = roleOf(credentials, options.allow);
+    const principal = principalOf(credentials, options.allow);
     const who = { uid: credentials.uid, gid: credentials.gid, pid: credentials.pid };
-    if (!role) {
-      logger.warn({ peer: who }, 'refused a control connection: its peer is not in [control].allow');
-      refuseConnection(socket, new ApiError('FORBIDDEN', `uid ${credentials.uid} (gid ${credentials.gid}) may not use the control socket: not in [control].allow`, { uid: credentials.uid, gid: credentials.gid }));
+    if (!principal) {
+      const tenants = boundTenants(credentials, options.allow);
+      const why = tenants.length > 1 ? `its peer matches tenant rules of ${tenants.join(', ')} in [control].allow, and no rule says which it acts for` : 'not in [control].allow';
+      logger.warn({ peer: who, ...(tenants.length > 1 ? { tenants } : {}) }, `refused a control connection: ${why}`);
+      refuseConnection(socket, new ApiError('FORBIDDEN', `uid ${credentials.uid} (gid ${credentials.gid}) may not use the control socket: ${why}`, { uid: credentials.uid, gid: credentials.gid }));
       return;
     }
-    peers.set(socket, { ...credentials, role });
+    peers.set(socket, { ...credentials, principal });
     server.emit('connection', socket);
     socket.resume();
   };

@@ -52,6 +52,8 @@ export interface NewOperation {
   kind: string;
   targetId: string;
   totalBytes: number;
+  /** The owner of what the operation makes. */
+  tenant: string;
 }
 
 export interface VolumeFilter {
@@ -67,6 +69,8 @@ export interface OperationRow {
   id: string;
   kind: string;
   targetId: string;
+  /** The owner of what it makes; absent on operations recorded before catalog schema 8. */
+  tenant?: string;
   state: OperationState;
   doneBytes: number;
   totalBytes: number;
@@ -146,7 +150,7 @@ interface VolumeRecord {
 }
 
 interface OperationRecord {
-  id: string; kind: string; target_id: string; state: OperationState; done_bytes: number; total_bytes: number;
+  id: string; kind: string; target_id: string; tenant: string | null; state: OperationState; done_bytes: number; total_bytes: number;
   error: string | null; error_code: string | null; created_at: string; updated_at: string;
 }
 
@@ -169,7 +173,7 @@ function toVolume(r: VolumeRecord): VolumeRow {
 
 function toOperation(r: OperationRecord): OperationRow {
   return {
-    id: r.id, kind: r.kind, targetId: r.target_id, state: r.state, doneBytes: r.done_bytes, totalBytes: r.total_bytes,
+    id: r.id, kind: r.kind, targetId: r.target_id, ...(r.tenant !== null ? { tenant: r.tenant } : {}), state: r.state, doneBytes: r.done_bytes, totalBytes: r.total_bytes,
     ...(r.error ? { error: { code: r.error_code ?? 'INTERNAL', message: r.error } } : {}),
     createdAt: r.created_at, updatedAt: r.updated_at,
   };
@@ -504,8 +508,8 @@ export class Catalog {
 
   insertOperation(op: NewOperation): OperationRow {
     const at = this.now();
-    this.sql(`INSERT INTO operations (id, kind, target_id, state, total_bytes, created_at, updated_at)
-      VALUES (?, ?, ?, 'running', ?, ?, ?)`).run(op.id, op.kind, op.targetId, op.totalBytes, at, at);
+    this.sql(`INSERT INTO operations (id, kind, target_id, tenant, state, total_bytes, created_at, updated_at)
+      VALUES (?, ?, ?, ?, 'running', ?, ?, ?)`).run(op.id, op.kind, op.targetId, op.tenant, op.totalBytes, at, at);
     return this.getOperation(op.id)!;
   }
 

@@ -139,6 +139,12 @@ export const MIGRATIONS: readonly string[] = [
   `
   ALTER TABLE exports ADD COLUMN direct_io INTEGER NOT NULL DEFAULT 0 CHECK (direct_io IN (0, 1));
   `,
+  // 8: the tenant an operation works for (the owner of what it makes), so a
+  // tenant-bound peer sees its own operations, also after their target is
+  // gone. NULL for operations recorded before: only admins and readers see them.
+  `
+  ALTER TABLE operations ADD COLUMN tenant TEXT;
+  `,
 ];
 
 export function schemaVersion(db: Database): number {

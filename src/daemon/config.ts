@@ -13,12 +13,14 @@ import { parseBytes } from '../units/bytes.js';
 
 export type { FilePoolConfig, ImageCacheConfig, PoolConfig, ThinPoolConfig } from '../pools/pool-config.js';
 
-export type Role = 'admin' | 'reader';
+export type Role = 'admin' | 'reader' | 'tenant';
 
 export interface AllowRule {
   uid?: number;
   gid?: number;
   role: Role;
+  /** The one tenant a `tenant` rule binds its peer to. */
+  tenant?: string;
 }
 
 export type ListenAddress = { kind: 'unix'; path: string } | { kind: 'tcp'; host: string; port: number };
@@ -243,10 +245,13 @@ export function readConfig(document: Table, source: string, baseDir: string): Ag
     const uid = rule.integer('uid', 0, 2 ** 32 - 2);
     const gid = rule.integer('gid', 0, 2 ** 32 - 2);
     const role = rule.string('role');
-    if (role !== 'admin' && role !== 'reader') rule.fail('role', 'must be "admin" or "reader"');
+    if (role !== 'admin' && role !== 'reader' && role !== 'tenant') rule.fail('role', 'must be "admin", "reader" or "tenant"');
+    const tenant = rule.has('tenant') ? rule.name('tenant') : undefined;
+    if (role === 'tenant' && tenant === undefined) rule.fail('tenant', 'is required for role "tenant" (the tenant the peer is bound to)');
+    if (role !== 'tenant' && tenant !== undefined) rule.fail('tenant', 'is only for role "tenant"');
     if ((uid === undefined) === (gid === undefined)) throw new ConfigError(source, `control.allow[${i}]`, 'needs exactly one of uid or gid');
     rule.done();
-    return { ...(uid !== undefined ? { uid } : {}), ...(gid !== undefined ? { gid } : {}), role } as AllowRule;
+    return { ...(uid !== undefined ? { uid } : {}), ...(gid !== undefined ? { gid } : {}), role, ...(tenant !== undefined ? { tenant } : {}) } as AllowRule;
   });
   control.done();
 
@@ -266,6 +271,11 @@ export function readConfig(document: Table, source: string, baseDir: string): Ag
 
   const agent = top.optionalTable('agent');
   const internalTenant = agent?.has('internal_tenant') ? agent.name('internal_tenant') : 'volagent-internal';
+  allow.forEach((rule, i) => {
+    if (rule.tenant === internalTenant) {
+      throw new ConfigError(source, `control.allow[${i}].tenant`, `is the internal tenant (${internalTenant}): only an admin acts as the internal tenant`);
+    }
+  });
   const lockWaitMs = agent?.integer('lock_wait_ms', 0, 600_000) ?? DEFAULT_LOCK_WAIT_MS;
   agent?.done();
 

@@ -230,6 +230,6 @@ function imagePolicyOf(pool: PoolConfig): PoolImagePolicy {
 /** STATUS= for systemctl status: what the agent serves. */
 function statusLine(agent: Agent): string {
   const volumes = agent.catalog.listVolumes().length;
-  const exports = agent.exports.list().length;
+  const exports = agent.exports.list(agent.system).length;
   return `serving ${agent.pools.size} pool(s), ${volumes} volume(s), ${exports} export(s)`;
 }

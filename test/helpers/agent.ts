@@ -123,7 +123,7 @@ export interface AgentSpec {
   /** NBD addresses besides `unix:<dir>/nbd.sock`, as written in `[nbd].listen` (`tcp:127.0.0.1:0`). */
   nbdListen?: string[];
   /** `[control].allow` rules; none: root only. */
-  allow?: Array<{ uid?: number; gid?: number; role: 'admin' | 'reader' }>;
+  allow?: Array<{ uid?: number; gid?: number; role: 'admin' | 'reader' | 'tenant'; tenant?: string }>;
 }
 
 export interface StreamOptions {
@@ -206,7 +206,7 @@ export async function writeAgentConfig(spec: AgentSpec): Promise<string> {
   const lines = [
     '[control]', `socket = ${JSON.stringify(path.join(spec.dir, 'control.sock'))}`,
     ...(spec.allow ? [`allow = [${spec.allow.map((rule) => `{ ${[
-      ...(rule.uid !== undefined ? [`uid = ${rule.uid}`] : []), ...(rule.gid !== undefined ? [`gid = ${rule.gid}`] : []), `role = "${rule.role}"`,
+      ...(rule.uid !== undefined ? [`uid = ${rule.uid}`] : []), ...(rule.gid !== undefined ? [`gid = ${rule.gid}`] : []), `role = "${rule.role}"`, ...(rule.tenant !== undefined ? [`tenant = "${rule.tenant}"`] : []),
     ].join(', ')} }`).join(', ')}]`] : []), '',
     '[catalog]', `path = ${JSON.stringify(path.join(spec.dir, 'catalog.db'))}`, '',
     '[nbd]', `listen = [${[`unix:${path.join(spec.dir, 'nbd.sock')}`, ...(spec.nbdListen ?? [])].map((a) => JSON.stringify(a)).join(', ')}]`, '',

@@ -106,7 +106,6 @@ if (!skipUnlessRoot(t)) {
         [['show', 'nope'], 3, /^volagent: VOLUME_NOT_FOUND: /],
         [['clone', 'nope', 'v9', '--tenant', 't1'], 3, /^volagent: VOLUME_NOT_FOUND: /],
         [['create', 'v2', '--size', '1MiB', '--tenant', 't1'], 4, /^volagent: VOLUME_EXISTS: /],
-        [['clone', 'v1', 'v9', '--tenant', 't2'], 6, /^volagent: SOURCE_NOT_VISIBLE: /],
         [['create', 'v9', '--size', '1000', '--tenant', 't1'], 2, /^volagent: INVALID_SIZE: /],
         [['create', 'bad..id', '--size', '1MiB', '--tenant', 't1'], 2, /^volagent: INVALID_ID: /],
         [['create', 'v9', '--size', '1MiB', '--tenant', 't1', '--pool', 'other'], 3, /^volagent: POOL_NOT_FOUND: /],

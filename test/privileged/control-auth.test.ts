@@ -5,13 +5,13 @@
 // PUT, an admin by supplementary group; the audit line of each change.
 // The socket's group (4242 here) only lets them connect; the agent decides.
 // Needs root (setpriv, chown).
-import { spawn } from 'node:child_process';
 import { chown, mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import t from 'tap';
 
 import type { AgentProcess } from '../helpers/agent.js';
 import { startAgent } from '../helpers/agent.js';
+import { curlAs } from '../helpers/curl-as.js';
 import { skipUnlessRoot } from '../helpers/privileged.js';
 import { tempDir } from '../helpers/temp-dir.js';
 
@@ -19,31 +19,6 @@ const SOCKET_GROUP = 4242;
 const READER_UID = 65533;
 const ADMIN_GID = 4343;
 const UNLISTED_UID = 65534;
-
-interface CurlOutcome {
-  code: number | null;
-  status: number;
-  body: any;
-  stderr: string;
-}
-
-/** curl on the control socket as `uid` (primary gid = uid, supplementary `groups`). */
-function curlAs(socket: string, uid: number, groups: number[], method: string, url: string, body?: unknown): Promise<CurlOutcome> {
-  const args = [`--reuid=${uid}`, `--regid=${uid}`, `--groups=${groups.join(',')}`, '--', 'curl', '-s', '-S', '-X', method, '--unix-socket', socket,
-    '-w', '\n%{http_code}', ...(body === undefined ? [] : ['-H', 'content-type: application/json', '-d', JSON.stringify(body)]), `http://volagent${url}`];
-  const child = spawn('setpriv', args, { stdio: ['ignore', 'pipe', 'pipe'] });
-  let stdout = '';
-  let stderr = '';
-  child.stdout.on('data', (d: Buffer) => { stdout += d.toString(); });
-  child.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
-  return new Promise((resolve) => child.once('exit', (code) => {
-    const at = stdout.lastIndexOf('\n');
-    const text = stdout.slice(0, at);
-    let parsed: unknown;
-    try { parsed = text ? JSON.parse(text) : undefined; } catch { parsed = text; }
-    resolve({ code, status: Number(stdout.slice(at + 1)), body: parsed, stderr });
-  }));
-}
 
 if (!skipUnlessRoot(t)) {
   const dir = await tempDir(t, 'volagent-auth-');

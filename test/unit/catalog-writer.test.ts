@@ -25,14 +25,14 @@ async function openPair(t: Test): Promise<{ file: string; reader: Catalog; write
 
 t.test('a write resolves once committed, and a read on another connection sees it', async (t) => {
   const { reader, writer } = await openPair(t);
-  const inserted = await writer.writes.insertCreating(volume('v1'), { id: 'op-1', kind: 'clone', targetId: 'v1', totalBytes: 10 });
+  const inserted = await writer.writes.insertCreating(volume('v1'), { id: 'op-1', kind: 'clone', targetId: 'v1', totalBytes: 10, tenant: 't' });
   t.equal(inserted.inserted, true);
   t.equal(reader.getVolume('v1')?.state, 'creating');
   t.equal(reader.getVolume('v1')?.operationId, 'op-1', 'the operation is named by the row');
   t.equal(reader.getOperation('op-1')?.state, 'running', 'and inserted in the same transaction');
   t.equal(await writer.writes.transitionVolume('v1', 'creating', 'available', { cloneMethod: 'reflink' }), true);
   t.equal(reader.getVolume('v1')?.state, 'available');
-  const again = await writer.writes.insertCreating(volume('v1'), { id: 'op-2', kind: 'clone', targetId: 'v1', totalBytes: 10 });
+  const again = await writer.writes.insertCreating(volume('v1'), { id: 'op-2', kind: 'clone', targetId: 'v1', totalBytes: 10, tenant: 't' });
   t.equal(again.inserted, false, 'a taken id returns the existing row');
   t.equal(reader.getOperation('op-2'), undefined, 'and inserts no operation');
 });
@@ -43,8 +43,8 @@ t.test('errors cross the thread as what they were, and change nothing', async (t
   const illegal = writer.writes.transitionVolume('v1', 'creating', 'deleting');
   await t.rejects(illegal, IllegalTransitionError);
   await illegal.catch((error: IllegalTransitionError) => t.same([error.id, error.from, error.to], ['v1', 'creating', 'deleting']));
-  await t.rejects(writer.writes.insertOperation({ id: 'op-1', kind: 'clone', targetId: 'v1', totalBytes: 1 })
-    .then(() => writer.writes.insertOperation({ id: 'op-1', kind: 'clone', targetId: 'v1', totalBytes: 1 })),
+  await t.rejects(writer.writes.insertOperation({ id: 'op-1', kind: 'clone', targetId: 'v1', totalBytes: 1, tenant: 't' })
+    .then(() => writer.writes.insertOperation({ id: 'op-1', kind: 'clone', targetId: 'v1', totalBytes: 1, tenant: 't' })),
   { code: 'SQLITE_CONSTRAINT_PRIMARYKEY' }, 'a constraint error keeps its SQLite code');
   t.equal(reader.getVolume('v1')?.state, 'creating');
   t.equal(reader.listOperations().length, 1);
@@ -88,13 +88,13 @@ t.test('group commit: a failing call is rolled back alone, the others commit', a
   const calls: WriteCall[] = [
     { type: 'call', id: 1, method: 'insertCreating', args: [volume('v1')] },
     // Its operation id is taken (inserted below): it fails and leaves no volume row.
-    { type: 'call', id: 2, method: 'insertCreating', args: [volume('v1-dup'), { id: 'op-x', kind: 'clone', targetId: 'v1', totalBytes: 1 }] },
+    { type: 'call', id: 2, method: 'insertCreating', args: [volume('v1-dup'), { id: 'op-x', kind: 'clone', targetId: 'v1', totalBytes: 1, tenant: 't' }] },
     { type: 'call', id: 3, method: 'transitionVolume', args: ['v0', 'creating', 'deleting'] },
     { type: 'call', id: 4, method: 'transitionVolume', args: ['v0', 'creating', 'available', { cloneMethod: 'create' }] },
     { type: 'call', id: 5, method: 'notAWrite' as WriteCall['method'], args: [] },
   ];
   const before = catalog.db.prepare('SELECT count(*) AS n FROM volumes').get() as { n: number };
-  await inlineWrites(catalog).insertOperation({ id: 'op-x', kind: 'clone', targetId: 'v0', totalBytes: 1 });
+  await inlineWrites(catalog).insertOperation({ id: 'op-x', kind: 'clone', targetId: 'v0', totalBytes: 1, tenant: 't' });
   const replies = commitGroup(catalog, calls);
   t.same(replies.map((r) => r.id), [1, 2, 3, 4, 5], 'one reply per call, in order');
   t.ok('value' in replies[0]!);

@@ -95,9 +95,9 @@ t.test('filters and the reconcile list', async (t) => {
 t.test('operations record progress and finish once', async (t) => {
   const catalog = Catalog.open(':memory:');
   t.teardown(() => catalog.close());
-  catalog.insertOperation({ id: 'op1', kind: 'clone', targetId: 'v1', totalBytes: 100 });
+  catalog.insertOperation({ id: 'op1', kind: 'clone', targetId: 'v1', totalBytes: 100, tenant: 't' });
   catalog.recordProgress('op1', 40, 100);
-  t.match(catalog.getOperation('op1'), { state: 'running', doneBytes: 40, totalBytes: 100 });
+  t.match(catalog.getOperation('op1'), { state: 'running', tenant: 't', doneBytes: 40, totalBytes: 100 });
   t.same(catalog.runningOperations().map((o) => o.id), ['op1']);
   t.equal(catalog.finishOperation('op1', 'cancelled', { code: 'CANCELLED', message: 'cancelled by client' }), true);
   t.equal(catalog.finishOperation('op1', 'succeeded'), false, 'a finished operation stays finished');
@@ -155,7 +155,7 @@ t.test('listOperations: running first by age, then the newest finished ones', as
   let clock = 0;
   const catalog = Catalog.open(':memory:', { now: () => new Date(Date.UTC(2026, 0, 1, 0, 0, clock++)).toISOString() });
   t.teardown(() => catalog.close());
-  for (const id of ['a', 'b', 'c']) catalog.insertOperation({ id, kind: 'clone', targetId: id, totalBytes: 1 });
+  for (const id of ['a', 'b', 'c']) catalog.insertOperation({ id, kind: 'clone', targetId: id, totalBytes: 1, tenant: 't' });
   catalog.finishOperation('a', 'failed', { code: 'INSUFFICIENT_SPACE', message: 'ENOSPC' });
   t.same(catalog.listOperations().map((o) => o.id), ['c', 'b', 'a']);
   t.same(catalog.listOperations(0).map((o) => o.id), ['c', 'b'], 'finished ones are capped');

@@ -413,7 +413,7 @@ t.test('version', async (t) => {
 
 t.test('agent errors: one line CODE: message, exit status by HTTP status, --json adds the body on stdout', async (t) => {
   const cases: Array<[number, string, number]> = [
-    [400, 'INVALID_SIZE', 2], [403, 'SOURCE_NOT_VISIBLE', 6], [404, 'VOLUME_NOT_FOUND', 3], [409, 'VOLUME_EXISTS', 4],
+    [400, 'INVALID_SIZE', 2], [403, 'TENANT_FORBIDDEN', 6], [404, 'VOLUME_NOT_FOUND', 3], [409, 'VOLUME_EXISTS', 4],
     [413, 'PAYLOAD_TOO_LARGE', 2], [422, 'UNSUPPORTED_FOR_POOL', 2], [500, 'INTERNAL', 1], [507, 'INSUFFICIENT_SPACE', 1],
   ];
   let current = cases[0]!;

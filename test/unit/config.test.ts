@@ -9,7 +9,7 @@ import { tempDir } from '../helpers/temp-dir.js';
 const DESIGN_EXAMPLE = `
 [control]
 socket = "/run/volagent/control.sock"   # ignored under systemd socket activation
-allow = [{ uid = 0, role = "admin" }, { gid = 998, role = "admin" }, { uid = 1001, role = "reader" }]
+allow = [{ uid = 0, role = "admin" }, { gid = 998, role = "admin" }, { uid = 1001, role = "reader" }, { gid = 1500, role = "tenant", tenant = "t1" }]
 
 [catalog]
 path = "/var/lib/volagent/catalog.db"
@@ -47,7 +47,7 @@ t.test('the embedded default runs under the working directory', async (t) => {
 
 t.test("DESIGN.md's example reads as documented", async (t) => {
   const config = parseConfig(DESIGN_EXAMPLE, '/etc/volagent/volagent.toml', '/etc/volagent');
-  t.same(config.control.allow, [{ uid: 0, role: 'admin' }, { gid: 998, role: 'admin' }, { uid: 1001, role: 'reader' }]);
+  t.same(config.control.allow, [{ uid: 0, role: 'admin' }, { gid: 998, role: 'admin' }, { uid: 1001, role: 'reader' }, { gid: 1500, role: 'tenant', tenant: 't1' }]);
   t.same(config.nbd.listen, [{ kind: 'unix', path: '/run/volagent/nbd.sock' }, { kind: 'tcp', host: '127.0.0.1', port: 10809 }]);
   t.same(config.pools, [
     { name: 'fast', backend: 'file', path: '/srv/volagent/fast', imageCache: { maxBytes: 200 * 2 ** 30, maxCount: 50 } },
@@ -73,7 +73,14 @@ t.test('every error names the file and the key', async (t) => {
   const cases: Array<[string, string]> = [
     ['[control]\nsocket = 5\n' + pool, 'f.toml: control.socket: must be a non-empty string'],
     ['[control]\nsockett = "/x"\n' + pool, 'f.toml: control.sockett: unknown key'],
-    ['[control]\nallow = [{ uid = 0, role = "root" }]\n' + pool, 'f.toml: control.allow[0].role: must be "admin" or "reader"'],
+    ['[control]\nallow = [{ uid = 0, role = "root" }]\n' + pool, 'f.toml: control.allow[0].role: must be "admin", "reader" or "tenant"'],
+    ['[control]\nallow = [{ uid = 1001, role = "tenant" }]\n' + pool, 'f.toml: control.allow[0].tenant: is required for role "tenant" (the tenant the peer is bound to)'],
+    ['[control]\nallow = [{ uid = 1001, role = "reader", tenant = "t1" }]\n' + pool, 'f.toml: control.allow[0].tenant: is only for role "tenant"'],
+    ['[control]\nallow = [{ uid = 1001, role = "tenant", tenant = "../t" }]\n' + pool, 'f.toml: control.allow[0].tenant: must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$'],
+    ['[control]\nallow = [{ uid = 1001, role = "tenant", tenant = "volagent-internal" }]\n' + pool,
+      'f.toml: control.allow[0].tenant: is the internal tenant (volagent-internal): only an admin acts as the internal tenant'],
+    ['[control]\nallow = [{ gid = 7, role = "tenant", tenant = "ops" }]\n[agent]\ninternal_tenant = "ops"\n' + pool,
+      'f.toml: control.allow[0].tenant: is the internal tenant (ops): only an admin acts as the internal tenant'],
     ['[control]\nallow = [{ uid = 0, gid = 0, role = "admin" }]\n' + pool, 'f.toml: control.allow[0]: needs exactly one of uid or gid'],
     ['[control]\nallow = [{ uid = -1, role = "admin" }]\n' + pool, 'f.toml: control.allow[0].uid: must be an integer from 0 to 4294967294'],
     ['[nbd]\nlisten = ["unix:@abstract"]\n' + pool, 'f.toml: nbd.listen[0]: "unix:@abstract": a unix address is a filesystem path (never abstract)'],

@@ -1,4 +1,4 @@
-// Who may use the control socket (DESIGN.md "Reliability contract",
+// Who may use the control socket (docs/design.md "Peer-credential authorization",
 // `[control].allow`): the kernel's record of the connecting process
 // (SO_PEERCRED, SO_PEERGROUPS), never anything the request says. A rule
 // names a uid or a gid (the peer's primary group or any supplementary one)

@@ -1,4 +1,4 @@
-// Exports (DESIGN.md "Control API"): a volume served over NBD, or attached as
+// Exports (docs/design.md "Exports"): a volume served over NBD, or attached as
 // a local block device. The export row is written before the export is made
 // and restored at start-up (same id, same URI). An export id is the NBD
 // export name: 128 random bits, so no name is guessed. While a volume is

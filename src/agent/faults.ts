@@ -1,5 +1,6 @@
 // Turns what a backend or the lock table threw into the API fault the client
-// gets. Policy branches on error codes only (STYLE.md 2), never on messages.
+// gets. Policy branches on error codes only, never on messages
+// (docs/design.md "House style" 2).
 import { ApiError } from '../api/errors.js';
 import { isAbortError } from '../clone/abort.js';
 import { isSystemError } from '../native/system-error.js';

@@ -1,4 +1,4 @@
-// Ids of volumes, snapshots, images and tenants (DESIGN.md "Control API").
+// Ids of volumes, snapshots, images and tenants (docs/design.md "Control API").
 // A pool stores a snapshot as `<volume>@<snapshot>`; '@' is never in an id.
 export const ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
 

@@ -5,10 +5,10 @@
 //          upload-to-image); the volume stays writable.
 //   adopt: the volume itself becomes the Image-Volume and read-only.
 //
-// Order (STYLE.md 10): the image row is written `creating` before the pool is
-// touched; the Image-Volume is made (its own intent row first, in Volumes);
-// then the image becomes `available`. A failure rolls back in reverse and
-// leaves nothing; a crash in between is settled by reconcile at start-up.
+// Order (docs/design.md "House style" 10): the image row is written
+// `creating` before the pool is touched; the Image-Volume is made (its own
+// intent row first, in Volumes); then the image becomes `available`. A
+// failure rolls back in reverse and leaves nothing; a crash in between is settled by reconcile at start-up.
 // Deleting marks the image `deleting` (no new clone can start from it) and
 // removes its Image-Volume once the clones reading it have finished.
 //

@@ -1,5 +1,5 @@
 // Compares the catalog with the pools and settles what differs
-// (DESIGN.md "Reliability contract", STYLE.md 10).
+// (docs/design.md "Catalog and reconcile", "House style" 10).
 //
 //   startup: before the socket listens. Operations left running are marked
 //            failed, rows left `creating` are rolled back (their object, if

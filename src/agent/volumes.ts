@@ -1,10 +1,10 @@
 // Volumes and their snapshots: idempotent creation, clones, resize, delete.
 //
-// Every change follows the same order (STYLE.md 10): take the locks, write
-// the intent row (`creating`, `deleting`) to the catalog, call the backend,
-// then write the outcome. A creation that fails or is cancelled leaves no
-// object (the Pool contract) and its row is discarded, so a half-made volume
-// is never visible; a crash in between is settled by reconcile at start-up.
+// Every change follows the same order (docs/design.md "House style" 10):
+// take the locks, write the intent row (`creating`, `deleting`) to the
+// catalog, call the backend, then write the outcome. A creation that fails or
+// is cancelled leaves no object (the Pool contract) and its row is discarded,
+// so a half-made volume is never visible; a crash in between is settled by reconcile at start-up.
 // A clone that is not constant-time runs as an operation (202) unless the
 // client waits; its locks are held by the operation, not by the request.
 import { ApiError } from '../api/errors.js';

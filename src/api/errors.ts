@@ -1,4 +1,4 @@
-// The one registry of API error codes (DESIGN.md "Control API"). Every fault
+// The one registry of API error codes (docs/design.md "Control API"). Every fault
 // the agent answers is {"error": {"code", "message", "details"}} with the
 // status given here; docs/api.md documents each code (a unit test checks).
 

@@ -1,6 +1,7 @@
-// The v1 route table (DESIGN.md "Control API", docs/api.md). Each route
+// The v1 route table (docs/design.md "Control API", docs/api.md). Each route
 // parses its path parameters, query and body into typed values, then calls
-// the domain (STYLE.md 7: parse, then execute). Handlers never see sockets.
+// the domain (docs/design.md "House style" 7: parse, then execute). Handlers
+// never see sockets.
 import type { Writable } from 'node:stream';
 
 import type { Access, Principal } from '../agent/access.js';

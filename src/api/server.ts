@@ -1,6 +1,6 @@
 // HTTP/1.1 + JSON on the control socket: routing, bodies, the one fault
-// shape, and one log line per request (STYLE.md 12: client faults at info,
-// agent faults at error, structured fields only).
+// shape, and one log line per request (docs/design.md "House style" 12:
+// client faults at info, agent faults at error, structured fields only).
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { createServer } from 'node:http';
 import type { Server } from 'node:http';

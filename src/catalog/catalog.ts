@@ -1,7 +1,8 @@
-// The catalog: the only writer of durable state (DESIGN.md). SQLite in WAL
-// mode with synchronous=FULL, so a committed transaction survives a crash of
-// the agent and a power loss. Every state change is a compare-and-set on the
-// current state, so two writers can never both win a transition.
+// The catalog: the only writer of durable state (docs/design.md "Catalog and
+// reconcile"). SQLite in WAL mode with synchronous=FULL, so a committed
+// transaction survives a crash of the agent and a power loss. Every state
+// change is a compare-and-set on the current state, so two writers can never
+// both win a transition.
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 

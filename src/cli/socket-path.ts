@@ -1,4 +1,4 @@
-// Where the agent's control socket is (DESIGN.md "Processes, files,
+// Where the agent's control socket is (docs/design.md "Processes, files,
 // defaults"): --socket, then $VOLAGENT_SOCKET, then ./var/control.sock when it
 // exists (the embedded default of `volagentd` run from a checkout), then the
 // production path.

@@ -1,6 +1,6 @@
 // `volagentd [--config FILE]`: the daemon's entry. Without --config it runs
-// the embedded default (DESIGN.md). Under systemd it reads $NOTIFY_SOCKET,
-// $WATCHDOG_USEC and $LISTEN_FDS (systemd.ts). SIGHUP reloads the config:
+// the embedded default (docs/design.md "Processes, files, defaults"). Under
+// systemd it reads $NOTIFY_SOCKET, $WATCHDOG_USEC and $LISTEN_FDS (systemd.ts). SIGHUP reloads the config:
 // pools it adds are opened; other changes need a restart (reload.ts). SIGTERM and SIGINT drain and exit 0; a
 // start-up failure is one line on stderr (and the log) and exit 1; a bad
 // command line or config exits 2.

@@ -1,4 +1,4 @@
-// volagentd's configuration (DESIGN.md "Processes, files, defaults"): TOML,
+// volagentd's configuration (docs/config.md lists every key): TOML,
 // validated whole at start-up. Every error names the file and the key, e.g.
 //   /etc/volagent/volagent.toml: pools[1].block_size: must be a multiple of 64KiB
 // Relative paths are resolved against the config file's directory (the

@@ -1,7 +1,8 @@
-// Wiring and lifecycle of volagentd (STYLE.md 11): check every pool and fail
-// fast, open the catalog and reconcile, remove a stale socket, then listen.
-// stop() drains: no new connections, running operations cancelled (each
-// cleans up its partial object), in-flight requests answered, catalog closed.
+// Wiring and lifecycle of volagentd (docs/design.md "House style" 11): check
+// every pool and fail fast, open the catalog and reconcile, remove a stale
+// socket, then listen. stop() drains: no new connections, running operations
+// cancelled (each cleans up its partial object), in-flight requests answered,
+// catalog closed.
 import { chmod, mkdir, unlink } from 'node:fs/promises';
 
 import { Agent } from '../agent/agent.js';
@@ -22,7 +23,7 @@ import type { Logger } from './logger.js';
 import type { ListenedSocket } from './systemd.js';
 import { ServiceNotifier } from './systemd.js';
 
-/** DESIGN.md "Reliability contract": the socket is a filesystem path, mode 0660. */
+/** docs/design.md "Peer-credential authorization": the socket is a filesystem path, mode 0660. */
 const SOCKET_MODE = 0o660;
 /** listen(2) backlog of the control socket; the kernel caps it at net.core.somaxconn. */
 const CONTROL_BACKLOG = 4096;

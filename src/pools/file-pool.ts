@@ -1,4 +1,4 @@
-// The `file` backend (DESIGN.md "Pools"): a pool is a directory, each object
+// The `file` backend (docs/design.md "Pools"): a pool is a directory, each object
 // a sparse raw file `<path>/objects/<name>.raw`. Clones go through the clone
 // engine (FICLONE, else copy_file_range over data extents, else read/write).
 //

@@ -1,5 +1,5 @@
 // The one factory that turns a pool's configuration into its backend
-// (STYLE.md 9: one backend per file behind one interface).
+// (docs/design.md "House style" 9: one backend per file behind one interface).
 import { FilePool } from './file-pool.js';
 import type { Pool } from './pool.js';
 import type { PoolConfig } from './pool-config.js';

@@ -1,4 +1,4 @@
-// The one interface every storage backend implements (DESIGN.md "Pools").
+// The one interface every storage backend implements (docs/design.md "Pools").
 // A backend stores named objects (volumes and snapshots) and knows nothing of
 // tenants, images or the catalog: the domain layer decides object names and
 // records intent in the catalog before calling a backend.

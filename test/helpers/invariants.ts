@@ -1,4 +1,4 @@
-// The reliability contract's invariants (DESIGN.md "Reliability contract",
+// The reliability contract's invariants (docs/design.md "Reliability contract",
 // docs/reliability.md), checked against a running agent after a restart:
 // `GET /v1/check` clean, no row in a transitional state, no operation left
 // running, every file pool's objects exactly the catalog's, and the loop

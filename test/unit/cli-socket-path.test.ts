@@ -1,4 +1,4 @@
-// Where `volagent` looks for the control socket (DESIGN.md "Processes, files,
+// Where `volagent` looks for the control socket (docs/design.md "Processes, files,
 // defaults"): --socket, $VOLAGENT_SOCKET, ./var/control.sock if it exists,
 // /run/volagent/control.sock.
 import { mkdir, writeFile } from 'node:fs/promises';

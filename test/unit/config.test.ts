@@ -5,7 +5,7 @@ import t from 'tap';
 import { ConfigError, EMBEDDED_DEFAULT_SOURCE, loadConfig, parseConfig } from '../../src/daemon/config.js';
 import { tempDir } from '../helpers/temp-dir.js';
 
-// The example of DESIGN.md, verbatim.
+// The example of docs/design.md "Processes, files, defaults", verbatim.
 const DESIGN_EXAMPLE = `
 [control]
 socket = "/run/volagent/control.sock"   # ignored under systemd socket activation
@@ -45,7 +45,7 @@ t.test('the embedded default runs under the working directory', async (t) => {
   });
 });
 
-t.test("DESIGN.md's example reads as documented", async (t) => {
+t.test("docs/design.md's example reads as documented", async (t) => {
   const config = parseConfig(DESIGN_EXAMPLE, '/etc/volagent/volagent.toml', '/etc/volagent');
   t.same(config.control.allow, [{ uid: 0, role: 'admin' }, { gid: 998, role: 'admin' }, { uid: 1001, role: 'reader' }, { gid: 1500, role: 'tenant', tenant: 't1' }]);
   t.same(config.nbd.listen, [{ kind: 'unix', path: '/run/volagent/nbd.sock' }, { kind: 'tcp', host: '127.0.0.1', port: 10809 }]);

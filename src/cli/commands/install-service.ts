@@ -28,8 +28,9 @@ const UNIT_DIR = 'etc/systemd/system';
 const CONFIG_FILE = 'etc/volagent/volagent.toml';
 const DEFAULT_POOL = '/var/lib/volagent/pools/default';
 
-const STARTER_CONFIG = `# volagent's config (DESIGN.md). The control socket is made by
-# volagentd.socket; [control].socket names the same path for the CLI.
+const STARTER_CONFIG = `# volagent's config (docs/config.md in the package lists every key).
+# The control socket is made by volagentd.socket; [control].socket names the
+# same path for the CLI.
 [control]
 socket = "/run/volagent/control.sock"
 # Who may connect, besides the socket's mode (root and the volagent group):

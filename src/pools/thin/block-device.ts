@@ -1,5 +1,5 @@
 // The devices under a thin pool. A configured path is a block device, or, in
-// development, a regular file that the agent binds to a loop device (DESIGN.md
+// development, a regular file that the agent binds to a loop device (docs/design.md
 // "Pools"); the binding is found again on the next start instead of made twice.
 import { open, stat, unlink } from 'node:fs/promises';
 import path from 'node:path';

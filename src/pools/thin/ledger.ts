@@ -1,4 +1,4 @@
-// What a thin pool keeps durable outside the kernel (DESIGN.md "Pools":
+// What a thin pool keeps durable outside the kernel (docs/design.md "Pools":
 // thin device ids are allocated by the catalog). dm-thin stores the mapping
 // of each thin id, but not which object an id holds, nor its size; and its
 // messages are not transactional with the catalog. So every message that

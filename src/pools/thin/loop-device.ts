@@ -1,7 +1,8 @@
-// Loop devices over files, for thin pools in development and tests (DESIGN.md
-// "Pools": loop devices over files are fine). Attaching asks the kernel for a
-// free device and binds it with one LOOP_CONFIGURE; another process may take
-// that device in between (EBUSY), so the attach is retried with a new one.
+// Loop devices over files, for thin pools in development and tests
+// (docs/design.md "Pools"), and for block exports of file volumes. Attaching
+// asks the kernel for a free device and binds it with one LOOP_CONFIGURE;
+// another process may take that device in between (EBUSY), so the attach is
+// retried with a new one.
 import { readdir, readFile } from 'node:fs/promises';
 
 import { native } from '../../native/binding.js';

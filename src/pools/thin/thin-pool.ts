@@ -1,4 +1,4 @@
-// The `thin` backend (DESIGN.md "Pools"): an agent-owned dm-thin pool on a
+// The `thin` backend (docs/design.md "Pools"): an agent-owned dm-thin pool on a
 // data device and a metadata device, driven by device-mapper ioctls through
 // the addon. Each object is a thin device: its thin id and size are kept in
 // the catalog (ledger.ts), and while the agent knows it, it is active as the

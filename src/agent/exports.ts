@@ -61,7 +61,7 @@ export interface ExportsOptions {
 }
 
 /** Runs a repair; one that fails leaves the difference unsettled and says why (EBUSY: something holds the device). */
-async function settleExport(difference: Difference, action: 'detached' | 'restored', fix: () => Promise<unknown>): Promise<void> {
+async function settleExport(difference: Difference, action: 'detached' | 'restored' | 'removed', fix: () => Promise<unknown>): Promise<void> {
   try {
     await fix();
     difference.action = action;
@@ -207,7 +207,25 @@ export class Exports {
       differences.push(difference);
     }
     for (const row of rows) {
-      if (row.state !== 'available' || (await this.isServed(row))) continue;
+      if (row.state !== 'available') continue;
+      if (!this.catalog.getVolume(row.volumeId)) {
+        // Only a catalog edited behind the agent's back has this (the foreign key forbids it): nothing to serve, the row goes.
+        const difference: Difference = {
+          kind: 'export', volume: row.volumeId, object: row.volumeId, export: row.id, ...(row.device ? { device: row.device } : {}),
+          detail: `export ${row.id} (${row.protocol}) names volume ${row.volumeId}, which has no catalog row`,
+        };
+        if (repair) {
+          await settleExport(difference, 'removed', async () => {
+            await this.live.get(row.id)?.target?.close().catch(() => undefined);
+            this.live.delete(row.id);
+            if (row.device && (await loopBackingFile(row.device))) await detachLoop(row.device);
+            await this.writes.removeExport(row.id);
+          });
+        }
+        differences.push(difference);
+        continue;
+      }
+      if (await this.isServed(row)) continue;
       const volume = this.catalog.getVolume(row.volumeId);
       const difference: Difference = {
         kind: 'export', ...(volume ? { pool: volume.pool } : {}), volume: row.volumeId, object: row.volumeId, export: row.id, ...(row.device ? { device: row.device } : {}),
@@ -230,7 +248,6 @@ export class Exports {
     this.live.clear();
   }
 
-  /** Makes an available export again: the NBD target reopened, the loop device found bound to its file or attached again. */
   /** An export is its volume's: seen by whoever sees the volume. */
   private seenBy(row: ExportRow, access: Access): boolean {
     const volume = this.catalog.getVolume(row.volumeId);
@@ -241,9 +258,11 @@ export class Exports {
     return new ApiError('EXPORT_NOT_FOUND', `no export ${id}`, { export: id });
   }
 
+  /** Makes an available export again: the NBD target reopened, the loop device found bound to its file or attached again. */
   private async restoreOne(row: ExportRow): Promise<void> {
     const volume = this.catalog.getVolume(row.volumeId);
-    const made = await this.make(this.pool(volume!.pool), row.volumeId, { volumeId: row.volumeId, protocol: row.protocol, readOnly: row.readOnly, directIo: row.directIo }, row.device);
+    if (!volume) throw new Error(`export ${row.id}: its volume ${row.volumeId} has no catalog row`);
+    const made = await this.make(this.pool(volume.pool), row.volumeId, { volumeId: row.volumeId, protocol: row.protocol, readOnly: row.readOnly, directIo: row.directIo }, row.device);
     if (made.device && made.device !== row.device) await this.writes.moveExportDevice(row.id, made.device);
     this.live.set(row.id, { row: this.catalog.getExport(row.id)!, ...(made.target ? { target: made.target } : {}), connections: new Set() });
   }

@@ -27,9 +27,9 @@ import { isSystemError } from '../native/system-error.js';
 import type { Access } from './access.js';
 import type { ImageCacheConfig } from '../pools/pool-config.js';
 import { toApiError } from './faults.js';
-import type { ImageCacheView } from './image-cache.js';
+import type { Admission, ImageCacheView } from './image-cache.js';
 import { ImageCache } from './image-cache.js';
-import type { LockTable } from './locks.js';
+import type { LockTable, Release } from './locks.js';
 import type { Operations } from './operations.js';
 import type { PutOutcome, Volumes } from './volumes.js';
 
@@ -95,6 +95,8 @@ export interface ImageView {
   sourceVolume?: string;
   /** An entry of its pool's image-volume cache. */
   cached: boolean;
+  /** In the answer to an upload with cache=true that was kept as a plain image: why no room was made for it. */
+  notCached?: string;
   sizeBytes: number;
   state: ImageRow['state'];
   createdAt: string;
@@ -123,7 +125,7 @@ export class Images {
     this.lockWaitMs = options.lockWaitMs;
     this.policies = new Map(options.policies ?? []);
     const cacheLimits = new Map([...this.policies].flatMap(([pool, policy]) => (policy.imageCache ? [[pool, policy.imageCache] as const] : [])));
-    this.cache = new ImageCache(catalog, writes, locks, cacheLimits, (entry) => this.evict(entry));
+    this.cache = new ImageCache(catalog, writes, locks, cacheLimits, (entry, hold) => this.evict(entry, hold), options.lockWaitMs);
     volumes.onImageClone = (imageId) => {
       const image = this.catalog.getImage(imageId);
       if (image) this.cache.recordUse(image);
@@ -223,6 +225,7 @@ export class Images {
     if (declared !== undefined && maxImageBytes !== undefined && declared > maxImageBytes) throw this.tooLarge(pool, maxImageBytes, declared);
     if (declared !== undefined && request.cache) this.cache.checkFits(pool, declared);
 
+    let admission: Admission | undefined;
     const volumeId = `iv-${randomUUID()}`;
     const requestKey = JSON.stringify(['upload', pool, tenant, request.visibility, request.cache]);
     const intent = await this.writes.insertImageCreating({
@@ -244,16 +247,16 @@ export class Images {
         throw cacheDecides ? this.cache.tooLarge(pool, undefined) : this.tooLarge(pool, maxBytes, undefined);
       }
       if (received.sizeBytes === 0) throw this.empty();
-      const makeAvailable = async (): Promise<void> => {
-        await this.writes.transitionImage(request.id, 'creating', 'available');
+      const makeAvailable = async (cached = true): Promise<void> => {
+        await this.writes.transitionImage(request.id, 'creating', 'available', cached ? {} : { cached: false });
       };
-      if (request.cache) await this.cache.admit(pool, received.sizeBytes, makeAvailable);
+      if (request.cache) admission = await this.cache.admit(pool, received.sizeBytes, makeAvailable);
       else await makeAvailable();
     } catch (error) {
       await this.rollBack(intent.row);
       throw toApiError(error, { image: request.id });
     }
-    return this.view(this.imageRow(request.id));
+    return { ...this.view(this.imageRow(request.id)), ...(admission?.cached === false ? { notCached: admission.reason } : {}) };
   }
 
   /**
@@ -364,10 +367,19 @@ export class Images {
     this.removals.set(id, removal);
   }
 
-  /** Evicts an unused cache entry: no new clone can start from it, then it goes, before returning. */
-  private async evict(entry: ImageRow): Promise<void> {
-    await this.writes.transitionImage(entry.id, 'available', 'deleting');
-    await this.volumes.deleteImageVolume(entry.volumeId);
+  /**
+   * Evicts an unused cache entry whose Image-Volume's exclusive lock the
+   * cache holds (`hold`, released here): no clone or download can start, so
+   * it goes at once, before returning.
+   */
+  private async evict(entry: ImageRow, hold: Release): Promise<void> {
+    try {
+      await this.writes.transitionImage(entry.id, 'available', 'deleting');
+    } catch (error) {
+      hold();
+      throw error;
+    }
+    await this.volumes.deleteImageVolume(entry.volumeId, hold);
     await this.writes.removeImage(entry.id);
   }
 

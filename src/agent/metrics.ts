@@ -72,7 +72,7 @@ export class AgentMetrics {
         }
       },
     });
-    const cacheCounter = (name: string, help: string, field: 'hits' | 'misses' | 'evictions'): void => {
+    const cacheCounter = (name: string, help: string, field: 'hits' | 'misses' | 'evictions' | 'notCached'): void => {
       new Counter({
         name, help, labelNames: ['pool'], registers,
         collect() {
@@ -87,6 +87,7 @@ export class AgentMetrics {
     cacheCounter('volagent_image_cache_hits_total', 'Volumes created from an image-cache entry.', 'hits');
     cacheCounter('volagent_image_cache_misses_total', 'Image-cache entries filled by an upload (nothing to clone from).', 'misses');
     cacheCounter('volagent_image_cache_evictions_total', 'Image-cache entries removed to make room.', 'evictions');
+    cacheCounter('volagent_image_cache_not_cached_total', 'Uploads meant as image-cache entries kept as plain images: no room could be made (entries in use) or the cache was busy.', 'notCached');
     new Gauge({
       name: 'volagent_image_cache_entries', help: 'Image-cache entries and their bytes.', labelNames: ['pool', 'unit'], registers,
       collect() {

@@ -71,13 +71,21 @@ export async function reconcile(catalog: Catalog, writes: CatalogWrites, pools: 
   const isOperationLive = options.isOperationLive ?? (() => false);
   const settles = SETTLES[mode];
   const differences: Difference[] = [];
+  // A fix that fails leaves its difference open, says why, and the rest goes
+  // on: one bad row never keeps the agent from starting (check names it).
   const settle = async (difference: Difference, action: RepairAction, fix: () => Promise<unknown> | unknown, settledAtStartup = false): Promise<void> => {
     if (settles.has(difference.kind) || (settledAtStartup && mode === 'startup')) {
-      await fix();
-      difference.action = action;
+      try {
+        await fix();
+        difference.action = action;
+      } catch (error) {
+        difference.detail += `; not settled: ${(error as Error).message}`;
+      }
     }
     differences.push(difference);
   };
+  /** Export rows of volume `id`: its row cannot go before they do (foreign key), and a served volume is not removed under its clients. */
+  const exportsOf = (id: string): string[] => catalog.exportsOfVolume(id).map((e) => e.id);
 
   // Objects are listed before rows are read: a row is written before its
   // object, so an object seen without a row is a true orphan.
@@ -107,6 +115,8 @@ export async function reconcile(catalog: Catalog, writes: CatalogWrites, pools: 
         await pool.remove(row.id);
         await writes.discardCreatingVolume(row.id);
       });
+    } else if (exportsOf(row.id).length > 0) {
+      differences.push({ ...base, detail: `volume left deleting while exported (${exportsOf(row.id).join(', ')}): left as it is; unexport it, then check --repair finishes the delete` });
     } else {
       await settle({ ...base, detail: 'volume left deleting: delete finished' }, 'finished', async () => {
         await pool.remove(row.id);
@@ -166,6 +176,8 @@ export async function reconcile(catalog: Catalog, writes: CatalogWrites, pools: 
         }
         await writes.discardCreatingImage(image.id);
       });
+    } else if (exportsOf(image.volumeId).length > 0) {
+      differences.push({ ...base, detail: `image left deleting while its Image-Volume is exported (${exportsOf(image.volumeId).join(', ')}): left as it is; unexport it, then check --repair finishes the delete` });
     } else {
       await settle({ ...base, detail: 'image left deleting: delete finished' }, 'finished', async () => {
         await removeImageVolume();

@@ -179,9 +179,13 @@ export class Volumes {
     return this.remove(id);
   }
 
-  /** Deletes the Image-Volume of an image being deleted, once nothing reads it (no time limit). */
-  async deleteImageVolume(id: string): Promise<void> {
-    return this.remove(id, Infinity);
+  /**
+   * Deletes the Image-Volume of an image being deleted, once nothing reads it
+   * (no time limit: a background removal); with `held`, the caller holds its
+   * exclusive lock already (an eviction), released here.
+   */
+  async deleteImageVolume(id: string, held?: Release): Promise<void> {
+    return this.remove(id, Infinity, held);
   }
 
   /**
@@ -254,11 +258,12 @@ export class Volumes {
     }
   }
 
-  private async remove(id: string, waitMs = this.lockWaitMs): Promise<void> {
+  private async remove(id: string, waitMs = this.lockWaitMs, held?: Release): Promise<void> {
     const first = this.catalog.getVolume(id);
+    if (!first || first.state === 'creating') held?.();
     if (!first) return;
     if (first.state === 'creating') throw this.busyCreating(id, first.operationId);
-    const release = await this.lock(id, 'exclusive', `delete ${id}`, waitMs);
+    const release = held ?? await this.lock(id, 'exclusive', `delete ${id}`, waitMs);
     try {
       const row = this.catalog.getVolume(id);
       if (!row) return;

@@ -462,10 +462,11 @@ export class Catalog {
     });
   }
 
-  transitionImage(id: string, from: ObjectState, to: ObjectState, changes: { error?: string } = {}): boolean {
+  /** `cached: false` makes an upload meant for the image cache a plain image (no room was made for it). */
+  transitionImage(id: string, from: ObjectState, to: ObjectState, changes: { error?: string; cached?: false } = {}): boolean {
     if (!canTransition(from, to)) throw new IllegalTransitionError(`image ${id}`, from, to);
-    return this.sql(`UPDATE images SET state = ?, updated_at = ?, error = ? WHERE id = ? AND state = ?`).run(
-      to, this.now(), to === 'error' ? (changes.error ?? 'unknown error') : null, id, from).changes === 1;
+    return this.sql(`UPDATE images SET state = ?, updated_at = ?, error = ?, cached = CASE WHEN ? THEN 0 ELSE cached END WHERE id = ? AND state = ?`).run(
+      to, this.now(), to === 'error' ? (changes.error ?? 'unknown error') : null, changes.cached === false ? 1 : 0, id, from).changes === 1;
   }
 
   /**

@@ -278,7 +278,7 @@ if (!skipUnlessRoot(t)) {
     const cacheView = async (): Promise<any> => (await agent.request('GET', '/v1/pools')).body.find((p: any) => p.name === 'cache').imageCache;
     const put = (id: string, bytes: number, fill: number) => upload(id, 'pool=cache&tenant=alice&cache=true', pattern(bytes, fill), { 'content-length': bytes });
     const entries = (): string[] => readCatalog(agent.catalogPath).images.filter((i) => i.cached === 1).map((i) => i.id).sort();
-    t.same(await cacheView(), { maxBytes: 8 * MiB, maxCount: 3, entries: 0, bytes: 0, hits: 0, misses: 0, evictions: 0 });
+    t.same(await cacheView(), { maxBytes: 8 * MiB, maxCount: 3, entries: 0, bytes: 0, hits: 0, misses: 0, evictions: 0, notCached: 0 });
     for (const [id, fill] of [['c1', 1], ['c2', 2], ['c3', 3]] as const) {
       const reply = await put(id, MiB, fill);
       t.equal(reply.status, 201, reply.text);
@@ -294,28 +294,45 @@ if (!skipUnlessRoot(t)) {
     t.match(await cacheView(), { entries: 3, bytes: 8 * MiB, hits: 1, misses: 5, evictions: 2 });
     t.equal((await poolEntries(cachePool)).filter((e) => e.endsWith('.raw')).length, 4, 'three entries and use-c1 on disk');
 
-    // c5 (6 MiB) is being read: a 7 MiB entry would need it gone, so it is refused and nothing is evicted.
+    // c5 (6 MiB) is being read: a 7 MiB entry would need it gone, so nothing is
+    // evicted and the upload is kept as a plain image (never an error for the upload).
+    const imageVolumeOf = async (id: string): Promise<string> => (await agent.request('GET', `/v1/images/${id}`)).body.volumeId;
+    const c5Volume = await imageVolumeOf('c5');
     let resumeReader: (() => void) | undefined;
     const reading = downloadOn(agent.socket, '/v1/images/c5/data', {}, (res) => {
       res.pause();
       resumeReader = () => res.resume();
     });
     await until('the download to start', () => resumeReader !== undefined);
-    const before = await state();
-    const full = await put('c6', 7 * MiB, 6);
-    t.equal(full.status, 507, full.text);
-    t.equal(full.body.error.code, 'IMAGE_CACHE_FULL');
-    t.same(await state(), before, 'nothing evicted, nothing kept');
+    const read = await put('c6', 7 * MiB, 6);
+    t.equal(read.status, 201, read.text);
+    t.match(read.body, { imageId: 'c6', cached: false, state: 'available', notCached: /no room: 1 entry is in use/ });
+    t.same(entries(), ['c1', 'c4', 'c5'], 'nothing evicted: c5 is being read, and c1 and c4 alone would not make room');
+    t.ok((await poolEntries(cachePool)).includes(`${c5Volume}.raw`), "c5's Image-Volume is on disk");
     resumeReader!();
     t.equal((await reading).bytes, 6 * MiB);
-    t.equal((await put('c6', 7 * MiB, 6)).status, 201, 'once the read ended, the same upload evicts and fits');
-    t.same(entries(), ['c6'], 'c1, c4 and c5 evicted, least recently used first');
+    t.equal((await agent.request('DELETE', '/v1/images/c6')).status, 204, 'the plain image is deleted as any image');
+
+    // An exported entry is in use too (regression: it was evicted, its export left pointing at nothing).
+    const exported = await agent.request('POST', `/v1/volumes/${c5Volume}/exports`, { protocol: 'nbd', readOnly: true });
+    t.equal(exported.status, 201, exported.text);
+    const exportedRefusal = await put('c7', 7 * MiB, 6);
+    t.equal(exportedRefusal.status, 201, exportedRefusal.text);
+    t.match(exportedRefusal.body, { imageId: 'c7', cached: false, notCached: /no room: 1 entry is in use/ });
+    t.same(entries(), ['c1', 'c4', 'c5'], 'the exported entry was not evicted');
+    t.match((await agent.request('GET', `/v1/exports/${exported.body.id}`)).body, { volume: c5Volume }, 'its export is still served');
+    t.match(await cacheView(), { entries: 3, evictions: 2, notCached: 2 });
+    t.match(await agent.request('GET', '/metrics'), { text: /volagent_image_cache_not_cached_total\{pool="cache"\} 2/ }, 'counted in the metrics');
+    t.equal((await agent.request('DELETE', '/v1/images/c7')).status, 204);
+    t.equal((await agent.request('DELETE', `/v1/exports/${exported.body.id}`)).status, 204);
+    t.equal((await put('c8', 7 * MiB, 6)).status, 201, 'once the read ended and the export is gone, an upload of the same size evicts and fits');
+    t.same(entries(), ['c8'], 'c1, c4 and c5 evicted, least recently used first');
 
     const before2 = await state();
-    const tooBig = await put('c7', 9 * MiB, 7);
+    const tooBig = await put('c9', 9 * MiB, 7);
     t.equal(tooBig.status, 507, 'larger than max_bytes (declared)');
     t.match(tooBig.body.error, { code: 'IMAGE_CACHE_FULL', details: { maxBytes: 8 * MiB, sizeBytes: 9 * MiB } });
-    const tooBigChunked = await upload('c7', 'pool=cache&tenant=alice&cache=true', pattern(9 * MiB, 7));
+    const tooBigChunked = await upload('c9', 'pool=cache&tenant=alice&cache=true', pattern(9 * MiB, 7));
     t.equal(tooBigChunked.status, 507, 'larger than max_bytes (chunked, refused when it passes)');
     t.same(await state(), before2, 'nothing changed');
     t.match(await cacheView(), { entries: 1, hits: 1, misses: 6, evictions: 5 });

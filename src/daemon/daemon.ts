@@ -108,7 +108,10 @@ export async function startDaemon(config: AgentConfig, logger: Logger, options: 
     lookup: (name) => agent.exports.lookup(name), exportNames: () => agent.exports.nbdExportNames(), allowList: config.nbd.allowList,
   });
   try {
-    const bound = await nbd.listen(config.nbd.listen);
+    const bound = await nbd.listen(config.nbd.listen, {
+      ...(config.nbd.socketMode !== undefined ? { socketMode: config.nbd.socketMode } : {}),
+      ...(config.nbd.socketGroup !== undefined ? { socketGroup: config.nbd.socketGroup } : {}),
+    });
     bound.forEach((b, i) => { if (b.port !== undefined) boundPorts.set(i, b.port); });
   } catch (error) {
     await agent.close();

@@ -9,6 +9,7 @@ import path from 'node:path';
 
 import { parse as parseToml } from 'smol-toml';
 
+import { DEFAULT_KEEP_FINISHED_OPERATIONS } from '../catalog/catalog.js';
 import type { ImageCacheConfig, PoolConfig } from '../pools/pool-config.js';
 import { parseBytes } from '../units/bytes.js';
 
@@ -46,7 +47,6 @@ export interface AgentConfig {
 }
 
 export const DEFAULT_LOCK_WAIT_MS = 2000;
-export const DEFAULT_KEEP_FINISHED_OPERATIONS = 1000;
 
 /** A group's gid by name (getent(1), so NSS groups count), or undefined when there is no such group. */
 export type GroupResolver = (name: string) => number | undefined;

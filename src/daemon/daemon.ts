@@ -86,7 +86,7 @@ export async function startDaemon(config: AgentConfig, logger: Logger, options: 
   const activated = passed.control;
   // Thin pools keep their thin ids in the catalog: with one configured, the
   // catalog opens first. Otherwise a pool that fails start-up leaves no catalog behind.
-  const catalog = config.pools.some((pool) => pool.backend === 'thin') ? Catalog.open(config.catalog.path) : undefined;
+  const catalog = config.pools.some((pool) => pool.backend === 'thin') ? Catalog.open(config.catalog.path, { keepFinishedOperations: config.keepFinishedOperations }) : undefined;
   let thinLedger = catalog ? new CatalogThinLedger(catalog) : undefined;
   const warn = (fields: Record<string, unknown>, message: string): void => logger.warn(fields, message);
   let pools: Pool[];
@@ -99,7 +99,7 @@ export async function startDaemon(config: AgentConfig, logger: Logger, options: 
   const imagePolicies = new Map(config.pools.map((pool) => [pool.name, imagePolicyOf(pool)]));
   const boundPorts = new Map<number, number>();
   const { agent, startup } = await Agent.open({
-    catalogPath: config.catalog.path, ...(catalog ? { catalog } : {}), pools, lockWaitMs: config.lockWaitMs, internalTenant: config.internalTenant, imagePolicies,
+    catalogPath: config.catalog.path, ...(catalog ? { catalog } : {}), pools, lockWaitMs: config.lockWaitMs, keepFinishedOperations: config.keepFinishedOperations, internalTenant: config.internalTenant, imagePolicies,
     nbdListen: config.nbd.listen, boundPorts,
   });
   thinLedger?.writeThrough(agent.writes);

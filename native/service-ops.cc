@@ -1,7 +1,9 @@
-// What a systemd service needs from the kernel: sd_notify's datagram and the
-// credentials of a unix-socket peer. Policy (when to notify, who may connect)
+// What a systemd service needs from the kernel: sd_notify's datagram, the
+// credentials of a unix-socket peer and the address a passed socket is bound to. Policy (when to notify, who may connect)
 // is in TypeScript (src/daemon/systemd.ts, src/api/peer-auth.ts).
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
 #include <stddef.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -104,11 +106,55 @@ Napi::Value PeerCredentialsOf(const Napi::CallbackInfo& info) {
       });
 }
 
+// getsockname(2) of a socket (a listener systemd passed): what it is bound
+// to. AF_UNIX: the path (the kernel's sun_path up to its NUL; an abstract
+// name is returned with '@' for its leading NUL, an unbound socket as ""),
+// AF_INET/AF_INET6: the numeric address and the port. Any other family is
+// {family: "other"}. Runs on the calling thread: the kernel answers from the
+// socket's own state without waiting.
+Napi::Value SocketName(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = ArgFd(info, 0, "fd");
+  if (env.IsExceptionPending()) return env.Undefined();
+  sockaddr_storage address{};
+  socklen_t length = sizeof address;
+  if (getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length) != 0) {
+    SysError err;
+    err.set(errno, "getsockname");
+    MakeNodeError(env, err).ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  Napi::Object result = Napi::Object::New(env);
+  if (address.ss_family == AF_UNIX) {
+    const sockaddr_un* un = reinterpret_cast<const sockaddr_un*>(&address);
+    size_t pathLength = length > offsetof(sockaddr_un, sun_path) ? length - offsetof(sockaddr_un, sun_path) : 0;
+    std::string name(un->sun_path, pathLength);
+    if (!name.empty() && name[0] == '\0') name[0] = '@';
+    else name = name.substr(0, name.find('\0'));
+    result.Set("family", "unix");
+    result.Set("path", name);
+  } else if (address.ss_family == AF_INET || address.ss_family == AF_INET6) {
+    char text[INET6_ADDRSTRLEN] = {};
+    bool v4 = address.ss_family == AF_INET;
+    const void* raw = v4 ? static_cast<const void*>(&reinterpret_cast<const sockaddr_in*>(&address)->sin_addr)
+                         : static_cast<const void*>(&reinterpret_cast<const sockaddr_in6*>(&address)->sin6_addr);
+    inet_ntop(address.ss_family, raw, text, sizeof text);
+    uint16_t port = ntohs(v4 ? reinterpret_cast<const sockaddr_in*>(&address)->sin_port : reinterpret_cast<const sockaddr_in6*>(&address)->sin6_port);
+    result.Set("family", v4 ? "inet" : "inet6");
+    result.Set("address", std::string(text));
+    result.Set("port", Napi::Number::New(env, port));
+  } else {
+    result.Set("family", "other");
+  }
+  return result;
+}
+
 }  // namespace
 
 void InitServiceOps(Napi::Env env, Napi::Object exports) {
   exports.Set("sdNotify", Napi::Function::New(env, SdNotify, "sdNotify"));
   exports.Set("peerCredentials", Napi::Function::New(env, PeerCredentialsOf, "peerCredentials"));
+  exports.Set("socketName", Napi::Function::New(env, SocketName, "socketName"));
 }
 
 }  // namespace volagent

@@ -45,6 +45,8 @@ export interface AgentOptions {
   pools: Pool[];
   /** How long delete and resize wait for readers of their volume (`[agent] lock_wait_ms`). */
   lockWaitMs: number;
+  /** Ended operations the catalog keeps (`[agent] keep_finished_operations`; the catalog's default when absent). */
+  keepFinishedOperations?: number;
   /** Tenant of internal Image-Volumes (`[agent] internal_tenant`). */
   internalTenant: string;
   /** Image limits per pool name (`max_image_bytes`, `image_cache`). */
@@ -99,12 +101,13 @@ export class Agent {
    * run left half-done, before any request is served. Returns the start-up report.
    */
   static async open(options: AgentOptions): Promise<{ agent: Agent; startup: CheckReport }> {
-    const catalog = options.catalog ?? Catalog.open(options.catalogPath);
+    const keep = options.keepFinishedOperations !== undefined ? { keepFinishedOperations: options.keepFinishedOperations } : {};
+    const catalog = options.catalog ?? Catalog.open(options.catalogPath, keep);
     try {
       const pools = new Map(options.pools.map((pool) => [pool.name, pool]));
       // Nothing is served yet: start-up writes go on this thread.
       const startup = await reconcile(catalog, inlineWrites(catalog), pools, { mode: 'startup' });
-      const writer = await CatalogWriter.start(options.catalogPath);
+      const writer = await CatalogWriter.start(options.catalogPath, keep);
       return { agent: new Agent(catalog, writer, options), startup };
     } catch (error) {
       catalog.close();

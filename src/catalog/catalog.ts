@@ -240,6 +240,9 @@ function toExport(r: ExportRecord): ExportRow {
 /** dm-thin device ids are 24 bits. */
 const MAX_THIN_ID = 2 ** 24 - 1;
 
+/** Ended operations the catalog keeps unless told otherwise (`[agent] keep_finished_operations`). */
+export const DEFAULT_KEEP_FINISHED_OPERATIONS = 1000;
+
 export class ThinLedgerError extends Error {
   override name = 'ThinLedgerError';
 }
@@ -255,7 +258,11 @@ export class Catalog {
   /** Prepared once per SQL text: preparing costs more than running these small statements. */
   private readonly statements = new Map<string, Statement>();
 
-  private constructor(readonly db: Database, readonly file: string, private readonly now: () => string) {}
+  private constructor(
+    readonly db: Database, readonly file: string, private readonly now: () => string,
+    /** Ended operations kept by finishOperation: the most recently ended ones. */
+    readonly keepFinishedOperations: number,
+  ) {}
 
   private sql(text: string): Statement {
     let statement = this.statements.get(text);
@@ -266,8 +273,12 @@ export class Catalog {
     return statement;
   }
 
-  /** Opens (creating if needed) and migrates the catalog at `file`. */
-  static open(file: string, options: { now?: () => string } = {}): Catalog {
+  /**
+   * Opens (creating if needed) and migrates the catalog at `file`.
+   * `keepFinishedOperations` (default 1000): how many ended operations
+   * finishOperation leaves in the table.
+   */
+  static open(file: string, options: { now?: () => string; keepFinishedOperations?: number } = {}): Catalog {
     if (file !== ':memory:') mkdirSync(path.dirname(file), { recursive: true });
     const db = new BetterSqlite3(file);
     try {
@@ -280,7 +291,7 @@ export class Catalog {
       db.close();
       throw error;
     }
-    return new Catalog(db, file, options.now ?? (() => new Date().toISOString()));
+    return new Catalog(db, file, options.now ?? (() => new Date().toISOString()), options.keepFinishedOperations ?? DEFAULT_KEEP_FINISHED_OPERATIONS);
   }
 
   close(): void {
@@ -526,12 +537,26 @@ export class Catalog {
       .run(doneBytes, totalBytes, this.now(), id);
   }
 
-  /** Ends a running operation, with its final progress when given. */
+  /**
+   * Ends a running operation, with its final progress when given, and prunes
+   * the table with the same write (one transaction on the writer thread): every running operation stays, and of
+   * the ended ones the `keepFinishedOperations` that ended last (by
+   * updated_at, the end time; rowid breaks ties), so the table never grows
+   * past running + that many.
+   */
   finishOperation(id: string, state: Exclude<OperationState, 'running'>, error?: { code: string; message: string },
     progress?: { doneBytes: number; totalBytes: number }): boolean {
-    return this.sql(`UPDATE operations SET state = ?, error = ?, error_code = ?, updated_at = ?,
+    const ended = this.sql(`UPDATE operations SET state = ?, error = ?, error_code = ?, updated_at = ?,
         done_bytes = COALESCE(?, done_bytes), total_bytes = COALESCE(?, total_bytes) WHERE id = ? AND state = 'running'`)
       .run(state, error?.message ?? null, error?.code ?? null, this.now(), progress?.doneBytes ?? null, progress?.totalBytes ?? null, id).changes === 1;
+    if (ended) this.pruneFinishedOperations();
+    return ended;
+  }
+
+  /** Deletes the ended operations beyond the `keepFinishedOperations` that ended last. */
+  private pruneFinishedOperations(): void {
+    this.sql(`DELETE FROM operations WHERE rowid IN (SELECT rowid FROM operations WHERE state != 'running'
+      ORDER BY updated_at DESC, rowid DESC LIMIT -1 OFFSET ?)`).run(this.keepFinishedOperations);
   }
 
   runningOperations(): OperationRow[] {

@@ -6,14 +6,15 @@ import { parentPort, workerData } from 'node:worker_threads';
 
 import { Catalog } from './catalog.js';
 import { commitGroup, toWire } from './writer-group.js';
-import type { FromWriter, ToWriter, WriteCall } from './writer-wire.js';
+import type { FromWriter, ToWriter, WriteCall, WriterData } from './writer-wire.js';
 
 const port = parentPort!;
 const send = (message: FromWriter): void => port.postMessage(message);
 
 function openCatalog(): Catalog | undefined {
   try {
-    return Catalog.open((workerData as { file: string }).file);
+    const { file, keepFinishedOperations } = workerData as WriterData;
+    return Catalog.open(file, { keepFinishedOperations });
   } catch (error) {
     send({ type: 'failed', error: toWire(error) });
     port.close(); // nothing else keeps the thread alive: it ends

@@ -2,6 +2,12 @@
 import type { ObjectState } from './volume-state.js';
 import type { WriteMethod } from './writes.js';
 
+/** The writer thread's workerData: the catalog file and how Catalog.open opens it there. */
+export interface WriterData {
+  file: string;
+  keepFinishedOperations?: number;
+}
+
 export interface WriteCall {
   type: 'call';
   id: number;

@@ -6,7 +6,7 @@
 import { Worker } from 'node:worker_threads';
 
 import { IllegalTransitionError } from './catalog.js';
-import type { FromWriter, ToWriter, WireError, WriteReply } from './writer-wire.js';
+import type { FromWriter, ToWriter, WireError, WriteReply, WriterData } from './writer-wire.js';
 import type { CatalogWrites, WriteMethod } from './writes.js';
 import { writesThrough } from './writes.js';
 
@@ -52,8 +52,9 @@ export class CatalogWriter {
   }
 
   /** Starts the writer thread on the catalog file (already created and migrated by the caller). */
-  static start(file: string): Promise<CatalogWriter> {
-    const worker = new Worker(THREAD_URL, { workerData: { file }, name: 'catalog-writer' });
+  static start(file: string, options: { keepFinishedOperations?: number } = {}): Promise<CatalogWriter> {
+    const workerData: WriterData = { file, ...options };
+    const worker = new Worker(THREAD_URL, { workerData, name: 'catalog-writer' });
     return new Promise((resolve, reject) => {
       const onMessage = (message: FromWriter): void => {
         if (message.type === 'ready') {

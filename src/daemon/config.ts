@@ -3,11 +3,13 @@
 //   /etc/volagent/volagent.toml: pools[1].block_size: must be a multiple of 64KiB
 // Relative paths are resolved against the config file's directory (the
 // embedded default's, against the working directory).
+import { execFileSync } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 
 import { parse as parseToml } from 'smol-toml';
 
+import { DEFAULT_KEEP_FINISHED_OPERATIONS } from '../catalog/catalog.js';
 import type { ImageCacheConfig, PoolConfig } from '../pools/pool-config.js';
 import { parseBytes } from '../units/bytes.js';
 
@@ -30,16 +32,39 @@ export interface AgentConfig {
   source: string;
   control: { socket: string; allow: AllowRule[] };
   catalog: { path: string };
-  /** `allow_list`: NBD_OPT_LIST names the exports (off: export ids are not to be guessed). */
-  nbd: { listen: ListenAddress[]; allowList: boolean };
+  /**
+   * `allow_list`: NBD_OPT_LIST names the exports (off: export ids are not to be guessed).
+   * `socket_mode` and `socket_group` (resolved to a gid at start-up): the unix
+   * sockets' mode and group, set when the agent binds them (mode 0660 when not
+   * given) and, only when given, on a passed path socket too (exports/nbd/server.ts).
+   */
+  nbd: { listen: ListenAddress[]; allowList: boolean; socketMode?: number; socketGroup?: number };
   pools: PoolConfig[];
   /** Tenant that owns internal Image-Volumes. */
   internalTenant: string;
   /** How long delete and resize wait for clones reading their volume before VOLUME_BUSY (`[agent] lock_wait_ms`). */
   lockWaitMs: number;
+  /** Ended operations the catalog keeps, the most recently ended (`[agent] keep_finished_operations`); running ones are always kept. */
+  keepFinishedOperations: number;
 }
 
 export const DEFAULT_LOCK_WAIT_MS = 2000;
+
+/** A group's gid by name (getent(1), so NSS groups count), or undefined when there is no such group. */
+export type GroupResolver = (name: string) => number | undefined;
+
+export const resolveGroupByGetent: GroupResolver = (name) => {
+  let line: string;
+  try {
+    line = execFileSync('getent', ['group', '--', name], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
+  } catch (error) {
+    // getent exits 2 when the key is not found.
+    if ((error as { status?: number }).status === 2) return undefined;
+    throw error;
+  }
+  const gid = Number(line.split(':')[2]);
+  return Number.isSafeInteger(gid) ? gid : undefined;
+};
 
 export const EMBEDDED_DEFAULT_SOURCE = '<embedded default>';
 
@@ -97,6 +122,11 @@ class TableReader {
 
   has(key: string): boolean {
     return this.values[key] !== undefined;
+  }
+
+  /** The value as written, without taking it. */
+  peek(key: string): unknown {
+    return this.values[key];
   }
 
   string(key: string, fallback?: string): string {
@@ -234,8 +264,33 @@ function readPool(pool: TableReader): PoolConfig {
   return result;
 }
 
-/** Validates parsed TOML into an AgentConfig. */
-export function readConfig(document: Table, source: string, baseDir: string): AgentConfig {
+const MAX_ID = 2 ** 32 - 2;
+
+/** `socket_group`: a gid, or a group name resolved now (an unknown name is a config error). */
+function readSocketGroup(nbd: TableReader, resolveGroup: GroupResolver): number | undefined {
+  const raw = nbd.peek('socket_group');
+  if (raw === undefined || typeof raw === 'number' || typeof raw === 'bigint') return nbd.integer('socket_group', 0, MAX_ID);
+  const name = nbd.string('socket_group');
+  if (/^\d+$/.test(name)) {
+    const gid = Number(name);
+    if (gid > MAX_ID) nbd.fail('socket_group', `must be a group name or a gid from 0 to ${MAX_ID}`);
+    return gid;
+  }
+  const gid = resolveGroup(name);
+  if (gid === undefined) nbd.fail('socket_group', `no group named "${name}" on this host`);
+  return gid;
+}
+
+/** `socket_mode`: an octal string of permission bits ("0660"); TOML integers are refused (660 would be decimal). */
+function readSocketMode(nbd: TableReader): number | undefined {
+  if (!nbd.has('socket_mode')) return undefined;
+  const text = nbd.string('socket_mode');
+  if (!/^0?[0-7]{3}$/.test(text)) nbd.fail('socket_mode', `must be an octal string of permission bits like "0660" (got ${JSON.stringify(text)})`);
+  return parseInt(text, 8);
+}
+
+/** Validates parsed TOML into an AgentConfig; group names are resolved with `resolveGroup`. */
+export function readConfig(document: Table, source: string, baseDir: string, resolveGroup: GroupResolver = resolveGroupByGetent): AgentConfig {
   const top = new TableReader(document, '', source, baseDir);
 
   const control = top.table('control');
@@ -267,6 +322,8 @@ export function readConfig(document: Table, source: string, baseDir: string): Ag
     return address.kind === 'unix' ? { kind: 'unix' as const, path: path.resolve(baseDir, address.path) } : address;
   });
   const allowList = nbd.boolean('allow_list', false);
+  const socketMode = readSocketMode(nbd);
+  const socketGroup = readSocketGroup(nbd, resolveGroup);
   nbd.done();
 
   const agent = top.optionalTable('agent');
@@ -277,6 +334,7 @@ export function readConfig(document: Table, source: string, baseDir: string): Ag
     }
   });
   const lockWaitMs = agent?.integer('lock_wait_ms', 0, 600_000) ?? DEFAULT_LOCK_WAIT_MS;
+  const keepFinishedOperations = agent?.integer('keep_finished_operations', 0, 10_000_000) ?? DEFAULT_KEEP_FINISHED_OPERATIONS;
   agent?.done();
 
   const pools = top.array('pools').map((value, i) => readPool(top.element('pools', i, value)));
@@ -288,18 +346,22 @@ export function readConfig(document: Table, source: string, baseDir: string): Ag
   });
   top.done();
 
-  return { source, control: { socket, allow }, catalog: { path: catalogPath }, nbd: { listen, allowList }, pools, internalTenant, lockWaitMs };
+  return {
+    source, control: { socket, allow }, catalog: { path: catalogPath },
+    nbd: { listen, allowList, ...(socketMode !== undefined ? { socketMode } : {}), ...(socketGroup !== undefined ? { socketGroup } : {}) },
+    pools, internalTenant, lockWaitMs, keepFinishedOperations,
+  };
 }
 
 /** Parses TOML text; syntax errors keep the parser's line and column. */
-export function parseConfig(text: string, source: string, baseDir: string): AgentConfig {
+export function parseConfig(text: string, source: string, baseDir: string, resolveGroup?: GroupResolver): AgentConfig {
   let document: Table;
   try {
     document = parseToml(text) as Table;
   } catch (error) {
     throw new ConfigError(source, '', `not valid TOML: ${(error as Error).message.split('\n')[0]}`);
   }
-  return readConfig(document, source, baseDir);
+  return readConfig(document, source, baseDir, resolveGroup);
 }
 
 /** The config in `file`, or the embedded default (paths under the working directory) when no file is given. */

@@ -18,6 +18,8 @@ import type { PoolConfig } from '../pools/pool-config.js';
 import type { AgentConfig } from './config.js';
 import { EMBEDDED_DEFAULT_SOURCE, loadConfig } from './config.js';
 import { planReload } from './reload.js';
+import type { ActivatedSockets } from './activation.js';
+import { assignListened } from './activation.js';
 import { prepareSocketPath } from './control-socket.js';
 import type { Logger } from './logger.js';
 import type { ListenedSocket } from './systemd.js';
@@ -35,7 +37,7 @@ export class StartupError extends Error {
 export interface DaemonOptions {
   /** sd_notify: READY=1 once the control socket serves, STATUS=, watchdog pings, STOPPING=1. */
   notifier?: ServiceNotifier;
-  /** Sockets passed by systemd (socket activation): the control API is served on the one named `control`, or on the only one. */
+  /** Sockets passed by systemd (socket activation): `control` for the control API, `nbd` for [nbd].listen entries (activation.ts). */
   listened?: ListenedSocket[];
 }
 
@@ -74,20 +76,18 @@ async function openPools(config: AgentConfig, logger: Logger, context: PoolConte
   return pools;
 }
 
-/** The passed socket the control API is served on: the one named `control`, else the only one passed. */
-export function controlSocketOf(listened: ListenedSocket[]): ListenedSocket | undefined {
-  return listened.find((socket) => socket.name === 'control') ?? (listened.length === 1 ? listened[0] : undefined);
-}
-
 export async function startDaemon(config: AgentConfig, logger: Logger, options: DaemonOptions = {}): Promise<RunningDaemon> {
   const notifier = options.notifier ?? ServiceNotifier.fromEnvironment({ env: {} });
-  const activated = controlSocketOf(options.listened ?? []);
-  if (options.listened?.length && !activated) {
-    throw new StartupError(`socket activation passed ${options.listened.length} sockets (${options.listened.map((l) => l.name).join(', ')}) and none is named "control" (FileDescriptorName=control)`);
+  let passed: ActivatedSockets;
+  try {
+    passed = assignListened(options.listened ?? [], config.nbd.listen);
+  } catch (error) {
+    throw new StartupError((error as Error).message, { cause: error });
   }
+  const activated = passed.control;
   // Thin pools keep their thin ids in the catalog: with one configured, the
   // catalog opens first. Otherwise a pool that fails start-up leaves no catalog behind.
-  const catalog = config.pools.some((pool) => pool.backend === 'thin') ? Catalog.open(config.catalog.path) : undefined;
+  const catalog = config.pools.some((pool) => pool.backend === 'thin') ? Catalog.open(config.catalog.path, { keepFinishedOperations: config.keepFinishedOperations }) : undefined;
   let thinLedger = catalog ? new CatalogThinLedger(catalog) : undefined;
   const warn = (fields: Record<string, unknown>, message: string): void => logger.warn(fields, message);
   let pools: Pool[];
@@ -100,7 +100,7 @@ export async function startDaemon(config: AgentConfig, logger: Logger, options: 
   const imagePolicies = new Map(config.pools.map((pool) => [pool.name, imagePolicyOf(pool)]));
   const boundPorts = new Map<number, number>();
   const { agent, startup } = await Agent.open({
-    catalogPath: config.catalog.path, ...(catalog ? { catalog } : {}), pools, lockWaitMs: config.lockWaitMs, internalTenant: config.internalTenant, imagePolicies,
+    catalogPath: config.catalog.path, ...(catalog ? { catalog } : {}), pools, lockWaitMs: config.lockWaitMs, keepFinishedOperations: config.keepFinishedOperations, internalTenant: config.internalTenant, imagePolicies,
     nbdListen: config.nbd.listen, boundPorts,
   });
   thinLedger?.writeThrough(agent.writes);
@@ -109,7 +109,12 @@ export async function startDaemon(config: AgentConfig, logger: Logger, options: 
     lookup: (name) => agent.exports.lookup(name), exportNames: () => agent.exports.nbdExportNames(), allowList: config.nbd.allowList,
   });
   try {
-    const bound = await nbd.listen(config.nbd.listen);
+    const bound = await nbd.listen(config.nbd.listen, {
+      ...(config.nbd.socketMode !== undefined ? { socketMode: config.nbd.socketMode } : {}),
+      ...(config.nbd.socketGroup !== undefined ? { socketGroup: config.nbd.socketGroup } : {}),
+      passed: passed.nbd,
+    });
+    for (const b of bound.filter((b) => b.passed)) logger.info({ nbd: b.address.kind === 'unix' ? b.address.path : `${b.address.host}:${b.address.port}` }, 'nbd: serving a socket passed by systemd');
     bound.forEach((b, i) => { if (b.port !== undefined) boundPorts.set(i, b.port); });
   } catch (error) {
     await agent.close();

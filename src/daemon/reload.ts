@@ -29,7 +29,7 @@ export function planReload(running: AgentConfig, next: AgentConfig): ReloadPlan 
     ['[control]', running.control, next.control],
     ['[catalog]', running.catalog, next.catalog],
     ['[nbd]', running.nbd, next.nbd],
-    ['[agent]', [running.internalTenant, running.lockWaitMs], [next.internalTenant, next.lockWaitMs]],
+    ['[agent]', [running.internalTenant, running.lockWaitMs, running.keepFinishedOperations], [next.internalTenant, next.lockWaitMs, next.keepFinishedOperations]],
   ];
   for (const [section, was, is] of sections) {
     if (!same(was, is)) refused.push(`${section} changed: it needs a restart; the running settings stay`);

@@ -74,6 +74,11 @@ export interface PeerCredentials {
   groups: number[];
 }
 
+export type SocketName =
+  | { family: 'unix'; path: string }
+  | { family: 'inet' | 'inet6'; address: string; port: number }
+  | { family: 'other' };
+
 export interface LoopStatus {
   number: number;
   major: number;
@@ -183,5 +188,7 @@ export interface NativeAddon {
   sdNotify(socketPath: string, message: string): Promise<void>;
   /** SO_PEERCRED and SO_PEERGROUPS of a connected unix socket: the peer's pid, uid, gid and groups as the kernel recorded them at connect. */
   peerCredentials(fd: number): Promise<PeerCredentials>;
+  /** getsockname(2), on the calling thread: a unix socket's path ("@name" when abstract, "" when unbound), or an inet address and port. */
+  socketName(fd: number): SocketName;
   fileConstants: FileConstants;
 }

@@ -59,7 +59,7 @@ function withCallerStack(failure: unknown, caller: Error): unknown {
 type AsyncFunctionKeys<T> = { [K in keyof T]: T[K] extends (...args: never[]) => Promise<unknown> ? K : never }[keyof T];
 
 /** The addon's functions that return at once (no kernel wait): left unwrapped. */
-const SYNC_FUNCTIONS = new Set(['alignedBuffer']);
+const SYNC_FUNCTIONS = new Set(['alignedBuffer', 'socketName']);
 
 function wrapAsync<T extends object>(raw: T): T {
   const wrapped: Record<string, unknown> = {};

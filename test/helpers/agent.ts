@@ -124,6 +124,10 @@ export interface AgentSpec {
   nbdListen?: string[];
   /** `[control].allow` rules; none: root only. */
   allow?: Array<{ uid?: number; gid?: number; role: 'admin' | 'reader' | 'tenant'; tenant?: string }>;
+  /** `[nbd] socket_mode` and `socket_group`, as written in TOML (`"0660"`, `4242` or `"kvm"`). */
+  nbdSocket?: { mode?: string; group?: string | number };
+  /** `[agent] keep_finished_operations`. */
+  keepFinishedOperations?: number;
 }
 
 export interface StreamOptions {
@@ -209,8 +213,12 @@ export async function writeAgentConfig(spec: AgentSpec): Promise<string> {
       ...(rule.uid !== undefined ? [`uid = ${rule.uid}`] : []), ...(rule.gid !== undefined ? [`gid = ${rule.gid}`] : []), `role = "${rule.role}"`, ...(rule.tenant !== undefined ? [`tenant = "${rule.tenant}"`] : []),
     ].join(', ')} }`).join(', ')}]`] : []), '',
     '[catalog]', `path = ${JSON.stringify(path.join(spec.dir, 'catalog.db'))}`, '',
-    '[nbd]', `listen = [${[`unix:${path.join(spec.dir, 'nbd.sock')}`, ...(spec.nbdListen ?? [])].map((a) => JSON.stringify(a)).join(', ')}]`, '',
-    ...(spec.lockWaitMs !== undefined ? ['[agent]', `lock_wait_ms = ${spec.lockWaitMs}`, ''] : []),
+    '[nbd]', `listen = [${[`unix:${path.join(spec.dir, 'nbd.sock')}`, ...(spec.nbdListen ?? [])].map((a) => JSON.stringify(a)).join(', ')}]`,
+    ...(spec.nbdSocket?.mode !== undefined ? [`socket_mode = ${JSON.stringify(spec.nbdSocket.mode)}`] : []),
+    ...(spec.nbdSocket?.group !== undefined ? [`socket_group = ${JSON.stringify(spec.nbdSocket.group)}`] : []), '',
+    ...(spec.lockWaitMs !== undefined || spec.keepFinishedOperations !== undefined ? ['[agent]',
+      ...(spec.lockWaitMs !== undefined ? [`lock_wait_ms = ${spec.lockWaitMs}`] : []),
+      ...(spec.keepFinishedOperations !== undefined ? [`keep_finished_operations = ${spec.keepFinishedOperations}`] : []), ''] : []),
     ...spec.pools.flatMap(poolLines),
   ];
   await writeFile(configFile, lines.join('\n'));

@@ -8,13 +8,15 @@ import type { ChildProcess } from 'node:child_process';
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdir, stat } from 'node:fs/promises';
+import { mkdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { connect } from 'node:net';
 import path from 'node:path';
 import t from 'tap';
 import type { Test } from 'tap';
 
 import { outcomeOf, requestOn, spawnAgent, VOLAGENTD, writeAgentConfig } from '../helpers/agent.js';
 import { NotifyListener } from '../helpers/notify-listener.js';
+import { outcome } from '../helpers/run.js';
 import { skipUnlessRoot } from '../helpers/privileged.js';
 import { tempDir } from '../helpers/temp-dir.js';
 
@@ -114,6 +116,58 @@ if (!skipUnlessRoot(t)) {
     t.ok((await stat(activated)).isSocket(), 'the passed socket is left for the next activation');
   });
 
+  await t.test('socket activation of NBD (FileDescriptorName=nbd): an export is read through the passed socket, which gets socket_mode and socket_group and is neither made nor removed by the agent', async (t) => {
+    const nbdDir = path.join(dir, 'activated-nbd');
+    await mkdir(nbdDir);
+    const nbdPool = path.join(nbdDir, 'pool');
+    await mkdir(nbdPool);
+    const nbdConfig = await writeAgentConfig({ dir: nbdDir, pools: [{ name: 'p', path: nbdPool }], nbdSocket: { mode: '0660', group: 4242 } });
+    const control = path.join(nbdDir, 'passed-control.sock');
+    const nbdSocket = path.join(nbdDir, 'nbd.sock');
+    const activator = spawn('systemd-socket-activate', ['-l', control, '-l', nbdSocket, '--fdname=control:nbd', process.execPath, VOLAGENTD, '--config', nbdConfig], { stdio: ['ignore', 'pipe', 'pipe'] });
+    t.teardown(async () => { await stopChild(activator, 'SIGKILL'); });
+    const output = outcomeOf(activator);
+    for (let i = 0; i < 100 && !(existsSync(control) && existsSync(nbdSocket)); i++) await new Promise((r) => setTimeout(r, 20));
+    const made = await stat(nbdSocket);
+    t.ok(made.isSocket(), 'systemd-socket-activate made the NBD socket');
+    t.equal(made.gid, 0, 'with its own group before the agent runs');
+
+    t.equal((await requestOn(control, 'PUT', '/v1/volumes/nv', { tenant: 't', sizeBytes: 4 * 1048576 })).status, 201);
+    const content = Buffer.alloc(4 * 1048576);
+    for (let i = 0; i < content.length; i += 65536) content.writeUInt32BE(i / 65536 + 1, i);
+    await writeFile(path.join(nbdPool, 'objects', 'nv.raw'), content);
+    const exported = await requestOn(control, 'POST', '/v1/volumes/nv/exports', { protocol: 'nbd', readOnly: true });
+    t.equal(exported.status, 201, exported.text);
+    t.equal(exported.body.uri, `nbd+unix:///${exported.body.id}?socket=${nbdSocket}`, 'the URI names the passed socket');
+    const copied = path.join(nbdDir, 'copied.raw');
+    const copy = await outcome('nbdcopy', [exported.body.uri, copied]);
+    t.equal(copy.code, 0, copy.stderr);
+    t.ok((await readFile(copied)).equals(content), 'nbdcopy reads the export through the passed socket');
+
+    const served = await stat(nbdSocket);
+    t.equal(served.ino, made.ino, 'the same socket file: the agent did not make its own');
+    t.equal(served.mode & 0o7777, 0o660, 'socket_mode applied to the passed socket');
+    t.equal(served.gid, 4242, 'socket_group applied to the passed socket');
+    t.equal(await stopChild(activator), 0, 'SIGTERM: clean exit');
+    const { stdout } = await output;
+    t.match(stdout, new RegExp(`"nbd":"${nbdSocket}".*nbd: serving a socket passed by systemd`), 'the log says the NBD socket was passed');
+    t.equal((await stat(nbdSocket)).ino, made.ino, 'the passed NBD socket is left in place after the agent stops');
+  });
+
+  await t.test('socket activation: an "nbd" socket no [nbd].listen entry names is refused at start-up', async (t) => {
+    const stray = path.join(dir, 'stray-nbd.sock');
+    const activator = spawn('systemd-socket-activate', ['-l', stray, '--fdname=nbd', process.execPath, VOLAGENTD, '--config', configFile], { stdio: ['ignore', 'pipe', 'pipe'] });
+    t.teardown(async () => { await stopChild(activator, 'SIGKILL'); });
+    const output = outcomeOf(activator);
+    for (let i = 0; i < 100 && !existsSync(stray); i++) await new Promise((r) => setTimeout(r, 20));
+    await new Promise<void>((resolve) => connect(stray).on('error', () => resolve()).on('close', () => resolve()));
+    const { code, stderr } = await output;
+    t.equal(code, 1, 'exit 1');
+    // systemd-socket-activate's own lines ("Listening on ...") share the stream.
+    t.same(stderr.split('\n').filter((line) => line.startsWith('volagentd:')), [`volagentd: socket activation passed fd 3 named "nbd", bound to unix:${stray}, which no [nbd].listen entry names`]);
+    t.notOk(existsSync(path.join(dir, 'nbd.sock')), 'nothing bound');
+  });
+
   await t.test('socket activation with several sockets and none named control: refused at start-up with a clear error', async (t) => {
     const activator = spawn('systemd-socket-activate', ['-l', path.join(dir, 'a.sock'), '-l', path.join(dir, 'b.sock'), '--fdname=x:y', process.execPath, VOLAGENTD, '--config', configFile], { stdio: ['ignore', 'pipe', 'pipe'] });
     t.teardown(async () => { await stopChild(activator, 'SIGKILL'); });
@@ -151,7 +205,6 @@ if (!skipUnlessRoot(t)) {
     t.equal((await requestOn(socket, 'PUT', '/v1/volumes/r1', { tenant: 't', pool: 'p2', sizeBytes: 1048576 })).status, 201, 'a volume in the added pool');
 
     // A config that does not parse: nothing changes, READY=1 all the same.
-    const { writeFile } = await import('node:fs/promises');
     await writeFile(reloadConfig, '[[pools]]\nname = "p1"\nbackend = "zfs"\n');
     from = listener.messages.length;
     agent.kill('SIGHUP');

@@ -108,3 +108,22 @@ t.test('group commit: a failing call is rolled back alone, the others commit', a
   t.equal(catalog.getVolume('v0')?.state, 'available');
   t.equal((catalog.db.prepare('SELECT count(*) AS n FROM volumes').get() as { n: number }).n, before.n + 1);
 });
+
+t.test('the writer thread prunes ended operations with its keepFinishedOperations', async (t) => {
+  const file = path.join(await tempDir(t), 'catalog.db');
+  const reader = Catalog.open(file);
+  const writer = await CatalogWriter.start(file, { keepFinishedOperations: 2 });
+  t.teardown(async () => {
+    await writer.close();
+    reader.close();
+  });
+  for (const id of ['a', 'b', 'c', 'd', 'e']) await writer.writes.insertOperation({ id, kind: 'clone', targetId: id, totalBytes: 1, tenant: 't' });
+  // Ended one per commit, a few ms apart: end times (updated_at, millisecond ISO text) differ, so the order is theirs, not rowid's.
+  for (const id of ['d', 'a', 'c', 'b']) {
+    t.equal(await writer.writes.finishOperation(id, 'succeeded'), true);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+  t.same((reader.db.prepare('SELECT id, state FROM operations ORDER BY id').all()), [
+    { id: 'b', state: 'succeeded' }, { id: 'c', state: 'succeeded' }, { id: 'e', state: 'running' },
+  ], 'the running one and the 2 that ended last');
+});

@@ -161,3 +161,37 @@ t.test('listOperations: running first by age, then the newest finished ones', as
   t.same(catalog.listOperations(0).map((o) => o.id), ['c', 'b'], 'finished ones are capped');
   t.match(catalog.getOperation('a'), { state: 'failed', error: { code: 'INSUFFICIENT_SPACE', message: 'ENOSPC' } });
 });
+
+t.test('finishOperation prunes: every running operation stays, and the keepFinishedOperations that ended last (by end time, not start)', async (t) => {
+  let clock = 0;
+  const catalog = Catalog.open(':memory:', { now: () => new Date(Date.UTC(2026, 0, 1, 0, 0, clock++)).toISOString(), keepFinishedOperations: 3 });
+  t.teardown(() => catalog.close());
+  t.equal(catalog.keepFinishedOperations, 3);
+  const ids = Array.from({ length: 10 }, (_, i) => `o${i}`);
+  for (const id of ids) catalog.insertOperation({ id, kind: 'clone', targetId: id, totalBytes: 1, tenant: 't' });
+  const rows = (): string[] => (catalog.db.prepare('SELECT id FROM operations ORDER BY id').all() as Array<{ id: string }>).map((r) => r.id);
+  const ended: string[] = [];
+  const states = ['succeeded', 'failed', 'cancelled'] as const;
+  for (const [i, id] of ['o5', 'o1', 'o8', 'o0', 'o3', 'o7'].entries()) {
+    t.equal(catalog.finishOperation(id, states[i % 3]!), true);
+    ended.push(id);
+    const running = ids.filter((o) => !ended.includes(o));
+    t.same(rows(), [...running, ...ended.slice(-3)].sort(), `after ${id} ended: the running ones and the last 3 ended`);
+  }
+  t.same(rows(), ['o0', 'o2', 'o3', 'o4', 'o6', 'o7', 'o9'], 'o5, o1 and o8 ended first and are gone; o0 started first and ended late: kept');
+  t.same(catalog.countOperationsByState(), { running: 4, succeeded: 1, failed: 1, cancelled: 1 });
+  t.equal(catalog.finishOperation('o7', 'failed'), false, 'ending an ended operation changes nothing');
+  t.same(rows(), ['o0', 'o2', 'o3', 'o4', 'o6', 'o7', 'o9']);
+});
+
+t.test('keepFinishedOperations 0 keeps only running operations; the default is 1000', async (t) => {
+  const catalog = Catalog.open(':memory:', { keepFinishedOperations: 0 });
+  t.teardown(() => catalog.close());
+  for (const id of ['a', 'b']) catalog.insertOperation({ id, kind: 'clone', targetId: id, totalBytes: 1, tenant: 't' });
+  catalog.finishOperation('a', 'succeeded');
+  t.same(catalog.listOperations().map((o) => o.id), ['b']);
+  t.equal(catalog.getOperation('a'), undefined);
+  const byDefault = Catalog.open(':memory:');
+  t.teardown(() => byDefault.close());
+  t.equal(byDefault.keepFinishedOperations, 1000);
+});

@@ -42,6 +42,7 @@ t.test('the embedded default runs under the working directory', async (t) => {
     pools: [{ name: 'default', backend: 'file', path: path.resolve('var/pools/default') }],
     internalTenant: 'volagent-internal',
     lockWaitMs: 2000,
+    keepFinishedOperations: 1000,
   });
 });
 
@@ -84,6 +85,13 @@ t.test('every error names the file and the key', async (t) => {
     ['[control]\nallow = [{ uid = 0, gid = 0, role = "admin" }]\n' + pool, 'f.toml: control.allow[0]: needs exactly one of uid or gid'],
     ['[control]\nallow = [{ uid = -1, role = "admin" }]\n' + pool, 'f.toml: control.allow[0].uid: must be an integer from 0 to 4294967294'],
     ['[nbd]\nlisten = ["unix:@abstract"]\n' + pool, 'f.toml: nbd.listen[0]: "unix:@abstract": a unix address is a filesystem path (never abstract)'],
+    ['[nbd]\nsocket_mode = 660\n' + pool, 'f.toml: nbd.socket_mode: must be a non-empty string'],
+    ['[nbd]\nsocket_mode = "0668"\n' + pool, 'f.toml: nbd.socket_mode: must be an octal string of permission bits like "0660" (got "0668")'],
+    ['[nbd]\nsocket_mode = "04770"\n' + pool, 'f.toml: nbd.socket_mode: must be an octal string of permission bits like "0660" (got "04770")'],
+    ['[nbd]\nsocket_group = "no-such-group"\n' + pool, 'f.toml: nbd.socket_group: no group named "no-such-group" on this host'],
+    ['[nbd]\nsocket_group = -1\n' + pool, 'f.toml: nbd.socket_group: must be an integer from 0 to 4294967294'],
+    ['[nbd]\nsocket_group = "4294967295"\n' + pool, 'f.toml: nbd.socket_group: must be a group name or a gid from 0 to 4294967294'],
+    ['[agent]\nkeep_finished_operations = -5\n' + pool, 'f.toml: agent.keep_finished_operations: must be an integer from 0 to 10000000'],
     ['[nbd]\nlisten = ["tcp:127.0.0.1:99999"]\n' + pool, 'f.toml: nbd.listen[0]: "tcp:127.0.0.1:99999": must be "unix:/path" or "tcp:host:port"'],
     ['', 'f.toml: pools: at least one pool is required'],
     [pool.replace('"file"', '"lvm"'), 'f.toml: pools[0].backend: must be "file" or "thin" (got "lvm")'],
@@ -104,7 +112,7 @@ t.test('every error names the file and the key', async (t) => {
     ['surprise = 1\n' + pool, 'f.toml: surprise: unknown key'],
   ];
   for (const [text, message] of cases) {
-    t.throws(() => parseConfig(text, 'f.toml', '/'), { name: 'ConfigError', message }, message);
+    t.throws(() => parseConfig(text, 'f.toml', '/', () => undefined), { name: 'ConfigError', message }, message);
   }
   t.type(new ConfigError('f', 'k', 'p'), Error);
 });
@@ -128,6 +136,28 @@ t.test('[nbd]: listen addresses (port 0 lets the kernel choose) and allow_list',
   const pool = '[[pools]]\nname = "p"\nbackend = "file"\npath = "/p"\n';
   const config = parseConfig(`[nbd]\nlisten = ["tcp:127.0.0.1:0", "tcp:[::1]:10809"]\nallow_list = true\n${pool}`, 'f.toml', '/');
   t.same(config.nbd, { listen: [{ kind: 'tcp', host: '127.0.0.1', port: 0 }, { kind: 'tcp', host: '::1', port: 10809 }], allowList: true });
+});
+
+t.test('[nbd] socket_mode and socket_group: an octal string; a gid, or a name resolved at start-up (getent)', async (t) => {
+  const pool = '[[pools]]\nname = "p"\nbackend = "file"\npath = "/p"\n';
+  const asked: string[] = [];
+  const resolve = (name: string): number | undefined => {
+    asked.push(name);
+    return name === 'kvm' ? 104 : undefined;
+  };
+  t.same(parseConfig(`[nbd]\nsocket_mode = "0640"\nsocket_group = "kvm"\n${pool}`, 'f.toml', '/', resolve).nbd, { listen: [], allowList: false, socketMode: 0o640, socketGroup: 104 });
+  t.same(asked, ['kvm'], 'the name is resolved once');
+  t.same(parseConfig(`[nbd]\nsocket_mode = "660"\nsocket_group = 4242\n${pool}`, 'f.toml', '/', resolve).nbd, { listen: [], allowList: false, socketMode: 0o660, socketGroup: 4242 });
+  t.equal(parseConfig(`[nbd]\nsocket_group = "4243"\n${pool}`, 'f.toml', '/', resolve).nbd.socketGroup, 4243, 'a numeric string is a gid, not looked up');
+  t.same(asked, ['kvm']);
+  t.same(parseConfig(pool, 'f.toml', '/', resolve).nbd, { listen: [], allowList: false }, 'neither set: absent (the agent binds with 0660 and its own group)');
+  t.equal(parseConfig(`[nbd]\nsocket_group = "root"\n${pool}`, 'f.toml', '/').nbd.socketGroup, 0, 'the default resolver asks getent');
+});
+
+t.test('[agent] keep_finished_operations: 1000 by default', async (t) => {
+  const pool = '[[pools]]\nname = "p"\nbackend = "file"\npath = "/p"\n';
+  t.equal(parseConfig(pool, 'f.toml', '/').keepFinishedOperations, 1000);
+  t.equal(parseConfig(`[agent]\nkeep_finished_operations = 0\n${pool}`, 'f.toml', '/').keepFinishedOperations, 0);
 });
 
 t.test('max_image_bytes is a size per pool', async (t) => {

@@ -208,34 +208,27 @@ export class Exports {
     }
     for (const row of rows) {
       if (row.state !== 'available') continue;
-      if (!this.catalog.getVolume(row.volumeId)) {
-        // Only a catalog edited behind the agent's back has this (the foreign key forbids it): nothing to serve, the row goes.
-        const difference: Difference = {
-          kind: 'export', volume: row.volumeId, object: row.volumeId, export: row.id, ...(row.device ? { device: row.device } : {}),
-          detail: `export ${row.id} (${row.protocol}) names volume ${row.volumeId}, which has no catalog row`,
-        };
-        if (repair) {
-          await settleExport(difference, 'removed', async () => {
-            await this.live.get(row.id)?.target?.close().catch(() => undefined);
-            this.live.delete(row.id);
-            if (row.device && (await loopBackingFile(row.device))) await detachLoop(row.device);
-            await this.writes.removeExport(row.id);
-          });
-        }
-        differences.push(difference);
-        continue;
-      }
-      if (await this.isServed(row)) continue;
       const volume = this.catalog.getVolume(row.volumeId);
+      // An export of no volume (only a catalog edited behind the agent's back:
+      // the foreign key forbids it), or of one whose object is gone (marked
+      // error): nothing can serve it, so repair removes the row.
+      const unservable = !volume ? `names volume ${row.volumeId}, which has no catalog row`
+        : volume.state === 'error' ? `is of volume ${row.volumeId}, which is in error (${volume.error ?? 'unknown'})` : undefined;
+      if (!unservable && (await this.isServed(row))) continue;
       const difference: Difference = {
         kind: 'export', ...(volume ? { pool: volume.pool } : {}), volume: row.volumeId, object: row.volumeId, export: row.id, ...(row.device ? { device: row.device } : {}),
-        detail: `export ${row.id} (${row.protocol}) is available in the catalog but not served`,
+        detail: `export ${row.id} (${row.protocol}) ${unservable ?? 'is available in the catalog but not served'}`,
       };
       if (repair) {
-        await settleExport(difference, 'restored', async () => {
+        await settleExport(difference, unservable ? 'removed' : 'restored', async () => {
           await this.live.get(row.id)?.target?.close().catch(() => undefined);
           this.live.delete(row.id);
-          await this.restoreOne(row);
+          if (!unservable) {
+            await this.restoreOne(row);
+            return;
+          }
+          if (row.device && (await loopBackingFile(row.device))) await detachLoop(row.device);
+          await this.writes.removeExport(row.id);
         });
       }
       differences.push(difference);

@@ -1,6 +1,20 @@
 // Turns what a backend or the lock table threw into the API fault the client
 // gets. Policy branches on error codes only, never on messages
 // (docs/design.md "House style" 2).
+//
+// Every errno a pool, an export or the catalog raises is decided here:
+//   the agent's state disagrees with the pool (a file made or removed behind
+//   its back): EEXIST is OBJECT_EXISTS, ENOENT is OBJECT_MISSING (409; `check`
+//   names the orphan or the missing object, `check --repair` settles it);
+//   the pool's storage cannot serve now: EIO, EROFS, EACCES, EPERM, ENOTDIR,
+//   EISDIR, ELOOP, ENXIO, ENODEV, ESTALE, EMFILE, ENFILE, ENOMEM, EAGAIN are
+//   POOL_UNAVAILABLE (503);
+//   the backend cannot do this: EOPNOTSUPP, ENOTSUP, ENOTTY, EXDEV are
+//   UNSUPPORTED_FOR_POOL (422);
+//   held: EBUSY, ETXTBSY are VOLUME_BUSY (409); full: ENOSPC, EDQUOT are 507;
+//   too large: EFBIG is INVALID_SIZE, ENAMETOOLONG is INVALID_ID (400);
+//   anything else (EINVAL, EBADF, EFAULT: a call the agent made wrongly) is
+//   INTERNAL (500), an agent fault.
 import { ApiError } from '../api/errors.js';
 import { isAbortError } from '../clone/abort.js';
 import { isSystemError } from '../native/system-error.js';
@@ -16,8 +30,20 @@ export function toApiError(error: unknown, details: Record<string, unknown> = {}
   if (error instanceof OperationCancelledError || isAbortError(error)) {
     return new ApiError('OPERATION_CANCELLED', (error as Error).message, details);
   }
-  if (isSystemError(error, 'EBUSY')) {
+  if (isSystemError(error, 'EBUSY', 'ETXTBSY')) {
     return new ApiError('VOLUME_BUSY', `${(error as Error).message}: the device is held open outside the agent`, details);
+  }
+  if (isSystemError(error, 'EEXIST')) {
+    return new ApiError('OBJECT_EXISTS', `${(error as Error).message}: the pool has an object of that name that the catalog does not know (made behind the agent's back); \`volagent check\` names it, \`check --repair\` removes it`, details);
+  }
+  if (isSystemError(error, 'ENOENT')) {
+    return new ApiError('OBJECT_MISSING', `${(error as Error).message}: the catalog has it but the pool does not (removed behind the agent's back); \`volagent check\` names it, \`check --repair\` marks its row error`, details);
+  }
+  if (isSystemError(error, 'EACCES', 'EPERM', 'ENOTDIR', 'EISDIR', 'ELOOP', 'ENXIO', 'ENODEV', 'ESTALE', 'EMFILE', 'ENFILE', 'ENOMEM', 'EAGAIN')) {
+    return new ApiError('POOL_UNAVAILABLE', `${(error as Error).message}: the pool's storage cannot serve this now (its permissions, layout, device or the agent's resources); the log has the details`, details);
+  }
+  if (isSystemError(error, 'EOPNOTSUPP', 'ENOTSUP', 'ENOTTY', 'EXDEV')) {
+    return new ApiError('UNSUPPORTED_FOR_POOL', `${(error as Error).message}: the pool's filesystem or device does not support this`, details);
   }
   if (isSystemError(error, 'ENOSPC', 'EDQUOT')) {
     return new ApiError('INSUFFICIENT_SPACE', `${(error as Error).message}; the partial result was removed`, details);

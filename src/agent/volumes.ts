@@ -12,6 +12,7 @@ import type { Catalog, SnapshotRow, SourceKind, VolumeKind, VolumeRow } from '..
 import type { CatalogWrites } from '../catalog/writes.js';
 import type { ObjectState } from '../catalog/volume-state.js';
 import type { CloneOutcome, Pool, ReceiveOutcome } from '../pools/pool.js';
+import { systemError } from '../native/system-error.js';
 import type { Access } from './access.js';
 import { toApiError } from './faults.js';
 import { snapshotObject } from './ids.js';
@@ -318,6 +319,7 @@ export class Volumes {
     try {
       volume = this.volumeRow(volumeId);
       this.requireAvailable(volume);
+      await this.checkPoolObjects(pool, volumeId, object, { volume: volumeId, snapshot: id });
       const operationId = pool.capabilities().constantTimeClone ? undefined : newOperationId();
       const inserted = await this.recordIntent(object, this.writes.insertSnapshotCreating({ volumeId, id, pool: pool.name, sizeBytes: volume.sizeBytes },
         operationId ? { id: operationId, kind: 'snapshot', targetId: object, totalBytes: volume.sizeBytes, tenant: volume.tenant } : undefined));
@@ -424,6 +426,7 @@ export class Volumes {
     let handedOver = false;
     try {
       source = this.resolveSource(ref, access); // it may have changed while we waited for the lock
+      await this.checkPoolObjects(pool, source.object, id, { volume: id });
       const sizeBytes = request.sizeBytes ?? source.sizeBytes;
       const operationId = pool.capabilities().constantTimeClone ? undefined : newOperationId();
       const inserted = await this.recordIntent(id, this.writes.insertCreating(
@@ -621,6 +624,16 @@ export class Volumes {
         field, value: sizeBytes, pool: pool.name, sizeAlignmentBytes,
       });
     }
+  }
+
+  /**
+   * A copy reads `source` and makes `target`: a source file removed, or a
+   * target name taken, behind the agent's back is refused before any intent
+   * or operation is recorded (the pool would refuse it mid-way).
+   */
+  private async checkPoolObjects(pool: Pool, source: string, target: string, details: Record<string, unknown>): Promise<void> {
+    if (!(await pool.stat(source))) throw toApiError(systemError('ENOENT', 'stat', pool.objectPath(source)), details);
+    if (await pool.stat(target)) throw toApiError(systemError('EEXIST', 'stat', pool.objectPath(target)), details);
   }
 
   private checkObjectName(pool: Pool, object: string, details: Record<string, unknown>): void {

@@ -17,6 +17,29 @@ t.test('pool failures map to documented codes with their details', async (t) => 
   const busy = toApiError(Object.assign(new Error("EBUSY: device or resource busy, DM_DEV_REMOVE 'volagent-thin0-3'"), { code: 'EBUSY', errno: -16, syscall: 'DM_DEV_REMOVE' }), { volume: 'v3' });
   t.match(busy, { code: 'VOLUME_BUSY', status: 409, details: { volume: 'v3' } });
   t.match(toApiError(new Error('something else')), { code: 'INTERNAL', status: 500 });
+});
+
+t.test('every errno a pool, an export or the catalog raises has its decided code (none is a 500 but a call made wrongly)', async (t) => {
+  const decided: Array<[Parameters<typeof systemError>[0], string, number]> = [
+    ['EEXIST', 'OBJECT_EXISTS', 409], ['ENOENT', 'OBJECT_MISSING', 409],
+    ['EBUSY', 'VOLUME_BUSY', 409], ['ETXTBSY', 'VOLUME_BUSY', 409],
+    ['ENOSPC', 'INSUFFICIENT_SPACE', 507], ['EDQUOT', 'INSUFFICIENT_SPACE', 507],
+    ['EIO', 'POOL_UNAVAILABLE', 503], ['EROFS', 'POOL_UNAVAILABLE', 503], ['EACCES', 'POOL_UNAVAILABLE', 503], ['EPERM', 'POOL_UNAVAILABLE', 503],
+    ['ENOTDIR', 'POOL_UNAVAILABLE', 503], ['EISDIR', 'POOL_UNAVAILABLE', 503], ['ELOOP', 'POOL_UNAVAILABLE', 503], ['ENXIO', 'POOL_UNAVAILABLE', 503],
+    ['ENODEV', 'POOL_UNAVAILABLE', 503], ['ESTALE', 'POOL_UNAVAILABLE', 503], ['EMFILE', 'POOL_UNAVAILABLE', 503], ['ENFILE', 'POOL_UNAVAILABLE', 503],
+    ['ENOMEM', 'POOL_UNAVAILABLE', 503], ['EAGAIN', 'POOL_UNAVAILABLE', 503],
+    ['EOPNOTSUPP', 'UNSUPPORTED_FOR_POOL', 422], ['ENOTSUP', 'UNSUPPORTED_FOR_POOL', 422], ['ENOTTY', 'UNSUPPORTED_FOR_POOL', 422],
+    ['EXDEV', 'UNSUPPORTED_FOR_POOL', 422],
+    ['EFBIG', 'INVALID_SIZE', 400], ['ENAMETOOLONG', 'INVALID_ID', 400],
+    ['EINVAL', 'INTERNAL', 500], ['EBADF', 'INTERNAL', 500], ['EFAULT', 'INTERNAL', 500],
+  ];
+  for (const [errno, code, status] of decided) {
+    const fault = toApiError(systemError(errno, 'open', '/pool/objects/v1.raw'), { volume: 'v1' });
+    t.match(fault, { code, status, details: { volume: 'v1' } }, `${errno}: ${code}`);
+    t.match(fault.message, new RegExp(`^${errno}: .*'/pool/objects/v1.raw'`), `${errno}: the kernel's error leads the message`);
+  }
+  t.match(toApiError(systemError('EEXIST', 'rename', '/p/objects/.tmp-v1.raw', '/p/objects/v1.raw')).message, /check --repair` removes it/);
+  t.match(toApiError(systemError('ENOENT', 'open', '/p/objects/v1.raw')).message, /check --repair` marks its row error/);
   const api = new ApiError('VOLUME_NOT_FOUND', 'no');
   t.equal(toApiError(api), api, 'an ApiError passes through');
 });

@@ -3,12 +3,13 @@
 // Image-Volumes immutable, delete keeping clones, idempotency, and a crash
 // in the middle of a registration settled at restart. XFS pool (reflink) and
 // ext4 pool (copy). Every refusal is checked on disk and in the catalog.
+import { spawn } from 'node:child_process';
 import { mkdir, open, stat } from 'node:fs/promises';
 import path from 'node:path';
 import t from 'tap';
 
 import type { AgentProcess } from '../helpers/agent.js';
-import { poolEntries, readCatalog, startAgent, waitOperation } from '../helpers/agent.js';
+import { outcomeOf, poolEntries, readCatalog, startAgent, waitOperation } from '../helpers/agent.js';
 import { sha256 } from '../helpers/files.js';
 import { makeLoopFs, TEST_ROOT } from '../helpers/loop-fs.js';
 import { skipUnlessRoot } from '../helpers/privileged.js';
@@ -115,6 +116,43 @@ if (!skipUnlessRoot(t)) {
     const twice = await agent.request('PUT', '/v1/images/img-again', { volume: iv, mode: 'adopt', tenant: 'alice' });
     t.equal(twice.body.error.code, 'VOLUME_IS_IMAGE', 'an Image-Volume is not registered again');
     t.same(await state(), before, 'nothing changed');
+  });
+
+  // Root ignores the file's mode 0444: what keeps an Image-Volume immutable is
+  // the agent refusing every writer. Each writer path, tried and refused; the
+  // file's bytes are the same after all of them.
+  await t.test('every writer path of an Image-Volume is refused, and its bytes stay as they were', async (t) => {
+    const iv = (await agent.request('GET', '/v1/images/img-private')).body.volumeId as string;
+    const file = objectFile(xfsPool, iv);
+    const digest = await sha256(file);
+    t.equal((await stat(file)).mode & 0o777, 0o444, 'the file is 0444 (which root ignores)');
+    const before = await state();
+    for (const [what, method, url, body, code] of [
+      ['a writable NBD export', 'POST', `/v1/volumes/${iv}/exports`, { protocol: 'nbd', readOnly: false }, 'VOLUME_READ_ONLY'],
+      ['a writable block export', 'POST', `/v1/volumes/${iv}/exports`, { protocol: 'block', readOnly: false }, 'VOLUME_READ_ONLY'],
+      ['a resize', 'POST', `/v1/volumes/${iv}/resize`, { sizeBytes: 128 * MiB }, 'VOLUME_READ_ONLY'],
+      ['a new volume under its id', 'PUT', `/v1/volumes/${iv}`, { tenant: 'alice', sizeBytes: 64 * MiB }, 'VOLUME_EXISTS'],
+      ['a clone into its id', 'PUT', `/v1/volumes/${iv}`, { tenant: 'alice', source: { volume: 'base' } }, 'VOLUME_EXISTS'],
+      ['an adoption', 'PUT', '/v1/images/img-adopt-iv', { volume: iv, mode: 'adopt', tenant: 'alice' }, 'VOLUME_IS_IMAGE'],
+    ] as const) {
+      const reply = await agent.request(method, url, body);
+      t.equal(reply.status, 409, `${what}: ${reply.text}`);
+      t.equal(reply.body.error.code, code, what);
+    }
+    t.same(await state(), before, 'no export, no row, no file changed');
+
+    // Read-only exports: the NBD server refuses writes, the loop device is read-only even for root.
+    const nbd = (await agent.request('POST', `/v1/volumes/${iv}/exports`, { protocol: 'nbd', readOnly: true })).body;
+    const nbdWrite = await outcomeOf(spawn('qemu-io', ['-f', 'raw', '-c', 'write -P 0x77 0 64k', nbd.uri], { stdio: ['ignore', 'pipe', 'pipe'] }));
+    t.not(nbdWrite.code, 0, 'qemu-io cannot write through the read-only NBD export');
+    t.match(nbdWrite.stdout + nbdWrite.stderr, /Operation not permitted|read-only|Read-only|Permission denied/i, `qemu-io says why: ${(nbdWrite.stdout + nbdWrite.stderr).trim()}`);
+    const block = (await agent.request('POST', `/v1/volumes/${iv}/exports`, { protocol: 'block', readOnly: true })).body;
+    t.equal((await outcomeOf(spawn('blockdev', ['--getro', block.uri], { stdio: ['ignore', 'pipe', 'pipe'] }))).stdout.trim(), '1', 'the loop device is read-only');
+    const blockWrite = await outcomeOf(spawn('dd', ['if=/dev/zero', `of=${block.uri}`, 'bs=64k', 'count=1', 'oflag=direct'], { stdio: ['ignore', 'pipe', 'pipe'] }));
+    t.not(blockWrite.code, 0, 'dd as root cannot write the read-only loop device');
+    t.match(blockWrite.stderr, /Operation not permitted|Read-only file system/, blockWrite.stderr.trim());
+    for (const id of [nbd.id, block.id]) t.equal((await agent.request('DELETE', `/v1/exports/${id}`)).status, 204);
+    t.equal(await sha256(file), digest, "the Image-Volume's bytes are as they were");
   });
 
   await t.test('bad registrations get clear errors and change nothing', async (t) => {

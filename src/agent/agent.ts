@@ -80,9 +80,10 @@ export class Agent {
       ...(options.imagePolicies ? { policies: options.imagePolicies } : {}),
     });
     this.exports = new Exports(catalog, this.writes, this.pools, this.locks, {
-      nbdListen: options.nbdListen ?? [], ...(options.boundPorts ? { boundPorts: options.boundPorts } : {}),
+      nbdListen: options.nbdListen ?? [], ...(options.boundPorts ? { boundPorts: options.boundPorts } : {}), writeDrainWaitMs: options.lockWaitMs,
     });
     this.volumes.isExported = (volumeId) => this.exports.isExported(volumeId);
+    this.volumes.copyWrites = { check: (volumeId) => this.exports.checkWritesHoldable(volumeId), hold: (volumeId) => this.exports.holdWrites(volumeId) };
     this.metrics = new AgentMetrics({
       pools: () => this.pools.values(),
       imageCache: (pool) => this.images.cacheView(pool),

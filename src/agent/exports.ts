@@ -3,7 +3,11 @@
 // and restored at start-up (same id, same URI). An export id is the NBD
 // export name: 128 random bits, so no name is guessed. While a volume is
 // exported it is neither deleted nor resized (VOLUME_BUSY). Image-Volumes
-// and read-only volumes are only ever exported read-only.
+// and read-only volumes are only ever exported read-only. A copy of a volume
+// (a clone, snapshot or Image-Volume on a pool without constant-time clones)
+// holds the writes of its writable NBD exports for the time of the copy
+// (holdWrites); a writable block export, written past the agent, makes such a
+// copy VOLUME_IN_USE, and is refused (VOLUME_BUSY) while a copy runs.
 import { randomBytes } from 'node:crypto';
 
 import { ApiError } from '../api/errors.js';
@@ -15,6 +19,7 @@ import { BlockTarget } from '../exports/nbd/block-target.js';
 import type { ExportHandle } from '../exports/nbd/connection.js';
 import { FileTarget } from '../exports/nbd/file-target.js';
 import type { ExportTarget } from '../exports/nbd/target.js';
+import { WriteDrainTimeoutError, WriteGate } from '../exports/nbd/write-gate.js';
 import { attachLoop, boundLoopDevices, detachLoop, loopBackingFile } from '../pools/thin/loop-device.js';
 import type { Pool } from '../pools/pool.js';
 import type { Access } from './access.js';
@@ -49,8 +54,15 @@ export interface ExportRequest {
 interface LiveExport {
   row: ExportRow;
   target?: ExportTarget;
+  /** A writable NBD export's: what its write-type commands pass, held for the time of a copy of its volume. */
+  gate?: WriteGate;
   /** How to end each open NBD connection. */
   connections: Set<() => void>;
+}
+
+/** One holdWrites of a volume: the releases of the gates it holds (an export made during the hold joins it). */
+interface WriteHold {
+  releases: Array<() => void>;
 }
 
 export interface ExportsOptions {
@@ -58,6 +70,8 @@ export interface ExportsOptions {
   nbdListen: ListenAddress[];
   /** TCP ports the kernel chose for `port = 0` addresses, by listen index. */
   boundPorts?: Map<number, number>;
+  /** How long holdWrites waits for the writes in flight (`[agent] lock_wait_ms`); default 2000. */
+  writeDrainWaitMs?: number;
 }
 
 /** Runs a repair; one that fails leaves the difference unsettled and says why (EBUSY: something holds the device). */
@@ -70,12 +84,16 @@ async function settleExport(difference: Difference, action: 'detached' | 'restor
   }
 }
 
+const DEFAULT_WRITE_DRAIN_WAIT_MS = 2000;
+
 function newExportId(): string {
   return `exp-${randomBytes(16).toString('hex')}`;
 }
 
 export class Exports {
   private readonly live = new Map<string, LiveExport>();
+  /** The write holds in force, by volume id. */
+  private readonly holds = new Map<string, Set<WriteHold>>();
 
   constructor(
     private readonly catalog: Catalog,
@@ -90,12 +108,67 @@ export class Exports {
     return this.catalog.exportsOfVolume(volumeId).length > 0;
   }
 
+  /**
+   * Refuses (VOLUME_IN_USE) a copy of volume `id` while it has a writable
+   * block export: a loop device or a thin volume's node is written by the
+   * kernel, past the agent, so its writes cannot be held for the copy.
+   * Read-only exports and NBD exports (held by holdWrites) pass.
+   */
+  checkWritesHoldable(volumeId: string): void {
+    const unheld = this.catalog.exportsOfVolume(volumeId).filter((row) => row.protocol === 'block' && !row.readOnly);
+    if (unheld.length === 0) return;
+    throw new ApiError('VOLUME_IN_USE', `volume ${volumeId} has a writable block export (${unheld.map((row) => row.device ?? row.id).join(', ')}) whose writes the agent cannot hold, so a copy of it would not be one point in time; remove the export or export the volume read-only`, {
+      volume: volumeId, exports: unheld.map((row) => row.id),
+    });
+  }
+
+  /**
+   * Holds the writes to volume `id` for the time of a copy of it: on each of
+   * its writable NBD exports (and any made before the release) no
+   * write-type command starts, those in flight are waited for (at most
+   * `writeDrainWaitMs`, then VOLUME_BUSY and nothing stays held), and the
+   * target is flushed (fdatasync), so the volume does not change until the
+   * release and what it holds is on the pool's storage. Reads go on. A
+   * writable block export is VOLUME_IN_USE (checkWritesHoldable). Resolves
+   * to the release, idempotent; the held commands then start in the order
+   * they arrived.
+   */
+  async holdWrites(volumeId: string): Promise<() => void> {
+    const hold: WriteHold = { releases: [] };
+    const holds = this.holds.get(volumeId) ?? new Set<WriteHold>();
+    holds.add(hold);
+    this.holds.set(volumeId, holds);
+    let released = false;
+    const release = (): void => {
+      if (released) return;
+      released = true;
+      holds.delete(hold);
+      if (holds.size === 0 && this.holds.get(volumeId) === holds) this.holds.delete(volumeId);
+      for (const releaseGate of hold.releases.splice(0)) releaseGate();
+    };
+    try {
+      this.checkWritesHoldable(volumeId); // after the hold is recorded: a block export made from now on is refused in create
+      const gated = [...this.live.values()].filter((live) => live.row.volumeId === volumeId && live.gate);
+      for (const live of gated) hold.releases.push(live.gate!.hold());
+      const waitMs = this.options.writeDrainWaitMs ?? DEFAULT_WRITE_DRAIN_WAIT_MS;
+      await Promise.all(gated.map((live) => live.gate!.drained(waitMs)));
+      await Promise.all(gated.map((live) => live.target!.flush()));
+      return release;
+    } catch (error) {
+      release();
+      if (error instanceof WriteDrainTimeoutError) {
+        throw new ApiError('VOLUME_BUSY', `volume ${volumeId}: ${error.message}, so its writes could not be held for a copy`, { volume: volumeId, inFlight: error.inFlight, waitedMs: error.waitedMs });
+      }
+      throw toApiError(error, { volume: volumeId });
+    }
+  }
+
   /** The NBD server's lookup: an available NBD export by its id. */
   lookup(name: string): ExportHandle | undefined {
     const live = this.live.get(name);
     if (!live?.target || live.row.protocol !== 'nbd' || live.row.state !== 'available') return undefined;
     return {
-      name, target: live.target, description: `volagent volume ${live.row.volumeId}`,
+      name, target: live.target, description: `volagent volume ${live.row.volumeId}`, ...(live.gate ? { writeGate: live.gate } : {}),
       attach: (end) => {
         live.connections.add(end);
         return () => { live.connections.delete(end); };
@@ -124,6 +197,10 @@ export class Exports {
       const pool = this.pool(volume.pool);
       let made: { target?: ExportTarget; device?: string } = {};
       try {
+        // Checked after the row is in: a hold that starts later sees the row (writersNotHeld).
+        if (request.protocol === 'block' && !request.readOnly && this.holds.has(volume.id)) {
+          throw new ApiError('VOLUME_BUSY', `volume ${volume.id} is being copied: a writable block export, whose writes the agent cannot hold, waits until the copy has ended`, { volume: volume.id });
+        }
         made = await this.make(pool, volume.id, request);
         failpoint('export.made'); // the target open or the device attached, not yet recorded
         await this.writes.markExportAvailable(id, made.device);
@@ -134,7 +211,7 @@ export class Exports {
         throw toApiError(error, { volume: volume.id });
       }
       const row = this.catalog.getExport(id)!;
-      this.live.set(id, { row, ...(made.target ? { target: made.target } : {}), connections: new Set() });
+      this.track(row, made.target);
       return this.view(row);
     } finally {
       release();
@@ -241,6 +318,13 @@ export class Exports {
     this.live.clear();
   }
 
+  /** Serves `row` from now on; a writable NBD export gets its write gate, held already when its volume's writes are. */
+  private track(row: ExportRow, target: ExportTarget | undefined): void {
+    const gate = target && !row.readOnly ? new WriteGate() : undefined;
+    for (const hold of this.holds.get(row.volumeId) ?? []) if (gate) hold.releases.push(gate.hold());
+    this.live.set(row.id, { row, ...(target ? { target } : {}), ...(gate ? { gate } : {}), connections: new Set() });
+  }
+
   /** An export is its volume's: seen by whoever sees the volume. */
   private seenBy(row: ExportRow, access: Access): boolean {
     const volume = this.catalog.getVolume(row.volumeId);
@@ -257,7 +341,7 @@ export class Exports {
     if (!volume) throw new Error(`export ${row.id}: its volume ${row.volumeId} has no catalog row`);
     const made = await this.make(this.pool(volume.pool), row.volumeId, { volumeId: row.volumeId, protocol: row.protocol, readOnly: row.readOnly, directIo: row.directIo }, row.device);
     if (made.device && made.device !== row.device) await this.writes.moveExportDevice(row.id, made.device);
-    this.live.set(row.id, { row: this.catalog.getExport(row.id)!, ...(made.target ? { target: made.target } : {}), connections: new Set() });
+    this.track(this.catalog.getExport(row.id)!, made.target);
   }
 
   /** Whether an available export is served: its NBD target open, its loop device bound to its volume's file. */

@@ -7,6 +7,9 @@
 // so a half-made volume is never visible; a crash in between is settled by reconcile at start-up.
 // A clone that is not constant-time runs as an operation (202) unless the
 // client waits; its locks are held by the operation, not by the request.
+// Such a copy of a volume is the volume at one instant: the writes the agent
+// serves (NBD) are held for exactly the pool's copy, and a volume written
+// past the agent (a writable block export) is refused (copyWrites).
 import { ApiError } from '../api/errors.js';
 import type { Catalog, SnapshotRow, SourceKind, VolumeKind, VolumeRow } from '../catalog/catalog.js';
 import type { CatalogWrites } from '../catalog/writes.js';
@@ -108,6 +111,14 @@ export class Volumes {
   onImageClone: ((imageId: string) => void) | undefined;
   /** Whether a volume is exported (set by Exports): such a volume is neither deleted nor resized. */
   isExported: ((volumeId: string) => boolean) | undefined;
+  /**
+   * Set by the agent (Exports): what keeps a copy of a volume one point in
+   * time. `check` refuses (VOLUME_IN_USE) a volume written by what the agent
+   * cannot hold (a writable block export); `hold` stops the writes it can
+   * (NBD) until the release it resolves to. Used only when the pool copies:
+   * a reflink or a thin snapshot is atomic on its own.
+   */
+  copyWrites: { check(volumeId: string): void; hold(volumeId: string): Promise<() => void> } | undefined;
   /** Told of every clone and snapshot whose data is in place: the method, how long it took, the bytes copied (metrics). */
   onCloned: ((method: string, seconds: number, bytesCopied: number) => void) | undefined;
 
@@ -320,7 +331,9 @@ export class Volumes {
       volume = this.volumeRow(volumeId);
       this.requireAvailable(volume);
       await this.checkPoolObjects(pool, volumeId, object, { volume: volumeId, snapshot: id });
-      const operationId = pool.capabilities().constantTimeClone ? undefined : newOperationId();
+      const copies = !pool.capabilities().constantTimeClone;
+      if (copies) this.copyWrites?.check(volumeId);
+      const operationId = copies ? newOperationId() : undefined;
       const inserted = await this.recordIntent(object, this.writes.insertSnapshotCreating({ volumeId, id, pool: pool.name, sizeBytes: volume.sizeBytes },
         operationId ? { id: operationId, kind: 'snapshot', targetId: object, totalBytes: volume.sizeBytes, tenant: volume.tenant } : undefined));
       if (!inserted.inserted) return await this.repeatSnapshot(inserted.row, volumeId, wait);
@@ -328,7 +341,7 @@ export class Volumes {
       const work = async (context?: TaskContext): Promise<void> => {
         try {
           const started = process.hrtime.bigint();
-          const outcome = await pool.clone(volumeId, object, { readOnly: true, ...this.taskOptions(context) });
+          const outcome = await this.copyAtOneInstant(copies ? volumeId : undefined, () => pool.clone(volumeId, object, { readOnly: true, ...this.taskOptions(context) }));
           this.onCloned?.(outcome.method, secondsSince(started), outcome.bytesCopied);
           await this.writes.transitionSnapshot(volumeId, id, 'creating', 'available', { cloneMethod: outcome.method });
         } catch (error) {
@@ -428,7 +441,11 @@ export class Volumes {
       source = this.resolveSource(ref, access); // it may have changed while we waited for the lock
       await this.checkPoolObjects(pool, source.object, id, { volume: id });
       const sizeBytes = request.sizeBytes ?? source.sizeBytes;
-      const operationId = pool.capabilities().constantTimeClone ? undefined : newOperationId();
+      const copies = !pool.capabilities().constantTimeClone;
+      // Snapshots and Image-Volumes are never written: only a volume source has writes to hold.
+      const heldVolume = copies && source.kind === 'volume' ? source.id : undefined;
+      if (heldVolume !== undefined) this.copyWrites?.check(heldVolume);
+      const operationId = copies ? newOperationId() : undefined;
       const inserted = await this.recordIntent(id, this.writes.insertCreating(
         { id, pool: pool.name, tenant, kind: shape.kind, readOnly: shape.readOnly, sizeBytes, requestKey, source: { kind: source.kind, id: source.id } },
         operationId ? { id: operationId, kind: 'clone', targetId: id, totalBytes: source.sizeBytes, tenant } : undefined));
@@ -439,11 +456,11 @@ export class Volumes {
         let outcome: CloneOutcome | undefined;
         try {
           const started = process.hrtime.bigint();
-          outcome = await pool.clone(resolved.object, id, {
+          outcome = await this.copyAtOneInstant(heldVolume, () => pool.clone(resolved.object, id, {
             readOnly: shape.readOnly,
             ...(request.sizeBytes !== undefined ? { sizeBytes: request.sizeBytes } : {}),
             ...this.taskOptions(context),
-          });
+          }));
           this.onCloned?.(outcome.method, secondsSince(started), outcome.bytesCopied);
           await this.writes.transitionVolume(id, 'creating', 'available', { cloneMethod: outcome.method, sizeBytes: Math.max(sizeBytes, resolved.sizeBytes) });
           if (resolved.kind === 'image') this.onImageClone?.(resolved.id);
@@ -459,6 +476,16 @@ export class Volumes {
       return { status: 'created', view: await this.viewOf(id) };
     } finally {
       if (!handedOver) release();
+    }
+  }
+
+  /** Runs the pool's copy `clone` with the writes to `volumeId` held for exactly its time (none given: as it is). */
+  private async copyAtOneInstant(volumeId: string | undefined, clone: () => Promise<CloneOutcome>): Promise<CloneOutcome> {
+    const release = volumeId !== undefined ? await this.copyWrites?.hold(volumeId) : undefined;
+    try {
+      return await clone();
+    } finally {
+      release?.();
     }
   }
 

@@ -3,12 +3,19 @@
 // concurrently and answered as they finish (replies may come out of order;
 // each reply is written whole). A bad magic, a client that does not finish
 // the handshake in time, or option data over the limit ends the connection;
-// a bad request gets an error and the connection stays usable.
+// a bad request gets an error and the connection stays usable. Write-type
+// commands pass the export's write gate (write-gate.ts) before they start: a
+// held gate delays them and their replies, and a write still held when its
+// client goes away without DISC is dropped unanswered; after DISC the
+// connection ends once every request it took, held ones included, has been
+// performed.
 import type { Socket } from 'node:net';
 
 import { BufferPool } from './buffer-pool.js';
 import type { ExportTarget } from './target.js';
 import { FastZeroUnsupportedError } from './target.js';
+import type { WriteGate } from './write-gate.js';
+import { WriteAbandonedError } from './write-gate.js';
 import {
   AllocationState, BASE_ALLOCATION, Command, CommandFlag, HANDSHAKE_TIMEOUT_MS, HandshakeFlag, IHAVEOPT, Info, MAX_OPTION_DATA_BYTES,
   MAX_PAYLOAD_BYTES, NBD_MAGIC, NbdErrno, Option, OPTION_HEADER_BYTES, optionReply, parseRequest, Reply, ReplyFlag, ReplyType, REQUEST_HEADER_BYTES,
@@ -27,6 +34,8 @@ export interface ExportHandle {
    * export is going away); the returned function is called when it detaches.
    */
   attach(end: () => void): () => void;
+  /** The gate the export's write-type commands pass (write-gate.ts); none: they never wait. */
+  writeGate?: WriteGate;
 }
 
 export interface ConnectionOptions {
@@ -109,10 +118,15 @@ export class NbdConnection {
   private readonly inFlight = new Set<Promise<void>>();
   private spaceWaiter: (() => void) | undefined;
   private drainWait: Promise<void> | undefined;
+  /** Aborted when the socket closes before DISC: a write held at the export's gate is then dropped unanswered. */
+  private readonly closed = new AbortController();
+  /** DISC was received: the requests taken before it are all performed. */
+  private disconnecting = false;
 
   constructor(private readonly socket: Socket, private readonly options: ConnectionOptions) {
     this.reader = new SocketReader(socket);
     socket.setNoDelay?.(true);
+    socket.once('close', () => { if (!this.disconnecting) this.closed.abort(); });
   }
 
   /** Serves the connection to its end; never rejects. */
@@ -286,7 +300,10 @@ export class NbdConnection {
     for (;;) {
       const request = parseRequest(await this.reader.read(REQUEST_HEADER_BYTES));
       if (!request) throw new ProtocolViolation('bad request magic');
-      if (request.type === Command.DISC) return; // in-flight requests finish in serve()'s finally
+      if (request.type === Command.DISC) {
+        this.disconnecting = true;
+        return; // in-flight requests finish in serve()'s finally
+      }
       const payload = request.type === Command.WRITE ? request.length : 0;
       const problem = this.validate(target, request);
       if (problem) {
@@ -335,7 +352,9 @@ export class NbdConnection {
   private async execute(target: ExportTarget, request: Request, data: Buffer | undefined): Promise<void> {
     const offset = Number(request.offset);
     const fua = (request.flags & CommandFlag.FUA) !== 0;
+    let leave: (() => void) | undefined;
     try {
+      if (isWriteType(request.type) && this.handle?.writeGate) leave = await this.handle.writeGate.enter(this.closed.signal);
       switch (request.type) {
         case Command.READ: {
           const buffer = readBuffers.take(request.length);
@@ -369,8 +388,12 @@ export class NbdConnection {
           return;
         }
       }
+      leave?.();
+      leave = undefined;
       this.sendDone(request);
     } catch (error) {
+      leave?.();
+      if (error instanceof WriteAbandonedError) return; // the client is gone: nothing to answer, nothing written
       this.sendError(request, toRequestError(error));
     }
   }
@@ -440,6 +463,11 @@ export class NbdConnection {
     payload.writeUInt16BE(message.length, 4);
     void this.write([structuredReplyHeader(request.cookie, ReplyType.ERROR, ReplyFlag.DONE, payload.length + message.length), payload, message]);
   }
+}
+
+/** Commands that change the export: they pass its write gate. */
+function isWriteType(type: number): boolean {
+  return type === Command.WRITE || type === Command.TRIM || type === Command.WRITE_ZEROES;
 }
 
 function u16(value: number): Buffer {

@@ -201,12 +201,13 @@ export class Exports {
         if (request.protocol === 'block' && !request.readOnly && this.holds.has(volume.id)) {
           throw new ApiError('VOLUME_BUSY', `volume ${volume.id} is being copied: a writable block export, whose writes the agent cannot hold, waits until the copy has ended`, { volume: volume.id });
         }
-        made = await this.make(pool, volume.id, request);
+        this.checkSharedNode(pool, volume.id, id, request.readOnly);
+        made = await this.make(pool, volume.id, request, undefined, volume.readOnly);
         failpoint('export.made'); // the target open or the device attached, not yet recorded
         await this.writes.markExportAvailable(id, made.device);
       } catch (error) {
         await made.target?.close().catch(() => undefined);
-        if (made.device) await this.releaseDevice(pool, volume.id, made.device).catch(() => undefined);
+        if (made.device) await this.releaseDevice(pool, volume.id, made.device, { readOnly: request.readOnly, exportId: id }).catch(() => undefined);
         await this.writes.removeExport(id);
         throw toApiError(error, { volume: volume.id });
       }
@@ -339,7 +340,7 @@ export class Exports {
   private async restoreOne(row: ExportRow): Promise<void> {
     const volume = this.catalog.getVolume(row.volumeId);
     if (!volume) throw new Error(`export ${row.id}: its volume ${row.volumeId} has no catalog row`);
-    const made = await this.make(this.pool(volume.pool), row.volumeId, { volumeId: row.volumeId, protocol: row.protocol, readOnly: row.readOnly, directIo: row.directIo }, row.device);
+    const made = await this.make(this.pool(volume.pool), row.volumeId, { volumeId: row.volumeId, protocol: row.protocol, readOnly: row.readOnly, directIo: row.directIo }, row.device, volume.readOnly);
     if (made.device && made.device !== row.device) await this.writes.moveExportDevice(row.id, made.device);
     this.track(this.catalog.getExport(row.id)!, made.target);
   }
@@ -372,8 +373,29 @@ export class Exports {
     }
   }
 
+  /**
+   * A thin volume's block export hands out the volume's own dm node, one
+   * device for every user of it: a read-only block export makes that device
+   * read-only (its table reloaded with DM_READONLY_FLAG, so the kernel
+   * refuses every write to it, root's included) for as long as the export
+   * lasts. So it cannot share the volume with a writable export, either way
+   * round (VOLUME_IN_USE). Checked after `exportId`'s row is in, so of two
+   * concurrent requests at least one sees the other.
+   */
+  private checkSharedNode(pool: Pool, volumeId: string, exportId: string, readOnly: boolean): void {
+    if (pool.backend !== 'thin') return;
+    const others = this.catalog.exportsOfVolume(volumeId).filter((row) => row.id !== exportId);
+    const conflicting = readOnly ? others.filter((row) => !row.readOnly) : others.filter((row) => row.readOnly && row.protocol === 'block');
+    if (conflicting.length === 0 || (readOnly && this.catalog.getVolume(volumeId)?.readOnly)) return;
+    throw new ApiError('VOLUME_IN_USE', readOnly
+      ? `volume ${volumeId} has writable exports (${conflicting.map((row) => row.id).join(', ')}): a read-only block export makes its device read-only for every user, so it waits until they are gone`
+      : `volume ${volumeId} has a read-only block export (${conflicting.map((row) => row.id).join(', ')}) that keeps its device read-only: a writable export waits until it is gone`, {
+      volume: volumeId, exports: conflicting.map((row) => row.id),
+    });
+  }
+
   /** Opens the NBD target, or attaches the block device (`existing`: a loop device an earlier run attached). */
-  private async make(pool: Pool, volumeId: string, request: ExportRequest, existing?: string): Promise<{ target?: ExportTarget; device?: string }> {
+  private async make(pool: Pool, volumeId: string, request: ExportRequest, existing?: string, volumeReadOnly = false): Promise<{ target?: ExportTarget; device?: string }> {
     const path = pool.objectPath(volumeId);
     if (request.protocol === 'nbd') {
       const options = request.directIo ? { directIo: true } : {};
@@ -381,7 +403,10 @@ export class Exports {
       const allocation = pool.allocation?.bind(pool);
       return { target: await BlockTarget.open(path, request.readOnly, { ...options, ...(allocation ? { allocation: (offset, length) => allocation(volumeId, offset, length) } : {}) }) };
     }
-    if (pool.backend === 'thin') return { device: path };
+    if (pool.backend === 'thin') {
+      if (request.readOnly && !volumeReadOnly) await pool.setReadOnly(volumeId, true);
+      return { device: path };
+    }
     if (existing && (await loopBackingFile(existing)) === path) return { device: existing };
     // After a reboot the recorded device is usually free again: the same path, the same URI.
     const loop = await attachLoop(path, { readOnly: request.readOnly, ...(request.directIo ? { directIo: true } : {}), ...(existing ? { preferredDevice: existing } : {}) });
@@ -391,12 +416,24 @@ export class Exports {
   private async unmake(row: ExportRow, live: LiveExport | undefined): Promise<void> {
     for (const end of live?.connections ?? []) end();
     await live?.target?.close();
-    if (row.protocol === 'block' && row.device) await this.releaseDevice(this.pool(this.catalog.getVolume(row.volumeId)!.pool), row.volumeId, row.device);
+    const volume = this.catalog.getVolume(row.volumeId);
+    // A creating row has no device yet, but a thin node may already have been made read-only for it.
+    if (row.protocol === 'block' && volume) await this.releaseDevice(this.pool(volume.pool), row.volumeId, row.device, { readOnly: row.readOnly, exportId: row.id });
   }
 
-  /** A block export's device: the loop device a file volume was attached to is detached (if still bound to it); a thin node stays. */
-  private async releaseDevice(pool: Pool, volumeId: string, device: string): Promise<void> {
-    if (pool.backend !== 'file') return;
+  /**
+   * A block export's device: the loop device a file volume was attached to is
+   * detached (if still bound to it); a thin node stays, writable again when
+   * this was the last read-only block export of a writable volume.
+   */
+  private async releaseDevice(pool: Pool, volumeId: string, device: string | undefined, exported: { readOnly: boolean; exportId: string }): Promise<void> {
+    if (pool.backend === 'thin') {
+      const volume = this.catalog.getVolume(volumeId);
+      const stillReadOnly = this.catalog.exportsOfVolume(volumeId).some((row) => row.id !== exported.exportId && row.readOnly && row.protocol === 'block');
+      if (exported.readOnly && volume && !volume.readOnly && !stillReadOnly) await pool.setReadOnly(volumeId, false);
+      return;
+    }
+    if (pool.backend !== 'file' || device === undefined) return;
     if ((await loopBackingFile(device)) === pool.objectPath(volumeId)) await detachLoop(device);
   }
 

@@ -23,7 +23,7 @@ export const ERROR_CODES = {
   SNAPSHOT_EXISTS: { status: 409, meaning: 'A snapshot with that id exists with a different definition.' },
   OBJECT_EXISTS: { status: 409, meaning: "The pool already has a file or device with the name the agent wants, that the catalog does not know (made behind the agent's back); nothing was changed. `volagent check` names it an orphan, `check --repair` removes it." },
   OBJECT_MISSING: { status: 409, meaning: "The catalog has the volume or snapshot, but its file or device is gone from the pool (removed behind the agent's back); nothing was changed. `volagent check` names it missing, `check --repair` marks its row error (then it can be deleted)." },
-  VOLUME_IN_USE: { status: 409, meaning: 'The volume has a writable export whose writes the agent cannot hold (a loop or device-mapper block export): it cannot be adopted as an Image-Volume, or copied at one point in time, until that export is removed or read-only.' },
+  VOLUME_IN_USE: { status: 409, meaning: "The volume has a writable export in the way: one whose writes the agent cannot hold (a loop or device-mapper block export) stops a copy at one point in time, any stops an adoption as an Image-Volume; and a thin volume's read-only block export, which makes the volume's one device read-only, cannot share it with a writable export, either way round." },
   VOLUME_BUSY: { status: 409, meaning: 'The volume is exported, being cloned from, or changing state.' },
   VOLUME_HAS_SNAPSHOTS: { status: 409, meaning: 'The volume still has snapshots; delete them first.' },
   VOLUME_IS_IMAGE: { status: 409, meaning: 'The volume is the Image-Volume of an image: it goes with DELETE of the image, and is not snapshotted.' },

@@ -289,6 +289,37 @@ if (!inVmGuest()) {
     t.equal(block.body.uri, nodeOf('v2'), 'a block export of a thin volume is its own node');
     for (const id of [nbd.body.id, block.body.id]) t.equal((await agent.request('DELETE', `/v1/exports/${id}`)).status, 204);
     t.same((await agent.request('GET', '/v1/exports')).body, []);
+
+    // Read-only holds on the node handed out (regression: it was the writable
+    // dm device): the table is reloaded read-only for the export's life, so
+    // even root's write fails, and no writer may share the node meanwhile.
+    const getRo = (): string => spawnSync('blockdev', ['--getro', nodeOf('v2')], { encoding: 'utf8' }).stdout.trim();
+    const content = await readRange(nodeOf('v2'), 16 * MiB);
+    const readOnly = await agent.request('POST', '/v1/volumes/v2/exports', { protocol: 'block', readOnly: true });
+    t.equal(readOnly.status, 201, readOnly.text);
+    t.equal(readOnly.body.uri, nodeOf('v2'));
+    t.equal(getRo(), '1', 'the node is read-only (DM_READONLY_FLAG)');
+    const dd = spawnSync('dd', ['if=/dev/zero', `of=${nodeOf('v2')}`, 'bs=64k', 'count=1', 'oflag=direct'], { encoding: 'utf8' });
+    t.not(dd.status, 0, 'dd as root cannot write it');
+    t.comment(`dd: ${dd.stderr.trim()}`);
+    t.match(dd.stderr, /Operation not permitted|Read-only file system|Permission denied/, 'the kernel refuses the write');
+    t.ok((await readRange(nodeOf('v2'), 16 * MiB)).equals(content), 'the volume is as it was');
+    for (const protocol of ['nbd', 'block']) {
+      const writer = await agent.request('POST', '/v1/volumes/v2/exports', { protocol, readOnly: false });
+      t.equal(writer.status, 409, `a writable ${protocol} export meanwhile: ${writer.text}`);
+      t.equal(writer.body.error.code, 'VOLUME_IN_USE');
+    }
+    t.match((await agent.request('GET', '/v1/volumes/v2')).body, { readOnly: false }, 'the volume itself stays writable');
+    t.equal((await agent.request('DELETE', `/v1/exports/${readOnly.body.id}`)).status, 204);
+    t.equal(getRo(), '0', 'unexported: the node is writable again');
+    const writerFirst = await agent.request('POST', '/v1/volumes/v2/exports', { protocol: 'nbd', readOnly: false });
+    t.equal(writerFirst.status, 201, writerFirst.text);
+    const roAfterWriter = await agent.request('POST', '/v1/volumes/v2/exports', { protocol: 'block', readOnly: true });
+    t.equal(roAfterWriter.status, 409, 'a read-only block export while a writable export is open');
+    t.equal(roAfterWriter.body.error.code, 'VOLUME_IN_USE');
+    t.equal(getRo(), '0', 'and the node stays writable for that writer');
+    t.equal((await agent.request('DELETE', `/v1/exports/${writerFirst.body.id}`)).status, 204);
+    t.same((await agent.request('GET', '/v1/exports')).body, []);
   });
 
   await t.test('block status of a thin export answers from the thin mapping: nbdinfo --map and qemu-img map see only the written blocks', async (t) => {
@@ -398,7 +429,7 @@ if (!inVmGuest()) {
     t.equal(big.status, 201, 'a volume larger than the pool (thin: virtual size)');
     const dd = spawnSync('dd', ['if=/dev/zero', `of=${nodeOf('fill')}`, 'bs=1M', 'count=128', 'oflag=direct'], { encoding: 'utf8' });
     t.not(dd.status, 0, 'writing past the free space fails');
-    t.match(dd.stderr, /No space left on device|Input\/output error/, 'with ENOSPC or EIO at once (error_if_no_space), not a hang');
+    t.match(dd.stderr, /No space left on device/, 'with ENOSPC at once (error_if_no_space fails the bio with BLK_STS_NOSPC; O_DIRECT returns it), not a hang');
     const [pool] = (await agent.request('GET', '/v1/pools')).body;
     t.match(pool, { health: { mode: 'out_of_data_space', lowWater: true }, capacity: { freeBytes: 0, dataPercent: 100 } }, 'GET /v1/pools reports the full pool');
     const refused = await agent.request('PUT', '/v1/volumes/late', { tenant: 't1', sizeBytes: MiB });

@@ -928,6 +928,12 @@ async function bootOnce(
     const consoleText = consoleChunks.join('');
 
     if (killedFor === 'kvm') throw new KvmStuckError(`no output from the guest within ${KVM_WATCHDOG_MS} ms under KVM`);
+    // A host whose /dev/kvm opens but cannot run this CPU model (nested
+    // virtualisation refusing an MSR: qemu asserts in kvm_buf_set_msrs and
+    // aborts before the guest says anything) is no KVM host either.
+    if (accel === 'kvm' && exit.signal !== null && consoleText.trim() === '' && /kvm/i.test(qemuStderr)) {
+      throw new KvmStuckError(`qemu died with ${exit.signal} under KVM before the guest started: ${tail(qemuStderr, 3).trim()}`);
+    }
 
     const statusText = await readText(path.join(share, 'status'));
     const stdout = (await readText(path.join(share, 'stdout'))) ?? '';

@@ -13,7 +13,7 @@ import type { Agent } from '../agent/agent.js';
 import { toApiError } from '../agent/faults.js';
 import type { AllowRule } from '../daemon/config.js';
 import { native } from '../native/binding.js';
-import { parseJsonObject, readBody } from './body.js';
+import { checkDeclaredLength, parseJsonObject, readBody } from './body.js';
 import { ApiError } from './errors.js';
 import type { Peer } from './peer-auth.js';
 import { boundTenants, isMutating, mayRequest, principalOf } from './peer-auth.js';
@@ -61,23 +61,78 @@ function send(response: ServerResponse, reply: Reply, close = false): void {
   response.writeHead(reply.status, headers).end(text);
 }
 
-/** How long the rest of an unread body is discarded after the answer, before the connection is cut. */
-const LINGER_MS = 2000;
+/** A closing connection reads and drops what still arrives for at most this long in all (nginx `lingering_time`)... */
+export const LINGER_MS = 5000;
+/** ...or until nothing has arrived for this long (nginx `lingering_timeout`)... */
+export const LINGER_IDLE_MS = 2000;
+/** ...or until it has dropped this many bytes: a client that keeps sending after its answer is cut off. */
+export const LINGER_BYTES = 256 * 1024 * 1024;
 
 /**
- * Closes the connection of a request whose body was not read (refused from
- * its headers, or part-way): what the client still sends is read and
- * discarded for a moment, so it reads the answer instead of a reset (the
- * lingering close of HTTP servers); then the socket goes.
+ * Closes a connection on which the client may still be sending (a body
+ * refused from its headers or cut part-way, bytes that are not HTTP) once its
+ * answer is written: the writing side is shut down after the answer (FIN: the
+ * client reads the answer, then end of stream), and what still arrives is
+ * read and dropped until the client closes its side, LINGER_IDLE_MS pass
+ * without a byte, or LINGER_MS or LINGER_BYTES are reached; then the socket
+ * is destroyed. A unix socket closed with unread data resets its peer: its
+ * next write fails with EPIPE, and a client that is still writing loses the
+ * answer it has not read yet. This is the lingering close of nginx and Apache.
+ *
+ * Returns the listener that counts what arrives, for the socket's 'data'.
  */
-function lingeringClose(request: IncomingMessage, socket: Socket): void {
-  const cut = setTimeout(() => socket.destroy(), LINGER_MS);
-  cut.unref();
-  request.once('end', () => {
-    clearTimeout(cut);
-    socket.destroySoon();
+function lingeringClose(socket: Socket): (chunk: Buffer) => void {
+  let dropped = 0;
+  const cut = (): void => {
+    socket.destroy();
+  };
+  const total = setTimeout(cut, LINGER_MS).unref();
+  const idle = setTimeout(cut, LINGER_IDLE_MS).unref();
+  socket.once('close', () => {
+    clearTimeout(total);
+    clearTimeout(idle);
   });
-  request.resume();
+  socket.once('end', cut);
+  socket.end();
+  return (chunk) => {
+    dropped += chunk.length;
+    if (dropped >= LINGER_BYTES) cut();
+    else idle.refresh();
+  };
+}
+
+/** Sockets whose answer now being written is their last: requests parsed after it are dropped, never served. */
+const closing = new WeakSet<Socket>();
+
+/**
+ * Makes the answer to `request` its connection's last, closed lingeringly
+ * (the caller sends it with `Connection: close`). Node's HTTP server ends a
+ * `Connection: close` answer's socket with `socket.destroySoon()`
+ * (lib/_http_server.js resOnFinish), which destroys it once the answer is
+ * flushed, read or not: on this socket that call closes lingeringly instead.
+ *
+ * Until then the HTTP parser reads the descriptor itself and stops it while
+ * the route leaves the body unread (the socket is paused). A 'data' listener
+ * takes the descriptor back from the parser, and nothing restarts a
+ * descriptor stopped by then; so the socket is resumed first, and the
+ * listener goes on once it has resumed (the parser's own 'resume' handler
+ * restarts the descriptor before). The parser goes on parsing what arrives,
+ * and `request`, resumed, drops the rest of its body.
+ */
+function closeAfterAnswer(request: IncomingMessage): void {
+  const socket = request.socket as Socket | null;
+  if (!socket || closing.has(socket)) return;
+  closing.add(socket);
+  socket.destroySoon = () => {
+    const arrived = lingeringClose(socket);
+    request.resume();
+    if (!socket.isPaused()) {
+      socket.on('data', arrived);
+      return;
+    }
+    socket.once('resume', () => socket.on('data', arrived));
+    socket.resume();
+  };
 }
 
 /**
@@ -94,10 +149,12 @@ function requestUrl(target: string | undefined): URL | undefined {
   }
 }
 
-/** Bodies up to this size (declared) are read and dropped before a refusal is sent; larger ones are cut. */
+/** Bodies up to this size (declared) are read and dropped before a refusal is sent, keeping the connection; larger ones close it. */
 const DRAIN_LIMIT = 4 * 1024 * 1024;
+/** How long the rest of such a body may take to arrive. */
+const DRAIN_MS = 2000;
 
-/** Reads and drops the rest of a body declared at most DRAIN_LIMIT bytes, for at most LINGER_MS. */
+/** Reads and drops the rest of a body declared at most DRAIN_LIMIT bytes, for at most DRAIN_MS. */
 function drainSmallBody(request: IncomingMessage): Promise<void> {
   const declared = Number(request.headers['content-length']);
   if (!Number.isSafeInteger(declared) || declared > DRAIN_LIMIT) return Promise.resolve();
@@ -106,7 +163,7 @@ function drainSmallBody(request: IncomingMessage): Promise<void> {
       clearTimeout(timer);
       resolve();
     };
-    const timer = setTimeout(done, LINGER_MS);
+    const timer = setTimeout(done, DRAIN_MS);
     request.once('end', done);
     request.once('close', done);
     request.resume();
@@ -143,17 +200,13 @@ function socketFd(socket: Socket): number | undefined {
 
 /**
  * Answers `error` on a connection whose request was never read (or could not
- * be parsed), then reads and drops what the client sends (a unix socket
- * closed with unread data resets the peer, which would lose the answer) until
- * it closes, or LINGER_MS.
+ * be parsed), then closes it lingeringly.
  */
 function refuseConnection(socket: Socket, error: ApiError, reason = 'Forbidden'): void {
   const text = `${JSON.stringify(error.toBody())}\n`;
-  socket.on('data', () => undefined);
-  socket.once('end', () => socket.destroy());
+  socket.write(`HTTP/1.1 ${error.status} ${reason}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(text)}\r\nconnection: close\r\n\r\n${text}`);
+  socket.on('data', lingeringClose(socket));
   socket.resume();
-  socket.end(`HTTP/1.1 ${error.status} ${reason}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(text)}\r\nconnection: close\r\n\r\n${text}`);
-  setTimeout(() => socket.destroy(), LINGER_MS).unref();
 }
 
 export function createApiServer(agent: Agent, logger: Logger, options: ApiServerOptions = { allow: [] }): ApiServer {
@@ -194,6 +247,8 @@ export function createApiServer(agent: Agent, logger: Logger, options: ApiServer
       if (route.startsWith('/v1/volumes/:id')) volume = match.params[0];
       const streamed = match.route.body === 'stream';
       if (streamed) transfers.add(request);
+      // A JSON body declared too large is refused before the client is told to send it.
+      if (!streamed) checkDeclaredLength(request);
       if (expectsContinue && !streamed) response.writeContinue();
       const raw = streamed ? undefined : await readBody(request);
       const body = match.route.body === 'none' || streamed ? undefined : parseJsonObject(raw, match.route.body === 'optional');
@@ -208,17 +263,16 @@ export function createApiServer(agent: Agent, logger: Logger, options: ApiServer
       reply = { status: fault.status, body: fault.toBody(), headers: fault.headers };
     }
     // A small unread body (a request refused before its body was read) is
-    // read and dropped first: a client that asked for `Connection: close` has
-    // its socket closed by Node right after the answer, and a unix socket
-    // closed with unread data resets the peer, losing the answer.
-    if (!request.complete && !reply.send) await drainSmallBody(request);
+    // read and dropped first, so the connection can serve the next request;
+    // a client waiting for 100 Continue sends no body to drain.
+    if (!request.complete && !reply.send && !expectsContinue) await drainSmallBody(request);
     // The unread rest of a body (oversize, or an upload refused before it was
     // read) must not be parsed as a next request: close after answering.
     const closeAfter = !request.complete;
-    const socket = request.socket as typeof request.socket | null;
+    if (closeAfter) closeAfterAnswer(request);
     if (reply.send) {
       transfers.add(request);
-      response.writeHead(reply.status, reply.headers);
+      response.writeHead(reply.status, { ...reply.headers, ...(closeAfter ? { connection: 'close' } : {}) });
       try {
         await reply.send(response);
         response.end();
@@ -229,7 +283,6 @@ export function createApiServer(agent: Agent, logger: Logger, options: ApiServer
     } else {
       send(response, reply, closeAfter);
     }
-    if (closeAfter && socket) response.once('finish', () => lingeringClose(request, socket));
     const ms = Number(process.hrtime.bigint() - started) / 1e6;
     agent.metrics.observeRequest(method, metricRoute, reply.status, ms / 1000);
     const fields = {
@@ -244,12 +297,19 @@ export function createApiServer(agent: Agent, logger: Logger, options: ApiServer
   };
 
   const serve = (request: IncomingMessage, response: ServerResponse, expectsContinue: boolean): void => {
+    // Bytes after a body the connection's last answer refused: dropped, never served.
+    if (closing.has(request.socket)) {
+      request.resume();
+      return;
+    }
     inFlight++;
     handle(request, response, expectsContinue)
       .finally(() => transfers.delete(request))
       .catch((error: unknown) => {
         logger.error({ err: error }, 'request handler failed');
-        if (!response.headersSent) send(response, { status: 500, body: new ApiError('INTERNAL', 'request handler failed').toBody() }, true);
+        if (response.headersSent) return;
+        closeAfterAnswer(request);
+        send(response, { status: 500, body: new ApiError('INTERNAL', 'request handler failed').toBody() }, true);
       })
       .finally(() => {
         inFlight--;

@@ -51,13 +51,30 @@ export function replyOf(res: IncomingMessage): Promise<Reply> {
   });
 }
 
+/**
+ * Sends `req` and settles with its answer. The agent may answer before the
+ * body is sent (a refusal from the headers, `Connection: close`) and then
+ * close: a write that fails after the answer began (EPIPE) does not lose the
+ * answer, which settles the promise; an error before any answer rejects it.
+ */
+function answerOf(req: ClientRequest, resolve: (reply: Reply) => void, reject: (error: Error) => void): void {
+  let answered = false;
+  req.on('response', (res: IncomingMessage) => {
+    answered = true;
+    replyOf(res).then(resolve, reject);
+  });
+  req.on('error', (error) => {
+    if (!answered) reject(error);
+  });
+}
+
 /** One HTTP request on a unix socket. */
 export function requestOn(socketPath: string, method: string, urlPath: string, body?: unknown, options: RequestOptions = {}): Promise<Reply> {
   return new Promise((resolve, reject) => {
     const payload = options.raw ?? (body === undefined ? undefined : JSON.stringify(body));
     const headers: Record<string, string | number> = { ...(payload !== undefined ? { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) } : {}), ...options.headers };
-    const req = httpRequest({ socketPath, method, path: urlPath, headers, agent: false }, (res) => replyOf(res).then(resolve, reject));
-    req.on('error', reject);
+    const req = httpRequest({ socketPath, method, path: urlPath, headers, agent: false });
+    answerOf(req, resolve, reject);
     req.end(payload);
   });
 }
@@ -138,14 +155,15 @@ export interface StreamOptions {
 
 /**
  * Sends `data` as the body of one request (chunked unless a content-length
- * header is given) and collects the JSON answer. Only `expect: 100-continue`
- * holds the body back until the agent says to go on.
+ * header is given) and collects the JSON answer, also when the agent answers
+ * before the body is sent and sending it then fails. Only `expect:
+ * 100-continue` holds the body back until the agent says to go on.
  */
 export function streamOn(socketPath: string, method: string, urlPath: string, data: Readable | Buffer, options: StreamOptions = {}): Promise<Reply> {
   return new Promise((resolve, reject) => {
     const headers = { 'content-type': 'application/octet-stream', ...options.headers };
-    const req = httpRequest({ socketPath, method, path: urlPath, headers, agent: false }, (res) => replyOf(res).then(resolve, reject));
-    req.on('error', reject);
+    const req = httpRequest({ socketPath, method, path: urlPath, headers, agent: false });
+    answerOf(req, resolve, reject);
     const send = (): void => {
       if (Buffer.isBuffer(data)) req.end(data);
       else data.pipe(req);

@@ -6,7 +6,7 @@
 import type { FileHandle } from 'node:fs/promises';
 import { constants as fsConstants, open, stat, unlink } from 'node:fs/promises';
 
-import { failpoint } from '../faults/failpoints.js';
+import { failpointAsync } from '../faults/failpoints.js';
 import { native } from '../native/binding.js';
 import { isSystemError, systemError } from '../native/system-error.js';
 import { throwIfAborted } from './abort.js';
@@ -188,7 +188,7 @@ async function copyDataExtents(source: Endpoint, dest: Endpoint, allowed: readon
   for await (const [offset, length] of dataExtents(source.handle.fd, source.size, source.path)) {
     if (dest.kind === 'block' && offset > covered) await zeroBlockRange(dest, covered, offset - covered, sectorSize, options.signal);
     await copier.copyExtent(offset, length);
-    if (covered === 0) failpoint('clone.copying'); // once: a part of the data is in the destination
+    if (covered === 0) await failpointAsync('clone.copying', options.signal); // once: a part of the data is in the destination
     covered = offset + length;
   }
   if (dest.kind === 'block' && covered < source.size) await zeroBlockRange(dest, covered, source.size - covered, sectorSize, options.signal);

@@ -4,7 +4,8 @@
 // in the middle of a registration settled at restart. XFS pool (reflink) and
 // ext4 pool (copy). Every refusal is checked on disk and in the catalog.
 import { spawn } from 'node:child_process';
-import { mkdir, open, stat } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { mkdir, open, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import t from 'tap';
 
@@ -34,6 +35,17 @@ if (!skipUnlessRoot(t)) {
   const spec = { dir, pools: [{ name: 'fast', path: xfsPool }, { name: 'slow', path: ext4Pool }], lockWaitMs: 150 };
   let agent: AgentProcess = await startAgent(t, spec);
   const objectFile = (poolPath: string, name: string): string => path.join(poolPath, 'objects', `${name}.raw`);
+  /** Restarts the agent with its next copy held in the middle (failpoint clone.copying=hold): resolves the file whose removal lets it go on. */
+  const holdNextCopy = async (label: string): Promise<string> => {
+    const held = path.join(dir, `held-${label}`);
+    await agent.stop();
+    agent = await startAgent(t, { ...spec, env: { VOLAGENT_FAILPOINTS: `clone.copying=hold:${held}` } });
+    return held;
+  };
+  const copyHeld = async (held: string): Promise<void> => {
+    for (let i = 0; i < 500 && !existsSync(held); i++) await new Promise((r) => setTimeout(r, 10));
+    if (!existsSync(held)) throw new Error(`the copy never reached the held failpoint (${held})`);
+  };
   const state = async (): Promise<unknown> => ({ fast: await poolEntries(xfsPool), slow: await poolEntries(ext4Pool), catalog: readCatalog(agent.catalogPath) });
 
   async function volumeWithData(id: string, tenant: string, pool: string, poolPath: string): Promise<string> {
@@ -201,12 +213,16 @@ if (!skipUnlessRoot(t)) {
 
   await t.test('register by clone on a copy pool: 202 with the copy operation; available when it ends; a repeat joins it', async (t) => {
     const digest = await volumeWithData('silver', 'carol', 'slow', ext4Pool);
+    const held = await holdNextCopy('register');
     const reply = await agent.request('PUT', '/v1/images/img-copied', { volume: 'silver', mode: 'clone', tenant: 'carol' });
     t.equal(reply.status, 202, reply.text);
     t.match(reply.body, { operation: { id: /^op-/, kind: 'clone' }, image: { imageId: 'img-copied', state: 'creating', mode: 'clone' } });
+    await copyHeld(held);
     const repeat = await agent.request('PUT', '/v1/images/img-copied', { volume: 'silver', mode: 'clone', tenant: 'carol' });
-    t.ok(repeat.status === 202 || repeat.status === 200, `a repeat joins the registration (${repeat.status})`);
-    if (repeat.status === 202) t.equal(repeat.body.operation.id, reply.body.operation.id, 'the same operation');
+    t.equal(repeat.status, 202, 'a repeat while the copy runs joins the registration');
+    t.equal(repeat.body.operation.id, reply.body.operation.id, 'the same operation');
+    t.match((await agent.request('GET', '/v1/images/img-copied')).body, { state: 'creating' }, 'not available before its data');
+    await rm(held);
     t.equal((await waitOperation(agent, reply.body.operation.id)).state, 'succeeded');
     const waited = await agent.request('PUT', '/v1/images/img-copied?wait=true', { volume: 'silver', mode: 'clone', tenant: 'carol' });
     t.equal(waited.status, 200, 'with wait=true, a repeat answers once the image is available');
@@ -227,21 +243,20 @@ if (!skipUnlessRoot(t)) {
     } finally {
       await handle.close();
     }
+    const held = await holdNextCopy('cancel');
     const before = await state();
     const reply = await agent.request('PUT', '/v1/images/img-cancelled', { volume: 'bronze', mode: 'clone', tenant: 'carol' });
     t.equal(reply.status, 202, reply.text);
+    await copyHeld(held);
     const cancelled = await agent.request('DELETE', `/v1/operations/${reply.body.operation.id}`);
     t.equal(cancelled.status, 200);
-    if (cancelled.body.state === 'cancelled') {
-      for (let i = 0; i < 100 && (await agent.request('GET', '/v1/images/img-cancelled')).status !== 404; i++) await new Promise((r) => setTimeout(r, 20));
-      t.equal((await agent.request('GET', '/v1/images/img-cancelled')).status, 404, 'the registration was rolled back');
-      const after = (await state()) as { catalog: { operations: unknown[] } };
-      const expected = before as { catalog: { operations: unknown[] } };
-      t.same({ ...after, catalog: { ...after.catalog, operations: [] } }, { ...expected, catalog: { ...expected.catalog, operations: [] } }, 'as before, but for the cancelled operation');
-    } else {
-      t.equal(cancelled.body.state, 'succeeded', 'the copy ended before the cancel reached it');
-      t.equal((await agent.request('GET', '/v1/images/img-cancelled')).body.state, 'available');
-    }
+    t.match(cancelled.body, { state: 'cancelled', error: { code: 'OPERATION_CANCELLED' } }, 'cancelled in the middle of the copy');
+    for (let i = 0; i < 100 && (await agent.request('GET', '/v1/images/img-cancelled')).status !== 404; i++) await new Promise((r) => setTimeout(r, 20));
+    t.equal((await agent.request('GET', '/v1/images/img-cancelled')).status, 404, 'the registration was rolled back');
+    const after = (await state()) as { catalog: { operations: unknown[] } };
+    const expected = before as { catalog: { operations: unknown[] } };
+    t.same({ ...after, catalog: { ...after.catalog, operations: [] } }, { ...expected, catalog: { ...expected.catalog, operations: [] } }, 'as before, but for the cancelled operation');
+    await rm(held, { force: true });
   });
 
   await t.test('deleting an image: clones stay intact, the Image-Volume goes once no clone reads it', async (t) => {

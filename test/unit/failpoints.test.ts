@@ -17,8 +17,9 @@ t.test('the variable parses into named actions; a malformed entry is an error', 
   t.same([...parseFailpoints('file.renamed@3=kill')], [['file.renamed', { kind: 'kill', hit: 3 }]]);
   t.same([...parseFailpoints(undefined)], []);
   t.same([...parseFailpoints('')], []);
-  for (const bad of ['thin.x', 'thin.x=explode', 'thin.x=error:ENOTANERRNO', 'Thin=kill', 'thin.x@0=kill', 'thin.x@=kill', 'thin.x@2']) {
-    t.throws(() => parseFailpoints(bad), { message: `${FAILPOINTS_ENV}: "${bad}" is not NAME[@N]=kill or NAME[@N]=error:ECODE` }, bad);
+  t.same([...parseFailpoints('clone.copying@2=hold:/tmp/held')], [['clone.copying', { kind: 'hold', path: '/tmp/held', hit: 2 }]]);
+  for (const bad of ['thin.x', 'thin.x=explode', 'thin.x=hold:relative', 'thin.x=hold:', 'thin.x=error:ENOTANERRNO', 'Thin=kill', 'thin.x@0=kill', 'thin.x@=kill', 'thin.x@2']) {
+    t.throws(() => parseFailpoints(bad), { message: `${FAILPOINTS_ENV}: "${bad}" is not NAME[@N]=kill, NAME[@N]=error:ECODE or NAME[@N]=hold:/PATH` }, bad);
   }
 });
 
@@ -66,4 +67,24 @@ t.test('the trace lists every point reached, in order, up to and including a kil
   const killed = runWith({ [FAILPOINT_TRACE_ENV]: trace, [FAILPOINTS_ENV]: 'c.d=kill' }, ['a.b', 'c.d', 'e.f']);
   t.equal(killed.signal, 'SIGKILL');
   t.equal(await readFile(trace, 'utf8'), 'a.b\nc.d\n');
+});
+
+t.test('hold: the work waits at the point until the test removes the file, or stops when cancelled; a synchronous point cannot hold', async (t) => {
+  const dir = await mkdtemp(path.join(tmpdir(), 'failpoint-hold-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const held = path.join(dir, 'held');
+  const script = `import { failpointAsync, failpoint } from ${JSON.stringify(moduleUrl)};
+    import { existsSync, rmSync } from 'node:fs';
+    const started = Date.now();
+    setTimeout(() => { console.log('file there:', existsSync(${JSON.stringify(held)})); rmSync(${JSON.stringify(held)}); }, 300);
+    await failpointAsync('a.b');
+    console.log('went on after', Date.now() - started >= 300 ? 'the release' : 'nothing');
+    const controller = new AbortController();
+    setTimeout(() => controller.abort(new Error('cancelled')), 100);
+    await failpointAsync('c.d', controller.signal).then(() => console.log('not stopped'), (e) => console.log('stopped:', e.message));
+    try { failpoint('e.f'); } catch (e) { console.log(e.message); }`;
+  const inherited = Object.fromEntries(Object.entries(process.env).filter(([key]) => key !== FAILPOINTS_ENV && key !== FAILPOINT_TRACE_ENV));
+  const env = { ...inherited, [FAILPOINTS_ENV]: `a.b=hold:${held},c.d=hold:${held}2,e.f=hold:${held}3` };
+  const run = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8', env });
+  t.equal(run.stdout, `file there: true\nwent on after the release\nstopped: cancelled\nfailpoint e.f is reached synchronously: it cannot hold (${FAILPOINTS_ENV})\n`, run.stderr);
 });

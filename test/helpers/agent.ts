@@ -7,6 +7,7 @@ import { createHash } from 'node:crypto';
 import type { ClientRequest, IncomingMessage } from 'node:http';
 import { request as httpRequest } from 'node:http';
 import type { Readable } from 'node:stream';
+import { existsSync } from 'node:fs';
 import { readdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -343,4 +344,21 @@ export async function waitOperation(agent: AgentProcess, id: string): Promise<an
   const reply = await agent.request('GET', `/v1/operations/${id}?wait=true`);
   if (reply.status !== 200) throw new Error(`GET operation ${id}: ${reply.status} ${reply.text}`);
   return reply.body;
+}
+
+/**
+ * Stops `agent` and starts it again on `spec` with its next copy held in the
+ * middle (failpoint `clone.copying=hold:FILE`, FILE in `spec.dir`): resolves
+ * the new agent and FILE, whose removal lets the copy go on.
+ */
+export async function restartHoldingNextCopy(t: Test, agent: AgentProcess, spec: AgentSpec, label: string): Promise<{ agent: AgentProcess; held: string }> {
+  const held = path.join(spec.dir, `held-${label}`);
+  await agent.stop();
+  return { agent: await startAgent(t, { ...spec, env: { ...spec.env, VOLAGENT_FAILPOINTS: `clone.copying=hold:${held}` } }), held };
+}
+
+/** Resolves once the held copy has reached its failpoint (its FILE exists), within 5 s. */
+export async function untilCopyHeld(held: string): Promise<void> {
+  for (let i = 0; i < 500 && !existsSync(held); i++) await new Promise((r) => setTimeout(r, 10));
+  if (!existsSync(held)) throw new Error(`the copy never reached the held failpoint (${held})`);
 }

@@ -3,7 +3,6 @@
 // clones run as operations), both on loop devices. Every refusal is checked
 // on disk (the pool's objects directory) and in the catalog, not only by its
 // status. Needs root.
-import { existsSync } from 'node:fs';
 import { mkdir, open, rm, stat, unlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import t from 'tap';
@@ -11,7 +10,7 @@ import t from 'tap';
 import { fiemapExtents } from '../../src/clone/extents.js';
 import { native } from '../../src/native/binding.js';
 import type { AgentProcess } from '../helpers/agent.js';
-import { poolEntries, readCatalog, startAgent, streamOn, waitOperation } from '../helpers/agent.js';
+import { poolEntries, readCatalog, restartHoldingNextCopy, startAgent, streamOn, untilCopyHeld, waitOperation } from '../helpers/agent.js';
 import { sha256 } from '../helpers/files.js';
 import { makeLoopFs, TEST_ROOT } from '../helpers/loop-fs.js';
 import { skipUnlessRoot } from '../helpers/privileged.js';
@@ -39,16 +38,11 @@ if (!skipUnlessRoot(t)) {
   await mkdir(dir);
   const spec = { dir, pools: [{ name: 'fast', path: xfsPool }, { name: 'slow', path: ext4Pool }, { name: 'tiny', path: tinyPool }], lockWaitMs: 150 };
   let agent: AgentProcess = await startAgent(t, spec);
-  /** Restarts the agent with its next copy held in the middle (failpoint clone.copying=hold): resolves the file whose removal lets it go on. */
+  /** Restarts the agent with its next copy held in the middle: resolves the file whose removal lets it go on. */
   const holdNextCopy = async (label: string): Promise<string> => {
-    const held = path.join(dir, `held-${label}`);
-    await agent.stop();
-    agent = await startAgent(t, { ...spec, env: { VOLAGENT_FAILPOINTS: `clone.copying=hold:${held}` } });
-    return held;
-  };
-  const copyHeld = async (held: string): Promise<void> => {
-    for (let i = 0; i < 500 && !existsSync(held); i++) await new Promise((r) => setTimeout(r, 10));
-    if (!existsSync(held)) throw new Error(`the copy never reached the held failpoint (${held})`);
+    const restarted = await restartHoldingNextCopy(t, agent, spec, label);
+    agent = restarted.agent;
+    return restarted.held;
   };
   const objectFile = (poolPath: string, name: string): string => path.join(poolPath, 'objects', `${name}.raw`);
 
@@ -151,7 +145,7 @@ if (!skipUnlessRoot(t)) {
     t.equal(started.status, 202);
     t.match(started.body, { operation: { kind: 'clone', target: 'big-copy', state: 'running', totalBytes: 2 * GiB }, volume: { id: 'big-copy', state: 'creating', cloneMethod: null } });
     const opId = started.body.operation.id;
-    await copyHeld(held);
+    await untilCopyHeld(held);
     const during = await agent.request('GET', '/v1/volumes/big-copy');
     t.equal(during.body.state, 'creating', 'in the middle of the copy: creating, never available before its data');
     const repeat = await agent.request('PUT', '/v1/volumes/big-copy', { tenant: 'acme', source: { volume: 'big' } });
@@ -175,7 +169,7 @@ if (!skipUnlessRoot(t)) {
     const before = await state();
     const started = await agent.request('PUT', '/v1/volumes/cancelled', { tenant: 'acme', source: { volume: 'big' } });
     t.equal(started.status, 202);
-    await copyHeld(held);
+    await untilCopyHeld(held);
     const cancelled = await agent.request('DELETE', `/v1/operations/${started.body.operation.id}`);
     t.equal(cancelled.status, 200);
     t.match(cancelled.body, { state: 'cancelled', error: { code: 'OPERATION_CANCELLED' } });

@@ -4,13 +4,12 @@
 // in the middle of a registration settled at restart. XFS pool (reflink) and
 // ext4 pool (copy). Every refusal is checked on disk and in the catalog.
 import { spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
 import { mkdir, open, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import t from 'tap';
 
 import type { AgentProcess } from '../helpers/agent.js';
-import { outcomeOf, poolEntries, readCatalog, startAgent, waitOperation } from '../helpers/agent.js';
+import { outcomeOf, poolEntries, readCatalog, restartHoldingNextCopy, startAgent, untilCopyHeld, waitOperation } from '../helpers/agent.js';
 import { Command, NbdErrno } from '../../src/exports/nbd/protocol.js';
 import { sha256 } from '../helpers/files.js';
 import { makeLoopFs, TEST_ROOT } from '../helpers/loop-fs.js';
@@ -35,16 +34,11 @@ if (!skipUnlessRoot(t)) {
   const spec = { dir, pools: [{ name: 'fast', path: xfsPool }, { name: 'slow', path: ext4Pool }], lockWaitMs: 150 };
   let agent: AgentProcess = await startAgent(t, spec);
   const objectFile = (poolPath: string, name: string): string => path.join(poolPath, 'objects', `${name}.raw`);
-  /** Restarts the agent with its next copy held in the middle (failpoint clone.copying=hold): resolves the file whose removal lets it go on. */
+  /** Restarts the agent with its next copy held in the middle: resolves the file whose removal lets it go on. */
   const holdNextCopy = async (label: string): Promise<string> => {
-    const held = path.join(dir, `held-${label}`);
-    await agent.stop();
-    agent = await startAgent(t, { ...spec, env: { VOLAGENT_FAILPOINTS: `clone.copying=hold:${held}` } });
-    return held;
-  };
-  const copyHeld = async (held: string): Promise<void> => {
-    for (let i = 0; i < 500 && !existsSync(held); i++) await new Promise((r) => setTimeout(r, 10));
-    if (!existsSync(held)) throw new Error(`the copy never reached the held failpoint (${held})`);
+    const restarted = await restartHoldingNextCopy(t, agent, spec, label);
+    agent = restarted.agent;
+    return restarted.held;
   };
   const state = async (): Promise<unknown> => ({ fast: await poolEntries(xfsPool), slow: await poolEntries(ext4Pool), catalog: readCatalog(agent.catalogPath) });
 
@@ -217,7 +211,7 @@ if (!skipUnlessRoot(t)) {
     const reply = await agent.request('PUT', '/v1/images/img-copied', { volume: 'silver', mode: 'clone', tenant: 'carol' });
     t.equal(reply.status, 202, reply.text);
     t.match(reply.body, { operation: { id: /^op-/, kind: 'clone' }, image: { imageId: 'img-copied', state: 'creating', mode: 'clone' } });
-    await copyHeld(held);
+    await untilCopyHeld(held);
     const repeat = await agent.request('PUT', '/v1/images/img-copied', { volume: 'silver', mode: 'clone', tenant: 'carol' });
     t.equal(repeat.status, 202, 'a repeat while the copy runs joins the registration');
     t.equal(repeat.body.operation.id, reply.body.operation.id, 'the same operation');
@@ -247,7 +241,7 @@ if (!skipUnlessRoot(t)) {
     const before = await state();
     const reply = await agent.request('PUT', '/v1/images/img-cancelled', { volume: 'bronze', mode: 'clone', tenant: 'carol' });
     t.equal(reply.status, 202, reply.text);
-    await copyHeld(held);
+    await untilCopyHeld(held);
     const cancelled = await agent.request('DELETE', `/v1/operations/${reply.body.operation.id}`);
     t.equal(cancelled.status, 200);
     t.match(cancelled.body, { state: 'cancelled', error: { code: 'OPERATION_CANCELLED' } }, 'cancelled in the middle of the copy');

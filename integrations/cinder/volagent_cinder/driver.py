@@ -1,0 +1,454 @@
+"""Cinder volume driver for volagent (docs/openstack.md).
+
+Each Cinder backend using this driver is one volagent on this host, reached
+over its control socket (``volagent_socket``); each agent pool is a Cinder
+pool (``host@backend#pool``). The driver needs no root and no rootwrap:
+cinder-volume's user is let in by the agent's ``[control].allow`` as an
+``admin``, and every object it makes is owned by the Cinder project it acts
+for (the agent's tenant), so the agent's own access checks hold.
+
+Cinder's objects map to the agent's one to one: a volume is the agent
+volume ``volume.name`` (``volume-<id>``; a managed volume keeps its agent
+name, recorded as ``provider_id``), a snapshot is the agent snapshot
+``snapshot.name`` of its volume. Attach is os-brick's ``local`` connector
+with a block device from the agent's block export (a loop device for a file
+volume, the device-mapper node for a thin one), read-only when Cinder
+attaches read-only.
+"""
+
+import math
+import urllib.parse
+
+from oslo_config import cfg
+from oslo_log import log as logging
+
+from cinder import exception
+from cinder.i18n import _
+from cinder import interface
+from cinder import objects
+from cinder.volume import configuration
+from cinder.volume import driver
+from cinder.volume import volume_utils
+
+from volagent_cinder import client as agent_client
+
+LOG = logging.getLogger(__name__)
+
+GiB = 1024 ** 3
+
+volagent_opts = [
+    cfg.StrOpt('volagent_socket',
+               default='/run/volagent/control.sock',
+               help='The control socket of the volagent that serves this '
+                    'backend (its [control] socket).'),
+    cfg.IntOpt('volagent_request_timeout',
+               default=60, min=1,
+               help='Seconds one request to the agent may take before the '
+                    'driver gives up on it.'),
+    cfg.IntOpt('volagent_copy_timeout',
+               default=3600, min=1,
+               help='Seconds a copy (a clone or snapshot the pool cannot '
+                    'make in constant time) may run; past that the driver '
+                    'cancels it, and the agent removes what it had made.'),
+]
+
+CONF = cfg.CONF
+CONF.register_opts(volagent_opts, group=configuration.SHARED_CONF_GROUP)
+
+
+def _pool_of(volume):
+    """The agent pool of a Cinder volume's host (``host@backend#pool``)."""
+    return volume_utils.extract_host(volume.host, 'pool')
+
+
+def _bytes(size_gb):
+    return int(size_gb) * GiB
+
+
+def _quote(agent_id):
+    return urllib.parse.quote(agent_id, safe='')
+
+
+@interface.volumedriver
+class VolagentDriver(driver.VolumeDriver):
+    """Volumes, snapshots, clones and exports of one volagent on this host.
+
+    Version history:
+        1.0.0 - volumes, snapshots, clones (reflink, thin snapshot or sparse
+                copy, also across pools), extend, revert, manage/unmanage,
+                transfer, clone_image from cinder:// locations, local attach
+                of a block export.
+    """
+
+    VERSION = '1.0.0'
+    CI_WIKI_NAME = 'volagent_CI'
+    # The storage protocol of the connection: os-brick's local connector.
+    STORAGE_PROTOCOL = 'local'
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.configuration.append_config_values(volagent_opts)
+        self.backend_name = (self.configuration.safe_get('volume_backend_name')
+                             or 'volagent')
+        self.agent = None
+        self._stats = {}
+
+    @staticmethod
+    def get_driver_options():
+        return volagent_opts
+
+    # --- setup ---
+
+    def do_setup(self, context):
+        self.agent = agent_client.AgentClient(
+            self.configuration.volagent_socket,
+            timeout=self.configuration.volagent_request_timeout)
+
+    def check_for_setup_error(self):
+        version = self._call('GET', '/v1/version')
+        if version.get('api') != 1:
+            raise exception.VolumeDriverException(
+                message=_('volagent at %(socket)s speaks API %(api)s; this '
+                          'driver speaks API 1') % {
+                    'socket': self.configuration.volagent_socket,
+                    'api': version.get('api')})
+        if not self._call('GET', '/v1/pools'):
+            raise exception.VolumeDriverException(
+                message=_('volagent at %s has no pools') %
+                self.configuration.volagent_socket)
+
+    # --- stats ---
+
+    def get_volume_stats(self, refresh=False):
+        if refresh or not self._stats:
+            self._update_volume_stats()
+        return self._stats
+
+    def _update_volume_stats(self):
+        pools = self._call('GET', '/v1/pools')
+        volumes = self._call('GET', '/v1/volumes')
+        ratio = volume_utils.get_max_over_subscription_ratio(
+            self.configuration.max_over_subscription_ratio,
+            supports_auto=True)
+        stats = []
+        for pool in pools:
+            provisioned = sum(v['sizeBytes'] for v in volumes
+                              if v['pool'] == pool['name'])
+            capacity = pool['capacity']
+            entry = {
+                'pool_name': pool['name'],
+                'total_capacity_gb': round(capacity['totalBytes'] / GiB, 2),
+                'free_capacity_gb': round(capacity['freeBytes'] / GiB, 2),
+                'provisioned_capacity_gb': round(provisioned / GiB, 2),
+                'reserved_percentage': self.configuration.reserved_percentage,
+                'max_over_subscription_ratio': ratio,
+                # Every volume is sparse (a file's holes, a thin device's
+                # unprovisioned blocks): thin provisioning, and only that.
+                'thin_provisioning_support': True,
+                'thick_provisioning_support': False,
+                'QoS_support': False,
+                'multiattach': False,
+                'volagent_backend': pool['backend'],
+                'volagent_reflink': pool['capabilities']['reflink'],
+                'volagent_constant_time_clone':
+                    pool['capabilities']['constantTimeClone'],
+            }
+            health = pool.get('health')
+            if health and health.get('mode') not in (None, 'rw'):
+                # A thin pool that refuses writes takes no new volumes.
+                entry['backend_state'] = 'down'
+                entry['free_capacity_gb'] = 0
+            stats.append(entry)
+        self._stats = {
+            'volume_backend_name': self.backend_name,
+            'vendor_name': 'volagent',
+            'driver_version': self.VERSION,
+            'storage_protocol': self.STORAGE_PROTOCOL,
+            'sparse_copy_volume': True,
+            'pools': stats,
+        }
+
+    # --- volumes ---
+
+    def create_volume(self, volume):
+        self._put_volume(volume, {'pool': _pool_of(volume),
+                                  'tenant': volume.project_id,
+                                  'sizeBytes': _bytes(volume.size)})
+
+    def create_cloned_volume(self, volume, src_vref):
+        self._put_volume(volume, {
+            'pool': _pool_of(volume), 'tenant': volume.project_id,
+            'sizeBytes': _bytes(max(volume.size, src_vref.size)),
+            'source': {'volume': self._agent_id(src_vref)}})
+
+    def create_volume_from_snapshot(self, volume, snapshot):
+        self._put_volume(volume, {
+            'pool': _pool_of(volume), 'tenant': volume.project_id,
+            'sizeBytes': _bytes(max(volume.size, snapshot.volume_size)),
+            'source': {'snapshot': snapshot.name}})
+
+    def delete_volume(self, volume):
+        agent_id = self._agent_id(volume)
+        # An export left by an attachment Cinder has forgotten would keep
+        # the volume busy forever: the volume is going, so are its exports.
+        self._remove_exports(agent_id)
+        try:
+            self._call('DELETE', '/v1/volumes/%s' % _quote(agent_id))
+        except agent_client.AgentError as e:
+            if e.code in ('VOLUME_BUSY', 'VOLUME_HAS_SNAPSHOTS'):
+                raise exception.VolumeIsBusy(volume_name=volume.name) from e
+            raise self._backend_error('delete volume %s' % volume.id, e)
+
+    def extend_volume(self, volume, new_size):
+        self._call('POST', '/v1/volumes/%s/resize' % _quote(self._agent_id(volume)),
+                   body={'sizeBytes': _bytes(new_size)},
+                   action='extend volume %s' % volume.id)
+
+    def revert_to_snapshot(self, context, volume, snapshot):
+        self._call('POST', '/v1/volumes/%s/revert' % _quote(self._agent_id(volume)),
+                   body={'snapshot': snapshot.name},
+                   action='revert volume %s to snapshot %s' % (volume.id, snapshot.id))
+
+    def accept_transfer(self, context, volume, new_user, new_project):
+        self._call('POST', '/v1/volumes/%s/transfer' % _quote(self._agent_id(volume)),
+                   body={'tenant': new_project},
+                   action='transfer volume %s to project %s' % (volume.id, new_project))
+
+    # --- snapshots ---
+
+    def create_snapshot(self, snapshot):
+        volume_id = self._agent_id(snapshot.volume)
+        path = '/v1/volumes/%s/snapshots/%s' % (_quote(volume_id), _quote(snapshot.name))
+        status, answer = self._request('PUT', path, body={},
+                                       action='create snapshot %s' % snapshot.id)
+        if status == 202:
+            self._wait(answer['operation'], 'create snapshot %s' % snapshot.id)
+
+    def delete_snapshot(self, snapshot):
+        path = '/v1/volumes/%s/snapshots/%s' % (
+            _quote(self._agent_id(snapshot.volume)), _quote(snapshot.name))
+        try:
+            self._call('DELETE', path)
+        except agent_client.AgentError as e:
+            if e.code == 'VOLUME_NOT_FOUND':
+                return  # its volume is gone, and the snapshot with it
+            if e.code == 'VOLUME_BUSY':
+                raise exception.SnapshotIsBusy(snapshot_name=snapshot.name) from e
+            raise self._backend_error('delete snapshot %s' % snapshot.id, e)
+
+    # --- images ---
+
+    def clone_image(self, context, volume, image_location, image_meta,
+                    image_service):
+        """Clones the Image-Volume of a ``cinder://`` image, in any pool of this backend.
+
+        Cinder's own clone path looks only in the new volume's exact pool
+        and only at images the volume's project owns; here any pool of
+        this agent serves, and a public or community image serves every
+        project.
+        """
+        if (image_meta.get('disk_format') != 'raw' or
+                image_meta.get('container_format') != 'bare'):
+            return None, False
+        direct_url, locations = image_location or (None, None)
+        urls = {direct_url} | {loc.get('url') for loc in locations or []}
+        backend = volume_utils.extract_host(volume.host, 'backend')
+        for volume_id in _cinder_volume_ids(urls):
+            try:
+                source = objects.Volume.get_by_id(context.elevated(), volume_id)
+            except exception.VolumeNotFound:
+                continue
+            if (volume_utils.extract_host(source.host, 'backend') != backend or
+                    source.status not in ('available', 'in-use')):
+                continue
+            if not _image_usable_by(image_meta, volume.project_id):
+                LOG.info('Image %(image)s is not usable by project %(project)s: '
+                         'not cloning its Image-Volume %(source)s.',
+                         {'image': image_meta.get('id'),
+                          'project': volume.project_id, 'source': source.id})
+                continue
+            self._put_volume(volume, {
+                'pool': _pool_of(volume), 'tenant': volume.project_id,
+                'sizeBytes': _bytes(max(volume.size, source.size)),
+                'source': {'volume': self._agent_id(source)}})
+            LOG.info('Volume %(volume)s cloned from Image-Volume %(source)s '
+                     'of image %(image)s.', {'volume': volume.id,
+                                             'source': source.id,
+                                             'image': image_meta.get('id')})
+            return None, True
+        return None, False
+
+    # --- manage ---
+
+    def manage_existing_get_size(self, volume, existing_ref):
+        agent_volume = self._managed_volume(existing_ref)
+        return int(math.ceil(agent_volume['sizeBytes'] / GiB))
+
+    def manage_existing(self, volume, existing_ref):
+        agent_volume = self._managed_volume(existing_ref)
+        pool = _pool_of(volume)
+        if pool is not None and agent_volume['pool'] != pool:
+            raise exception.ManageExistingInvalidReference(
+                existing_ref=existing_ref,
+                reason=_('volume %(id)s is in pool %(pool)s, not %(want)s') % {
+                    'id': agent_volume['id'], 'pool': agent_volume['pool'],
+                    'want': pool})
+        size = _bytes(int(math.ceil(agent_volume['sizeBytes'] / GiB)))
+        if size > agent_volume['sizeBytes']:
+            # Cinder counts whole GiB: the volume grows to what Cinder records.
+            self._call('POST', '/v1/volumes/%s/resize' % _quote(agent_volume['id']),
+                       body={'sizeBytes': size}, action='manage volume %s' % volume.id)
+        if agent_volume['tenant'] != volume.project_id:
+            self._call('POST', '/v1/volumes/%s/transfer' % _quote(agent_volume['id']),
+                       body={'tenant': volume.project_id},
+                       action='manage volume %s' % volume.id)
+        return {'provider_id': agent_volume['id']}
+
+    def unmanage(self, volume):
+        """Cinder forgets the volume; the agent keeps it (and its data) as it is."""
+        LOG.info('Volume %(volume)s unmanaged: volagent keeps %(agent)s.',
+                 {'volume': volume.id, 'agent': self._agent_id(volume)})
+
+    def _managed_volume(self, existing_ref):
+        name = existing_ref.get('source-name') or existing_ref.get('source-id')
+        if not name:
+            raise exception.ManageExistingInvalidReference(
+                existing_ref=existing_ref,
+                reason=_('name the agent volume with source-name'))
+        try:
+            agent_volume = self._call('GET', '/v1/volumes/%s' % _quote(name))
+        except exception.VolumeBackendAPIException:
+            raise exception.ManageExistingInvalidReference(
+                existing_ref=existing_ref,
+                reason=_('volagent has no volume %s') % name)
+        if agent_volume['kind'] != 'volume' or agent_volume['state'] != 'available':
+            raise exception.ManageExistingInvalidReference(
+                existing_ref=existing_ref,
+                reason=_('agent volume %(id)s is a %(kind)s in state %(state)s') % {
+                    'id': name, 'kind': agent_volume['kind'],
+                    'state': agent_volume['state']})
+        return agent_volume
+
+    # --- exports and connections ---
+
+    def create_export(self, context, volume, connector):
+        self._block_export(volume, connector)
+
+    def ensure_export(self, context, volume):
+        """The agent restores its exports itself at start-up; nothing to redo."""
+
+    def remove_export(self, context, volume):
+        self._remove_exports(self._agent_id(volume))
+
+    def initialize_connection(self, volume, connector):
+        export = self._block_export(volume, connector)
+        return {'driver_volume_type': 'local',
+                'data': {'device_path': export['uri'],
+                         'volagent_export': export['id']}}
+
+    def terminate_connection(self, volume, connector, **kwargs):
+        """The export goes with remove_export, which Cinder calls next."""
+
+    def _block_export(self, volume, connector):
+        """The volume's block export in the mode Cinder attaches it, made when missing."""
+        agent_id = self._agent_id(volume)
+        read_only = _attached_read_only(volume, connector)
+        for export in self._exports_of(agent_id):
+            if export['protocol'] == 'block' and export['readOnly'] == read_only:
+                return export
+        status, export = self._request(
+            'POST', '/v1/volumes/%s/exports' % _quote(agent_id),
+            body={'protocol': 'block', 'readOnly': read_only},
+            action='export volume %s' % volume.id)
+        return export
+
+    def _exports_of(self, agent_id):
+        return [e for e in self._call('GET', '/v1/exports') if e['volume'] == agent_id]
+
+    def _remove_exports(self, agent_id):
+        for export in self._exports_of(agent_id):
+            self._call('DELETE', '/v1/exports/%s' % _quote(export['id']),
+                       action='remove export %s' % export['id'])
+
+    # --- the agent ---
+
+    def _agent_id(self, volume):
+        return volume.provider_id or volume.name
+
+    def _put_volume(self, volume, body):
+        """Makes agent volume ``volume.name``; waits out a copy (bounded), cancelling it on timeout."""
+        action = 'create volume %s' % volume.id
+        status, answer = self._request('PUT', '/v1/volumes/%s' % _quote(volume.name),
+                                       body=body, action=action)
+        if status == 202:
+            self._wait(answer['operation'], action)
+
+    def _wait(self, operation, action):
+        try:
+            self.agent.wait_operation(operation, self.configuration.volagent_copy_timeout)
+        except agent_client.OperationTimeout as e:
+            raise exception.VolumeBackendAPIException(data='%s: %s' % (action, e))
+        except agent_client.AgentError as e:
+            raise self._backend_error(action, e)
+        except agent_client.AgentUnreachable as e:
+            raise exception.VolumeBackendAPIException(data='%s: %s' % (action, e))
+
+    def _call(self, method, path, body=None, action=None):
+        return self._request(method, path, body=body, action=action)[1]
+
+    def _request(self, method, path, body=None, action=None):
+        try:
+            return self.agent.request(method, path, body=body)
+        except agent_client.AgentUnreachable as e:
+            raise exception.VolumeBackendAPIException(
+                data='%s: %s' % (action or '%s %s' % (method, path), e))
+        except agent_client.AgentError as e:
+            if action is None:
+                raise
+            raise self._backend_error(action, e)
+
+    @staticmethod
+    def _backend_error(action, error):
+        if error.code == 'VOLUME_BUSY' and 'snapshot' in error.details:
+            return exception.SnapshotIsBusy(snapshot_name=error.details['snapshot'])
+        if error.code == 'VOLUME_BUSY':
+            return exception.VolumeIsBusy(
+                volume_name=error.details.get('volume', action))
+        return exception.VolumeBackendAPIException(
+            data='%s: volagent %s: %s' % (action, error.code, error.message))
+
+
+def _cinder_volume_ids(urls):
+    """The volume ids of ``cinder://`` locations (``cinder://ID`` or ``cinder://STORE/ID``)."""
+    ids = []
+    for url in urls:
+        if not url:
+            continue
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme != 'cinder':
+            continue
+        volume_id = parts.path.rsplit('/', 1)[-1] if parts.path.strip('/') else parts.netloc
+        if volume_id and volume_id not in ids:
+            ids.append(volume_id)
+    return ids
+
+
+def _image_usable_by(image_meta, project_id):
+    """Whether ``project_id`` may have a clone of this image's Image-Volume.
+
+    Its owner may, and every project may use a public or community image.
+    A shared image's members are not judged here: such a volume takes
+    Cinder's own path (a clone only for the owner, else a download).
+    """
+    if image_meta.get('visibility') in ('public', 'community'):
+        return True
+    owner = image_meta.get('owner')
+    return owner is not None and owner == project_id
+
+
+def _attached_read_only(volume, connector):
+    if (connector or {}).get('mode') == 'ro':
+        return True
+    admin = volume.admin_metadata or {}
+    return admin.get('readonly') == 'True' or admin.get('attached_mode') == 'ro'
+

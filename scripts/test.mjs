@@ -1,4 +1,4 @@
-// `npm test`: runs every lane (unit, privileged, vm) with node-tap and prints
+// `npm test`: runs every lane (unit, privileged, vm, openstack) with node-tap and prints
 // one closing line "N passed, N failed, N skipped".
 //
 // As root, the Debian packages a lane needs are installed when missing. Not
@@ -8,7 +8,7 @@
 //   npm test                  every lane
 //   npm test -- --lane unit   one lane (repeatable)
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, readdirSync } from 'node:fs';
+import { existsSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
@@ -21,6 +21,9 @@ const LANES = [
   { name: 'unit', dir: 'dist/test/unit', timeout: 120, jobs: 2, packages: ['thin-provisioning-tools'] },
   { name: 'privileged', dir: 'dist/test/privileged', timeout: 600, jobs: 1, packages: ['xfsprogs', 'btrfs-progs', 'e2fsprogs', 'util-linux', 'libnbd-bin', 'qemu-utils', 'socat', 'systemd', 'python3-prometheus-client', 'curl', 'tmux'], root: true },
   { name: 'vm', dir: 'dist/test/vm', timeout: 900, jobs: 1, packages: ['qemu-system-x86', 'linux-image-amd64', 'busybox-static', 'util-linux', 'thin-provisioning-tools', 'libnbd-bin', 'qemu-utils', 'systemd', 'xfsprogs', 'dmsetup'], root: true },
+  // Debian's Cinder and Glance, run as plain processes by the tests (test/helpers/openstack.ts):
+  // installed with services kept from starting (policy-rc.d), as the packages would start them.
+  { name: 'openstack', dir: 'dist/test/openstack', timeout: 2400, jobs: 1, packages: ['cinder-api', 'cinder-scheduler', 'cinder-volume', 'glance-api', 'rabbitmq-server', 'python3-cinderclient', 'python3-glanceclient', 'dmidecode', 'xfsprogs', 'e2fsprogs', 'curl', 'util-linux'], root: true, noServiceStart: true },
 ];
 
 function missingPackages(packages) {
@@ -31,7 +34,8 @@ function missingPackages(packages) {
 }
 
 let aptUpdated = false;
-function installPackages(packages) {
+const POLICY_RC_D = '/usr/sbin/policy-rc.d';
+function installPackages(packages, { noServiceStart = false } = {}) {
   const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
   if (!aptUpdated) {
     const update = spawnSync('apt-get', ['update', '-qq'], { stdio: 'inherit', env });
@@ -39,8 +43,15 @@ function installPackages(packages) {
     aptUpdated = true;
   }
   console.log(`# installing Debian packages: ${packages.join(' ')}`);
-  const install = spawnSync('apt-get', ['install', '-y', '-qq', '--no-install-recommends', ...packages], { stdio: 'inherit', env });
-  return install.status === 0 ? undefined : `apt-get install ${packages.join(' ')} failed`;
+  // policy-rc.d answering 101 ("action forbidden") keeps invoke-rc.d from starting what the packages install.
+  const ownPolicy = noServiceStart && !existsSync(POLICY_RC_D);
+  if (ownPolicy) writeFileSync(POLICY_RC_D, '#!/bin/sh\nexit 101\n', { mode: 0o755 });
+  try {
+    const install = spawnSync('apt-get', ['install', '-y', '-qq', '--no-install-recommends', ...packages], { stdio: 'inherit', env });
+    return install.status === 0 ? undefined : `apt-get install ${packages.join(' ')} failed`;
+  } finally {
+    if (ownPolicy) rmSync(POLICY_RC_D, { force: true });
+  }
 }
 
 /** Why the lane cannot run here, or undefined when it can (after installing what it needs). */
@@ -49,7 +60,7 @@ function prepare(lane) {
   const missing = missingPackages(lane.packages);
   if (missing.length > 0) {
     if (!isRoot) return `needs Debian packages: ${missing.join(' ')}`;
-    const failure = installPackages(missing);
+    const failure = installPackages(missing, { noServiceStart: lane.noServiceStart });
     if (failure) return failure;
   }
   return undefined;

@@ -1,0 +1,498 @@
+// Debian 12's own OpenStack Block Storage and Image services, brought up as
+// plain processes for the openstack lane and `npm run bench -- openstack`:
+// RabbitMQ, glance-api, cinder-api, cinder-scheduler and cinder-volume with
+// the volagent driver, over a real volagentd with an XFS (reflink) pool and
+// an ext4 (copy) pool on loop filesystems. Configured as an operator would
+// (docs/openstack.md), except for authentication: no Keystone. Cinder runs
+// `auth_strategy = noauth` (the token is `user:project`); Glance runs a paste
+// filter of the test's (test/openstack/glance) that does the same.
+//
+// Every process is started in its own process group and stopped by its pid;
+// what outlives its parent (os-brick's privsep-helper daemons) is found by
+// the stack's directory in its command line. One stack per machine: the
+// services listen on their fixed ports (8776, 9292, 5672, 4369).
+import type { ChildProcess } from 'node:child_process';
+import { spawn } from 'node:child_process';
+import { createWriteStream, existsSync } from 'node:fs';
+import { chown, mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import net from 'node:net';
+import path from 'node:path';
+
+import { REPO_ROOT, requestOn, VOLAGENTD } from './agent.js';
+import type { LoopFs } from './loop-fs.js';
+import { makeLoopFs, TEST_ROOT } from './loop-fs.js';
+import { run } from './run.js';
+
+export const SYSTEM_PYTHON = '/usr/bin/python3';
+export const DRIVER_PATH = path.join(REPO_ROOT, 'integrations', 'cinder');
+const GLANCE_FILTER_PATH = path.join(REPO_ROOT, 'test', 'openstack', 'glance');
+
+/** Debian packages of the stack (installed with services kept from starting: policy-rc.d). */
+export const OPENSTACK_PACKAGES = ['cinder-api', 'cinder-scheduler', 'cinder-volume', 'glance-api', 'rabbitmq-server',
+  'python3-cinderclient', 'python3-glanceclient', 'dmidecode', 'xfsprogs', 'e2fsprogs', 'curl', 'qemu-utils'];
+
+/** Project ids are hex (Cinder's project_id_regex). */
+export const PROJECTS = {
+  admin: '0a0a0a0a0a0a4a0a8a0a0a0a0a0a0a0a',
+  one: '3c3c3c3c3c3c4c3c8c3c3c3c3c3c3c3c',
+  two: '4d4d4d4d4d4d4d4d8d4d4d4d4d4d4d4d',
+  /** Cinder's internal tenant (cinder_internal_tenant_project_id): Image-Volumes of upload-to-image, cache entries. */
+  internal: '1f1f1f1f1f1f4f1f8f1f1f1f1f1f1f1f',
+} as const;
+const INTERNAL_USER = '2e2e2e2e2e2e4e2e8e2e2e2e2e2e2e2e';
+
+const GiB = 1024 ** 3;
+
+export interface StackOptions {
+  /** Size of each pool's loop filesystem (sparse). */
+  poolBytes: number;
+  /** glance_store's default store for uploads: `file` (Glance's file store) or `cinder`. */
+  glanceDefaultStore?: 'file' | 'cinder';
+  /** Extra lines for the volagent backend's section of cinder.conf. */
+  backendOptions?: string[];
+}
+
+interface Service {
+  name: string;
+  child: ChildProcess;
+  exited: Promise<void>;
+}
+
+export interface Table {
+  [property: string]: string;
+}
+
+export class OpenStack {
+  readonly dir: string;
+  readonly agentSocket: string;
+  pools: { xfs?: LoopFs; ext4?: LoopFs } = {};
+  private readonly services: Service[] = [];
+  private glanceDefaultStore: 'file' | 'cinder';
+
+  constructor(readonly options: StackOptions) {
+    this.dir = path.join(TEST_ROOT, `openstack-${process.pid}`);
+    this.agentSocket = path.join(this.dir, 'agent', 'control.sock');
+    this.glanceDefaultStore = options.glanceDefaultStore ?? 'file';
+  }
+
+  /** Brings everything up; on a failure, stops what started and rethrows. */
+  async start(): Promise<void> {
+    try {
+      await this.startInner();
+    } catch (error) {
+      await this.stop();
+      throw error;
+    }
+  }
+
+  private async startInner(): Promise<void> {
+    await rm(this.dir, { recursive: true, force: true });
+    for (const sub of ['agent', 'etc', 'rabbit', 'glance/images', 'glance/lock', 'glance/mnt', 'cinder/state', 'cinder/lock', 'cinder/log', 'cinder/conversion', 'home']) {
+      await mkdir(path.join(this.dir, sub), { recursive: true });
+    }
+    this.pools.xfs = await makeLoopFs('xfs', this.options.poolBytes);
+    this.pools.ext4 = await makeLoopFs('ext4', this.options.poolBytes);
+    for (const pool of [this.pools.xfs, this.pools.ext4]) await mkdir(path.join(pool.mountPoint, 'pool'));
+    await this.writeAgentConfig();
+    await this.writeGlanceConfig();
+    await this.writeCinderConfig();
+    await this.actAs(PROJECTS.admin);
+
+    this.spawn('volagentd', process.execPath, [VOLAGENTD, '--config', path.join(this.dir, 'agent', 'volagent.toml')]);
+    this.spawn('epmd', '/usr/bin/epmd', ['-address', '127.0.0.1']);
+    await chown(path.join(this.dir, 'rabbit'), ...(await this.ids('rabbitmq')));
+    this.spawn('rabbitmq', '/usr/bin/setpriv', ['--reuid=rabbitmq', '--regid=rabbitmq', '--init-groups', '/usr/lib/rabbitmq/bin/rabbitmq-server'], {
+      HOME: path.join(this.dir, 'rabbit'),
+      RABBITMQ_MNESIA_BASE: path.join(this.dir, 'rabbit', 'mnesia'),
+      RABBITMQ_LOG_BASE: path.join(this.dir, 'rabbit', 'log'),
+      RABBITMQ_NODENAME: 'rabbit@localhost',
+      RABBITMQ_NODE_IP_ADDRESS: '127.0.0.1',
+      RABBITMQ_PID_FILE: path.join(this.dir, 'rabbit', 'pid'),
+    });
+    await run('glance-manage', ['--config-file', this.etc('glance-api.conf'), 'db_sync'], { timeoutMs: 300_000 });
+    await run('cinder-manage', ['--config-file', this.etc('cinder.conf'), 'db', 'sync'], { timeoutMs: 300_000 });
+    await this.until('volagentd', 30_000, async () => (await requestOn(this.agentSocket, 'GET', '/v1/version')).status === 200);
+    await this.until('rabbitmq', 60_000, () => connects(5672));
+    this.startGlance();
+    for (const name of ['api', 'scheduler', 'volume']) {
+      this.spawn(`cinder-${name}`, SYSTEM_PYTHON, [`/usr/bin/cinder-${name}`, '--config-file', this.etc('cinder.conf')], { PYTHONPATH: DRIVER_PATH });
+    }
+    await this.until('glance-api', 60_000, () => connects(9292));
+    await this.until('cinder-volume', 120_000, async () => {
+      const pools = await this.cinderRaw(PROJECTS.admin, ['get-pools']);
+      return pools.code === 0 && pools.stdout.includes('#xfs') && pools.stdout.includes('#ext4');
+    });
+    // One volume type per pool, so a test says where a volume goes.
+    for (const pool of ['xfs', 'ext4']) {
+      await this.cinder(PROJECTS.admin, ['type-create', pool]);
+      await this.cinder(PROJECTS.admin, ['type-key', pool, 'set', 'volume_backend_name=volagent', `pool_name=${pool}`]);
+    }
+    // Cinder's internal tenant holds Image-Volumes and cache entries without quota limits; the
+    // test's projects make more volumes than the default quota of 10.
+    for (const project of [PROJECTS.internal, PROJECTS.one, PROJECTS.two]) {
+      await this.cinder(PROJECTS.admin, ['quota-update', '--volumes', '-1', '--gigabytes', '-1', '--snapshots', '-1', project]);
+    }
+  }
+
+  /** Restarts glance-api with another default store (uploads go there). */
+  async restartGlance(defaultStore: 'file' | 'cinder'): Promise<void> {
+    await this.stopService('glance-api');
+    this.glanceDefaultStore = defaultStore;
+    await this.writeGlanceConfig();
+    this.startGlance();
+    await this.until('glance-api', 60_000, () => connects(9292));
+  }
+
+  private startGlance(): void {
+    this.spawn('glance-api', SYSTEM_PYTHON, ['/usr/bin/glance-api', '--config-file', this.etc('glance-api.conf')], { PYTHONPATH: GLANCE_FILTER_PATH });
+  }
+
+  /** Stops every process by pid (SIGTERM, then SIGKILL), the privsep daemons too, and removes the pools' loop filesystems. */
+  async stop(): Promise<void> {
+    for (const service of [...this.services].reverse()) await this.stopService(service.name);
+    await this.killStragglers();
+    for (const pool of [this.pools.xfs, this.pools.ext4]) await pool?.cleanup();
+    this.pools = {};
+  }
+
+  private async stopService(name: string): Promise<void> {
+    const index = this.services.findIndex((s) => s.name === name);
+    if (index < 0) return;
+    const [service] = this.services.splice(index, 1);
+    const pid = service!.child.pid!;
+    signalGroup(pid, 'SIGTERM');
+    const killed = await Promise.race([service!.exited.then(() => true), sleep(10_000).then(() => false)]);
+    if (!killed) signalGroup(pid, 'SIGKILL');
+    await service!.exited;
+    signalGroup(pid, 'SIGKILL'); // the group's other members (beam's helpers, uwsgi workers)
+  }
+
+  /** Processes that outlive their parent and name the stack's directory: os-brick's privsep-helper daemons. */
+  private async killStragglers(): Promise<void> {
+    for (const entry of await readdir('/proc')) {
+      if (!/^\d+$/.test(entry)) continue;
+      const cmdline = await readFile(`/proc/${entry}/cmdline`, 'utf8').catch(() => '');
+      if (cmdline.includes(this.dir) && Number(entry) !== process.pid) {
+        try {
+          process.kill(Number(entry), 'SIGKILL');
+        } catch {
+          // gone already
+        }
+      }
+    }
+  }
+
+  private spawn(name: string, command: string, args: string[], env: NodeJS.ProcessEnv = {}): void {
+    const log = createWriteStream(path.join(this.dir, `${name}.out`));
+    const child = spawn(command, args, {
+      cwd: this.dir, detached: true, stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, ...env },
+    });
+    child.stdout!.pipe(log);
+    child.stderr!.pipe(log);
+    const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+    this.services.push({ name, child, exited });
+  }
+
+  private async until(what: string, timeoutMs: number, ready: () => Promise<boolean>): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const ok = await ready().catch(() => false);
+      if (ok) return;
+      const service = this.services.find((s) => s.name === what);
+      if (service && service.child.exitCode !== null) throw new Error(`${what} exited during start-up: ${await this.log(what)}`);
+      if (Date.now() > deadline) throw new Error(`${what} was not up within ${timeoutMs / 1000} s: ${await this.log(what)}`);
+      await sleep(250);
+    }
+  }
+
+  /** The last lines a service wrote (its .out file). */
+  async log(name: string, lines = 30): Promise<string> {
+    const text = await readFile(path.join(this.dir, `${name}.out`), 'utf8').catch(() => '');
+    return text.split('\n').slice(-lines).join('\n');
+  }
+
+  /** Cinder's own log of a service (`cinder-volume`), for asserting what a request did. */
+  async cinderLog(name: string): Promise<string> {
+    return readFile(path.join(this.dir, 'cinder', 'log', `${name}.log`), 'utf8');
+  }
+
+  async glanceLog(): Promise<string> {
+    return readFile(path.join(this.dir, 'glance', 'glance-api.log'), 'utf8');
+  }
+
+  private etc(name: string): string {
+    return path.join(this.dir, 'etc', name);
+  }
+
+  private async ids(user: string): Promise<[number, number]> {
+    return [Number((await run('id', ['-u', user])).trim()), Number((await run('id', ['-g', user])).trim())];
+  }
+
+  // --- configuration ---
+
+  private async writeAgentConfig(): Promise<void> {
+    const cinder = await this.ids('cinder');
+    const lines = [
+      '[control]', `socket = ${JSON.stringify(this.agentSocket)}`,
+      // Root (the lane's cinder-volume) and the cinder user (production's) act for all projects.
+      `allow = [{ uid = 0, role = "admin" }, { uid = ${cinder[0]}, role = "admin" }]`, '',
+      '[catalog]', `path = ${JSON.stringify(path.join(this.dir, 'agent', 'catalog.db'))}`, '',
+      '[nbd]', `listen = [${JSON.stringify(`unix:${path.join(this.dir, 'agent', 'nbd.sock')}`)}]`, '',
+      '[[pools]]', 'name = "xfs"', 'backend = "file"', `path = ${JSON.stringify(path.join(this.pools.xfs!.mountPoint, 'pool'))}`, '',
+      '[[pools]]', 'name = "ext4"', 'backend = "file"', `path = ${JSON.stringify(path.join(this.pools.ext4!.mountPoint, 'pool'))}`, '',
+    ];
+    await writeFile(path.join(this.dir, 'agent', 'volagent.toml'), lines.join('\n'));
+  }
+
+  private async writeGlanceConfig(): Promise<void> {
+    const paste = [
+      '[pipeline:glance-api]',
+      'pipeline = cors healthcheck http_proxy_to_wsgi versionnegotiation volagent-noauth rootapp',
+      '[composite:rootapp]', 'paste.composite_factory = glance.api:root_app_factory', '/: apiversions', '/v2: apiv2app',
+      '[app:apiversions]', 'paste.app_factory = glance.api.versions:create_resource',
+      '[app:apiv2app]', 'paste.app_factory = glance.api.v2.router:API.factory',
+      '[filter:healthcheck]', 'paste.filter_factory = oslo_middleware:Healthcheck.factory', 'backends = disable_by_file',
+      `disable_by_file_path = ${path.join(this.dir, 'glance', 'healthcheck_disable')}`,
+      '[filter:versionnegotiation]', 'paste.filter_factory = glance.api.middleware.version_negotiation:VersionNegotiationFilter.factory',
+      '[filter:volagent-noauth]', 'paste.filter_factory = volagent_test_glance_context:filter_factory',
+      `admin_project = ${PROJECTS.admin}`, `acting_project_file = ${path.join(this.dir, 'acting-project')}`,
+      '[filter:cors]', 'paste.filter_factory = oslo_middleware.cors:filter_factory', 'oslo_config_project = glance', 'oslo_config_program = glance-api',
+      '[filter:http_proxy_to_wsgi]', 'paste.filter_factory = oslo_middleware:HTTPProxyToWSGI.factory', '',
+    ];
+    await writeFile(this.etc('glance-api-paste.ini'), paste.join('\n'));
+    const conf = [
+      '[DEFAULT]', 'bind_host = 127.0.0.1', 'bind_port = 9292', 'workers = 1', 'debug = True',
+      `log_file = ${path.join(this.dir, 'glance', 'glance-api.log')}`,
+      'show_multiple_locations = True', 'show_image_direct_url = True', 'enabled_import_methods = []',
+      '[database]', `connection = sqlite:///${path.join(this.dir, 'glance', 'glance.sqlite')}`,
+      '[paste_deploy]', `config_file = ${this.etc('glance-api-paste.ini')}`, 'flavor =',
+      '[glance_store]', 'stores = file, http, cinder', `default_store = ${this.glanceDefaultStore}`,
+      `filesystem_store_datadir = ${path.join(this.dir, 'glance', 'images')}`,
+      'cinder_endpoint_template = http://127.0.0.1:8776/v3',
+      `cinder_mount_point_base = ${path.join(this.dir, 'glance', 'mnt')}`,
+      '[oslo_concurrency]', `lock_path = ${path.join(this.dir, 'glance', 'lock')}`, '',
+    ];
+    await writeFile(this.etc('glance-api.conf'), conf.join('\n'));
+  }
+
+  private async writeCinderConfig(): Promise<void> {
+    const cinderDir = path.join(this.dir, 'cinder');
+    const conf = [
+      '[DEFAULT]', 'auth_strategy = noauth', 'transport_url = rabbit://guest:guest@127.0.0.1:5672/',
+      `state_path = ${path.join(cinderDir, 'state')}`, `log_dir = ${path.join(cinderDir, 'log')}`, 'debug = True',
+      'api_paste_config = /etc/cinder/api-paste.ini', 'osapi_volume_listen = 127.0.0.1', 'osapi_volume_listen_port = 8776',
+      'osapi_volume_workers = 1', 'enabled_backends = volagent', 'glance_api_servers = http://127.0.0.1:9292',
+      'allowed_direct_url_schemes = cinder', `image_conversion_dir = ${path.join(cinderDir, 'conversion')}`,
+      `cinder_internal_tenant_project_id = ${PROJECTS.internal}`, `cinder_internal_tenant_user_id = ${INTERNAL_USER}`,
+      'rootwrap_config = /etc/cinder/rootwrap.conf',
+      '[database]', `connection = sqlite:///${path.join(cinderDir, 'cinder.sqlite')}`,
+      '[oslo_concurrency]', `lock_path = ${path.join(cinderDir, 'lock')}`,
+      '[oslo_messaging_notifications]', 'driver = noop',
+      '[volagent]', 'volume_driver = volagent_cinder.driver.VolagentDriver', 'volume_backend_name = volagent',
+      `volagent_socket = ${this.agentSocket}`,
+      'image_upload_use_cinder_backend = True', 'image_upload_use_internal_tenant = True',
+      'image_volume_cache_enabled = True',
+      ...(this.options.backendOptions ?? []), '',
+    ];
+    await writeFile(this.etc('cinder.conf'), conf.join('\n'));
+  }
+
+  /** Cinder's requests to Glance carry no token: they act for this project (the Glance filter reads it). */
+  async actAs(project: string): Promise<void> {
+    await writeFile(path.join(this.dir, 'acting-project'), project);
+  }
+
+  // --- clients ---
+
+  private clientEnv(): NodeJS.ProcessEnv {
+    return { HOME: path.join(this.dir, 'home') };
+  }
+
+  /** Runs the `cinder` CLI as `project` (noauth); rejects with its stderr on failure. */
+  async cinder(project: string, args: string[], apiVersion?: string): Promise<string> {
+    const result = await this.cinderRaw(project, args, apiVersion);
+    if (result.code !== 0) throw new Error(`cinder ${args.join(' ')} failed (${result.code}): ${result.stderr.trim() || result.stdout.trim()}`);
+    return result.stdout;
+  }
+
+  async cinderRaw(project: string, args: string[], apiVersion?: string): Promise<{ code: number; stdout: string; stderr: string }> {
+    await this.actAs(project);
+    return this.client('cinder', ['--os-auth-type', 'noauth', '--os-user-id', `user-${project}`, '--os-project-id', project,
+      '--os-endpoint', 'http://127.0.0.1:8776/v3', ...(apiVersion ? ['--os-volume-api-version', apiVersion] : []), ...args]);
+  }
+
+  /** Runs the `glance` CLI as `project`; stdin is closed unless a file is named (else image-create would upload it). */
+  async glance(project: string, args: string[]): Promise<string> {
+    const result = await this.glanceRaw(project, args);
+    if (result.code !== 0) throw new Error(`glance ${args.join(' ')} failed (${result.code}): ${result.stderr.trim() || result.stdout.trim()}`);
+    return result.stdout;
+  }
+
+  async glanceRaw(project: string, args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+    await this.fixGlanceclientSchema();
+    await this.actAs(project);
+    return this.client('glance', ['--os-auth-token', `user-${project}:${project}`, '--os-image-url', 'http://127.0.0.1:9292', ...args]);
+  }
+
+  private schemaFixed = false;
+
+  /**
+   * python3-glanceclient 4.1.0 builds its `image-create` options from the
+   * server's schema, whose `stores` property collides with its own
+   * `--stores` option ("conflicting option string"); its cached schema
+   * without that property avoids the collision.
+   */
+  private async fixGlanceclientSchema(): Promise<void> {
+    if (this.schemaFixed) return;
+    const schema = JSON.parse(await run('curl', ['-sf', '-H', `X-Auth-Token: u:${PROJECTS.admin}`, 'http://127.0.0.1:9292/v2/schemas/image'])) as { properties: Record<string, unknown> };
+    delete schema.properties.stores;
+    const cacheDir = path.join(this.dir, 'home', '.glanceclient');
+    await mkdir(cacheDir, { recursive: true });
+    await writeFile(path.join(cacheDir, 'image_schema.json'), JSON.stringify(schema));
+    this.schemaFixed = true;
+  }
+
+  private client(command: string, args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+    return new Promise((resolve) => {
+      const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...this.clientEnv() } });
+      let stdout = '';
+      let stderr = '';
+      child.stdout.on('data', (d: Buffer) => { stdout += d.toString(); });
+      child.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
+      child.once('close', (code) => resolve({ code: code ?? 1, stdout, stderr }));
+    });
+  }
+
+  /** The agent's answer to a GET (as root: an admin). */
+  async agent(urlPath: string): Promise<any> {
+    const reply = await requestOn(this.agentSocket, 'GET', urlPath);
+    if (reply.status !== 200) throw new Error(`GET ${urlPath}: ${reply.status} ${reply.text}`);
+    return reply.body;
+  }
+
+  async agentRequest(method: string, urlPath: string, body?: unknown): Promise<{ status: number; json: any }> {
+    const reply = await requestOn(this.agentSocket, method, urlPath, body);
+    return { status: reply.status, json: reply.body };
+  }
+
+  /** The file of an agent volume in a file pool. */
+  volumeFile(pool: 'xfs' | 'ext4', agentId: string): string {
+    return path.join(this.pools[pool]!.mountPoint, 'pool', 'objects', `${agentId}.raw`);
+  }
+
+  /** Polls `cinder show` until the volume's status is one of `states`; an `error` status fails at once. */
+  async waitVolume(project: string, id: string, states: string[], timeoutMs = 120_000): Promise<Table> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const shown = propertyTable(await this.cinder(project, ['show', id]));
+      if (states.includes(shown.status!)) return shown;
+      if (shown.status?.startsWith('error')) throw new Error(`volume ${id} is ${shown.status}: ${await this.errorMessages(project, id)}`);
+      if (Date.now() > deadline) throw new Error(`volume ${id} stayed ${shown.status} (waiting for ${states.join('|')})`);
+      await sleep(500);
+    }
+  }
+
+  async waitSnapshot(project: string, id: string, states: string[], timeoutMs = 120_000): Promise<Table> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const shown = propertyTable(await this.cinder(project, ['snapshot-show', id]));
+      if (states.includes(shown.status!)) return shown;
+      if (shown.status?.startsWith('error')) throw new Error(`snapshot ${id} is ${shown.status}`);
+      if (Date.now() > deadline) throw new Error(`snapshot ${id} stayed ${shown.status}`);
+      await sleep(500);
+    }
+  }
+
+  /** Polls until `cinder show` says the volume is gone. */
+  async waitVolumeGone(project: string, id: string, timeoutMs = 120_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const shown = await this.cinderRaw(project, ['show', id]);
+      if (shown.code !== 0 && /No volume with a name or ID/.test(shown.stderr)) return;
+      const status = propertyTable(shown.stdout).status;
+      if (status === 'error_deleting') throw new Error(`volume ${id} is error_deleting`);
+      if (Date.now() > deadline) throw new Error(`volume ${id} was not deleted (${status})`);
+      await sleep(500);
+    }
+  }
+
+  async waitImage(project: string, id: string, states: string[], timeoutMs = 120_000): Promise<Table> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const shown = propertyTable(await this.glance(project, ['image-show', id]));
+      if (states.includes(shown.status!)) return shown;
+      if (shown.status === 'killed') throw new Error(`image ${id} was killed`);
+      if (Date.now() > deadline) throw new Error(`image ${id} stayed ${shown.status}`);
+      await sleep(500);
+    }
+  }
+
+  /** User messages Cinder recorded for a resource (why an asynchronous request failed). */
+  async errorMessages(project: string, resource: string): Promise<string> {
+    const listed = await this.cinderRaw(project, ['message-list', '--resource_uuid', resource], '3.5');
+    return listed.stdout.trim();
+  }
+}
+
+/** A `| Property | Value |` table of the cinder and glance CLIs, as an object. */
+export function propertyTable(text: string): Table {
+  const table: Table = {};
+  let key: string | undefined;
+  for (const line of text.split('\n')) {
+    const cells = /^\|\s(.*?)\s*\|\s(.*?)\s*\|$/.exec(line);
+    if (!cells) continue;
+    const [, property, value] = cells;
+    if (property === 'Property' && value === 'Value') continue;
+    if (property === '' && key) {
+      table[key] += value!; // a wrapped value continues on the next row
+      continue;
+    }
+    key = property!;
+    table[key] = value!;
+  }
+  return table;
+}
+
+/** The rows of a list table of the cinder and glance CLIs, keyed by its header. */
+export function listTable(text: string): Table[] {
+  const rows = text.split('\n').filter((line) => line.startsWith('|'));
+  if (rows.length === 0) return [];
+  const split = (line: string): string[] => line.slice(1, -1).split('|').map((cell) => cell.trim());
+  const header = split(rows[0]!);
+  return rows.slice(1).map((line) => Object.fromEntries(split(line).map((cell, i) => [header[i]!, cell])));
+}
+
+export function gib(n: number): number {
+  return n * GiB;
+}
+
+function connects(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = net.connect({ host: '127.0.0.1', port });
+    socket.once('connect', () => { socket.destroy(); resolve(true); });
+    socket.once('error', () => resolve(false));
+  });
+}
+
+function signalGroup(pid: number, signal: NodeJS.Signals): void {
+  try {
+    process.kill(-pid, signal);
+  } catch {
+    // the group is gone
+  }
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** Whether this machine can run the stack (root, the packages); the reason when not. */
+export function stackMissing(): string | undefined {
+  if (process.getuid?.() !== 0) return 'needs root';
+  for (const binary of ['/usr/bin/cinder-volume', '/usr/bin/glance-api', '/usr/lib/rabbitmq/bin/rabbitmq-server', '/usr/bin/cinder', '/usr/bin/glance']) {
+    if (!existsSync(binary)) return `needs ${binary} (Debian's OpenStack packages)`;
+  }
+  return undefined;
+}
+

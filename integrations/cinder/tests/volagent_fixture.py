@@ -34,7 +34,11 @@ def _run(*argv):
 
 
 class Agent(object):
-    """One volagentd with pools ``{name: kind}``, kind ``dir``, ``xfs`` or ``ext4``."""
+    """One volagentd with pools ``{name: kind}``, kind ``dir``, ``xfs`` or ``ext4``.
+
+    ``env`` is added to the agent's environment; ``lock_wait_ms`` is its
+    ``[agent] lock_wait_ms``.
+    """
 
     def __init__(self, pools, env=None, lock_wait_ms=None, label='agent'):
         self.pools = pools
@@ -78,7 +82,8 @@ class Agent(object):
         with open(config, 'w') as f:
             f.write('\n'.join(lines))
         self.log = open(os.path.join(self.root, 'agent.log'), 'w')
-        env = dict(os.environ, **self.env)
+        # ``{root}`` in a value is the agent's directory (a failpoint's hold file).
+        env = dict(os.environ, **{k: v.format(root=self.root) for k, v in self.env.items()})
         self.process = subprocess.Popen(['node', daemon, '--config', config],
                                         stdout=self.log, stderr=subprocess.STDOUT,
                                         env=env, cwd=self.root)

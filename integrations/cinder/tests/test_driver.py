@@ -1,7 +1,8 @@
-"""VolagentDriver against a real volagentd with two file pools: ``tmp0`` in
-a plain directory under /tmp (reflink or copy, as its filesystem allows: the
-agent's ``capabilities.reflink`` says which) and ``xfs0`` on an XFS loop
-filesystem (reflink). Every call is checked against the agent's state.
+"""VolagentDriver against a real volagentd with three file pools: ``tmp0``
+in a plain directory under /tmp (reflink or copy, as its filesystem allows:
+the agent's ``capabilities.reflink`` says which), and ``xfs0`` and ``xfs1``
+in two directories of one XFS loop filesystem (reflink, also between them).
+Every call is checked against the agent's state and the pools' files.
 
 The tests of revert, transfer (also manage of another project's volume) and
 clones across pools need the agent routes of issue 20 (``POST
@@ -23,7 +24,8 @@ from tests.base import GiB, HOST, PROJECT_A, PROJECT_B
 from tests import volagent_fixture
 from volagent_cinder import client as agent_client
 
-AGENT = volagent_fixture.Agent({'tmp0': 'dir', 'xfs0': 'xfs'}, label='driver')
+AGENT = volagent_fixture.Agent({'tmp0': 'dir', 'xfs0': 'xfs', 'xfs1': 'xfs@xfs0'},
+                               label='driver')
 POOLS = ('tmp0', 'xfs0')
 
 
@@ -38,6 +40,21 @@ def tearDownModule():
 
 def _expected_clone_method(pool):
     return 'reflink' if pool['capabilities']['reflink'] else 'copy_file_range'
+
+
+def _fs_type(path):
+    return subprocess.run(['stat', '--file-system', '--format', '%T', path], stdout=subprocess.PIPE,
+                          text=True, check=True).stdout.strip()
+
+
+def _cross_pool_method(source, target, pools):
+    """The agent's method for a clone between two file pools (its docs/api.md, "Volumes")."""
+    a, b = AGENT.pool_paths[source], AGENT.pool_paths[target]
+    if os.stat(a).st_dev == os.stat(b).st_dev and pools[source]['capabilities']['reflink']:
+        return 'reflink'
+    # Since Linux 5.19 copy_file_range between two filesystems needs them of one
+    # type (else EXDEV, and the agent reads and writes).
+    return 'copy_file_range' if _fs_type(a) == _fs_type(b) else 'read_write'
 
 
 def _loop_devices_of(path):
@@ -97,7 +114,7 @@ class VolagentDriverTest(base.DriverTestCase):
         self.assertEqual('1.0.0', stats['driver_version'])
         self.assertEqual('local', stats['storage_protocol'])
         self.assertEqual('volagent', stats['vendor_name'])
-        self.assertEqual(['tmp0', 'xfs0'], sorted(p['pool_name'] for p in stats['pools']))
+        self.assertEqual(['tmp0', 'xfs0', 'xfs1'], sorted(p['pool_name'] for p in stats['pools']))
         for entry in stats['pools']:
             pool = agent_pools[entry['pool_name']]
             provisioned = sum(v['sizeBytes'] for v in volumes if v['pool'] == pool['name'])
@@ -109,12 +126,14 @@ class VolagentDriverTest(base.DriverTestCase):
             self.assertEqual(4, entry['reserved_percentage'])
             self.assertEqual(pool['capabilities']['reflink'], entry['volagent_reflink'])
             self.assertNotIn('backend_state', entry)
-        xfs = next(e for e in stats['pools'] if e['pool_name'] == 'xfs0')
-        # The XFS pool is this test's own filesystem: its free space is exact.
-        self.assertEqual(round(agent_pools['xfs0']['capacity']['freeBytes'] / GiB, 2),
-                         xfs['free_capacity_gb'])
-        self.assertGreaterEqual(xfs['provisioned_capacity_gb'], 3)
-        self.assertTrue(xfs['volagent_reflink'])
+        for name in ('xfs0', 'xfs1'):
+            xfs = next(e for e in stats['pools'] if e['pool_name'] == name)
+            # The XFS pools are on this test's own filesystem: its free space is exact.
+            self.assertEqual(round(agent_pools[name]['capacity']['freeBytes'] / GiB, 2),
+                             xfs['free_capacity_gb'])
+            self.assertTrue(xfs['volagent_reflink'])
+        self.assertGreaterEqual(next(e for e in stats['pools'] if e['pool_name'] == 'xfs0')[
+            'provisioned_capacity_gb'], 3)
         # /tmp is shared with other writers: its free space is only near the agent's.
         tmp = next(e for e in stats['pools'] if e['pool_name'] == 'tmp0')
         self.assertAlmostEqual(agent_pools['tmp0']['capacity']['freeBytes'] / GiB,
@@ -123,7 +142,7 @@ class VolagentDriverTest(base.DriverTestCase):
 
     def test_volume_stats_default_ratio_and_cache(self):
         stats = self.driver.get_volume_stats(refresh=True)
-        self.assertEqual([20.0, 20.0], [p['max_over_subscription_ratio'] for p in stats['pools']])
+        self.assertEqual([20.0, 20.0, 20.0], [p['max_over_subscription_ratio'] for p in stats['pools']])
         self.assertIs(stats, self.driver.get_volume_stats())
 
     # --- volumes ---
@@ -199,15 +218,19 @@ class VolagentDriverTest(base.DriverTestCase):
 
     def test_create_cloned_volume_into_another_pool(self):
         """Needs the agent's clones across pools (issue 20)."""
-        for source_pool, target_pool in (('tmp0', 'xfs0'), ('xfs0', 'tmp0')):
+        for source_pool, target_pool in (('tmp0', 'xfs0'), ('xfs0', 'tmp0'), ('xfs0', 'xfs1')):
             with self.subTest(source=source_pool, target=target_pool):
                 data = base.pattern('cross-' + source_pool, 2 << 20)
                 source = self.create(source_pool, data=data)
                 clone = self.volume(target_pool, size=2, project=PROJECT_B)
                 self.driver.create_cloned_volume(clone, source)
                 got = self.agent_volume(clone.name)
-                self.assertEqual((target_pool, PROJECT_B, 2 * GiB, {'volume': source.name}, 'available'),
-                                 (got['pool'], got['tenant'], got['sizeBytes'], got['source'], got['state']))
+                self.assertEqual((target_pool, PROJECT_B, 2 * GiB, {'volume': source.name}, 'available',
+                                  _cross_pool_method(source_pool, target_pool, self.pools)),
+                                 (got['pool'], got['tenant'], got['sizeBytes'], got['source'], got['state'],
+                                  got['cloneMethod']))
+                self.assertEqual((source_pool, 'available'),
+                                 (self.agent_volume(source.name)['pool'], self.agent_volume(source.name)['state']))
                 self.assertEqual(data, self.read(target_pool, clone.name, len(data)))
                 self.assertEqual(bytes(4096), self.read(target_pool, clone.name, 4096, GiB))
 
@@ -446,11 +469,16 @@ class VolagentDriverTest(base.DriverTestCase):
 
     def test_clone_image_from_another_pool(self):
         """Needs the agent's clones across pools (issue 20)."""
-        data = base.pattern('image-cross', 1 << 20)
-        source = self._image_volume('tmp0', data)
-        location, meta = self._image(source)
-        volume = self.volume('xfs0', size=1)
-        self.assertEqual((None, True), self.driver.clone_image(self.ctx, volume, location, meta, None))
-        got = self.agent_volume(volume.name)
-        self.assertEqual(('xfs0', {'volume': source.name}), (got['pool'], got['source']))
-        self.assertEqual(data, self.read('xfs0', volume.name, len(data)))
+        for source_pool, target_pool in (('tmp0', 'xfs0'), ('xfs0', 'xfs1')):
+            with self.subTest(source=source_pool, target=target_pool):
+                data = base.pattern('image-cross-' + source_pool, 1 << 20)
+                source = self._image_volume(source_pool, data)
+                location, meta = self._image(source)
+                volume = self.volume(target_pool, size=2, project=PROJECT_A)
+                self.assertEqual((None, True), self.driver.clone_image(self.ctx, volume, location, meta, None))
+                got = self.agent_volume(volume.name)
+                self.assertEqual((target_pool, PROJECT_A, 2 * GiB, {'volume': source.name},
+                                  _cross_pool_method(source_pool, target_pool, self.pools)),
+                                 (got['pool'], got['tenant'], got['sizeBytes'], got['source'],
+                                  got['cloneMethod']))
+                self.assertEqual(data, self.read(target_pool, volume.name, len(data)))

@@ -34,7 +34,11 @@ def _run(*argv):
 
 
 class Agent(object):
-    """One volagentd with pools ``{name: kind}``, kind ``dir``, ``xfs`` or ``ext4``.
+    """One volagentd with pools ``{name: kind}`` (in order).
+
+    A kind is ``dir`` (a directory in the agent's /tmp directory), ``xfs`` or
+    ``ext4`` (a loop filesystem of its own), or ``xfs@POOL`` (a directory on
+    the filesystem of the earlier pool POOL).
 
     ``env`` is added to the agent's environment; ``lock_wait_ms`` is its
     ``[agent] lock_wait_ms``.
@@ -49,6 +53,7 @@ class Agent(object):
         self.process = None
         self.mounts = []
         self.pool_paths = {}
+        self.filesystems = {}
 
     @property
     def socket(self):
@@ -103,23 +108,36 @@ class Agent(object):
                 time.sleep(0.05)
 
     def _pool_directory(self, name, kind):
-        path = os.path.join(self.root, 'pool-%s' % name)
-        os.mkdir(path)
         if kind == 'dir':
+            path = os.path.join(self.root, 'pool-%s' % name)
+            os.mkdir(path)
             return path
-        image = os.path.join(self.root, 'fs-%s.img' % name)
+        fs_type, _, shared = kind.partition('@')
+        mountpoint = self.filesystems.get(shared or name)
+        if mountpoint is None:
+            mountpoint = self._filesystem(name, fs_type)
+        path = os.path.join(mountpoint, 'pool-%s' % name)
+        os.mkdir(path)
+        return path
+
+    def _filesystem(self, name, fs_type):
+        """A 4 GiB sparse image on a loop device, formatted and mounted."""
+        mountpoint = os.path.join(self.root, 'fs-%s' % name)
+        os.mkdir(mountpoint)
+        image = mountpoint + '.img'
         with open(image, 'wb') as f:
             f.truncate(4 * GiB)
         device = _run('losetup', '--find', '--show', image)
-        self.mounts.append((path, device))  # detached in stop() even if mkfs fails
-        if kind == 'xfs':
+        self.mounts.append((mountpoint, device))  # released in stop() even if mkfs fails
+        if fs_type == 'xfs':
             _run('mkfs.xfs', '-q', '-m', 'reflink=1', '-L', 'pytests', device)
-        elif kind == 'ext4':
+        elif fs_type == 'ext4':
             _run('mkfs.ext4', '-q', '-L', 'pytests', device)
         else:
-            raise ValueError('pool kind %s' % kind)
-        _run('mount', device, path)
-        return path
+            raise ValueError('filesystem %s' % fs_type)
+        _run('mount', device, mountpoint)
+        self.filesystems[name] = mountpoint
+        return mountpoint
 
     def log_text(self):
         with open(os.path.join(self.root, 'agent.log')) as f:

@@ -316,8 +316,11 @@ class VolagentDriver(driver.VolumeDriver):
                 existing_ref=existing_ref,
                 reason=_('name the agent volume with source-name'))
         try:
+            # Without an action _call raises the agent's own error.
             agent_volume = self._call('GET', '/v1/volumes/%s' % _quote(name))
-        except exception.VolumeBackendAPIException:
+        except agent_client.AgentError as e:
+            if e.code not in ('VOLUME_NOT_FOUND', 'INVALID_ID'):
+                raise self._backend_error('manage %s' % name, e)
             raise exception.ManageExistingInvalidReference(
                 existing_ref=existing_ref,
                 reason=_('volagent has no volume %s') % name)

@@ -418,13 +418,9 @@ export class Volumes {
     shape: CloneShape = { kind: 'volume', readOnly: false }): Promise<PutOutcome<VolumeView>> {
     const { id, tenant } = request;
     let source = this.resolveSource(ref, access);
-    if (request.pool !== undefined && request.pool !== source.pool) {
-      this.pool(request.pool);
-      throw new ApiError('UNSUPPORTED_FOR_POOL', `a clone is made in its source's pool (${source.pool}), not in ${request.pool}`, {
-        pool: request.pool, sourcePool: source.pool,
-      });
-    }
-    const requestKey = canonicalKey({ pool: source.pool, tenant, sizeBytes: request.sizeBytes ?? null, source: ref }) + (shape.kind === 'volume' ? '' : `/${shape.kind}`);
+    // The target pool: the named one, else the source's. Another pool of this host gets a copy (or a reflink where they share a filesystem).
+    const pool = this.pool(request.pool ?? source.pool);
+    const requestKey = canonicalKey({ pool: pool.name, tenant, sizeBytes: request.sizeBytes ?? null, source: ref }) + (shape.kind === 'volume' ? '' : `/${shape.kind}`);
     const existing = this.catalog.getVolume(id);
     if (existing) return this.repeatVolume(existing, requestKey, request.wait);
     if (request.sizeBytes !== undefined && request.sizeBytes < source.sizeBytes) {
@@ -432,16 +428,23 @@ export class Volumes {
         sizeBytes: request.sizeBytes, sourceSizeBytes: source.sizeBytes,
       });
     }
-    const pool = this.pool(source.pool);
     this.checkObjectName(pool, id, { volume: id });
-    if (request.sizeBytes !== undefined) this.checkSizeAlignment(pool, request.sizeBytes);
+    // Within one pool the source's size is the pool's already; into another, the size the clone ends with must be one it stores.
+    if (request.sizeBytes !== undefined || source.pool !== pool.name) this.checkSizeAlignment(pool, request.sizeBytes ?? source.sizeBytes);
     const release = await this.lock(source.object, 'shared', `clone ${id}`);
     let handedOver = false;
     try {
       source = this.resolveSource(ref, access); // it may have changed while we waited for the lock
-      await this.checkPoolObjects(pool, source.object, id, { volume: id });
+      const sourcePool = this.pool(source.pool);
+      const across = sourcePool !== pool;
+      if (across) {
+        if (!(await sourcePool.stat(source.object))) throw toApiError(systemError('ENOENT', 'stat', sourcePool.objectPath(source.object)), { volume: id });
+        if (await pool.stat(id)) throw toApiError(systemError('EEXIST', 'stat', pool.objectPath(id)), { volume: id });
+      } else {
+        await this.checkPoolObjects(pool, source.object, id, { volume: id });
+      }
       const sizeBytes = request.sizeBytes ?? source.sizeBytes;
-      const copies = !pool.capabilities().constantTimeClone;
+      const copies = across ? !pool.sharesBlocksWith(sourcePool) : !pool.capabilities().constantTimeClone;
       // Snapshots and Image-Volumes are never written: only a volume source has writes to hold.
       const heldVolume = copies && source.kind === 'volume' ? source.id : undefined;
       if (heldVolume !== undefined) this.copyWrites?.check(heldVolume);
@@ -456,11 +459,17 @@ export class Volumes {
         let outcome: CloneOutcome | undefined;
         try {
           const started = process.hrtime.bigint();
-          outcome = await this.copyAtOneInstant(heldVolume, () => pool.clone(resolved.object, id, {
+          const options = {
             readOnly: shape.readOnly,
             ...(request.sizeBytes !== undefined ? { sizeBytes: request.sizeBytes } : {}),
             ...this.taskOptions(context),
-          }));
+          };
+          outcome = await this.copyAtOneInstant(heldVolume, async () => {
+            if (!across) return pool.clone(resolved.object, id, options);
+            // Inside the hold: the allocation is of the same instant as the bytes copied.
+            const allocation = await sourcePool.allocation?.(resolved.object, 0, resolved.sizeBytes);
+            return pool.cloneFrom({ path: sourcePool.objectPath(resolved.object), sizeBytes: resolved.sizeBytes, ...(allocation ? { allocation } : {}) }, id, options);
+          });
           this.onCloned?.(outcome.method, secondsSince(started), outcome.bytesCopied);
           await this.writes.transitionVolume(id, 'creating', 'available', { cloneMethod: outcome.method, sizeBytes: Math.max(sizeBytes, resolved.sizeBytes) });
           if (resolved.kind === 'image') this.onImageClone?.(resolved.id);

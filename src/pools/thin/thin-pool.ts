@@ -23,12 +23,14 @@ import { mkdir, open, readdir, unlink } from 'node:fs/promises';
 import path from 'node:path';
 
 import { throwIfAborted } from '../../clone/abort.js';
+import type { CloneProgress } from '../../clone/clone-file.js';
+import { cloneFile } from '../../clone/clone-file.js';
 import { failpoint } from '../../faults/failpoints.js';
 import { native } from '../../native/binding.js';
 import type { DmDeviceInfo, DmTarget } from '../../native/addon-types.js';
 import { isSystemError, systemError } from '../../native/system-error.js';
-import type { AllocationExtent, Backend, CloneOutcome, CloneRequest, ObjectInfo, Pool, PoolCapabilities, PoolCapacity, PoolHealth, ReceiveOutcome, ReceiveRequest } from '../pool.js';
-import { isObjectName, UnalignedSizeError } from '../pool.js';
+import type { AllocationExtent, Backend, CloneOutcome, CloneRequest, ForeignObject, ObjectInfo, Pool, PoolCapabilities, PoolCapacity, PoolHealth, ReceiveOutcome, ReceiveRequest } from '../pool.js';
+import { dataExtentsOf, isObjectName, UnalignedSizeError } from '../pool.js';
 import type { ThinPoolConfig } from '../pool-config.js';
 import { writeSparse } from '../sparse-writer.js';
 import type { PoolDevice } from './block-device.js';
@@ -317,6 +319,45 @@ export class ThinPool implements Pool {
     await this.refuseWhenFull();
     await this.makeDevice({ op: 'snapshot', name: target, sizeBytes, readOnly: request.readOnly ?? false, originThinId: origin.thinId });
     return { method: 'thin_snapshot', bytesCopied: 0 };
+  }
+
+  /**
+   * A new thin device sized to the source (or `sizeBytes`), into which the
+   * source's data is written: a fresh thin device reads as zeros, so holes,
+   * unprovisioned blocks of a thin source and all-zero blocks are not
+   * written and stay unprovisioned. Another pool never shares blocks with
+   * this one, so this is always a copy.
+   */
+  async cloneFrom(source: ForeignObject, target: string, request: CloneRequest = {}): Promise<CloneOutcome> {
+    const sizeBytes = request.sizeBytes ?? source.sizeBytes;
+    if (!Number.isSafeInteger(sizeBytes) || sizeBytes < source.sizeBytes) throw systemError('EINVAL', 'clone', source.path, this.objectPath(target));
+    this.checkSize(sizeBytes);
+    this.refuseTaken(target);
+    throwIfAborted(request.signal);
+    await this.refuseWhenFull();
+    await this.makeDevice({ op: 'create', name: target, sizeBytes, readOnly: false });
+    const node = this.objectPath(target);
+    try {
+      const result = await cloneFile(source.path, node, {
+        fsync: true, // a flush: the pool commits its metadata, the data is on the data device
+        methods: ['copy_file_range', 'read_write'],
+        zeroedDestination: true,
+        ...(source.allocation ? { dataExtents: dataExtentsOf(source.allocation, source.sizeBytes) } : {}),
+        ...(request.signal ? { signal: request.signal } : {}),
+        ...(request.onProgress ? { onProgress: (p: CloneProgress) => request.onProgress!(p.doneBytes, p.totalBytes) } : {}),
+      });
+      throwIfAborted(request.signal);
+      if (request.readOnly) await this.setTable(target, { readOnly: true });
+      return { method: result.method, bytesCopied: result.bytesCopied };
+    } catch (error) {
+      const cause = await this.writeFailureCause(error);
+      await this.remove(target).catch(() => undefined);
+      throw cause;
+    }
+  }
+
+  sharesBlocksWith(): boolean {
+    return false;
   }
 
   async receive(name: string, data: AsyncIterable<Uint8Array>, request: ReceiveRequest = {}): Promise<ReceiveOutcome> {

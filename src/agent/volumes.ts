@@ -182,6 +182,31 @@ export class Volumes {
     }
   }
 
+  /**
+   * Gives volume `id` to `tenant` (Cinder's volume transfer), the admin's
+   * alone: one row update; its snapshots and exports follow (they are judged
+   * by their volume's tenant), operations already recorded keep theirs. The
+   * same tenant again is a no-op. Not for an Image-Volume (VOLUME_IS_IMAGE),
+   * a volume that is not available (VOLUME_BUSY) or the internal tenant.
+   */
+  async transfer(id: string, tenant: string, access: Access): Promise<VolumeView> {
+    access.checkAdmin('POST /v1/volumes/{id}/transfer');
+    access.checkTransferTarget(tenant);
+    this.volumeRow(id, access);
+    const release = await this.lock(id, 'exclusive', `transfer ${id}`);
+    try {
+      const row = this.volumeRow(id);
+      const image = this.catalog.imageOfVolume(id);
+      if (image) throw this.isImage(id, image.id);
+      if (row.kind === 'image') throw new ApiError('VOLUME_IS_IMAGE', `volume ${id} is an Image-Volume; it is not transferred`, { volume: id });
+      this.requireAvailable(row);
+      if (row.tenant !== tenant && !(await this.writes.updateVolume(id, { tenant }))) this.requireAvailable(this.volumeRow(id));
+      return await this.volumeView(this.volumeRow(id));
+    } finally {
+      release();
+    }
+  }
+
   /** Absent is done (204); another tenant's is absent to `access` (404). Waits lockWaitMs for readers, then VOLUME_BUSY. An Image-Volume goes with its image only. */
   async delete(id: string, access: Access): Promise<void> {
     const row = this.catalog.getVolume(id);

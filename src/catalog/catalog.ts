@@ -359,10 +359,11 @@ export class Catalog {
     return result.changes === 1;
   }
 
-  updateVolume(id: string, changes: { sizeBytes?: number; readOnly?: boolean }): boolean {
+  /** Changes an available volume's size, read-only flag or owner (a transfer: its snapshots and exports follow, being judged by their volume's tenant). */
+  updateVolume(id: string, changes: { sizeBytes?: number; readOnly?: boolean; tenant?: string }): boolean {
     const result = this.sql(`UPDATE volumes SET updated_at = ?, size_bytes = COALESCE(?, size_bytes),
-      read_only = COALESCE(?, read_only) WHERE id = ? AND state = 'available'`).run(
-      this.now(), changes.sizeBytes ?? null, changes.readOnly === undefined ? null : changes.readOnly ? 1 : 0, id);
+      read_only = COALESCE(?, read_only), tenant = COALESCE(?, tenant) WHERE id = ? AND state = 'available'`).run(
+      this.now(), changes.sizeBytes ?? null, changes.readOnly === undefined ? null : changes.readOnly ? 1 : 0, changes.tenant ?? null, id);
     return result.changes === 1;
   }
 

@@ -207,6 +207,51 @@ export class Volumes {
     }
   }
 
+  /**
+   * Makes volume `id` hold the content of its snapshot `snapshotId`
+   * (Cinder's revert_to_snapshot), keeping its id, tenant and size (past the
+   * snapshot's size it reads zeros); the snapshot stays. Holds the volume
+   * exclusive (no export, clone or resize meanwhile) and the snapshot shared;
+   * the pool's revert is atomic (Pool.revert), so nothing else is recorded.
+   * Refused with nothing changed: an Image-Volume (VOLUME_IS_IMAGE), a
+   * volume not available or exported (VOLUME_BUSY), read-only
+   * (VOLUME_READ_ONLY), a snapshot not of this volume (SNAPSHOT_NOT_FOUND).
+   */
+  async revert(id: string, snapshotId: string, access: Access): Promise<VolumeView> {
+    this.volumeRow(id, access);
+    const image = this.catalog.imageOfVolume(id);
+    if (image) throw this.isImage(id, image.id);
+    const snapshotNotFound = (): ApiError => new ApiError('SNAPSHOT_NOT_FOUND', `volume ${id} has no snapshot ${snapshotId}`, { volume: id, snapshot: snapshotId });
+    if (!this.catalog.getSnapshot(id, snapshotId)) throw snapshotNotFound();
+    const object = snapshotObject(id, snapshotId);
+    const release = await this.lock(id, 'exclusive', `revert ${id}`);
+    try {
+      const releaseSnapshot = await this.lock(object, 'shared', `revert ${id}`);
+      try {
+        const row = this.volumeRow(id);
+        if (row.kind === 'image') throw new ApiError('VOLUME_IS_IMAGE', `volume ${id} is an Image-Volume; it is not reverted`, { volume: id });
+        this.requireAvailable(row);
+        if (row.readOnly) throw new ApiError('VOLUME_READ_ONLY', `volume ${id} is read-only`, { volume: id });
+        if (this.isExported?.(id)) throw this.exported(id);
+        const snapshot = this.catalog.getSnapshot(id, snapshotId);
+        if (!snapshot) throw snapshotNotFound();
+        if (snapshot.state !== 'available') throw new ApiError('VOLUME_BUSY', `snapshot ${snapshotId} is ${snapshot.state}`, { snapshot: snapshotId, state: snapshot.state });
+        const pool = this.pool(row.pool);
+        if (await pool.inUse?.(id)) throw this.heldOpen(id, { volume: id });
+        try {
+          await pool.revert(id, object);
+        } catch (error) {
+          throw toApiError(error, { volume: id, snapshot: snapshotId });
+        }
+        return await this.volumeView(this.volumeRow(id));
+      } finally {
+        releaseSnapshot();
+      }
+    } finally {
+      release();
+    }
+  }
+
   /** Absent is done (204); another tenant's is absent to `access` (404). Waits lockWaitMs for readers, then VOLUME_BUSY. An Image-Volume goes with its image only. */
   async delete(id: string, access: Access): Promise<void> {
     const row = this.catalog.getVolume(id);

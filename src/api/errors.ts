@@ -26,7 +26,7 @@ export const ERROR_CODES = {
   VOLUME_IN_USE: { status: 409, meaning: "The volume has a writable export in the way: one whose writes the agent cannot hold (a loop or device-mapper block export) stops a copy at one point in time, any stops an adoption as an Image-Volume; and a thin volume's read-only block export, which makes the volume's one device read-only, cannot share it with a writable export, either way round." },
   VOLUME_BUSY: { status: 409, meaning: 'The volume is exported, being cloned from, or changing state.' },
   VOLUME_HAS_SNAPSHOTS: { status: 409, meaning: 'The volume still has snapshots; delete them first.' },
-  VOLUME_IS_IMAGE: { status: 409, meaning: 'The volume is the Image-Volume of an image: it goes with DELETE of the image, and is not snapshotted or transferred.' },
+  VOLUME_IS_IMAGE: { status: 409, meaning: 'The volume is the Image-Volume of an image: it goes with DELETE of the image, and is not snapshotted, transferred or reverted.' },
   IMAGE_EXISTS: { status: 409, meaning: 'An image with that id exists with a different definition.' },
   VOLUME_READ_ONLY: { status: 409, meaning: 'The volume is an Image-Volume or otherwise read-only.' },
   OPERATION_CANCELLED: { status: 409, meaning: 'The operation was cancelled (by a request or an agent shutdown) before it ended; nothing was left behind.' },

@@ -10,6 +10,7 @@ import BetterSqlite3 from 'better-sqlite3';
 import type { Database, Statement } from 'better-sqlite3';
 
 import type { NewThinPool, PendingThinChange, ThinChange, ThinDeviceRecord, ThinPoolRecord } from '../pools/thin/ledger.js';
+import { retiredThinName } from '../pools/thin/ledger.js';
 import { migrate } from './migrations.js';
 import type { ObjectState } from './volume-state.js';
 import { canTransition, TRANSITIONAL_STATES } from './volume-state.js';
@@ -627,6 +628,8 @@ export class Catalog {
       if (pending.op === 'delete') {
         this.sql('DELETE FROM thin_devices WHERE pool = ? AND thin_id = ?').run(pool, pending.thinId);
       } else {
+        // A revert: the replaced thin id keeps a row, under a name no object has, until it is deleted.
+        if (pending.op === 'replace') this.sql('UPDATE thin_devices SET name = ? WHERE pool = ? AND thin_id = ?').run(retiredThinName(pending.replacedThinId), pool, pending.replacedThinId);
         this.sql(`INSERT INTO thin_devices (pool, name, thin_id, size_bytes, read_only, created_at) VALUES (?, ?, ?, ?, ?, ?)`).run(
           pool, pending.name, pending.thinId, pending.sizeBytes, pending.readOnly ? 1 : 0, this.now());
       }

@@ -16,7 +16,7 @@
 import { randomBytes } from 'node:crypto';
 import { constants as fsConstants } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
-import { link, mkdir, open, readdir, stat, unlink } from 'node:fs/promises';
+import { link, mkdir, open, readdir, rename, stat, unlink } from 'node:fs/promises';
 import path from 'node:path';
 
 import { throwIfAborted } from '../clone/abort.js';
@@ -211,6 +211,34 @@ export class FilePool implements Pool {
       }
       await this.publish(temp, target);
       return outcome;
+    } catch (error) {
+      await unlinkIfPresent(temp).catch(() => undefined);
+      throw error;
+    }
+  }
+
+  /**
+   * The source cloned (FICLONE, else copied) into a temporary of the
+   * object's size, fsync'd, then rename(2)d over the object: the name points
+   * to the old inode or the new one, never a mix; the directory is fsync'd
+   * so the new one stays. A crash before the rename leaves a temporary for
+   * the start-up sweep. Descriptors open on the old file (none: the domain
+   * refuses an exported volume) would go on seeing the old content.
+   */
+  async revert(name: string, source: string): Promise<CloneOutcome> {
+    const targetPath = this.objectPath(name);
+    const sourcePath = this.objectPath(source);
+    const current = await stat(targetPath);
+    if ((current.mode & 0o222) === 0) throw systemError('EPERM', 'revert', targetPath);
+    const temp = this.temporaryPath(name);
+    try {
+      // The engine refuses a source larger than growTo (EINVAL) before creating anything.
+      const result = await cloneFile(sourcePath, temp, { fsync: true, mode: MODE_WRITABLE, growTo: current.size });
+      failpoint('file.revert-synced');
+      await rename(temp, targetPath);
+      failpoint('file.revert-renamed');
+      await this.syncDirectory(this.objectsDir);
+      return { method: result.method, bytesCopied: result.bytesCopied };
     } catch (error) {
       await unlinkIfPresent(temp).catch(() => undefined);
       throw error;

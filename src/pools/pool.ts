@@ -131,6 +131,14 @@ export interface Pool {
    * A stream that fails (a broken upload) leaves no object.
    */
   receive(name: string, data: AsyncIterable<Uint8Array>, request?: ReceiveRequest): Promise<ReceiveOutcome>;
+  /**
+   * Makes object `name` hold the content of object `source` (a snapshot of
+   * it, no larger), keeping `name`'s size: past the source's size it reads
+   * zeros. Atomic: after a crash `name` holds either its old or its new
+   * content (a leftover is a temporary, or settled at open). `source` stays.
+   * EPERM for a read-only `name`, ENOENT when either is absent.
+   */
+  revert(name: string, source: string): Promise<CloneOutcome>;
   /** Grows an object; a smaller size is EINVAL. */
   resize(name: string, sizeBytes: number): Promise<void>;
   setReadOnly(name: string, readOnly: boolean): Promise<void>;

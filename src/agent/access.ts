@@ -111,6 +111,20 @@ export class Access {
     }
   }
 
+  /** Routes that change who owns what (a volume transfer) are the admin's alone: FORBIDDEN to anyone else. */
+  checkAdmin(route: string): void {
+    if (this.principal.role !== 'admin') {
+      throw new ApiError('FORBIDDEN', `${route} is the admin's alone`, { role: this.principal.role, route });
+    }
+  }
+
+  /** A tenant that may be given an object by a transfer: not the internal one (TENANT_FORBIDDEN). */
+  checkTransferTarget(tenant: string): void {
+    if (tenant === this.internalTenant) {
+      throw new ApiError('TENANT_FORBIDDEN', `a volume is not transferred to the internal tenant (${this.internalTenant})`, { tenant, named: tenant, field: 'tenant' });
+    }
+  }
+
   /** The agent-wide routes (check, repair, metrics) are not a tenant's. */
   checkAgentWide(route: string): void {
     if (this.principal.role === 'tenant') {

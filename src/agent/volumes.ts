@@ -182,6 +182,76 @@ export class Volumes {
     }
   }
 
+  /**
+   * Gives volume `id` to `tenant` (Cinder's volume transfer), the admin's
+   * alone: one row update; its snapshots and exports follow (they are judged
+   * by their volume's tenant), operations already recorded keep theirs. The
+   * same tenant again is a no-op. Not for an Image-Volume (VOLUME_IS_IMAGE),
+   * a volume that is not available (VOLUME_BUSY) or the internal tenant.
+   */
+  async transfer(id: string, tenant: string, access: Access): Promise<VolumeView> {
+    access.checkAdmin('POST /v1/volumes/{id}/transfer');
+    access.checkTransferTarget(tenant);
+    this.volumeRow(id, access);
+    const release = await this.lock(id, 'exclusive', `transfer ${id}`);
+    try {
+      const row = this.volumeRow(id);
+      const image = this.catalog.imageOfVolume(id);
+      if (image) throw this.isImage(id, image.id);
+      if (row.kind === 'image') throw new ApiError('VOLUME_IS_IMAGE', `volume ${id} is an Image-Volume; it is not transferred`, { volume: id });
+      this.requireAvailable(row);
+      if (row.tenant !== tenant && !(await this.writes.updateVolume(id, { tenant }))) this.requireAvailable(this.volumeRow(id));
+      return await this.volumeView(this.volumeRow(id));
+    } finally {
+      release();
+    }
+  }
+
+  /**
+   * Makes volume `id` hold the content of its snapshot `snapshotId`
+   * (Cinder's revert_to_snapshot), keeping its id, tenant and size (past the
+   * snapshot's size it reads zeros); the snapshot stays. Holds the volume
+   * exclusive (no export, clone or resize meanwhile) and the snapshot shared;
+   * the pool's revert is atomic (Pool.revert), so nothing else is recorded.
+   * Refused with nothing changed: an Image-Volume (VOLUME_IS_IMAGE), a
+   * volume not available or exported (VOLUME_BUSY), read-only
+   * (VOLUME_READ_ONLY), a snapshot not of this volume (SNAPSHOT_NOT_FOUND).
+   */
+  async revert(id: string, snapshotId: string, access: Access): Promise<VolumeView> {
+    this.volumeRow(id, access);
+    const image = this.catalog.imageOfVolume(id);
+    if (image) throw this.isImage(id, image.id);
+    const snapshotNotFound = (): ApiError => new ApiError('SNAPSHOT_NOT_FOUND', `volume ${id} has no snapshot ${snapshotId}`, { volume: id, snapshot: snapshotId });
+    if (!this.catalog.getSnapshot(id, snapshotId)) throw snapshotNotFound();
+    const object = snapshotObject(id, snapshotId);
+    const release = await this.lock(id, 'exclusive', `revert ${id}`);
+    try {
+      const releaseSnapshot = await this.lock(object, 'shared', `revert ${id}`);
+      try {
+        const row = this.volumeRow(id);
+        if (row.kind === 'image') throw new ApiError('VOLUME_IS_IMAGE', `volume ${id} is an Image-Volume; it is not reverted`, { volume: id });
+        this.requireAvailable(row);
+        if (row.readOnly) throw new ApiError('VOLUME_READ_ONLY', `volume ${id} is read-only`, { volume: id });
+        if (this.isExported?.(id)) throw this.exported(id);
+        const snapshot = this.catalog.getSnapshot(id, snapshotId);
+        if (!snapshot) throw snapshotNotFound();
+        if (snapshot.state !== 'available') throw new ApiError('VOLUME_BUSY', `snapshot ${snapshotId} is ${snapshot.state}`, { snapshot: snapshotId, state: snapshot.state });
+        const pool = this.pool(row.pool);
+        if (await pool.inUse?.(id)) throw this.heldOpen(id, { volume: id });
+        try {
+          await pool.revert(id, object);
+        } catch (error) {
+          throw toApiError(error, { volume: id, snapshot: snapshotId });
+        }
+        return await this.volumeView(this.volumeRow(id));
+      } finally {
+        releaseSnapshot();
+      }
+    } finally {
+      release();
+    }
+  }
+
   /** Absent is done (204); another tenant's is absent to `access` (404). Waits lockWaitMs for readers, then VOLUME_BUSY. An Image-Volume goes with its image only. */
   async delete(id: string, access: Access): Promise<void> {
     const row = this.catalog.getVolume(id);
@@ -418,13 +488,9 @@ export class Volumes {
     shape: CloneShape = { kind: 'volume', readOnly: false }): Promise<PutOutcome<VolumeView>> {
     const { id, tenant } = request;
     let source = this.resolveSource(ref, access);
-    if (request.pool !== undefined && request.pool !== source.pool) {
-      this.pool(request.pool);
-      throw new ApiError('UNSUPPORTED_FOR_POOL', `a clone is made in its source's pool (${source.pool}), not in ${request.pool}`, {
-        pool: request.pool, sourcePool: source.pool,
-      });
-    }
-    const requestKey = canonicalKey({ pool: source.pool, tenant, sizeBytes: request.sizeBytes ?? null, source: ref }) + (shape.kind === 'volume' ? '' : `/${shape.kind}`);
+    // The target pool: the named one, else the source's. Another pool of this host gets a copy (or a reflink where they share a filesystem).
+    const pool = this.pool(request.pool ?? source.pool);
+    const requestKey = canonicalKey({ pool: pool.name, tenant, sizeBytes: request.sizeBytes ?? null, source: ref }) + (shape.kind === 'volume' ? '' : `/${shape.kind}`);
     const existing = this.catalog.getVolume(id);
     if (existing) return this.repeatVolume(existing, requestKey, request.wait);
     if (request.sizeBytes !== undefined && request.sizeBytes < source.sizeBytes) {
@@ -432,16 +498,23 @@ export class Volumes {
         sizeBytes: request.sizeBytes, sourceSizeBytes: source.sizeBytes,
       });
     }
-    const pool = this.pool(source.pool);
     this.checkObjectName(pool, id, { volume: id });
-    if (request.sizeBytes !== undefined) this.checkSizeAlignment(pool, request.sizeBytes);
+    // Within one pool the source's size is the pool's already; into another, the size the clone ends with must be one it stores.
+    if (request.sizeBytes !== undefined || source.pool !== pool.name) this.checkSizeAlignment(pool, request.sizeBytes ?? source.sizeBytes);
     const release = await this.lock(source.object, 'shared', `clone ${id}`);
     let handedOver = false;
     try {
       source = this.resolveSource(ref, access); // it may have changed while we waited for the lock
-      await this.checkPoolObjects(pool, source.object, id, { volume: id });
+      const sourcePool = this.pool(source.pool);
+      const across = sourcePool !== pool;
+      if (across) {
+        if (!(await sourcePool.stat(source.object))) throw toApiError(systemError('ENOENT', 'stat', sourcePool.objectPath(source.object)), { volume: id });
+        if (await pool.stat(id)) throw toApiError(systemError('EEXIST', 'stat', pool.objectPath(id)), { volume: id });
+      } else {
+        await this.checkPoolObjects(pool, source.object, id, { volume: id });
+      }
       const sizeBytes = request.sizeBytes ?? source.sizeBytes;
-      const copies = !pool.capabilities().constantTimeClone;
+      const copies = across ? !pool.sharesBlocksWith(sourcePool) : !pool.capabilities().constantTimeClone;
       // Snapshots and Image-Volumes are never written: only a volume source has writes to hold.
       const heldVolume = copies && source.kind === 'volume' ? source.id : undefined;
       if (heldVolume !== undefined) this.copyWrites?.check(heldVolume);
@@ -456,11 +529,17 @@ export class Volumes {
         let outcome: CloneOutcome | undefined;
         try {
           const started = process.hrtime.bigint();
-          outcome = await this.copyAtOneInstant(heldVolume, () => pool.clone(resolved.object, id, {
+          const options = {
             readOnly: shape.readOnly,
             ...(request.sizeBytes !== undefined ? { sizeBytes: request.sizeBytes } : {}),
             ...this.taskOptions(context),
-          }));
+          };
+          outcome = await this.copyAtOneInstant(heldVolume, async () => {
+            if (!across) return pool.clone(resolved.object, id, options);
+            // Inside the hold: the allocation is of the same instant as the bytes copied.
+            const allocation = await sourcePool.allocation?.(resolved.object, 0, resolved.sizeBytes);
+            return pool.cloneFrom({ path: sourcePool.objectPath(resolved.object), sizeBytes: resolved.sizeBytes, ...(allocation ? { allocation } : {}) }, id, options);
+          });
           this.onCloned?.(outcome.method, secondsSince(started), outcome.bytesCopied);
           await this.writes.transitionVolume(id, 'creating', 'available', { cloneMethod: outcome.method, sizeBytes: Math.max(sizeBytes, resolved.sizeBytes) });
           if (resolved.kind === 'image') this.onImageClone?.(resolved.id);

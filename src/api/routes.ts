@@ -151,6 +151,24 @@ export const ROUTES: readonly Route[] = [
     },
   },
   {
+    method: 'POST', pattern: '/v1/volumes/:id/transfer', body: 'required',
+    handle: async (agent, { principal, params: [id], query, body }) => {
+      requireQuery(query, ['tenant']);
+      requireFields(body!, ['tenant']);
+      if (body!.tenant === undefined) throw new ApiError('BAD_REQUEST', 'tenant is required', { field: 'tenant' });
+      return { status: 200, body: await agent.volumes.transfer(id!, parseId(body!.tenant, 'tenant'), scoped(agent, principal, query)) };
+    },
+  },
+  {
+    method: 'POST', pattern: '/v1/volumes/:id/revert', body: 'required',
+    handle: async (agent, { principal, params: [id], query, body }) => {
+      requireQuery(query, ['tenant']);
+      requireFields(body!, ['snapshot']);
+      if (body!.snapshot === undefined) throw new ApiError('BAD_REQUEST', 'snapshot is required', { field: 'snapshot' });
+      return { status: 200, body: await agent.volumes.revert(id!, parseId(body!.snapshot, 'snapshot'), scoped(agent, principal, query)) };
+    },
+  },
+  {
     method: 'GET', pattern: '/v1/volumes/:id/snapshots', body: 'none',
     handle: async (agent, { principal, params: [id], query }) => {
       requireQuery(query, ['tenant']);

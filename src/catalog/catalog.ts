@@ -10,6 +10,7 @@ import BetterSqlite3 from 'better-sqlite3';
 import type { Database, Statement } from 'better-sqlite3';
 
 import type { NewThinPool, PendingThinChange, ThinChange, ThinDeviceRecord, ThinPoolRecord } from '../pools/thin/ledger.js';
+import { retiredThinName } from '../pools/thin/ledger.js';
 import { migrate } from './migrations.js';
 import type { ObjectState } from './volume-state.js';
 import { canTransition, TRANSITIONAL_STATES } from './volume-state.js';
@@ -359,10 +360,11 @@ export class Catalog {
     return result.changes === 1;
   }
 
-  updateVolume(id: string, changes: { sizeBytes?: number; readOnly?: boolean }): boolean {
+  /** Changes an available volume's size, read-only flag or owner (a transfer: its snapshots and exports follow, being judged by their volume's tenant). */
+  updateVolume(id: string, changes: { sizeBytes?: number; readOnly?: boolean; tenant?: string }): boolean {
     const result = this.sql(`UPDATE volumes SET updated_at = ?, size_bytes = COALESCE(?, size_bytes),
-      read_only = COALESCE(?, read_only) WHERE id = ? AND state = 'available'`).run(
-      this.now(), changes.sizeBytes ?? null, changes.readOnly === undefined ? null : changes.readOnly ? 1 : 0, id);
+      read_only = COALESCE(?, read_only), tenant = COALESCE(?, tenant) WHERE id = ? AND state = 'available'`).run(
+      this.now(), changes.sizeBytes ?? null, changes.readOnly === undefined ? null : changes.readOnly ? 1 : 0, changes.tenant ?? null, id);
     return result.changes === 1;
   }
 
@@ -626,6 +628,8 @@ export class Catalog {
       if (pending.op === 'delete') {
         this.sql('DELETE FROM thin_devices WHERE pool = ? AND thin_id = ?').run(pool, pending.thinId);
       } else {
+        // A revert: the replaced thin id keeps a row, under a name no object has, until it is deleted.
+        if (pending.op === 'replace') this.sql('UPDATE thin_devices SET name = ? WHERE pool = ? AND thin_id = ?').run(retiredThinName(pending.replacedThinId), pool, pending.replacedThinId);
         this.sql(`INSERT INTO thin_devices (pool, name, thin_id, size_bytes, read_only, created_at) VALUES (?, ?, ?, ?, ?, ?)`).run(
           pool, pending.name, pending.thinId, pending.sizeBytes, pending.readOnly ? 1 : 0, this.now());
       }

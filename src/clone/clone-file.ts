@@ -45,6 +45,18 @@ export interface CloneOptions {
    * anything is created.
    */
   growTo?: number;
+  /**
+   * The source's data extents as [offset, length], in order, when the caller
+   * knows them better than SEEK_DATA can tell (a thin device's provisioned
+   * blocks); the rest of the source is taken to read as zeros.
+   */
+  dataExtents?: ReadonlyArray<readonly [number, number]>;
+  /**
+   * A block-device destination already reads as zeros everywhere (a fresh
+   * thin device): holes are left unwritten and all-zero blocks are skipped,
+   * so no block is provisioned for zeros.
+   */
+  zeroedDestination?: boolean;
 }
 
 export interface CloneResult {
@@ -172,7 +184,7 @@ class ExtentCopier {
       }
     }
     // A fresh file destination reads as zeroes everywhere: zero blocks need not be written.
-    const skipZero = dest.kind === 'file' ? ZERO_DETECT_BYTES : 0;
+    const skipZero = dest.kind === 'file' || this.options.zeroedDestination ? ZERO_DETECT_BYTES : 0;
     const { bytesRead, bytesWritten } = await native.copyByReadWrite(
       source.handle.fd, offset, dest.handle.fd, offset, length, skipZero, source.path, dest.path);
     this.bytesCopied += bytesWritten;
@@ -180,18 +192,32 @@ class ExtentCopier {
   }
 }
 
+/** The extents the caller gave, else the source's own (SEEK_DATA). */
+async function* sourceExtents(source: Endpoint, options: CloneOptions): AsyncGenerator<readonly [number, number]> {
+  if (options.dataExtents === undefined) {
+    yield* dataExtents(source.handle.fd, source.size, source.path);
+    return;
+  }
+  for (const [offset, length] of options.dataExtents) {
+    const end = Math.min(offset + length, source.size);
+    if (end > offset) yield [offset, end - offset];
+  }
+}
+
 async function copyDataExtents(source: Endpoint, dest: Endpoint, allowed: readonly CloneMethod[], options: CloneOptions): Promise<CloneResult> {
   const copier = new ExtentCopier(source, dest, allowed, options);
   const sectorSize = dest.kind === 'block' ? await native.blkSszGet(dest.handle.fd, dest.path) : 0;
   if (dest.kind === 'file') await dest.handle.truncate(source.size);
+  // A block destination that does not read as zeros has its holes zeroed.
+  const zeroHoles = dest.kind === 'block' && !options.zeroedDestination;
   let covered = 0;
-  for await (const [offset, length] of dataExtents(source.handle.fd, source.size, source.path)) {
-    if (dest.kind === 'block' && offset > covered) await zeroBlockRange(dest, covered, offset - covered, sectorSize, options.signal);
+  for await (const [offset, length] of sourceExtents(source, options)) {
+    if (zeroHoles && offset > covered) await zeroBlockRange(dest, covered, offset - covered, sectorSize, options.signal);
     await copier.copyExtent(offset, length);
     if (covered === 0) await failpointAsync('clone.copying', options.signal); // once: a part of the data is in the destination
     covered = offset + length;
   }
-  if (dest.kind === 'block' && covered < source.size) await zeroBlockRange(dest, covered, source.size - covered, sectorSize, options.signal);
+  if (zeroHoles && covered < source.size) await zeroBlockRange(dest, covered, source.size - covered, sectorSize, options.signal);
   options.onProgress?.({ method: copier.method, doneBytes: source.size, totalBytes: source.size, bytesCopied: copier.bytesCopied });
   return { method: copier.method, bytesCopied: copier.bytesCopied, bytesTotal: source.size };
 }

@@ -16,7 +16,7 @@
 import { randomBytes } from 'node:crypto';
 import { constants as fsConstants } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
-import { link, mkdir, open, readdir, stat, unlink } from 'node:fs/promises';
+import { link, mkdir, open, readdir, rename, stat, unlink } from 'node:fs/promises';
 import path from 'node:path';
 
 import { throwIfAborted } from '../clone/abort.js';
@@ -24,8 +24,8 @@ import { failpoint } from '../faults/failpoints.js';
 import { cloneFile, REFLINK_UNSUPPORTED } from '../clone/clone-file.js';
 import { native } from '../native/binding.js';
 import { isSystemError, systemError } from '../native/system-error.js';
-import type { Backend, CloneOutcome, CloneRequest, ObjectInfo, Pool, PoolCapabilities, PoolCapacity, ReceiveOutcome, ReceiveRequest } from './pool.js';
-import { isObjectName } from './pool.js';
+import type { Backend, CloneOutcome, CloneRequest, ForeignObject, ObjectInfo, Pool, PoolCapabilities, PoolCapacity, ReceiveOutcome, ReceiveRequest } from './pool.js';
+import { dataExtentsOf, isObjectName } from './pool.js';
 import type { FilePoolConfig } from './pool-config.js';
 import { writeSparse } from './sparse-writer.js';
 
@@ -63,6 +63,8 @@ export class FilePool implements Pool {
   private probed: PoolCapabilities | undefined;
   /** renameat2(RENAME_NOREPLACE) works here (else publish links and unlinks). */
   private renameNoReplace = false;
+  /** st_dev of `objects/`, known after open(): pools on one filesystem reflink between them. */
+  private filesystemDevice: number | undefined;
   /** `objects/`, open from open() to close(): every publish fsyncs it. */
   private objectsDirHandle: FileHandle | undefined;
 
@@ -97,6 +99,7 @@ export class FilePool implements Pool {
     }
     await this.objectsDirHandle?.close();
     this.objectsDirHandle = objectsDir;
+    this.filesystemDevice = (await objectsDir.stat()).dev;
   }
 
   async close(): Promise<void> {
@@ -139,13 +142,34 @@ export class FilePool implements Pool {
   }
 
   async clone(source: string, target: string, request: CloneRequest = {}): Promise<CloneOutcome> {
-    const sourcePath = this.objectPath(source);
+    return this.cloneInto(this.objectPath(source), target, this.capabilities().constantTimeClone, request);
+  }
+
+  /**
+   * FICLONE from the other pool's file where both share one filesystem
+   * (EXDEV otherwise, and the engine copies); a thin source's allocation
+   * bounds the copy to its provisioned blocks.
+   */
+  async cloneFrom(source: ForeignObject, target: string, request: CloneRequest = {}): Promise<CloneOutcome> {
+    const extents = source.allocation && dataExtentsOf(source.allocation, source.sizeBytes);
+    return this.cloneInto(source.path, target, false, request, extents);
+  }
+
+  /** Same filesystem as another file pool that reflinks: FICLONE works between their objects. */
+  sharesBlocksWith(source: Pool): boolean {
+    return source instanceof FilePool && source !== this && this.capabilities().reflink && source.capabilities().reflink
+      && this.filesystemDevice !== undefined && this.filesystemDevice === source.filesystemDevice;
+  }
+
+  /** Makes `target` from the file or device at `sourcePath` (`cheap`: a reflink is expected, so no early EEXIST check). */
+  private async cloneInto(sourcePath: string, target: string, cheap: boolean, request: CloneRequest,
+    extents?: Array<[number, number]>): Promise<CloneOutcome> {
     const targetPath = this.objectPath(target);
     const { sizeBytes, readOnly = false, signal, onProgress } = request;
     if (sizeBytes !== undefined) checkSize(sizeBytes, 'clone', targetPath);
     throwIfAborted(signal);
     // A reflink costs little: the publish's EEXIST is enough. A copy is not made for nothing.
-    if (!this.capabilities().constantTimeClone) await this.refuseExisting(targetPath);
+    if (!cheap) await this.refuseExisting(targetPath);
     const temp = this.temporaryPath(target);
     try {
       // The engine refuses a smaller size (EINVAL) before creating anything,
@@ -154,6 +178,7 @@ export class FilePool implements Pool {
         fsync: true,
         mode: readOnly ? MODE_READ_ONLY : MODE_WRITABLE,
         ...(sizeBytes !== undefined ? { growTo: sizeBytes } : {}),
+        ...(extents ? { dataExtents: extents } : {}),
         ...(signal ? { signal } : {}),
         ...(onProgress ? { onProgress: (p) => onProgress(p.doneBytes, p.totalBytes) } : {}),
       });
@@ -186,6 +211,34 @@ export class FilePool implements Pool {
       }
       await this.publish(temp, target);
       return outcome;
+    } catch (error) {
+      await unlinkIfPresent(temp).catch(() => undefined);
+      throw error;
+    }
+  }
+
+  /**
+   * The source cloned (FICLONE, else copied) into a temporary of the
+   * object's size, fsync'd, then rename(2)d over the object: the name points
+   * to the old inode or the new one, never a mix; the directory is fsync'd
+   * so the new one stays. A crash before the rename leaves a temporary for
+   * the start-up sweep. Descriptors open on the old file (none: the domain
+   * refuses an exported volume) would go on seeing the old content.
+   */
+  async revert(name: string, source: string): Promise<CloneOutcome> {
+    const targetPath = this.objectPath(name);
+    const sourcePath = this.objectPath(source);
+    const current = await stat(targetPath);
+    if ((current.mode & 0o222) === 0) throw systemError('EPERM', 'revert', targetPath);
+    const temp = this.temporaryPath(name);
+    try {
+      // The engine refuses a source larger than growTo (EINVAL) before creating anything.
+      const result = await cloneFile(sourcePath, temp, { fsync: true, mode: MODE_WRITABLE, growTo: current.size });
+      failpoint('file.revert-synced');
+      await rename(temp, targetPath);
+      failpoint('file.revert-renamed');
+      await this.syncDirectory(this.objectsDir);
+      return { method: result.method, bytesCopied: result.bytesCopied };
     } catch (error) {
       await unlinkIfPresent(temp).catch(() => undefined);
       throw error;

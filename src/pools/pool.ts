@@ -76,6 +76,18 @@ export interface ReceiveOutcome {
   bytesWritten: number;
 }
 
+/**
+ * An object of another pool, as that pool shows it: a path this process can
+ * read (a file or a block device) and its size. `allocation`, from the
+ * source pool's `allocation()`, says which parts hold data; without it the
+ * file's own holes (SEEK_DATA) say so, and a device is all data.
+ */
+export interface ForeignObject {
+  path: string;
+  sizeBytes: number;
+  allocation?: AllocationExtent[];
+}
+
 export interface CloneOutcome {
   method: CloneMethod | 'thin_snapshot';
   bytesCopied: number;
@@ -104,11 +116,29 @@ export interface Pool {
   /** A new object `target` with the content of `source`; EEXIST if taken, ENOENT if source absent. */
   clone(source: string, target: string, request?: CloneRequest): Promise<CloneOutcome>;
   /**
+   * A new object `target` with the content of `source`, an object of another
+   * pool: shared blocks where `sharesBlocksWith` the source's pool holds,
+   * else a copy of the data only (what reads as zeros is not written: the
+   * target stays sparse). Same contract as `clone`: EEXIST if taken, ENOENT
+   * if the source is absent, nothing left under `target` on any failure or abort.
+   */
+  cloneFrom(source: ForeignObject, target: string, request?: CloneRequest): Promise<CloneOutcome>;
+  /** Whether `cloneFrom` an object of pool `source` shares its blocks (constant time, no copy). */
+  sharesBlocksWith(source: Pool): boolean;
+  /**
    * A new object `name` holding the bytes of `data`, sparse (all-zero blocks
    * are not written), durable before it appears; EEXIST if the name is taken.
    * A stream that fails (a broken upload) leaves no object.
    */
   receive(name: string, data: AsyncIterable<Uint8Array>, request?: ReceiveRequest): Promise<ReceiveOutcome>;
+  /**
+   * Makes object `name` hold the content of object `source` (a snapshot of
+   * it, no larger), keeping `name`'s size: past the source's size it reads
+   * zeros. Atomic: after a crash `name` holds either its old or its new
+   * content (a leftover is a temporary, or settled at open). `source` stays.
+   * EPERM for a read-only `name`, ENOENT when either is absent.
+   */
+  revert(name: string, source: string): Promise<CloneOutcome>;
   /** Grows an object; a smaller size is EINVAL. */
   resize(name: string, sizeBytes: number): Promise<void>;
   setReadOnly(name: string, readOnly: boolean): Promise<void>;
@@ -144,4 +174,19 @@ export const OBJECT_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}(@[A-Za-z0-9][A-Za-
 
 export function isObjectName(name: string): boolean {
   return OBJECT_NAME.test(name) && !name.includes('..');
+}
+
+/**
+ * The parts of an object of `sizeBytes` that hold data, as [offset, length],
+ * from its allocation answer; what the answer does not reach counts as data.
+ */
+export function dataExtentsOf(allocation: readonly AllocationExtent[], sizeBytes: number): Array<[number, number]> {
+  const extents: Array<[number, number]> = [];
+  let offset = 0;
+  for (const extent of allocation) {
+    if (extent.allocated && offset < sizeBytes) extents.push([offset, Math.min(extent.length, sizeBytes - offset)]);
+    offset += extent.length;
+  }
+  if (offset < sizeBytes) extents.push([offset, sizeBytes - offset]);
+  return extents;
 }

@@ -5,6 +5,7 @@
 // pool's files are the same after it as before. Needs root (setpriv, chown).
 import { chmod, chown, mkdir, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import BetterSqlite3 from 'better-sqlite3';
 import t from 'tap';
 
 import type { AgentProcess } from '../helpers/agent.js';
@@ -19,6 +20,16 @@ const T2_UID = 62002;
 const READER_UID = 62003;
 const INTERNAL = 'volagent-internal';
 const MiB = 1024 * 1024;
+
+/** The tenant column of volume `id`, read from the catalog file. */
+function tenantOf(catalogPath: string, id: string): string | undefined {
+  const db = new BetterSqlite3(catalogPath, { readonly: true, fileMustExist: true });
+  try {
+    return (db.prepare('SELECT tenant FROM volumes WHERE id = ?').get(id) as { tenant: string } | undefined)?.tenant;
+  } finally {
+    db.close();
+  }
+}
 
 interface Row {
   title: string;
@@ -111,6 +122,9 @@ if (!skipUnlessRoot(t)) {
       { title: 'scrape the metrics', uid: T2_UID, method: 'GET', url: '/metrics', status: 403, code: 'FORBIDDEN' },
       { title: 'a reader downloads a private image', uid: READER_UID, method: 'GET', url: '/v1/images/img-priv/data', status: 403, code: 'FORBIDDEN' },
       { title: 'a reader deletes a volume', uid: READER_UID, method: 'DELETE', url: '/v1/volumes/v1c', status: 403, code: 'FORBIDDEN' },
+      { title: 'transfer its own volume to t2', uid: T1_UID, method: 'POST', url: '/v1/volumes/v1c/transfer', body: { tenant: 't2' }, status: 403, code: 'FORBIDDEN' },
+      { title: 'transfer a volume of t1 to itself', uid: T2_UID, method: 'POST', url: '/v1/volumes/v1c/transfer', body: { tenant: 't2' }, status: 403, code: 'FORBIDDEN' },
+      { title: 'a reader transfers a volume', uid: READER_UID, method: 'POST', url: '/v1/volumes/v1c/transfer', body: { tenant: 't2' }, status: 403, code: 'FORBIDDEN' },
     ];
     for (const row of rows) {
       const before = await state();
@@ -218,5 +232,47 @@ if (!skipUnlessRoot(t)) {
     const adopted = await agent.request('PUT', '/v1/images/img-va', { volume: 'va', mode: 'adopt', tenant: 't1' });
     t.equal(adopted.status, 201, 'with only a read-only export, adopted');
     t.match((await agent.request('GET', '/v1/volumes/va')).body, { kind: 'image', readOnly: true });
+  });
+
+  await t.test('transfer (admin only): the volume, its snapshots and exports become the new tenant\'s; operations keep theirs; refusals change nothing', async (t) => {
+    await admin('PUT', '/v1/volumes/vt', { tenant: 't1', sizeBytes: MiB });
+    const snap = await agent.request('PUT', '/v1/volumes/vt/snapshots/vt-s1');
+    if (snap.status !== 202) throw new Error(`the snapshot answered ${snap.status}: ${snap.text}`);
+    const snapOperation = snap.body.operation.id as string;
+    await admin('GET', `/v1/operations/${snapOperation}?wait=true`);
+    const vtExport = await admin('POST', '/v1/volumes/vt/exports', { protocol: 'nbd', readOnly: true });
+    const images = (await agent.request('GET', '/v1/images')).body as { imageId: string; volumeId: string }[];
+    const imageVolume = images.find((i) => i.imageId === 'img-priv')!.volumeId;
+    for (const [title, url, body, status, code] of [
+      ['to the internal tenant', '/v1/volumes/vt/transfer', { tenant: INTERNAL }, 403, 'TENANT_FORBIDDEN'],
+      ['an Image-Volume', `/v1/volumes/${imageVolume}/transfer`, { tenant: 't2' }, 409, 'VOLUME_IS_IMAGE'],
+      ['scoped to another tenant', '/v1/volumes/vt/transfer?tenant=t2', { tenant: 't2' }, 404, 'VOLUME_NOT_FOUND'],
+      ['an absent volume', '/v1/volumes/absent/transfer', { tenant: 't2' }, 404, 'VOLUME_NOT_FOUND'],
+      ['no tenant', '/v1/volumes/vt/transfer', {}, 400, 'BAD_REQUEST'],
+    ] as const) {
+      const before = await state();
+      const reply = await agent.request('POST', url, body);
+      t.equal(reply.status, status, `${title}: ${reply.text}`);
+      t.equal(reply.body.error.code, code, title);
+      t.same(await state(), before, `${title}: nothing changed`);
+    }
+    const moved = await agent.request('POST', '/v1/volumes/vt/transfer', { tenant: 't2' });
+    t.equal(moved.status, 200, moved.text);
+    t.match(moved.body, { id: 'vt', tenant: 't2', state: 'available' });
+    t.equal(tenantOf(agent.catalogPath, 'vt'), 't2', 'the catalog row');
+    t.equal((await as(T1_UID, 'GET', '/v1/volumes/vt')).status, 404, 'the old tenant no longer sees it');
+    t.match((await as(T2_UID, 'GET', '/v1/volumes/vt')).body, { id: 'vt', tenant: 't2' }, 'the new tenant does');
+    t.match((await as(T2_UID, 'GET', '/v1/volumes/vt/snapshots/vt-s1')).body, { id: 'vt-s1', tenant: 't2' }, 'its snapshot follows');
+    t.equal((await as(T2_UID, 'GET', `/v1/exports/${vtExport.id}`)).status, 200, 'its export follows');
+    t.equal((await as(T1_UID, 'GET', `/v1/exports/${vtExport.id}`)).status, 404);
+    t.match((await agent.request('GET', `/v1/operations/${snapOperation}`)).body, { tenant: 't1' }, 'an operation already recorded keeps its tenant');
+    const before = await state();
+    const again = await agent.request('POST', '/v1/volumes/vt/transfer', { tenant: 't2' });
+    t.equal(again.status, 200, 'the same tenant again');
+    t.same(again.body, moved.body);
+    t.same(await state(), before, 'a no-op');
+    t.equal((await as(T2_UID, 'DELETE', `/v1/exports/${vtExport.id}`)).status, 204, 'the new owner unexports it');
+    t.equal((await as(T2_UID, 'DELETE', '/v1/volumes/vt/snapshots/vt-s1')).status, 204, 'and deletes its snapshot');
+    t.equal((await as(T2_UID, 'DELETE', '/v1/volumes/vt')).status, 204, 'and the volume');
   });
 }

@@ -309,7 +309,6 @@ if (!skipUnlessRoot(t)) {
       ['source with two kinds', 'PUT', '/v1/volumes/ok1', { tenant: 'acme', source: { volume: 'vol-a', snapshot: 'x' } }, 400, 'BAD_REQUEST'],
       ['source with an unknown kind', 'PUT', '/v1/volumes/ok1', { tenant: 'acme', source: { disk: 'vol-a' } }, 400, 'UNKNOWN_FIELD'],
       ['clone smaller than its source', 'PUT', '/v1/volumes/ok1', { tenant: 'acme', source: { volume: 'vol-a' }, sizeBytes: 512 }, 400, 'SHRINK_NOT_SUPPORTED'],
-      ['clone into another pool', 'PUT', '/v1/volumes/ok1', { tenant: 'acme', source: { volume: 'vol-a' }, pool: 'slow' }, 422, 'UNSUPPORTED_FOR_POOL'],
       // An admin uses any tenant's source and names the owner; who else may do what is access.test.ts's.
       ['an admin names no owner', 'PUT', '/v1/volumes/ok1', { source: { volume: 'vol-a' } }, 400, 'BAD_REQUEST'],
       ['wait=maybe', 'PUT', '/v1/volumes/ok1?wait=maybe', { tenant: 'acme', sizeBytes: 512 }, 400, 'BAD_REQUEST'],

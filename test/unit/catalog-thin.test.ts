@@ -82,3 +82,22 @@ t.test('updateDevice changes size and read-only flag of one device', async (t) =
   await ledger.updateDevice('p', 'v1', { readOnly: true });
   t.match(ledger.device('p', 'v1'), { sizeBytes: 131072, readOnly: true });
 });
+
+t.test('a replace (revert) gives the name to a new thin id in one commit; the old id stays retired until its delete', async (t) => {
+  const { ledger } = await openLedger(t);
+  await ledger.begin('p', { op: 'create', name: 'v1', sizeBytes: 1 << 20, readOnly: false });
+  await ledger.commit('p');
+  await ledger.begin('p', { op: 'snapshot', name: 'v1@s', sizeBytes: 1 << 20, readOnly: true, originThinId: 0 });
+  await ledger.commit('p');
+  await ledger.updateDevice('p', 'v1', { sizeBytes: 2 << 20 });
+  const pending = await ledger.begin('p', { op: 'replace', name: 'v1', sizeBytes: 2 << 20, readOnly: false, originThinId: 1, replacedThinId: 0 });
+  t.match(pending, { thinId: 2, fromTransactionId: 2, toTransactionId: 3 });
+  t.same(ledger.device('p', 'v1'), { pool: 'p', name: 'v1', thinId: 0, sizeBytes: 2 << 20, readOnly: false }, 'before the commit: the old id');
+  await ledger.commit('p');
+  t.same(ledger.device('p', 'v1'), { pool: 'p', name: 'v1', thinId: 2, sizeBytes: 2 << 20, readOnly: false }, 'after: the new id, the volume\'s size');
+  t.same(ledger.devices('p').map((d) => [d.name, d.thinId]).sort(), [['v1', 2], ['v1@s', 1], ['~retired-0', 0]]);
+  await ledger.begin('p', { op: 'delete', name: '~retired-0', thinId: 0 });
+  await ledger.commit('p');
+  t.same(ledger.devices('p').map((d) => [d.name, d.thinId]).sort(), [['v1', 2], ['v1@s', 1]]);
+  t.equal(ledger.pool('p')!.transactionId, 4);
+});

@@ -38,10 +38,26 @@ export interface ThinPoolRecord {
 export type ThinChange =
   | { op: 'create'; name: string; sizeBytes: number; readOnly: boolean }
   | { op: 'snapshot'; name: string; sizeBytes: number; readOnly: boolean; originThinId: number }
-  | { op: 'delete'; name: string; thinId: number };
+  | { op: 'delete'; name: string; thinId: number }
+  /**
+   * A revert: a snapshot of `originThinId` becomes object `name` in one
+   * commit, and the thin id it held (`replacedThinId`) stays recorded under
+   * `retiredThinName(replacedThinId)` until it is deleted (at once, or at
+   * the next open).
+   */
+  | { op: 'replace'; name: string; sizeBytes: number; readOnly: boolean; originThinId: number; replacedThinId: number };
 
 /** A change in flight: what it is, the thin id it uses and the transaction ids it moves between. */
 export type PendingThinChange = ThinChange & { thinId: number; fromTransactionId: number; toTransactionId: number };
+
+/** The name a replaced thin id is kept under until deleted: never an object name (`~` is outside OBJECT_NAME). */
+export function retiredThinName(thinId: number): string {
+  return `~retired-${thinId}`;
+}
+
+export function isRetiredThinName(name: string): boolean {
+  return name.startsWith('~retired-');
+}
 
 export interface ThinDeviceRecord {
   pool: string;

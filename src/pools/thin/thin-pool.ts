@@ -23,12 +23,14 @@ import { mkdir, open, readdir, unlink } from 'node:fs/promises';
 import path from 'node:path';
 
 import { throwIfAborted } from '../../clone/abort.js';
+import type { CloneProgress } from '../../clone/clone-file.js';
+import { cloneFile } from '../../clone/clone-file.js';
 import { failpoint } from '../../faults/failpoints.js';
 import { native } from '../../native/binding.js';
 import type { DmDeviceInfo, DmTarget } from '../../native/addon-types.js';
 import { isSystemError, systemError } from '../../native/system-error.js';
-import type { AllocationExtent, Backend, CloneOutcome, CloneRequest, ObjectInfo, Pool, PoolCapabilities, PoolCapacity, PoolHealth, ReceiveOutcome, ReceiveRequest } from '../pool.js';
-import { isObjectName, UnalignedSizeError } from '../pool.js';
+import type { AllocationExtent, Backend, CloneOutcome, CloneRequest, ForeignObject, ObjectInfo, Pool, PoolCapabilities, PoolCapacity, PoolHealth, ReceiveOutcome, ReceiveRequest } from '../pool.js';
+import { dataExtentsOf, isObjectName, UnalignedSizeError } from '../pool.js';
 import type { ThinPoolConfig } from '../pool-config.js';
 import { writeSparse } from '../sparse-writer.js';
 import type { PoolDevice } from './block-device.js';
@@ -37,6 +39,7 @@ import { detachLoop } from './loop-device.js';
 import type { DeviceNumber, ThinPoolStatus } from './dm-thin.js';
 import { parseThinPoolStatus, parseThinStatus, SECTOR_BYTES, thinPoolMessage, thinPoolTarget, thinTarget } from './dm-thin.js';
 import type { PendingThinChange, ThinChange, ThinDeviceRecord, ThinLedger, ThinPoolRecord } from './ledger.js';
+import { isRetiredThinName, retiredThinName } from './ledger.js';
 import type { MappedRun } from './thin-metadata.js';
 import { decodeSuperblock, mappedRuns, METADATA_BLOCK_BYTES, ThinMetadataError } from './thin-metadata.js';
 
@@ -141,7 +144,12 @@ export class ThinPool implements Pool {
     }
     await this.recover(this.ledger.pool(this.name)!, status.transactionId);
     await mkdir(this.nodeDir, { recursive: true, mode: 0o700 });
-    for (const device of this.ledger.devices(this.name)) await this.activate(device);
+    for (const device of this.ledger.devices(this.name).filter((d) => isRetiredThinName(d.name))) {
+      await this.retire(device.thinId).catch((error: unknown) => {
+        this.options.warn?.({ pool: this.name, thinId: device.thinId, error: (error as Error).message }, 'thin pool: a thin id replaced by a revert could not be deleted yet');
+      });
+    }
+    for (const device of this.objectDevices()) await this.activate(device);
     await this.removeStrayNodes();
     await this.checkHealth();
     this.healthTimer = setInterval(() => void this.checkHealth().catch(() => undefined), HEALTH_CHECK_MS).unref();
@@ -319,6 +327,45 @@ export class ThinPool implements Pool {
     return { method: 'thin_snapshot', bytesCopied: 0 };
   }
 
+  /**
+   * A new thin device sized to the source (or `sizeBytes`), into which the
+   * source's data is written: a fresh thin device reads as zeros, so holes,
+   * unprovisioned blocks of a thin source and all-zero blocks are not
+   * written and stay unprovisioned. Another pool never shares blocks with
+   * this one, so this is always a copy.
+   */
+  async cloneFrom(source: ForeignObject, target: string, request: CloneRequest = {}): Promise<CloneOutcome> {
+    const sizeBytes = request.sizeBytes ?? source.sizeBytes;
+    if (!Number.isSafeInteger(sizeBytes) || sizeBytes < source.sizeBytes) throw systemError('EINVAL', 'clone', source.path, this.objectPath(target));
+    this.checkSize(sizeBytes);
+    this.refuseTaken(target);
+    throwIfAborted(request.signal);
+    await this.refuseWhenFull();
+    await this.makeDevice({ op: 'create', name: target, sizeBytes, readOnly: false });
+    const node = this.objectPath(target);
+    try {
+      const result = await cloneFile(source.path, node, {
+        fsync: true, // a flush: the pool commits its metadata, the data is on the data device
+        methods: ['copy_file_range', 'read_write'],
+        zeroedDestination: true,
+        ...(source.allocation ? { dataExtents: dataExtentsOf(source.allocation, source.sizeBytes) } : {}),
+        ...(request.signal ? { signal: request.signal } : {}),
+        ...(request.onProgress ? { onProgress: (p: CloneProgress) => request.onProgress!(p.doneBytes, p.totalBytes) } : {}),
+      });
+      throwIfAborted(request.signal);
+      if (request.readOnly) await this.setTable(target, { readOnly: true });
+      return { method: result.method, bytesCopied: result.bytesCopied };
+    } catch (error) {
+      const cause = await this.writeFailureCause(error);
+      await this.remove(target).catch(() => undefined);
+      throw cause;
+    }
+  }
+
+  sharesBlocksWith(): boolean {
+    return false;
+  }
+
   async receive(name: string, data: AsyncIterable<Uint8Array>, request: ReceiveRequest = {}): Promise<ReceiveOutcome> {
     this.refuseTaken(name);
     await this.refuseWhenFull();
@@ -359,6 +406,40 @@ export class ThinPool implements Pool {
     const status = await this.status().catch(() => undefined);
     if (status?.state !== 'working' || status.mode !== 'out_of_data_space') return error;
     return Object.assign(systemError('ENOSPC', (error as NodeJS.ErrnoException).syscall ?? 'write', this.poolDmName), { cause: error });
+  }
+
+  /**
+   * A new thin snapshot of `source`, sized as `name`, becomes `name` in one
+   * ledger commit (`replace`: recorded before create_snap, so open settles a
+   * crash from the transaction id); the node then names the new device, and
+   * the replaced thin id, kept as retired, is deleted (left for the next
+   * open when its device is still held).
+   */
+  async revert(name: string, source: string): Promise<CloneOutcome> {
+    const device = this.device(name);
+    const origin = this.device(source);
+    if (!device) throw systemError('ENOENT', 'create_snap', this.objectPath(name));
+    if (!origin) throw systemError('ENOENT', 'create_snap', this.objectPath(source));
+    if (device.readOnly) throw systemError('EPERM', 'revert', this.objectPath(name));
+    if (origin.sizeBytes > device.sizeBytes) throw systemError('EINVAL', 'revert', this.objectPath(name));
+    await this.refuseWhenFull();
+    await this.serially(async () => {
+      const replaced = this.device(name)!;
+      await this.changeMapping({ op: 'replace', name, sizeBytes: replaced.sizeBytes, readOnly: false, originThinId: origin.thinId, replacedThinId: replaced.thinId },
+        (p) => this.snapshotMessage(p as PendingThinChange & { op: 'replace' }));
+      failpoint('thin.revert-committed');
+      await this.activate(this.device(name)!, true);
+      await this.retire(replaced.thinId).catch((error: unknown) => {
+        this.options.warn?.({ pool: this.name, volume: name, thinId: replaced.thinId, error: (error as Error).message }, 'thin pool: the thin id a revert replaced is deleted at the next start');
+      });
+    });
+    return { method: 'thin_snapshot', bytesCopied: 0 };
+  }
+
+  /** Deactivates and deletes a thin id recorded as retired (EBUSY while its device is held open). */
+  private async retire(thinId: number): Promise<void> {
+    await native.dmRemove(this.thinDmName(thinId)).catch(ignoring(['ENXIO']));
+    await this.changeMapping({ op: 'delete', name: retiredThinName(thinId), thinId }, (pending) => this.message(thinPoolMessage.delete(pending.thinId)));
   }
 
   async resize(name: string, sizeBytes: number): Promise<void> {
@@ -457,7 +538,12 @@ export class ThinPool implements Pool {
   }
 
   async list(): Promise<string[]> {
-    return this.ledger.devices(this.name).map((d) => d.name).sort();
+    return this.objectDevices().map((d) => d.name).sort();
+  }
+
+  /** The ledger's devices that are objects (not thin ids retired by a revert, waiting to be deleted). */
+  private objectDevices(): ThinDeviceRecord[] {
+    return this.ledger.devices(this.name).filter((d) => !isRetiredThinName(d.name));
   }
 
   /** Device-mapper devices of this pool whose thin id the catalog does not hold (left by an interrupted run). */
@@ -501,7 +587,7 @@ export class ThinPool implements Pool {
   }
 
   /** `create_snap` with the origin suspended (if active) and resumed on every path. */
-  private async snapshotMessage(pending: PendingThinChange & { op: 'snapshot' }): Promise<void> {
+  private async snapshotMessage(pending: PendingThinChange & { op: 'snapshot' | 'replace' }): Promise<void> {
     const origin = this.thinDmName(pending.originThinId);
     // ENXIO: the origin is not active, and needs no suspend.
     const suspended = (await native.dmSuspend(origin).catch(ignoring<DmDeviceInfo>(['ENXIO']))) !== undefined;
@@ -599,7 +685,7 @@ export class ThinPool implements Pool {
 
   /** Nodes in the pool's node directory that name no object (left by an interrupted remove). */
   private async removeStrayNodes(): Promise<void> {
-    const known = new Set(this.ledger.devices(this.name).map((d) => d.name));
+    const known = new Set(this.objectDevices().map((d) => d.name));
     for (const entry of await readdir(this.nodeDir)) {
       if (!known.has(entry)) await unlink(path.join(this.nodeDir, entry)).catch(ignoring(['ENOENT']));
     }

@@ -23,7 +23,7 @@ if (missing) {
   // unittest -v: one line per test, "name (module.Class.name) ... ok|FAIL|ERROR|skipped '...'".
   const results = [...output.matchAll(/^(\w+) \(([\w.]+)\)(?:\n.*?)? \.\.\. (ok|FAIL|ERROR|skipped.*|expected failure|unexpected success)$/gm)];
   for (const [, name, where, verdict] of results) {
-    t.equal(verdict, 'ok', `${where}.${name}`);
+    t.equal(verdict, 'ok', where!.endsWith(`.${name}`) ? where! : `${where}.${name}`);
   }
   const ran = Number(/^Ran (\d+) tests? in/m.exec(output)?.[1] ?? 0);
   t.ok(ran > 0, `python ran ${ran} tests`);

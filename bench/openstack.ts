@@ -1,0 +1,111 @@
+// OpenStack benchmark (needs root and Debian's Cinder and Glance): `cinder
+// create --image` through the real services (test/helpers/openstack.ts),
+// by the clone path through volagent against Cinder's download path from
+// Glance's file store, in the same run, for a 10 GiB image holding 1 GiB of
+// data and a 1 GiB image holding 100 MiB.
+//  - clone path: the image is `location-add cinder://VOLUME` of a volume in
+//    the XFS pool; `cinder create --image` clones it (the driver's
+//    clone_image: a reflink).
+//  - download path: the same bytes uploaded to Glance's file store
+//    (`glance image-create --file`); `cinder create --image` downloads them
+//    into a new volume of the same pool (Cinder's image-volume cache off, so
+//    every create downloads).
+// Timed: from the `cinder create` command to the volume `available` (polled
+// every 100 ms), rounds alternating between the paths; volumes deleted
+// untimed. Goal: the clone path >= 10x faster than the download path at
+// 10 GiB, and flat in image size (10 GiB p50 within 1.5x of 1 GiB's).
+// Prints a table and one JSON line. Exit code 0 whether goals are met or not.
+// `--quick`: 2 rounds per row instead of 5.
+
+import { OpenStack, PROJECTS, propertyTable, stackMissing } from '../test/helpers/openstack.js';
+import type { Latency } from './lib.js';
+import { f1, GiB, latency, MiB, msSince, now, onSignalCleanup, runBench, sleep, writeRuns } from './lib.js';
+
+const P = PROJECTS.one;
+
+interface Case { label: string; sizeGb: number; dataBytes: number }
+
+const CASES: Case[] = [
+  { label: '10 GiB image, 1 GiB of data', sizeGb: 10, dataBytes: GiB },
+  { label: '1 GiB image, 100 MiB of data', sizeGb: 1, dataBytes: 100 * MiB },
+];
+
+export async function main(args: string[]): Promise<number> {
+  return runBench('bench openstack', 'loop devices, mounts, Debian\'s Cinder and Glance', import.meta.url, args, async (run) => {
+    const missing = stackMissing();
+    if (missing) throw new Error(`the OpenStack services are not installed: ${missing} (npm test -- --lane openstack installs them)`);
+    const rounds = run.quick ? 2 : 5;
+    const stack = new OpenStack({ poolBytes: 64 * GiB, imageVolumeCache: false });
+    onSignalCleanup.push(() => stack.stop());
+    await stack.start();
+
+    /** Seconds from `cinder create --image` to available; the volume is deleted afterwards, untimed. */
+    const createFromImage = async (image: string, sizeGb: number): Promise<{ ms: number; id: string }> => {
+      const started = now();
+      const id = propertyTable(await stack.cinder(P, ['create', '--volume-type', 'xfs', '--image', image, String(sizeGb)])).id!;
+      for (;;) {
+        const status = propertyTable(await stack.cinder(P, ['show', id])).status;
+        if (status === 'available') break;
+        if (status?.startsWith('error')) throw new Error(`volume ${id} from image ${image}: ${status}`);
+        await sleep(100);
+      }
+      return { ms: msSince(started), id };
+    };
+    const destroy = async (id: string): Promise<void> => {
+      await stack.cinder(P, ['delete', id]);
+      await stack.waitVolumeGone(P, id, 600_000);
+    };
+
+    const results: Array<{ case: Case; clone: Latency; download: Latency; cloneMethods: string[] }> = [];
+    for (const c of CASES) {
+      // The source volume, written with the data through the agent's file (untimed set-up).
+      const source = propertyTable(await stack.cinder(P, ['create', '--volume-type', 'xfs', String(c.sizeGb)])).id!;
+      await stack.waitVolume(P, source, ['available']);
+      const sourceFile = stack.volumeFile('xfs', `volume-${source}`);
+      await writeRuns(sourceFile, c.sizeGb * GiB, 64, c.dataBytes / 64);
+      const cinderImage = propertyTable(await stack.glance(P, ['image-create', '--disk-format', 'raw', '--container-format', 'bare', '--name', `bench-cinder-${c.sizeGb}`])).id!;
+      await stack.glance(P, ['location-add', cinderImage, '--url', `cinder://${source}`]);
+      await stack.waitImage(P, cinderImage, ['active']);
+      const fileImage = propertyTable(await stack.glance(P, ['image-create', '--disk-format', 'raw', '--container-format', 'bare', '--name', `bench-file-${c.sizeGb}`, '--file', sourceFile])).id!;
+      await stack.waitImage(P, fileImage, ['active'], 1_800_000);
+
+      const clone: number[] = [];
+      const download: number[] = [];
+      const cloneMethods: string[] = [];
+      for (let round = 0; round < rounds; round += 1) {
+        const cloned = await createFromImage(cinderImage, c.sizeGb);
+        clone.push(cloned.ms);
+        cloneMethods.push((await stack.agent(`/v1/volumes/volume-${cloned.id}`)).cloneMethod as string);
+        await destroy(cloned.id);
+        const downloaded = await createFromImage(fileImage, c.sizeGb);
+        download.push(downloaded.ms);
+        await destroy(downloaded.id);
+        console.log(`# ${c.label}, round ${round + 1}: clone ${f1(cloned.ms)} ms, download ${f1(downloaded.ms)} ms`);
+      }
+      results.push({ case: c, clone: latency(clone), download: latency(download), cloneMethods });
+      await stack.glance(P, ['image-delete', fileImage]);
+      await stack.glance(P, ['image-delete', cinderImage]); // deletes the source volume too (Glance owns it now)
+      await stack.waitVolumeGone(P, source, 600_000);
+    }
+
+    console.log(`\ncinder create --image, from the command to 'available', ms; N = ${rounds} per row`);
+    console.log(`${'case'.padEnd(34)}${'path'.padEnd(10)}${'p50'.padStart(10)}${'max'.padStart(10)}${'mean'.padStart(10)}`);
+    for (const r of results) {
+      for (const [name, l] of [['clone', r.clone], ['download', r.download]] as const) {
+        console.log(`${r.case.label.padEnd(34)}${name.padEnd(10)}${f1(l.p50).padStart(10)}${f1(l.max).padStart(10)}${f1(l.mean).padStart(10)}`);
+      }
+    }
+    const [big, small] = results as [typeof results[0], typeof results[0]];
+    const speedup = big.download.p50 / big.clone.p50;
+    const flat = big.clone.p50 / small.clone.p50;
+    console.log(`clone methods seen: ${[...new Set(results.flatMap((r) => r.cloneMethods))].join(', ')}`);
+    console.log(`10 GiB: clone path ${f1(speedup)}x faster than the download path (p50); goal >= 10x: ${speedup >= 10 ? 'met' : 'NOT met'}`);
+    console.log(`clone path, 10 GiB vs 1 GiB image: ${f1(flat)}x (p50); goal <= 1.5x (flat in size): ${flat <= 1.5 ? 'met' : 'NOT met'}`);
+    console.log(JSON.stringify({
+      bench: 'openstack', rounds,
+      cases: results.map((r) => ({ label: r.case.label, clone: r.clone, download: r.download, cloneMethods: r.cloneMethods })),
+      speedup10GiB: speedup, cloneFlatness: flat,
+    }));
+    return 0;
+  });
+}

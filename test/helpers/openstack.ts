@@ -27,10 +27,6 @@ export const SYSTEM_PYTHON = '/usr/bin/python3';
 export const DRIVER_PATH = path.join(REPO_ROOT, 'integrations', 'cinder');
 const GLANCE_FILTER_PATH = path.join(REPO_ROOT, 'test', 'openstack', 'glance');
 
-/** Debian packages of the stack (installed with services kept from starting: policy-rc.d). */
-export const OPENSTACK_PACKAGES = ['cinder-api', 'cinder-scheduler', 'cinder-volume', 'glance-api', 'rabbitmq-server',
-  'python3-cinderclient', 'python3-glanceclient', 'dmidecode', 'xfsprogs', 'e2fsprogs', 'curl', 'qemu-utils'];
-
 /** Project ids are hex (Cinder's project_id_regex). */
 export const PROJECTS = {
   admin: '0a0a0a0a0a0a4a0a8a0a0a0a0a0a0a0a',
@@ -48,8 +44,8 @@ export interface StackOptions {
   poolBytes: number;
   /** glance_store's default store for uploads: `file` (Glance's file store) or `cinder`. */
   glanceDefaultStore?: 'file' | 'cinder';
-  /** Extra lines for the volagent backend's section of cinder.conf. */
-  backendOptions?: string[];
+  /** Cinder's image-volume cache for the backend (`image_volume_cache_enabled`); default on. */
+  imageVolumeCache?: boolean;
 }
 
 interface Service {
@@ -112,10 +108,18 @@ export class OpenStack {
     await run('glance-manage', ['--config-file', this.etc('glance-api.conf'), 'db_sync'], { timeoutMs: 300_000 });
     await run('cinder-manage', ['--config-file', this.etc('cinder.conf'), 'db', 'sync'], { timeoutMs: 300_000 });
     await this.until('volagentd', 30_000, async () => (await requestOn(this.agentSocket, 'GET', '/v1/version')).status === 200);
+    // Cinder's services run as the cinder user, as Debian's units run them. The control socket's
+    // group is cinder's, as the socket unit's SocketGroup= makes it in production
+    // (docs/openstack.md); the agent's allow rule lets that uid in as an admin.
+    const [cinderUid, cinderGid] = await this.ids('cinder');
+    await chown(this.agentSocket, 0, cinderGid);
+    await run('chown', ['-R', `${cinderUid}:${cinderGid}`, path.join(this.dir, 'cinder')]);
     await this.until('rabbitmq', 60_000, () => connects(5672));
     this.startGlance();
     for (const name of ['api', 'scheduler', 'volume']) {
-      this.spawn(`cinder-${name}`, SYSTEM_PYTHON, [`/usr/bin/cinder-${name}`, '--config-file', this.etc('cinder.conf')], { PYTHONPATH: DRIVER_PATH });
+      this.spawn(`cinder-${name}`, '/usr/bin/setpriv', ['--reuid=cinder', '--regid=cinder', '--init-groups', SYSTEM_PYTHON, `/usr/bin/cinder-${name}`, '--config-file', this.etc('cinder.conf')], {
+        PYTHONPATH: DRIVER_PATH, HOME: path.join(this.dir, 'cinder', 'state'),
+      });
     }
     await this.until('glance-api', 60_000, () => connects(9292));
     await this.until('cinder-volume', 120_000, async () => {
@@ -235,7 +239,7 @@ export class OpenStack {
     const cinder = await this.ids('cinder');
     const lines = [
       '[control]', `socket = ${JSON.stringify(this.agentSocket)}`,
-      // Root (the lane's cinder-volume) and the cinder user (production's) act for all projects.
+      // Root (the test itself) and the cinder user (cinder-volume) act for all projects.
       `allow = [{ uid = 0, role = "admin" }, { uid = ${cinder[0]}, role = "admin" }]`, '',
       '[catalog]', `path = ${JSON.stringify(path.join(this.dir, 'agent', 'catalog.db'))}`, '',
       '[nbd]', `listen = [${JSON.stringify(`unix:${path.join(this.dir, 'agent', 'nbd.sock')}`)}]`, '',
@@ -292,8 +296,7 @@ export class OpenStack {
       '[volagent]', 'volume_driver = volagent_cinder.driver.VolagentDriver', 'volume_backend_name = volagent',
       `volagent_socket = ${this.agentSocket}`,
       'image_upload_use_cinder_backend = True', 'image_upload_use_internal_tenant = True',
-      'image_volume_cache_enabled = True',
-      ...(this.options.backendOptions ?? []), '',
+      `image_volume_cache_enabled = ${this.options.imageVolumeCache ?? true ? 'True' : 'False'}`, '',
     ];
     await writeFile(this.etc('cinder.conf'), conf.join('\n'));
   }

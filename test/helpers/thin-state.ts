@@ -31,6 +31,32 @@ export async function poolThinIds(pool: string, metadataDevice: string): Promise
   }
 }
 
+/**
+ * Each thin device's mapping (thin id -> origin block -> data block) as the
+ * pool's metadata holds it, read by thin_dump from a metadata snapshot of the
+ * live pool (reserving it commits every write completed before the call).
+ */
+export async function poolMappings(pool: string, metadataDevice: string): Promise<Map<number, Map<number, number>>> {
+  await native.dmMessage(poolDmName(pool), 0, 'reserve_metadata_snap');
+  try {
+    const dump = spawnSync('thin_dump', ['--metadata-snap', metadataDevice], { encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 });
+    if (dump.status !== 0) throw new Error(`thin_dump failed: ${dump.stderr}`);
+    const devices = new Map<number, Map<number, number>>();
+    let current: Map<number, number> | undefined;
+    for (const line of dump.stdout.split('\n')) {
+      const device = /<device dev_id="(\d+)"/.exec(line);
+      if (device) devices.set(Number(device[1]), current = new Map());
+      const single = /<single_mapping origin_block="(\d+)" data_block="(\d+)"/.exec(line);
+      if (single) current!.set(Number(single[1]), Number(single[2]));
+      const range = /<range_mapping origin_begin="(\d+)" data_begin="(\d+)" length="(\d+)"/.exec(line);
+      if (range) for (let i = 0; i < Number(range[3]); i++) current!.set(Number(range[1]) + i, Number(range[2]) + i);
+    }
+    return devices;
+  } finally {
+    await native.dmMessage(poolDmName(pool), 0, 'release_metadata_snap');
+  }
+}
+
 export async function poolStatus(pool: string): Promise<ReturnType<typeof parseThinPoolStatus>> {
   const [target] = await native.dmTable(poolDmName(pool));
   return parseThinPoolStatus(target!.params);

@@ -23,7 +23,7 @@ const LANES = [
   { name: 'vm', dir: 'dist/test/vm', timeout: 900, jobs: 1, packages: ['qemu-system-x86', 'linux-image-amd64', 'busybox-static', 'util-linux', 'thin-provisioning-tools', 'libnbd-bin', 'qemu-utils', 'systemd', 'xfsprogs', 'dmsetup'], root: true },
   // Debian's Cinder and Glance, run as plain processes by the tests (test/helpers/openstack.ts):
   // installed with services kept from starting (policy-rc.d), as the packages would start them.
-  { name: 'openstack', dir: 'dist/test/openstack', timeout: 2400, jobs: 1, packages: ['cinder-api', 'cinder-scheduler', 'cinder-volume', 'glance-api', 'rabbitmq-server', 'python3-cinderclient', 'python3-glanceclient', 'dmidecode', 'xfsprogs', 'e2fsprogs', 'curl', 'util-linux', 'qemu-utils'], root: true, noServiceStart: true },
+  { name: 'openstack', dir: 'dist/test/openstack', timeout: 2400, jobs: 1, packages: ['cinder-api', 'cinder-scheduler', 'cinder-volume', 'glance-api', 'rabbitmq-server', 'python3-cinderclient', 'python3-glanceclient', 'dmidecode', 'xfsprogs', 'e2fsprogs', 'curl', 'util-linux', 'qemu-utils', 'sudo'], root: true, noServiceStart: true },
 ];
 
 function missingPackages(packages) {

@@ -82,6 +82,9 @@ export class OpenStack {
   }
 
   private async startInner(): Promise<void> {
+    // A stack of an earlier run that was killed before its teardown holds the ports: its
+    // processes name its directory (TEST_ROOT/openstack-<pid>) in their command lines.
+    await killProcessesNaming(path.join(TEST_ROOT, 'openstack-'));
     await rm(this.dir, { recursive: true, force: true });
     for (const sub of ['agent', 'etc', 'rabbit', 'glance/images', 'glance/lock', 'glance/mnt', 'cinder/state', 'cinder/lock', 'cinder/log', 'cinder/conversion', 'home']) {
       await mkdir(path.join(this.dir, sub), { recursive: true });
@@ -173,17 +176,7 @@ export class OpenStack {
 
   /** Processes that outlive their parent and name the stack's directory: os-brick's privsep-helper daemons. */
   private async killStragglers(): Promise<void> {
-    for (const entry of await readdir('/proc')) {
-      if (!/^\d+$/.test(entry)) continue;
-      const cmdline = await readFile(`/proc/${entry}/cmdline`, 'utf8').catch(() => '');
-      if (cmdline.includes(this.dir) && Number(entry) !== process.pid) {
-        try {
-          process.kill(Number(entry), 'SIGKILL');
-        } catch {
-          // gone already
-        }
-      }
-    }
+    await killProcessesNaming(`${this.dir}/`);
   }
 
   private spawn(name: string, command: string, args: string[], env: NodeJS.ProcessEnv = {}): void {
@@ -476,6 +469,20 @@ function connects(port: number): Promise<boolean> {
     socket.once('connect', () => { socket.destroy(); resolve(true); });
     socket.once('error', () => resolve(false));
   });
+}
+
+/** SIGKILLs every process (but this one) whose command line contains `text`. */
+async function killProcessesNaming(text: string): Promise<void> {
+  for (const entry of await readdir('/proc')) {
+    if (!/^\d+$/.test(entry) || Number(entry) === process.pid) continue;
+    const cmdline = await readFile(`/proc/${entry}/cmdline`, 'utf8').catch(() => '');
+    if (!cmdline.includes(text)) continue;
+    try {
+      process.kill(Number(entry), 'SIGKILL');
+    } catch {
+      // gone already
+    }
+  }
 }
 
 function signalGroup(pid: number, signal: NodeJS.Signals): void {

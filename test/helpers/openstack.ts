@@ -318,7 +318,7 @@ export class OpenStack {
       '--os-endpoint', 'http://127.0.0.1:8776/v3', ...(apiVersion ? ['--os-volume-api-version', apiVersion] : []), ...args]);
   }
 
-  /** Runs the `glance` CLI as `project`; stdin is closed unless a file is named (else image-create would upload it). */
+  /** Runs the `glance` CLI as `project` (stdin closed: see client()). */
   async glance(project: string, args: string[]): Promise<string> {
     const result = await this.glanceRaw(project, args);
     if (result.code !== 0) throw new Error(`glance ${args.join(' ')} failed (${result.code}): ${result.stderr.trim() || result.stdout.trim()}`);
@@ -349,9 +349,14 @@ export class OpenStack {
     this.schemaFixed = true;
   }
 
+  /**
+   * Runs a client with its stdin closed, not /dev/null: `glance image-create`
+   * uploads a readable stdin as the image's data (an empty one makes an
+   * active image of 0 bytes); only a closed one means "no data".
+   */
   private client(command: string, args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
     return new Promise((resolve) => {
-      const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...this.clientEnv() } });
+      const child = spawn('/bin/sh', ['-c', 'exec "$0" "$@" <&-', command, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...this.clientEnv() } });
       let stdout = '';
       let stderr = '';
       child.stdout.on('data', (d: Buffer) => { stdout += d.toString(); });
@@ -379,23 +384,28 @@ export class OpenStack {
 
   /** Polls `cinder show` until the volume's status is one of `states`; an `error` status fails at once. */
   async waitVolume(project: string, id: string, states: string[], timeoutMs = 120_000): Promise<Table> {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const shown = propertyTable(await this.cinder(project, ['show', id]));
-      if (states.includes(shown.status!)) return shown;
-      if (shown.status?.startsWith('error')) throw new Error(`volume ${id} is ${shown.status}: ${await this.errorMessages(project, id)}`);
-      if (Date.now() > deadline) throw new Error(`volume ${id} stayed ${shown.status} (waiting for ${states.join('|')})`);
-      await sleep(500);
-    }
+    return this.waitStatus(`volume ${id}`, () => this.cinder(project, ['show', id]), states, (s) => s.startsWith('error'), timeoutMs,
+      () => this.errorMessages(project, id));
   }
 
   async waitSnapshot(project: string, id: string, states: string[], timeoutMs = 120_000): Promise<Table> {
+    return this.waitStatus(`snapshot ${id}`, () => this.cinder(project, ['snapshot-show', id]), states, (s) => s.startsWith('error'), timeoutMs);
+  }
+
+  async waitImage(project: string, id: string, states: string[], timeoutMs = 120_000): Promise<Table> {
+    return this.waitStatus(`image ${id}`, () => this.glance(project, ['image-show', id]), states, (s) => s === 'killed', timeoutMs);
+  }
+
+  /** Polls `show` (a CLI's property table) every 500 ms until its status is one of `states`; a `failed` status throws at once. */
+  private async waitStatus(what: string, show: () => Promise<string>, states: string[], failed: (status: string) => boolean, timeoutMs: number,
+    why: () => Promise<string> = async () => ''): Promise<Table> {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
-      const shown = propertyTable(await this.cinder(project, ['snapshot-show', id]));
-      if (states.includes(shown.status!)) return shown;
-      if (shown.status?.startsWith('error')) throw new Error(`snapshot ${id} is ${shown.status}`);
-      if (Date.now() > deadline) throw new Error(`snapshot ${id} stayed ${shown.status}`);
+      const shown = propertyTable(await show());
+      const status = shown.status ?? '';
+      if (states.includes(status)) return shown;
+      if (failed(status)) throw new Error(`${what} is ${status} ${await why()}`);
+      if (Date.now() > deadline) throw new Error(`${what} stayed ${status} (waiting for ${states.join('|')})`);
       await sleep(500);
     }
   }
@@ -409,17 +419,6 @@ export class OpenStack {
       const status = propertyTable(shown.stdout).status;
       if (status === 'error_deleting') throw new Error(`volume ${id} is error_deleting`);
       if (Date.now() > deadline) throw new Error(`volume ${id} was not deleted (${status})`);
-      await sleep(500);
-    }
-  }
-
-  async waitImage(project: string, id: string, states: string[], timeoutMs = 120_000): Promise<Table> {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const shown = propertyTable(await this.glance(project, ['image-show', id]));
-      if (states.includes(shown.status!)) return shown;
-      if (shown.status === 'killed') throw new Error(`image ${id} was killed`);
-      if (Date.now() > deadline) throw new Error(`image ${id} stayed ${shown.status}`);
       await sleep(500);
     }
   }

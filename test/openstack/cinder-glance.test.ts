@@ -110,7 +110,9 @@ if (missing) {
   /** A glance image of `project` pointing at volume `volumeId` (`location-add cinder://`). */
   const imageOfVolume = async (project: string, name: string, volumeId: string): Promise<string> => {
     const created = propertyTable(await stack.glance(project, ['image-create', '--disk-format', 'raw', '--container-format', 'bare', '--name', name]));
-    await stack.glance(project, ['location-add', created.id!, '--url', `cinder://${volumeId}`]);
+    if (created.status !== 'queued') throw new Error(`image-create without data made a ${created.status} image`);
+    const added = propertyTable(await stack.glance(project, ['location-add', created.id!, '--url', `cinder://${volumeId}`]));
+    if (added.locations !== `[{"url": "cinder://${volumeId}", "metadata": {}}]`) throw new Error(`the image's locations are ${added.locations}`);
     return created.id!;
   };
 

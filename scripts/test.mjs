@@ -22,8 +22,9 @@ const LANES = [
   { name: 'privileged', dir: 'dist/test/privileged', timeout: 600, jobs: 1, packages: ['xfsprogs', 'btrfs-progs', 'e2fsprogs', 'util-linux', 'libnbd-bin', 'qemu-utils', 'socat', 'systemd', 'python3-prometheus-client', 'curl', 'tmux'], root: true },
   { name: 'vm', dir: 'dist/test/vm', timeout: 900, jobs: 1, packages: ['qemu-system-x86', 'linux-image-amd64', 'busybox-static', 'util-linux', 'thin-provisioning-tools', 'libnbd-bin', 'qemu-utils', 'systemd', 'xfsprogs', 'dmsetup'], root: true },
   // Debian's Cinder and Glance, run as plain processes by the tests (test/helpers/openstack.ts):
-  // installed with services kept from starting (policy-rc.d), as the packages would start them.
-  { name: 'openstack', dir: 'dist/test/openstack', timeout: 2400, jobs: 1, packages: ['cinder-api', 'cinder-scheduler', 'cinder-volume', 'glance-api', 'rabbitmq-server', 'python3-cinderclient', 'python3-glanceclient', 'dmidecode', 'xfsprogs', 'e2fsprogs', 'curl', 'util-linux', 'qemu-utils', 'sudo'], root: true, noServiceStart: true },
+  // installed with their recommended packages, as an operator's `apt install` does, and with
+  // services kept from starting (policy-rc.d).
+  { name: 'openstack', dir: 'dist/test/openstack', timeout: 2400, jobs: 1, packages: ['cinder-api', 'cinder-scheduler', 'cinder-volume', 'glance-api', 'rabbitmq-server', 'python3-cinderclient', 'python3-glanceclient', 'dmidecode', 'xfsprogs', 'e2fsprogs', 'curl', 'util-linux', 'qemu-utils', 'sudo'], root: true, noServiceStart: true, recommends: true },
 ];
 
 function missingPackages(packages) {
@@ -35,7 +36,7 @@ function missingPackages(packages) {
 
 let aptUpdated = false;
 const POLICY_RC_D = '/usr/sbin/policy-rc.d';
-function installPackages(packages, { noServiceStart = false } = {}) {
+function installPackages(packages, { noServiceStart = false, recommends = false } = {}) {
   const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
   if (!aptUpdated) {
     const update = spawnSync('apt-get', ['update', '-qq'], { stdio: 'inherit', env });
@@ -47,7 +48,7 @@ function installPackages(packages, { noServiceStart = false } = {}) {
   const ownPolicy = noServiceStart && !existsSync(POLICY_RC_D);
   if (ownPolicy) writeFileSync(POLICY_RC_D, '#!/bin/sh\nexit 101\n', { mode: 0o755 });
   try {
-    const install = spawnSync('apt-get', ['install', '-y', '-qq', '--no-install-recommends', ...packages], { stdio: 'inherit', env });
+    const install = spawnSync('apt-get', ['install', '-y', '-qq', ...(recommends ? [] : ['--no-install-recommends']), ...packages], { stdio: 'inherit', env });
     return install.status === 0 ? undefined : `apt-get install ${packages.join(' ')} failed`;
   } finally {
     if (ownPolicy) rmSync(POLICY_RC_D, { force: true });
@@ -60,7 +61,7 @@ function prepare(lane) {
   const missing = missingPackages(lane.packages);
   if (missing.length > 0) {
     if (!isRoot) return `needs Debian packages: ${missing.join(' ')}`;
-    const failure = installPackages(missing, { noServiceStart: lane.noServiceStart });
+    const failure = installPackages(missing, { noServiceStart: lane.noServiceStart, recommends: lane.recommends });
     if (failure) return failure;
   }
   return undefined;

@@ -400,7 +400,7 @@ export class Volumes {
     try {
       volume = this.volumeRow(volumeId);
       this.requireAvailable(volume);
-      await this.checkPoolObjects(pool, volumeId, object, { volume: volumeId, snapshot: id });
+      await this.checkPoolObjects(pool, volumeId, pool, object, { volume: volumeId, snapshot: id });
       const copies = !pool.capabilities().constantTimeClone;
       if (copies) this.copyWrites?.check(volumeId);
       const operationId = copies ? newOperationId() : undefined;
@@ -507,12 +507,7 @@ export class Volumes {
       source = this.resolveSource(ref, access); // it may have changed while we waited for the lock
       const sourcePool = this.pool(source.pool);
       const across = sourcePool !== pool;
-      if (across) {
-        if (!(await sourcePool.stat(source.object))) throw toApiError(systemError('ENOENT', 'stat', sourcePool.objectPath(source.object)), { volume: id });
-        if (await pool.stat(id)) throw toApiError(systemError('EEXIST', 'stat', pool.objectPath(id)), { volume: id });
-      } else {
-        await this.checkPoolObjects(pool, source.object, id, { volume: id });
-      }
+      await this.checkPoolObjects(sourcePool, source.object, pool, id, { volume: id });
       const sizeBytes = request.sizeBytes ?? source.sizeBytes;
       const copies = across ? !pool.sharesBlocksWith(sourcePool) : !pool.capabilities().constantTimeClone;
       // Snapshots and Image-Volumes are never written: only a volume source has writes to hold.
@@ -733,13 +728,13 @@ export class Volumes {
   }
 
   /**
-   * A copy reads `source` and makes `target`: a source file removed, or a
-   * target name taken, behind the agent's back is refused before any intent
+   * A copy reads `source` and makes `target` (in the same pool or another):
+   * a source file removed, or a target name taken, behind the agent's back is refused before any intent
    * or operation is recorded (the pool would refuse it mid-way).
    */
-  private async checkPoolObjects(pool: Pool, source: string, target: string, details: Record<string, unknown>): Promise<void> {
-    if (!(await pool.stat(source))) throw toApiError(systemError('ENOENT', 'stat', pool.objectPath(source)), details);
-    if (await pool.stat(target)) throw toApiError(systemError('EEXIST', 'stat', pool.objectPath(target)), details);
+  private async checkPoolObjects(sourcePool: Pool, source: string, targetPool: Pool, target: string, details: Record<string, unknown>): Promise<void> {
+    if (!(await sourcePool.stat(source))) throw toApiError(systemError('ENOENT', 'stat', sourcePool.objectPath(source)), details);
+    if (await targetPool.stat(target)) throw toApiError(systemError('EEXIST', 'stat', targetPool.objectPath(target)), details);
   }
 
   private checkObjectName(pool: Pool, object: string, details: Record<string, unknown>): void {

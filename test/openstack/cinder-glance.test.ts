@@ -98,10 +98,8 @@ if (missing) {
   const sha = (data: Buffer): string => createHash('sha256').update(data).digest('hex');
 
   /** Whether two files (or a file and a device) hold the same bytes over `length`. */
-  const sameBytes = async (a: string, b: string, length: number): Promise<boolean> => {
-    const result = await run('cmp', ['-n', String(length), a, b]).then(() => true, () => false);
-    return result;
-  };
+  const sameBytes = (a: string, b: string, length: number): Promise<boolean> =>
+    run('cmp', ['-n', String(length), a, b]).then(() => true, () => false);
 
   /** Lines of glance-api's log that read image `imageId`'s data (GET .../file). */
   const imageDataReads = async (imageId: string): Promise<number> =>

@@ -54,6 +54,8 @@ export interface AgentOptions {
   /** `[nbd].listen`, for export URIs; `boundPorts` gets the ports chosen for `tcp:host:0`. */
   nbdListen?: ListenAddress[];
   boundPorts?: Map<number, number>;
+  /** TCP addresses require TLS: their export URIs are `nbds://`. */
+  nbdTls?: boolean;
 }
 
 export class Agent {
@@ -81,6 +83,7 @@ export class Agent {
     });
     this.exports = new Exports(catalog, this.writes, this.pools, this.locks, {
       nbdListen: options.nbdListen ?? [], ...(options.boundPorts ? { boundPorts: options.boundPorts } : {}), writeDrainWaitMs: options.lockWaitMs,
+      ...(options.nbdTls ? { nbdTls: true } : {}),
     });
     this.volumes.isExported = (volumeId) => this.exports.isExported(volumeId);
     this.volumes.copyWrites = { check: (volumeId) => this.exports.checkWritesHoldable(volumeId), hold: (volumeId) => this.exports.holdWrites(volumeId) };

@@ -34,7 +34,7 @@ export interface ExportView {
   readOnly: boolean;
   /** The export bypasses the page cache (ExportRequest.directIo). */
   directIo?: boolean;
-  /** `nbd+unix:///ID?socket=PATH` / `nbd://host:port/ID`, or the block device's path. */
+  /** `nbd+unix:///ID?socket=PATH` / `nbd://host:port/ID` (`nbds://` with TLS), or the block device's path. */
   uri: string;
   /** Every NBD address the export is reachable at. */
   uris?: string[];
@@ -68,6 +68,8 @@ interface WriteHold {
 export interface ExportsOptions {
   /** `[nbd].listen`, for the URIs. */
   nbdListen: ListenAddress[];
+  /** TCP addresses require TLS (`[nbd] tls`): their URIs are `nbds://`. */
+  nbdTls?: boolean;
   /** TCP ports the kernel chose for `port = 0` addresses, by listen index. */
   boundPorts?: Map<number, number>;
   /** How long holdWrites waits for the writes in flight (`[agent] lock_wait_ms`); default 2000. */
@@ -456,7 +458,8 @@ export class Exports {
       if (address.kind === 'unix') return `nbd+unix:///${id}?socket=${address.path}`;
       const port = address.port === 0 ? this.options.boundPorts?.get(i) ?? 0 : address.port;
       const host = address.host.includes(':') ? `[${address.host}]` : address.host;
-      return `nbd://${host}:${port}/${id}`;
+      // A zone is written %25 in a URI (RFC 6874), as libnbd and qemu read it.
+      return `${this.options.nbdTls ? 'nbds' : 'nbd'}://${host.replace('%', '%25')}:${port}/${id}`;
     });
   }
 }

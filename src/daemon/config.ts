@@ -10,6 +10,7 @@ import path from 'node:path';
 import { parse as parseToml } from 'smol-toml';
 
 import { DEFAULT_KEEP_FINISHED_OPERATIONS } from '../catalog/catalog.js';
+import type { NbdTlsConfig } from '../exports/nbd/tls.js';
 import type { ImageCacheConfig, PoolConfig } from '../pools/pool-config.js';
 import { parseBytes } from '../units/bytes.js';
 
@@ -37,8 +38,10 @@ export interface AgentConfig {
    * `socket_mode` and `socket_group` (resolved to a gid at start-up): the unix
    * sockets' mode and group, set when the agent binds them (mode 0660 when not
    * given) and, only when given, on a passed path socket too (exports/nbd/server.ts).
+   * `tls`: the credentials every TCP address requires (exports/nbd/tls.ts);
+   * without them a TCP address is refused unless `plaintext_tcp` allows it.
    */
-  nbd: { listen: ListenAddress[]; allowList: boolean; socketMode?: number; socketGroup?: number };
+  nbd: { listen: ListenAddress[]; allowList: boolean; socketMode?: number; socketGroup?: number; tls?: NbdTlsConfig; plaintextTcp: boolean };
   pools: PoolConfig[];
   /** Tenant that owns internal Image-Volumes. */
   internalTenant: string;
@@ -217,7 +220,8 @@ function parseListen(text: string, reader: TableReader, key: string): ListenAddr
     if (!socketPath || socketPath.startsWith('@')) reader.fail(key, `"${text}": a unix address is a filesystem path (never abstract)`);
     return { kind: 'unix', path: socketPath };
   }
-  const tcp = /^tcp:(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$/.exec(text);
+  // An IPv6 address may carry a zone (`[fe80::1%eth0]`): link-local addresses need one.
+  const tcp = /^tcp:(\[[0-9a-fA-F:.]+(?:%[A-Za-z0-9._-]{1,15})?\]|[A-Za-z0-9.-]+):(\d{1,5})$/.exec(text);
   const port = tcp ? Number(tcp[2]) : NaN;
   // Port 0: the kernel chooses one; export URIs carry the port it chose.
   if (!tcp || port < 0 || port > 65535) return reader.fail(key, `"${text}": must be "unix:/path" or "tcp:host:port"`);
@@ -281,6 +285,25 @@ function readSocketGroup(nbd: TableReader, resolveGroup: GroupResolver): number 
   return gid;
 }
 
+/** `tls`: PSK (`psk_file`) or X.509 (`cert_file`, `key_file`, `ca_file`); the files are read at start-up (exports/nbd/tls.ts). */
+function readNbdTls(nbd: TableReader): NbdTlsConfig | undefined {
+  const tls = nbd.optionalTable('tls');
+  if (!tls) return undefined;
+  const x509Keys = ['cert_file', 'key_file', 'ca_file'];
+  let config: NbdTlsConfig;
+  if (tls.has('psk_file')) {
+    const other = x509Keys.find((key) => tls.has(key));
+    if (other) tls.fail(other, 'cannot be combined with psk_file: TLS is either PSK or X.509');
+    config = { kind: 'psk', pskFile: tls.path('psk_file') };
+  } else if (x509Keys.some((key) => tls.has(key))) {
+    config = { kind: 'x509', certFile: tls.path('cert_file'), keyFile: tls.path('key_file'), caFile: tls.path('ca_file') };
+  } else {
+    return tls.fail('psk_file', 'is required, or cert_file, key_file and ca_file (X.509)');
+  }
+  tls.done();
+  return config;
+}
+
 /** `socket_mode`: an octal string of permission bits ("0660"); TOML integers are refused (660 would be decimal). */
 function readSocketMode(nbd: TableReader): number | undefined {
   if (!nbd.has('socket_mode')) return undefined;
@@ -324,6 +347,13 @@ export function readConfig(document: Table, source: string, baseDir: string, res
   const allowList = nbd.boolean('allow_list', false);
   const socketMode = readSocketMode(nbd);
   const socketGroup = readSocketGroup(nbd, resolveGroup);
+  const tls = readNbdTls(nbd);
+  const plaintextTcp = nbd.boolean('plaintext_tcp', false);
+  if (tls && plaintextTcp) nbd.fail('plaintext_tcp', 'contradicts [nbd] tls: with tls set, every TCP address requires TLS');
+  const firstTcp = listen.findIndex((address) => address.kind === 'tcp');
+  if (firstTcp >= 0 && !tls && !plaintextTcp) {
+    nbd.fail(`listen[${firstTcp}]`, 'a TCP address needs [nbd] tls (psk_file, or cert_file, key_file and ca_file), or plaintext_tcp = true to serve exports unencrypted (one-host development)');
+  }
   nbd.done();
 
   const agent = top.optionalTable('agent');
@@ -348,7 +378,10 @@ export function readConfig(document: Table, source: string, baseDir: string, res
 
   return {
     source, control: { socket, allow }, catalog: { path: catalogPath },
-    nbd: { listen, allowList, ...(socketMode !== undefined ? { socketMode } : {}), ...(socketGroup !== undefined ? { socketGroup } : {}) },
+    nbd: {
+      listen, allowList, ...(socketMode !== undefined ? { socketMode } : {}), ...(socketGroup !== undefined ? { socketGroup } : {}),
+      ...(tls ? { tls } : {}), plaintextTcp,
+    },
     pools, internalTenant, lockWaitMs, keepFinishedOperations,
   };
 }

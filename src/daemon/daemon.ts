@@ -10,6 +10,7 @@ import { createApiServer } from '../api/server.js';
 import { Catalog } from '../catalog/catalog.js';
 import { CatalogThinLedger } from '../catalog/thin-ledger.js';
 import { NbdServer } from '../exports/nbd/server.js';
+import { NbdTls } from '../exports/nbd/tls.js';
 import type { PoolContext } from '../pools/index.js';
 import { createPool } from '../pools/index.js';
 import type { Pool } from '../pools/pool.js';
@@ -85,6 +86,12 @@ export async function startDaemon(config: AgentConfig, logger: Logger, options: 
     throw new StartupError((error as Error).message, { cause: error });
   }
   const activated = passed.control;
+  let nbdTls: NbdTls | undefined;
+  try {
+    nbdTls = config.nbd.tls ? await NbdTls.load(config.nbd.tls) : undefined;
+  } catch (error) {
+    throw new StartupError(`nbd tls: ${(error as Error).message}`, { cause: error });
+  }
   // Thin pools keep their thin ids in the catalog: with one configured, the
   // catalog opens first. Otherwise a pool that fails start-up leaves no catalog behind.
   const catalog = config.pools.some((pool) => pool.backend === 'thin') ? Catalog.open(config.catalog.path, { keepFinishedOperations: config.keepFinishedOperations }) : undefined;
@@ -101,7 +108,7 @@ export async function startDaemon(config: AgentConfig, logger: Logger, options: 
   const boundPorts = new Map<number, number>();
   const { agent, startup } = await Agent.open({
     catalogPath: config.catalog.path, ...(catalog ? { catalog } : {}), pools, lockWaitMs: config.lockWaitMs, keepFinishedOperations: config.keepFinishedOperations, internalTenant: config.internalTenant, imagePolicies,
-    nbdListen: config.nbd.listen, boundPorts,
+    nbdListen: config.nbd.listen, boundPorts, ...(nbdTls ? { nbdTls: true } : {}),
   });
   thinLedger?.writeThrough(agent.writes);
   await agent.exports.restore((row, error) => logger.error({ export: row.id, volume: row.volumeId, protocol: row.protocol, err: (error as Error).message }, 'an export could not be restored'));
@@ -113,6 +120,7 @@ export async function startDaemon(config: AgentConfig, logger: Logger, options: 
       ...(config.nbd.socketMode !== undefined ? { socketMode: config.nbd.socketMode } : {}),
       ...(config.nbd.socketGroup !== undefined ? { socketGroup: config.nbd.socketGroup } : {}),
       passed: passed.nbd,
+      ...(nbdTls ? { tls: nbdTls } : {}),
     });
     for (const b of bound.filter((b) => b.passed)) logger.info({ nbd: b.address.kind === 'unix' ? b.address.path : `${b.address.host}:${b.address.port}` }, 'nbd: serving a socket passed by systemd');
     bound.forEach((b, i) => { if (b.port !== undefined) boundPorts.set(i, b.port); });

@@ -140,6 +140,10 @@ export interface AgentSpec {
   startTimeoutMs?: number;
   /** NBD addresses besides `unix:<dir>/nbd.sock`, as written in `[nbd].listen` (`tcp:127.0.0.1:0`). */
   nbdListen?: string[];
+  /** `[nbd] tls`: a PSK file, or X.509 files. */
+  nbdTls?: { pskFile: string } | { certFile: string; keyFile: string; caFile: string };
+  /** `[nbd] plaintext_tcp = true`: TCP addresses without TLS. */
+  nbdPlaintextTcp?: boolean;
   /** `[control].allow` rules; none: root only. */
   allow?: Array<{ uid?: number; gid?: number; role: 'admin' | 'reader' | 'tenant'; tenant?: string }>;
   /** `[nbd] socket_mode` and `socket_group`, as written in TOML (`"0660"`, `4242` or `"kvm"`). */
@@ -234,7 +238,10 @@ export async function writeAgentConfig(spec: AgentSpec): Promise<string> {
     '[catalog]', `path = ${JSON.stringify(path.join(spec.dir, 'catalog.db'))}`, '',
     '[nbd]', `listen = [${[`unix:${path.join(spec.dir, 'nbd.sock')}`, ...(spec.nbdListen ?? [])].map((a) => JSON.stringify(a)).join(', ')}]`,
     ...(spec.nbdSocket?.mode !== undefined ? [`socket_mode = ${JSON.stringify(spec.nbdSocket.mode)}`] : []),
-    ...(spec.nbdSocket?.group !== undefined ? [`socket_group = ${JSON.stringify(spec.nbdSocket.group)}`] : []), '',
+    ...(spec.nbdSocket?.group !== undefined ? [`socket_group = ${JSON.stringify(spec.nbdSocket.group)}`] : []),
+    ...(spec.nbdTls ? [`tls = { ${'pskFile' in spec.nbdTls ? `psk_file = ${JSON.stringify(spec.nbdTls.pskFile)}`
+      : `cert_file = ${JSON.stringify(spec.nbdTls.certFile)}, key_file = ${JSON.stringify(spec.nbdTls.keyFile)}, ca_file = ${JSON.stringify(spec.nbdTls.caFile)}`} }`] : []),
+    ...(spec.nbdPlaintextTcp ? ['plaintext_tcp = true'] : []), '',
     ...(spec.lockWaitMs !== undefined || spec.keepFinishedOperations !== undefined ? ['[agent]',
       ...(spec.lockWaitMs !== undefined ? [`lock_wait_ms = ${spec.lockWaitMs}`] : []),
       ...(spec.keepFinishedOperations !== undefined ? [`keep_finished_operations = ${spec.keepFinishedOperations}`] : []), ''] : []),

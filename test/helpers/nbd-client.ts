@@ -36,8 +36,9 @@ export class RawNbdClient {
     this.reader = new SocketReader(socket);
   }
 
-  static async connect(socketPath: string): Promise<RawNbdClient> {
-    const socket = connect(socketPath);
+  /** A unix socket path, or a TCP address. */
+  static async connect(to: string | { host: string; port: number }): Promise<RawNbdClient> {
+    const socket = typeof to === 'string' ? connect(to) : connect(to.port, to.host);
     socket.on('error', () => undefined);
     await new Promise<void>((resolve, reject) => {
       socket.once('connect', resolve);

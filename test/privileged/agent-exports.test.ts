@@ -58,7 +58,7 @@ if (!skipUnlessRoot(t)) {
   await mkdir(dir);
   // A fixed TCP port (one the kernel just handed out), so a restart keeps the nbd:// URI too.
   const tcpPort = await freePort();
-  const spec = { dir, pools: [{ name: 'fast', path: poolPath }], nbdListen: [`tcp:127.0.0.1:${tcpPort}`] };
+  const spec = { dir, pools: [{ name: 'fast', path: poolPath }], nbdListen: [`tcp:127.0.0.1:${tcpPort}`], nbdPlaintextTcp: true };
   /** Agents restarted in a subtest serve the ones after it. */
   const top = t;
   // A failed start ends the file before tap's teardowns run: the filesystem is removed here then.

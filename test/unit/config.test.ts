@@ -16,6 +16,7 @@ path = "/var/lib/volagent/catalog.db"
 
 [nbd]
 listen = ["unix:/run/volagent/nbd.sock", "tcp:127.0.0.1:10809"]
+tls = { psk_file = "/etc/volagent/nbd.psk" }
 
 [[pools]]
 name = "fast"
@@ -38,7 +39,7 @@ t.test('the embedded default runs under the working directory', async (t) => {
     source: EMBEDDED_DEFAULT_SOURCE,
     control: { socket: path.resolve('var/control.sock'), allow: [] },
     catalog: { path: path.resolve('var/catalog.db') },
-    nbd: { listen: [{ kind: 'unix', path: path.resolve('var/nbd.sock') }], allowList: false },
+    nbd: { listen: [{ kind: 'unix', path: path.resolve('var/nbd.sock') }], allowList: false, plaintextTcp: false },
     pools: [{ name: 'default', backend: 'file', path: path.resolve('var/pools/default') }],
     internalTenant: 'volagent-internal',
     lockWaitMs: 2000,
@@ -134,8 +135,29 @@ t.test('thin pool settings: min_free, error_if_no_space and device_dir, with the
 
 t.test('[nbd]: listen addresses (port 0 lets the kernel choose) and allow_list', async (t) => {
   const pool = '[[pools]]\nname = "p"\nbackend = "file"\npath = "/p"\n';
-  const config = parseConfig(`[nbd]\nlisten = ["tcp:127.0.0.1:0", "tcp:[::1]:10809"]\nallow_list = true\n${pool}`, 'f.toml', '/');
-  t.same(config.nbd, { listen: [{ kind: 'tcp', host: '127.0.0.1', port: 0 }, { kind: 'tcp', host: '::1', port: 10809 }], allowList: true });
+  const config = parseConfig(`[nbd]\nlisten = ["tcp:127.0.0.1:0", "tcp:[::1]:10809", "tcp:[fe80::1%veth0]:10809"]\nallow_list = true\nplaintext_tcp = true\n${pool}`, 'f.toml', '/');
+  t.same(config.nbd, {
+    listen: [{ kind: 'tcp', host: '127.0.0.1', port: 0 }, { kind: 'tcp', host: '::1', port: 10809 }, { kind: 'tcp', host: 'fe80::1%veth0', port: 10809 }],
+    allowList: true, plaintextTcp: true,
+  });
+});
+
+t.test('[nbd] tls: PSK or X.509 (paths resolved against the file\'s directory); TCP without TLS needs plaintext_tcp', async (t) => {
+  const pool = '[[pools]]\nname = "p"\nbackend = "file"\npath = "/p"\n';
+  const listen = 'listen = ["unix:/run/n.sock", "tcp:[::1]:10809"]\n';
+  t.same(parseConfig(`[nbd]\n${listen}tls = { psk_file = "keys.psk" }\n${pool}`, '/etc/v/f.toml', '/etc/v').nbd.tls, { kind: 'psk', pskFile: '/etc/v/keys.psk' });
+  t.same(parseConfig(`[nbd]\n${listen}tls = { cert_file = "c.pem", key_file = "/k/k.pem", ca_file = "ca.pem" }\n${pool}`, '/etc/v/f.toml', '/etc/v').nbd.tls,
+    { kind: 'x509', certFile: '/etc/v/c.pem', keyFile: '/k/k.pem', caFile: '/etc/v/ca.pem' });
+  t.same(parseConfig(`[nbd]\nlisten = ["unix:/run/n.sock"]\n${pool}`, 'f.toml', '/').nbd, { listen: [{ kind: 'unix', path: '/run/n.sock' }], allowList: false, plaintextTcp: false });
+  const refused: Array<[string, string]> = [
+    [`[nbd]\n${listen}${pool}`, 'f.toml: nbd.listen[1]: a TCP address needs [nbd] tls (psk_file, or cert_file, key_file and ca_file), or plaintext_tcp = true to serve exports unencrypted (one-host development)'],
+    [`[nbd]\n${listen}tls = { psk_file = "k", cert_file = "c" }\n${pool}`, 'f.toml: nbd.tls.cert_file: cannot be combined with psk_file: TLS is either PSK or X.509'],
+    [`[nbd]\n${listen}tls = { cert_file = "c", ca_file = "a" }\n${pool}`, 'f.toml: nbd.tls.key_file: is required'],
+    [`[nbd]\n${listen}tls = {}\n${pool}`, 'f.toml: nbd.tls.psk_file: is required, or cert_file, key_file and ca_file (X.509)'],
+    [`[nbd]\n${listen}tls = { psk_file = "k", verify = false }\n${pool}`, 'f.toml: nbd.tls.verify: unknown key'],
+    [`[nbd]\n${listen}tls = { psk_file = "k" }\nplaintext_tcp = true\n${pool}`, 'f.toml: nbd.plaintext_tcp: contradicts [nbd] tls: with tls set, every TCP address requires TLS'],
+  ];
+  for (const [text, message] of refused) t.throws(() => parseConfig(text, 'f.toml', '/'), { message }, message);
 });
 
 t.test('[nbd] socket_mode and socket_group: an octal string; a gid, or a name resolved at start-up (getent)', async (t) => {
@@ -145,12 +167,12 @@ t.test('[nbd] socket_mode and socket_group: an octal string; a gid, or a name re
     asked.push(name);
     return name === 'kvm' ? 104 : undefined;
   };
-  t.same(parseConfig(`[nbd]\nsocket_mode = "0640"\nsocket_group = "kvm"\n${pool}`, 'f.toml', '/', resolve).nbd, { listen: [], allowList: false, socketMode: 0o640, socketGroup: 104 });
+  t.same(parseConfig(`[nbd]\nsocket_mode = "0640"\nsocket_group = "kvm"\n${pool}`, 'f.toml', '/', resolve).nbd, { listen: [], allowList: false, plaintextTcp: false, socketMode: 0o640, socketGroup: 104 });
   t.same(asked, ['kvm'], 'the name is resolved once');
-  t.same(parseConfig(`[nbd]\nsocket_mode = "660"\nsocket_group = 4242\n${pool}`, 'f.toml', '/', resolve).nbd, { listen: [], allowList: false, socketMode: 0o660, socketGroup: 4242 });
+  t.same(parseConfig(`[nbd]\nsocket_mode = "660"\nsocket_group = 4242\n${pool}`, 'f.toml', '/', resolve).nbd, { listen: [], allowList: false, plaintextTcp: false, socketMode: 0o660, socketGroup: 4242 });
   t.equal(parseConfig(`[nbd]\nsocket_group = "4243"\n${pool}`, 'f.toml', '/', resolve).nbd.socketGroup, 4243, 'a numeric string is a gid, not looked up');
   t.same(asked, ['kvm']);
-  t.same(parseConfig(pool, 'f.toml', '/', resolve).nbd, { listen: [], allowList: false }, 'neither set: absent (the agent binds with 0660 and its own group)');
+  t.same(parseConfig(pool, 'f.toml', '/', resolve).nbd, { listen: [], allowList: false, plaintextTcp: false }, 'neither set: absent (the agent binds with 0660 and its own group)');
   t.equal(parseConfig(`[nbd]\nsocket_group = "root"\n${pool}`, 'f.toml', '/').nbd.socketGroup, 0, 'the default resolver asks getent');
 });
 

@@ -15,7 +15,7 @@ t.test('added pools are applied; nothing else differs', async (t) => {
 
 t.test('a changed or removed pool, and other sections, are refused with the reason', async (t) => {
   const before = config(`[nbd]\nlisten = ["unix:/run/volagent/nbd.sock"]\n${filePool('a')}${filePool('b')}`);
-  const after = config(`[nbd]\nlisten = ["tcp:127.0.0.1:10809"]\n[agent]\nlock_wait_ms = 10\n${filePool('a', '/srv/other')}${filePool('c')}`);
+  const after = config(`[nbd]\nlisten = ["tcp:127.0.0.1:10809"]\nplaintext_tcp = true\n[agent]\nlock_wait_ms = 10\n${filePool('a', '/srv/other')}${filePool('c')}`);
   const plan = planReload(before, after);
   t.same(plan.added.map((p) => p.name), ['c']);
   t.same(plan.refused, [

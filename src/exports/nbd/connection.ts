@@ -8,12 +8,17 @@
 // held gate delays them and their replies, and a write still held when its
 // client goes away without DISC is dropped unanswered; after DISC the
 // connection ends once every request it took, held ones included, has been
-// performed.
+// performed. On a listener with TLS (tls.ts) the server is in the
+// protocol's FORCEDTLS mode: until NBD_OPT_STARTTLS has upgraded the
+// connection, every other option gets NBD_REP_ERR_TLS_REQD (EXPORT_NAME,
+// which cannot be refused, ends the connection), so no export is named,
+// listed or served in plain text.
 import type { Socket } from 'node:net';
 
 import { BufferPool } from './buffer-pool.js';
 import type { ExportTarget } from './target.js';
 import { FastZeroUnsupportedError } from './target.js';
+import type { NbdTls } from './tls.js';
 import type { WriteGate } from './write-gate.js';
 import { WriteAbandonedError } from './write-gate.js';
 import {
@@ -108,7 +113,10 @@ class OptionData {
 }
 
 export class NbdConnection {
-  private readonly reader: SocketReader;
+  private socket: Socket;
+  private reader: SocketReader;
+  /** The connection was upgraded by STARTTLS. */
+  private secured = false;
   private structured = false;
   /** Export name the meta context was selected for, with base:allocation on or off. */
   private metaContext: { exportName: string; allocation: boolean } | undefined;
@@ -123,15 +131,22 @@ export class NbdConnection {
   /** DISC was received: the requests taken before it are all performed. */
   private disconnecting = false;
 
-  constructor(private readonly socket: Socket, private readonly options: ConnectionOptions) {
+  /** `tls`: the listener's credentials; the client must STARTTLS before anything else. */
+  constructor(socket: Socket, private readonly options: ConnectionOptions, private readonly tls?: NbdTls) {
+    this.socket = socket;
     this.reader = new SocketReader(socket);
     socket.setNoDelay?.(true);
     socket.once('close', () => { if (!this.disconnecting) this.closed.abort(); });
   }
 
+  /** Ends the connection at once (the server is closing). */
+  destroy(): void {
+    this.socket.destroy();
+  }
+
   /** Serves the connection to its end; never rejects. */
   async serve(): Promise<void> {
-    const timer = setTimeout(() => this.socket.destroy(), this.options.handshakeTimeoutMs ?? HANDSHAKE_TIMEOUT_MS);
+    const timer = setTimeout(() => this.destroy(), this.options.handshakeTimeoutMs ?? HANDSHAKE_TIMEOUT_MS);
     try {
       const handle = await this.handshake();
       clearTimeout(timer);
@@ -175,6 +190,24 @@ export class NbdConnection {
         continue;
       }
       const data = await this.reader.read(length);
+      if (this.tls && !this.secured) {
+        if (option === Option.STARTTLS) {
+          if (data.length !== 0) {
+            this.reply(option, Reply.ERR_INVALID, Buffer.from('STARTTLS takes no data'));
+            continue;
+          }
+          this.reply(option, Reply.ACK);
+          await this.startTls(this.tls);
+          continue;
+        }
+        if (option === Option.ABORT) {
+          this.reply(option, Reply.ACK);
+          return undefined;
+        }
+        if (option === Option.EXPORT_NAME) throw new ProtocolViolation('EXPORT_NAME before STARTTLS'); // it has no error reply
+        this.reply(option, Reply.ERR_TLS_REQD, Buffer.from('this server requires TLS: send NBD_OPT_STARTTLS first'));
+        continue;
+      }
       if (option === Option.EXPORT_NAME) {
         const handle = this.options.lookup(data.toString('utf8'));
         if (!handle) throw new ProtocolViolation('no such export'); // EXPORT_NAME has no error reply: the server closes
@@ -230,6 +263,10 @@ export class NbdConnection {
       case Option.SET_META_CONTEXT:
         this.metaContextOption(option, data);
         return undefined;
+      case Option.STARTTLS:
+        if (this.secured) throw new OptionError(Reply.ERR_INVALID, 'TLS is already on');
+        // A listener without TLS (a unix socket, or TCP allowed in plain text) never offers it.
+        throw new OptionError(Reply.ERR_POLICY, 'TLS is not offered on this address');
       default:
         // STARTTLS, EXTENDED_HEADERS and anything newer: not offered.
         this.reply(option, Reply.ERR_UNSUP, Buffer.from(`option ${option} is not supported`));
@@ -281,6 +318,27 @@ export class NbdConnection {
     }
     if (!listing) this.metaContext = { exportName, allocation };
     this.reply(option, Reply.ACK);
+  }
+
+  /**
+   * Hands the socket to TLS right after the STARTTLS ACK. A client that sent
+   * anything after STARTTLS before the handshake broke the protocol; a
+   * failed handshake ends the connection (it is too late for plain text).
+   */
+  private async startTls(tls: NbdTls): Promise<void> {
+    if (!this.reader.detach()) throw new ProtocolViolation('data after STARTTLS before the TLS handshake');
+    const raw = this.socket;
+    let secure;
+    try {
+      secure = await tls.secureServer(raw);
+    } catch {
+      throw new ProtocolViolation('the TLS handshake failed');
+    }
+    secure.on('error', () => undefined); // the reader sees it as ConnectionClosedError
+    secure.once('close', () => { if (!this.disconnecting) this.closed.abort(); });
+    this.socket = secure;
+    this.reader = new SocketReader(secure);
+    this.secured = true;
   }
 
   /** Contexts were selected for one export name; going to another drops them. */

@@ -1,7 +1,9 @@
 // The NBD server: listens on the addresses of `[nbd].listen` (unix socket
 // paths and TCP host:port), or on listeners systemd passed for them, and
 // serves each connection (connection.ts) with the exports its `lookup`
-// finds. Closing stops listening and ends every connection; a socket file the
+// finds. With TLS credentials (tls.ts), every TCP address requires TLS
+// (STARTTLS first); unix sockets stay plain, guarded by their mode and
+// group. Closing stops listening and ends every connection; a socket file the
 // server bound is removed then (libuv unlinks what it bound), a passed one is
 // left to its owner.
 import { chmod, chown } from 'node:fs/promises';
@@ -12,6 +14,7 @@ import { prepareSocketPath } from '../../daemon/control-socket.js';
 import type { ListenAddress } from '../../daemon/config.js';
 import type { ConnectionOptions } from './connection.js';
 import { NbdConnection } from './connection.js';
+import type { NbdTls } from './tls.js';
 
 /** The unix socket is for the host's clients (qemu, nbdcopy run as root or the socket's group). */
 export const DEFAULT_UNIX_SOCKET_MODE = 0o660;
@@ -31,11 +34,13 @@ export interface NbdListenOptions {
   socketGroup?: number;
   /** Listening descriptors passed for some of the addresses, by their index in `addresses`. */
   passed?: ReadonlyMap<number, number>;
+  /** TLS for every TCP address: clients must STARTTLS. Absent: TCP is plain text. */
+  tls?: NbdTls;
 }
 
 export class NbdServer {
   private readonly servers: Server[] = [];
-  private readonly sockets = new Set<Socket>();
+  private readonly connections = new Set<NbdConnection>();
   private readonly serving = new Set<Promise<void>>();
 
   constructor(private readonly options: ConnectionOptions) {}
@@ -53,7 +58,8 @@ export class NbdServer {
   }
 
   private async listenOn(address: ListenAddress, options: NbdListenOptions, passedFd: number | undefined): Promise<BoundAddress> {
-    const server = createServer((socket) => this.accept(socket));
+    const tls = address.kind === 'tcp' ? options.tls : undefined;
+    const server = createServer((socket) => this.accept(socket, tls));
     this.servers.push(server);
     // A passed listener is bound and listening already; its path is in use by it, never prepared or replaced.
     if (address.kind === 'unix' && passedFd === undefined) await prepareSocketPath(address.path);
@@ -80,25 +86,26 @@ export class NbdServer {
     return { address, ...(info && typeof info === 'object' ? { port: info.port } : {}), ...passed };
   }
 
-  private accept(socket: Socket): void {
-    this.sockets.add(socket);
+  private accept(socket: Socket, tls: NbdTls | undefined): void {
     socket.on('error', () => undefined); // the connection sees it as ConnectionClosedError
-    const served = new NbdConnection(socket, this.options).serve()
+    const connection = new NbdConnection(socket, this.options, tls);
+    this.connections.add(connection);
+    const served = connection.serve()
       .catch(() => undefined)
       .finally(() => {
-        this.sockets.delete(socket);
+        this.connections.delete(connection);
         this.serving.delete(served);
       });
     this.serving.add(served);
   }
 
   connectionCount(): number {
-    return this.sockets.size;
+    return this.connections.size;
   }
 
   async close(): Promise<void> {
     await Promise.all(this.servers.splice(0).map((server) => new Promise<void>((resolve) => server.close(() => resolve()))));
-    for (const socket of this.sockets) socket.destroy();
+    for (const connection of this.connections) connection.destroy();
     await Promise.allSettled([...this.serving]);
   }
 }

@@ -19,6 +19,9 @@ export interface ReadableSocket {
   on(event: 'data', listener: (chunk: Buffer) => void): unknown;
   on(event: 'end' | 'close', listener: () => void): unknown;
   on(event: 'error', listener: (error: Error) => void): unknown;
+  off(event: 'data', listener: (chunk: Buffer) => void): unknown;
+  off(event: 'end' | 'close', listener: () => void): unknown;
+  off(event: 'error', listener: (error: Error) => void): unknown;
   pause(): unknown;
   resume(): unknown;
 }
@@ -30,20 +33,36 @@ export class SocketReader {
   private ended: Error | undefined;
   private paused = false;
 
+  private readonly onData = (chunk: Buffer): void => {
+    this.chunks.push(chunk);
+    this.buffered += chunk.length;
+    if (this.buffered > this.highWaterBytes && !this.paused) {
+      this.paused = true;
+      this.socket.pause();
+    }
+    this.wake();
+  };
+  private readonly onEnd = (): void => this.end(new ConnectionClosedError('the client closed the connection'));
+  private readonly onError = (error: Error): void => this.end(new ConnectionClosedError(`connection error: ${error.message}`));
+
   constructor(private readonly socket: ReadableSocket, private readonly highWaterBytes = 4 * 1024 * 1024) {
-    socket.on('data', (chunk) => {
-      this.chunks.push(chunk);
-      this.buffered += chunk.length;
-      if (this.buffered > this.highWaterBytes && !this.paused) {
-        this.paused = true;
-        socket.pause();
-      }
-      this.wake();
-    });
-    const end = (): void => this.end(new ConnectionClosedError('the client closed the connection'));
-    socket.on('end', end);
-    socket.on('close', end);
-    socket.on('error', (error) => this.end(new ConnectionClosedError(`connection error: ${error.message}`)));
+    socket.on('data', this.onData);
+    socket.on('end', this.onEnd);
+    socket.on('close', this.onEnd);
+    socket.on('error', this.onError);
+  }
+
+  /**
+   * Stops reading the socket, so that another layer (TLS) can take over its
+   * bytes. False when bytes were already buffered past the last read: the
+   * peer sent data it had no right to send yet.
+   */
+  detach(): boolean {
+    this.socket.off('data', this.onData);
+    this.socket.off('end', this.onEnd);
+    this.socket.off('close', this.onEnd);
+    this.socket.off('error', this.onError);
+    return this.buffered === 0;
   }
 
   /** Exactly `bytes` bytes; rejects with ConnectionClosedError if the stream ends first. */

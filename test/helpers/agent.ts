@@ -1,7 +1,7 @@
 // A real volagentd for tests: its own config, catalog and socket under a
 // test directory, started as a child process (`bin/volagentd.js`), talked to
 // over the unix socket with node:http. Teardown kills it if it still runs.
-import type { ChildProcess } from 'node:child_process';
+import type { ChildProcess, SpawnOptions } from 'node:child_process';
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import type { ClientRequest, IncomingMessage } from 'node:http';
@@ -150,7 +150,11 @@ export interface AgentSpec {
   nbdSocket?: { mode?: string; group?: string | number };
   /** `[agent] keep_finished_operations`. */
   keepFinishedOperations?: number;
+  /** Starts the agent's process in place of node:child_process `spawn`, e.g. a netns Host's `spawn` (test/helpers/netns.ts). */
+  spawn?: SpawnFunction;
 }
+
+export type SpawnFunction = (command: string, args: string[], options: SpawnOptions) => ChildProcess;
 
 export interface StreamOptions {
   headers?: Record<string, string | number>;
@@ -252,10 +256,10 @@ export async function writeAgentConfig(spec: AgentSpec): Promise<string> {
 }
 
 /** Spawns volagentd with `args` (no readiness wait): for start-up failure tests. */
-export function spawnAgent(args: string[], env: NodeJS.ProcessEnv = {}): ChildProcess {
+export function spawnAgent(args: string[], env: NodeJS.ProcessEnv = {}, spawnWith: SpawnFunction = spawn): ChildProcess {
   // A test runner started by systemd must not lend the agent its notify socket or passed sockets.
   const inherited = Object.fromEntries(Object.entries(process.env).filter(([name]) => !/^(NOTIFY_SOCKET|WATCHDOG_(USEC|PID)|LISTEN_(PID|FDS|FDNAMES))$/.test(name)));
-  return spawn(process.execPath, [VOLAGENTD, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...inherited, ...env } });
+  return spawnWith(process.execPath, [VOLAGENTD, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...inherited, ...env } });
 }
 
 /** Collects a finished child's output and exit code. */
@@ -272,7 +276,7 @@ export function outcomeOf(child: ChildProcess): Promise<{ code: number | null; s
 export async function startAgent(t: Test, spec: AgentSpec): Promise<AgentProcess> {
   const configFile = await writeAgentConfig(spec);
   const socket = path.join(spec.dir, 'control.sock');
-  const child = spawnAgent(['--config', configFile], spec.env);
+  const child = spawnAgent(['--config', configFile], spec.env, spec.spawn);
   const logs: string[] = [];
   let stderr = '';
   let partial = '';

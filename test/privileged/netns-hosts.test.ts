@@ -35,7 +35,7 @@ const DATA_BYTES = DATA_RUNS.reduce((sum, [, length]) => sum + length, 0);
  * is a unix path in `dir`, reached from the root namespace.
  */
 function agentSpecOn(host: Host, dir: string, poolPath: string): AgentSpec {
-  return { dir, pools: [{ name: 'pool', path: poolPath }], nbdListen: [`tcp:${host.address}:${NBD_PORT}`], spawn: host.spawn };
+  return { dir, pools: [{ name: 'pool', path: poolPath }], nbdListen: [`tcp:${host.address}:${NBD_PORT}`], nbdPlaintextTcp: true, spawn: host.spawn };
 }
 
 /** The namespace inode a process runs in, as `/proc/PID/ns/net` names it (`net:[N]`). */

@@ -10,7 +10,7 @@
 // rejects at once and the server sees the connection end. Every server is
 // started and stopped (by pid) by its test.
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdtemp, open, readFile, rm, stat, truncate, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, open, readFile, rm, stat, truncate, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 
@@ -44,7 +44,7 @@ const DATA_BYTES = DATA.reduce((sum, [, length]) => sum + length, 0);
 const PSK = { identity: 'peer-a', key: randomBytes(32) };
 
 async function testDir(t: Test): Promise<string> {
-  await import('node:fs/promises').then((fs) => fs.mkdir(TEST_ROOT, { recursive: true }));
+  await mkdir(TEST_ROOT, { recursive: true });
   const dir = await mkdtemp(path.join(TEST_ROOT, 'nbd-client-'));
   t.teardown(() => rm(dir, { recursive: true, force: true }));
   return dir;
@@ -244,7 +244,7 @@ if (!skipUnlessRoot(t)) {
     const dir = await testDir(t);
     const source = await sparseSource(dir);
     const pskDir = path.join(dir, 'psk');
-    await import('node:fs/promises').then((fs) => fs.mkdir(pskDir));
+    await mkdir(pskDir);
     await writeFile(path.join(pskDir, 'keys.psk'), `${PSK.identity}:${PSK.key.toString('hex')}\n`, { mode: 0o600 });
     const tcp = await startQemuNbd(t, { file: source, exportName: 'vol', dir, tls: { kind: 'psk', dir: pskDir } });
     const unixSocket = path.join(dir, 'qemu-tls.sock');

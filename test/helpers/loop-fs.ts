@@ -3,7 +3,7 @@
 // sweep (sweepLeftovers) can find and remove what a killed run left behind.
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdir, readFile, rm } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 
@@ -119,6 +119,18 @@ export async function sweepLeftovers(): Promise<string[]> {
   for (const mountPoint of mounts) {
     await run('umount', ['--lazy', mountPoint]).catch(() => undefined);
     removed.push(`mount ${mountPoint}`);
+  }
+  // qemu-nbd servers of tests (test/helpers/qemu-nbd.ts) run detached; their pid files lie under TEST_ROOT.
+  for (const entry of await readdir(TEST_ROOT, { recursive: true }).catch(() => [] as string[])) {
+    if (!/(^|\/)qemu-nbd-[^/]*\.pid$/.test(entry)) continue;
+    const pidFile = path.join(TEST_ROOT, entry);
+    const pid = Number((await readFile(pidFile, 'utf8').catch(() => '')).trim());
+    const command = Number.isInteger(pid) && pid > 1 ? await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '') : '';
+    if (!command.startsWith('qemu-nbd\0') || !command.includes(pidFile)) continue;
+    try {
+      process.kill(pid, 'SIGKILL');
+      removed.push(`qemu-nbd ${pid} (${pidFile})`);
+    } catch { /* gone meanwhile */ }
   }
   const loops = await run('losetup', ['--noheadings', '--list', '--output', 'NAME,BACK-FILE']).catch(() => '');
   for (const line of loops.split('\n')) {

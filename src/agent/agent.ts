@@ -22,6 +22,8 @@ import type { ListenAddress } from '../daemon/config.js';
 import { Exports } from './exports.js';
 import type { CheckReport } from './reconcile.js';
 import { checkReport, reconcile } from './reconcile.js';
+import type { RemoteSourcesOptions } from './remote-sources.js';
+import { RemoteSources } from './remote-sources.js';
 import { Volumes } from './volumes.js';
 
 const { version: AGENT_VERSION } = createRequire(import.meta.url)('../../../package.json') as { version: string };
@@ -56,6 +58,8 @@ export interface AgentOptions {
   boundPorts?: Map<number, number>;
   /** TCP addresses require TLS: their export URIs are `nbds://`. */
   nbdTls?: boolean;
+  /** How volumes are pulled from peer agents (credentials, plain TCP allowed); default: unix-socket peers only. */
+  remote?: RemoteSourcesOptions;
 }
 
 export class Agent {
@@ -86,6 +90,7 @@ export class Agent {
       ...(options.nbdTls ? { nbdTls: true } : {}),
     });
     this.volumes.isExported = (volumeId) => this.exports.isExported(volumeId);
+    this.volumes.remotes = new RemoteSources(options.remote ?? { plaintextTcp: false });
     this.volumes.copyWrites = { check: (volumeId) => this.exports.checkWritesHoldable(volumeId), hold: (volumeId) => this.exports.holdWrites(volumeId) };
     this.metrics = new AgentMetrics({
       pools: () => this.pools.values(),

@@ -16,15 +16,19 @@ import type { CatalogWrites } from '../catalog/writes.js';
 import type { ObjectState } from '../catalog/volume-state.js';
 import type { CloneOutcome, Pool, ReceiveOutcome } from '../pools/pool.js';
 import { systemError } from '../native/system-error.js';
+import { failpoint, failpointAsync } from '../faults/failpoints.js';
 import type { Access } from './access.js';
 import { toApiError } from './faults.js';
 import { snapshotObject } from './ids.js';
 import type { LockTable, Release } from './locks.js';
 import type { OperationView, Operations, TaskContext } from './operations.js';
 import { newOperationId } from './operations.js';
+import type { RemoteSource, RemoteSources } from './remote-sources.js';
 
 
 export type SourceRef = { volume: string } | { snapshot: string } | { image: string };
+/** A volume's source: an object of this host, or a peer agent's export (remote-sources.ts). */
+export type VolumeSource = SourceRef | { remote: RemoteSource };
 
 export interface PutVolumeRequest {
   id: string;
@@ -32,7 +36,7 @@ export interface PutVolumeRequest {
   /** The owner named in the request: an admin must name it; a tenant-bound peer's is its own. */
   tenant?: string;
   sizeBytes?: number;
-  source?: SourceRef;
+  source?: VolumeSource;
   /** Block until a long clone has ended instead of answering with its operation. */
   wait: boolean;
 }
@@ -45,7 +49,7 @@ export interface VolumeView {
   sizeBytes: number;
   allocatedBytes: number;
   state: ObjectState;
-  source?: SourceRef;
+  source?: VolumeSource;
   cloneMethod: string | null;
   readOnly: boolean;
   createdAt: string;
@@ -119,6 +123,8 @@ export class Volumes {
    * a reflink or a thin snapshot is atomic on its own.
    */
   copyWrites: { check(volumeId: string): void; hold(volumeId: string): Promise<() => void> } | undefined;
+  /** Set by the agent: how a volume is pulled from a peer agent; absent, a remote source is refused. */
+  remotes: RemoteSources | undefined;
   /** Told of every clone and snapshot whose data is in place: the method, how long it took, the bytes copied (metrics). */
   onCloned: ((method: string, seconds: number, bytesCopied: number) => void) | undefined;
 
@@ -153,7 +159,9 @@ export class Volumes {
 
   async put(request: PutVolumeRequest, access: Access): Promise<PutOutcome<VolumeView>> {
     const owned = { ...request, tenant: access.owner(request.tenant) };
-    return request.source === undefined ? this.createEmpty(owned) : this.createClone(owned, request.source, access);
+    if (request.source === undefined) return this.createEmpty(owned);
+    if ('remote' in request.source) return this.createFromRemote(owned, request.source.remote);
+    return this.createClone(owned, request.source, access);
   }
 
   async resize(id: string, sizeBytes: number, access: Access): Promise<VolumeView> {
@@ -553,6 +561,83 @@ export class Volumes {
     }
   }
 
+  /**
+   * A volume pulled from a peer agent's export (remote-sources.ts): always an
+   * operation (202 unless the client waits), recorded before the peer is
+   * contacted; the object appears, durable, only once every data extent is
+   * in, and the row becomes available after it. A failure, a cancel or a
+   * crash leaves nothing: the object is removed (a crash: by the start-up
+   * reconcile, which finds the row creating and its operation running).
+   */
+  private async createFromRemote(request: PutVolumeRequest & { tenant: string }, source: RemoteSource): Promise<PutOutcome<VolumeView>> {
+    const remotes = this.remotes;
+    if (!remotes) throw new ApiError('UNSUPPORTED_FOR_POOL', 'this agent does not pull remote sources', { field: 'source.remote' });
+    const { id, tenant } = request;
+    const pool = this.pool(request.pool ?? this.defaultPoolName());
+    remotes.check(source);
+    const remote = { uri: source.uri, sizeBytes: source.sizeBytes, ...(source.volume !== undefined ? { volume: source.volume } : {}) };
+    const requestKey = canonicalKey({ pool: pool.name, tenant, sizeBytes: request.sizeBytes ?? null, source: { remote } });
+    const existing = this.catalog.getVolume(id);
+    if (existing) return this.repeatVolume(existing, requestKey, request.wait);
+    if (request.sizeBytes !== undefined && request.sizeBytes < source.sizeBytes) {
+      throw new ApiError('SHRINK_NOT_SUPPORTED', `the source is ${source.sizeBytes} bytes; a clone cannot be smaller`, {
+        sizeBytes: request.sizeBytes, sourceSizeBytes: source.sizeBytes,
+      });
+    }
+    const sizeBytes = request.sizeBytes ?? source.sizeBytes;
+    this.checkObjectName(pool, id, { volume: id });
+    this.checkSizeAlignment(pool, sizeBytes);
+    if (await pool.stat(id)) {
+      throw toApiError(systemError('EEXIST', 'populate', pool.objectPath(id)), { volume: id });
+    }
+    const operationId = newOperationId();
+    const inserted = await this.recordIntent(id, this.writes.insertCreating(
+      { id, pool: pool.name, tenant, kind: 'volume', sizeBytes, requestKey, remoteSource: remote },
+      { id: operationId, kind: 'pull', targetId: id, totalBytes: source.sizeBytes, tenant }));
+    if (!inserted.inserted) return this.repeatVolume(inserted.row, requestKey, request.wait);
+    const work = async (context?: TaskContext): Promise<void> => {
+      let made = false;
+      try {
+        const started = process.hrtime.bigint();
+        const opened = await remotes.open(source, context?.signal);
+        let pulled;
+        try {
+          failpoint('pull.connected');
+          await pool.populate(id, sizeBytes, async (poolSink) => {
+            let first = true;
+            const sink = {
+              write: async (data: Buffer, offset: number): Promise<void> => {
+                await poolSink.write(data, offset);
+                if (first) {
+                  first = false;
+                  await failpointAsync('pull.copying', context?.signal); // a test's way to catch the pull in the middle
+                }
+              },
+            };
+            pulled = await opened.copyInto(sink, {
+              ...(context ? { signal: context.signal, onProgress: (copied: number) => context.progress(copied, source.sizeBytes) } : {}),
+            });
+            failpoint('pull.copied');
+          }, { ...(context ? { signal: context.signal } : {}) });
+          made = true;
+        } finally {
+          await opened.close().catch(() => undefined);
+        }
+        failpoint('pull.populated');
+        this.onCloned?.('nbd_pull', secondsSince(started), (pulled as { writtenBytes: number } | undefined)?.writtenBytes ?? 0);
+        await this.writes.transitionVolume(id, 'creating', 'available', { cloneMethod: 'nbd_pull', sizeBytes });
+      } catch (error) {
+        if (made) await pool.remove(id).catch(() => undefined); // published but not recorded: withdraw it
+        await this.writes.discardCreatingVolume(id);
+        throw toApiError(error, { volume: id });
+      }
+    };
+    const started = this.start(id, source.sizeBytes, operationId, work, () => undefined);
+    if (started && !request.wait) return { status: 'started', view: await this.viewOf(id), operation: started };
+    await this.settled(id);
+    return { status: 'created', view: await this.viewOf(id) };
+  }
+
   /** Runs the pool's copy `clone` with the writes to `volumeId` held for exactly its time (none given: as it is). */
   private async copyAtOneInstant(volumeId: string | undefined, clone: () => Promise<CloneOutcome>): Promise<CloneOutcome> {
     const release = volumeId !== undefined ? await this.copyWrites?.hold(volumeId) : undefined;
@@ -797,6 +882,7 @@ export class Volumes {
       allocatedBytes: info?.allocatedBytes ?? 0,
       state: row.state,
       ...(row.source ? { source: { [row.source.kind]: row.source.id } as SourceRef } : {}),
+      ...(row.remoteSource ? { source: { remote: row.remoteSource } } : {}),
       cloneMethod: row.cloneMethod ?? null,
       readOnly: row.readOnly,
       createdAt: row.createdAt,
@@ -825,7 +911,7 @@ export class Volumes {
 }
 
 /** A request's definition in one canonical form (keys in a fixed order), to tell a repeat from a conflict. */
-export function canonicalKey(definition: { pool: string; tenant: string; sizeBytes: number | null; source: SourceRef | null }): string {
+export function canonicalKey(definition: { pool: string; tenant: string; sizeBytes: number | null; source: VolumeSource | null }): string {
   const source = definition.source === null ? null : Object.entries(definition.source)[0]!;
   return JSON.stringify([definition.pool, definition.tenant, definition.sizeBytes, source]);
 }

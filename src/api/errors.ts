@@ -32,6 +32,8 @@ export const ERROR_CODES = {
   OPERATION_CANCELLED: { status: 409, meaning: 'The operation was cancelled (by a request or an agent shutdown) before it ended; nothing was left behind.' },
   PAYLOAD_TOO_LARGE: { status: 413, meaning: "The body is larger than the route accepts: 1 MiB for JSON, the pool's max_image_bytes for image data." },
   RANGE_NOT_SATISFIABLE: { status: 416, meaning: 'The Range of a download starts past the end of the image; Content-Range gives the size.' },
+  REMOTE_MISMATCH: { status: 409, meaning: "A remote source's export is not the one the request names: it does not exist, or its size or the volume it serves differs; nothing was kept." },
+  REMOTE_FAILED: { status: 502, meaning: "A remote source's export could not be read: the peer's address refused or did not answer, TLS failed (a key or certificate the peer does not accept), or the connection or a read failed mid-copy; nothing was kept." },
   UNSUPPORTED_FOR_POOL: { status: 422, meaning: "The pool's backend cannot do this." },
   INSUFFICIENT_SPACE: { status: 507, meaning: 'The pool is out of space; the partial result was removed and the source is intact.' },
   IMAGE_CACHE_FULL: { status: 507, meaning: "The image does not fit in the pool's image cache: larger than max_bytes, or the entries in use leave no room." },

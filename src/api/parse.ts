@@ -2,7 +2,7 @@
 // query values into typed values or throws the fault from the registry. No
 // storage logic here; the domain gets only values that passed these.
 import { isValidId } from '../agent/ids.js';
-import type { SourceRef } from '../agent/volumes.js';
+import type { VolumeSource } from '../agent/volumes.js';
 import { ApiError } from './errors.js';
 
 /** Sizes are whole 512-byte sectors, so every backend (files, dm-thin) can hold them. */
@@ -38,16 +38,31 @@ export function parseSize(value: unknown, field = 'sizeBytes'): number {
   return value;
 }
 
-export function parseSource(value: unknown): SourceRef {
+/** A volume's source: an object of this host, or a peer agent's export `{remote: {uri, sizeBytes, volume?}}`. */
+export function parseSource(value: unknown): VolumeSource {
+  const kinds = ['volume', 'snapshot', 'image', 'remote'];
   if (typeof value !== 'object' || value === null || Array.isArray(value)) {
-    throw new ApiError('BAD_REQUEST', 'source must be an object: {"volume": ID}, {"snapshot": ID} or {"image": ID}', { field: 'source' });
+    throw new ApiError('BAD_REQUEST', 'source must be an object: {"volume": ID}, {"snapshot": ID}, {"image": ID} or {"remote": {"uri", "sizeBytes", "volume"?}}', { field: 'source' });
   }
   const entries = Object.entries(value);
-  requireFields(value as Record<string, unknown>, ['volume', 'snapshot', 'image'], 'source');
+  requireFields(value as Record<string, unknown>, kinds, 'source');
   if (entries.length !== 1) {
-    throw new ApiError('BAD_REQUEST', 'source names exactly one of volume, snapshot or image', { field: 'source' });
+    throw new ApiError('BAD_REQUEST', `source names exactly one of ${kinds.join(', ')}`, { field: 'source' });
   }
   const [kind, id] = entries[0]!;
+  if (kind === 'remote') {
+    if (typeof id !== 'object' || id === null || Array.isArray(id)) {
+      throw new ApiError('BAD_REQUEST', 'source.remote must be an object: {"uri": "nbds://HOST:PORT/EXPORT", "sizeBytes": N, "volume"?: ID}', { field: 'source.remote' });
+    }
+    const fields = id as Record<string, unknown>;
+    requireFields(fields, ['uri', 'sizeBytes', 'volume'], 'source.remote');
+    if (typeof fields.uri !== 'string' || fields.uri.length === 0 || fields.uri.length > 4096) {
+      throw new ApiError('BAD_REQUEST', 'source.remote.uri must be an NBD URI (a string up to 4096 characters)', { field: 'source.remote.uri' });
+    }
+    const sizeBytes = parseSize(fields.sizeBytes, 'source.remote.sizeBytes');
+    const volume = fields.volume === undefined ? undefined : parseId(fields.volume, 'source.remote.volume');
+    return { remote: { uri: fields.uri, sizeBytes, ...(volume !== undefined ? { volume } : {}) } };
+  }
   const checked = parseId(id, `source.${kind}`);
   return kind === 'volume' ? { volume: checked } : kind === 'snapshot' ? { snapshot: checked } : { image: checked };
 }

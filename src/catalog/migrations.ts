@@ -145,6 +145,12 @@ export const MIGRATIONS: readonly string[] = [
   `
   ALTER TABLE operations ADD COLUMN tenant TEXT;
   `,
+  // 9: a volume pulled from another host's agent records where it came from:
+  // the peer's export as JSON ({"uri", "sizeBytes", "volume"?}), with
+  // source_kind NULL (the CHECK on source_kind names this host's objects only).
+  `
+  ALTER TABLE volumes ADD COLUMN source_remote TEXT;
+  `,
 ];
 
 export function schemaVersion(db: Database): number {

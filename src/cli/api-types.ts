@@ -10,7 +10,7 @@ export type { ExportView as Export } from '../agent/exports.js';
 export type { ImageView as Image } from '../agent/images.js';
 export type { OperationView as Operation } from '../agent/operations.js';
 export type { CheckReport, Difference } from '../agent/reconcile.js';
-export type { SnapshotView as Snapshot, SourceRef, VolumeView as Volume } from '../agent/volumes.js';
+export type { SnapshotView as Snapshot, SourceRef, VolumeView as Volume, VolumeSource } from '../agent/volumes.js';
 
 export interface Version {
   version: string;

@@ -3,12 +3,13 @@
 import { formatBytes } from '../units/bytes.js';
 import type { Column } from './table.js';
 import { formatFields, formatTable } from './table.js';
-import type { Export, Image, Operation, Pool, Snapshot, SourceRef, Volume } from './api-types.js';
+import type { Export, Image, Operation, Pool, Snapshot, Volume, VolumeSource } from './api-types.js';
 
 export const yesNo = (value: boolean): string => (value ? 'yes' : 'no');
 
-export function sourceText(source: SourceRef | undefined): string | undefined {
+export function sourceText(source: VolumeSource | undefined): string | undefined {
   if (!source) return undefined;
+  if ('remote' in source) return `remote ${source.remote.uri}`;
   const [kind, id] = Object.entries(source)[0] ?? [];
   return kind === undefined ? undefined : `${kind} ${String(id)}`;
 }

@@ -109,6 +109,7 @@ export async function startDaemon(config: AgentConfig, logger: Logger, options: 
   const { agent, startup } = await Agent.open({
     catalogPath: config.catalog.path, ...(catalog ? { catalog } : {}), pools, lockWaitMs: config.lockWaitMs, keepFinishedOperations: config.keepFinishedOperations, internalTenant: config.internalTenant, imagePolicies,
     nbdListen: config.nbd.listen, boundPorts, ...(nbdTls ? { nbdTls: true } : {}),
+    remote: { plaintextTcp: config.nbd.plaintextTcp, ...(nbdTls ? { tls: nbdTls.clientCredentials() } : {}) },
   });
   thinLedger?.writeThrough(agent.writes);
   await agent.exports.restore((row, error) => logger.error({ export: row.id, volume: row.volumeId, protocol: row.protocol, err: (error as Error).message }, 'an export could not be restored'));

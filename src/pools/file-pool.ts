@@ -24,8 +24,11 @@ import { failpoint } from '../faults/failpoints.js';
 import { cloneFile, REFLINK_UNSUPPORTED } from '../clone/clone-file.js';
 import { native } from '../native/binding.js';
 import { isSystemError, systemError } from '../native/system-error.js';
-import type { Backend, CloneOutcome, CloneRequest, ForeignObject, ObjectInfo, Pool, PoolCapabilities, PoolCapacity, ReceiveOutcome, ReceiveRequest } from './pool.js';
-import { dataExtentsOf, isObjectName } from './pool.js';
+import type {
+  Backend, CloneOutcome, CloneRequest, ForeignObject, ObjectInfo, ObjectSink, Pool, PoolCapabilities, PoolCapacity, PopulateOutcome, PopulateRequest,
+  ReceiveOutcome, ReceiveRequest,
+} from './pool.js';
+import { dataExtentsOf, isObjectName, sinkOf } from './pool.js';
 import type { FilePoolConfig } from './pool-config.js';
 import { writeSparse } from './sparse-writer.js';
 
@@ -211,6 +214,34 @@ export class FilePool implements Pool {
       }
       await this.publish(temp, target);
       return outcome;
+    } catch (error) {
+      await unlinkIfPresent(temp).catch(() => undefined);
+      throw error;
+    }
+  }
+
+  /** Written into a temporary of the object's size (holes but where data is written), fsync'd, then published under its name. */
+  async populate(name: string, sizeBytes: number, fill: (sink: ObjectSink) => Promise<void>, request: PopulateRequest = {}): Promise<PopulateOutcome> {
+    const target = this.objectPath(name);
+    checkSize(sizeBytes, 'populate', target);
+    throwIfAborted(request.signal);
+    await this.refuseExisting(target);
+    const temp = this.temporaryPath(name);
+    try {
+      const handle = await open(temp, fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL, MODE_WRITABLE);
+      let bytesWritten = 0;
+      try {
+        await handle.truncate(sizeBytes);
+        await fill(sinkOf(handle.fd, temp, sizeBytes, (written) => { bytesWritten += written; }));
+        throwIfAborted(request.signal);
+        await handle.chmod(request.readOnly ? MODE_READ_ONLY : MODE_WRITABLE);
+        await native.fsync(handle.fd, temp); // every byte, the size and the mode before the name appears
+      } finally {
+        await handle.close();
+      }
+      throwIfAborted(request.signal); // last point of no return: after publish the object is done
+      await this.publish(temp, target);
+      return { bytesWritten };
     } catch (error) {
       await unlinkIfPresent(temp).catch(() => undefined);
       throw error;

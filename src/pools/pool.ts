@@ -3,6 +3,9 @@
 // tenants, images or the catalog: the domain layer decides object names and
 // records intent in the catalog before calling a backend.
 import type { CloneMethod } from '../clone/clone-file.js';
+import { native } from '../native/binding.js';
+import { systemError } from '../native/system-error.js';
+import { ZERO_BLOCK_BYTES } from './sparse-writer.js';
 
 export type Backend = 'file' | 'thin';
 
@@ -88,6 +91,22 @@ export interface ForeignObject {
   allocation?: AllocationExtent[];
 }
 
+/** Where `Pool.populate` takes data: writes may overlap in time, never in range. */
+export interface ObjectSink {
+  write(data: Buffer, offset: number): Promise<void>;
+}
+
+export interface PopulateRequest {
+  /** Make the new object read-only (image-volumes). */
+  readOnly?: boolean;
+  signal?: AbortSignal;
+}
+
+export interface PopulateOutcome {
+  /** Bytes stored; all-zero blocks handed to the sink were left unallocated. */
+  bytesWritten: number;
+}
+
 export interface CloneOutcome {
   method: CloneMethod | 'thin_snapshot';
   bytesCopied: number;
@@ -132,6 +151,14 @@ export interface Pool {
    */
   receive(name: string, data: AsyncIterable<Uint8Array>, request?: ReceiveRequest): Promise<ReceiveOutcome>;
   /**
+   * A new object `name` of `sizeBytes` that reads zeros except where `fill`
+   * writes through the sink it is given (a copy from elsewhere: another
+   * host). All-zero 4 KiB blocks are not stored. Durable before it appears;
+   * nothing left under `name` when `fill` rejects or `signal` aborts. EEXIST
+   * if the name is taken.
+   */
+  populate(name: string, sizeBytes: number, fill: (sink: ObjectSink) => Promise<void>, request?: PopulateRequest): Promise<PopulateOutcome>;
+  /**
    * Makes object `name` hold the content of object `source` (a snapshot of
    * it, no larger), keeping `name`'s size: past the source's size it reads
    * zeros. Atomic: after a crash `name` holds either its old or its new
@@ -168,6 +195,21 @@ export interface AllocationExtent {
   length: number;
   /** False: nothing is stored there and it reads as zeros. */
   allocated: boolean;
+}
+
+/**
+ * A sink writing at offsets into an open file or device `fd` of `sizeBytes`
+ * (native.writeData on the libuv pool: all-zero 4 KiB blocks are skipped, the
+ * target reads zeros there already; each write's writeback starts at once so
+ * the final fsync waits for little). A write past the end is EINVAL.
+ */
+export function sinkOf(fd: number, path: string, sizeBytes: number, onWritten: (bytes: number) => void): ObjectSink {
+  return {
+    async write(data, offset) {
+      if (!Number.isSafeInteger(offset) || offset < 0 || offset + data.length > sizeBytes) throw systemError('EINVAL', 'write', path);
+      onWritten(await native.writeData(fd, data, offset, ZERO_BLOCK_BYTES, true, path));
+    },
+  };
 }
 
 export const OBJECT_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}(@[A-Za-z0-9][A-Za-z0-9._-]{0,127})?$/;

@@ -19,7 +19,7 @@ t.test('the values scripts rely on', async (t) => {
 });
 
 t.test('agent statuses: invalid request 2, absent 3, conflict 4, denied 6, agent fault 1', async (t) => {
-  const expected: Record<number, ExitCode> = { 400: 2, 403: 6, 404: 3, 405: 2, 409: 4, 413: 2, 416: 2, 422: 2, 500: 1, 503: 1, 507: 1 };
+  const expected: Record<number, ExitCode> = { 400: 2, 403: 6, 404: 3, 405: 2, 409: 4, 413: 2, 416: 2, 422: 2, 500: 1, 502: 1, 503: 1, 507: 1 };
   for (const [status, code] of Object.entries(expected)) t.equal(exitCodeForStatus(Number(status)), code, `status ${status}`);
   for (const [name, { status }] of Object.entries(ERROR_CODES)) {
     t.equal(exitCodeFor(new AgentError(status, name, 'x')), expected[status], `${name} (${status}) has a decided exit status`);

@@ -95,6 +95,17 @@ export class NbdTls {
     return new NbdTls('x509', new Map(), { cert, key, ca });
   }
 
+  /**
+   * The same credentials for this agent as a client of a peer's export: the
+   * PSK file's first identity and its key, or the certificate and key, with
+   * the CA the peer's certificate must chain to.
+   */
+  clientCredentials(): { psk: { identity: string; key: Buffer } } | { ca: string; cert: string; key: string } {
+    if (this.kind === 'x509') return { ...this.x509! };
+    const [identity, key] = [...this.keys][0]!;
+    return { psk: { identity, key } };
+  }
+
   /** Identities a PSK client may use. */
   identities(): string[] {
     return [...this.keys.keys()];

@@ -29,8 +29,11 @@ import { failpoint } from '../../faults/failpoints.js';
 import { native } from '../../native/binding.js';
 import type { DmDeviceInfo, DmTarget } from '../../native/addon-types.js';
 import { isSystemError, systemError } from '../../native/system-error.js';
-import type { AllocationExtent, Backend, CloneOutcome, CloneRequest, ForeignObject, ObjectInfo, Pool, PoolCapabilities, PoolCapacity, PoolHealth, ReceiveOutcome, ReceiveRequest } from '../pool.js';
-import { dataExtentsOf, isObjectName, UnalignedSizeError } from '../pool.js';
+import type {
+  AllocationExtent, Backend, CloneOutcome, CloneRequest, ForeignObject, ObjectInfo, ObjectSink, Pool, PoolCapabilities, PoolCapacity, PoolHealth,
+  PopulateOutcome, PopulateRequest, ReceiveOutcome, ReceiveRequest,
+} from '../pool.js';
+import { dataExtentsOf, isObjectName, sinkOf, UnalignedSizeError } from '../pool.js';
 import type { ThinPoolConfig } from '../pool-config.js';
 import { writeSparse } from '../sparse-writer.js';
 import type { PoolDevice } from './block-device.js';
@@ -388,6 +391,35 @@ export class ThinPool implements Pool {
       }
       await this.setTable(name, { sizeBytes: outcome.sizeBytes, readOnly: request.readOnly ?? false });
       return outcome;
+    } catch (error) {
+      const cause = await this.writeFailureCause(error);
+      await this.remove(name).catch(() => undefined);
+      throw cause;
+    }
+  }
+
+  /** A new thin device written through its node: only the blocks written with data are provisioned. */
+  async populate(name: string, sizeBytes: number, fill: (sink: ObjectSink) => Promise<void>, request: PopulateRequest = {}): Promise<PopulateOutcome> {
+    if (!Number.isSafeInteger(sizeBytes) || sizeBytes <= 0) throw systemError('EINVAL', 'populate', this.objectPath(name));
+    this.checkSize(sizeBytes);
+    this.refuseTaken(name);
+    throwIfAborted(request.signal);
+    await this.refuseWhenFull();
+    await this.makeDevice({ op: 'create', name, sizeBytes, readOnly: false });
+    const node = this.objectPath(name);
+    try {
+      let bytesWritten = 0;
+      // O_EXCL on a block device: an exclusive open, so nothing mounts or opens it exclusively meanwhile.
+      const handle = await open(node, fsConstants.O_WRONLY | fsConstants.O_EXCL);
+      try {
+        await fill(sinkOf(handle.fd, node, sizeBytes, (written) => { bytesWritten += written; }));
+        throwIfAborted(request.signal);
+        await native.fsync(handle.fd, node); // a flush: the pool commits its metadata, the data is on the data device
+      } finally {
+        await handle.close();
+      }
+      if (request.readOnly) await this.setTable(name, { readOnly: true });
+      return { bytesWritten };
     } catch (error) {
       const cause = await this.writeFailureCause(error);
       await this.remove(name).catch(() => undefined);

@@ -7,20 +7,33 @@
 // `auth_strategy = noauth` (the token is `user:project`); Glance runs a paste
 // filter of the test's (test/openstack/glance) that does the same.
 //
+// Two storage hosts (issue 21): each agent runs in its own network namespace
+// (test/helpers/netns.ts), serving NBD with TLS (one PSK) on its address of
+// the veth pair between them; each host's cinder-volume (`host` A: this
+// machine's name, backend `volagent`; `host` B: `volagent-b`, backend
+// `volagent-b`) reaches its agent over the agent's unix control socket. The
+// Cinder services themselves run in the root namespace: RabbitMQ, the APIs and
+// the database are one deployment's, and a unix socket crosses namespaces.
+//
 // Every process is started in its own process group and stopped by its pid;
 // what outlives its parent (os-brick's privsep-helper daemons) is found by
 // the stack's directory in its command line. One stack per machine: the
 // services listen on their fixed ports (8776, 9292, 5672, 4369).
 import type { ChildProcess } from 'node:child_process';
 import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { createWriteStream, existsSync } from 'node:fs';
 import { chown, mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
 
+import type { Test } from 'tap';
+
 import { REPO_ROOT, requestOn, VOLAGENTD } from './agent.js';
 import type { LoopFs } from './loop-fs.js';
 import { makeLoopFs, TEST_ROOT } from './loop-fs.js';
+import type { Host } from './netns.js';
+import { makeHosts } from './netns.js';
 import { run } from './run.js';
 
 export const SYSTEM_PYTHON = '/usr/bin/python3';
@@ -38,6 +51,10 @@ export const PROJECTS = {
 const INTERNAL_USER = '2e2e2e2e2e2e4e2e8e2e2e2e2e2e2e2e';
 
 const GiB = 1024 ** 3;
+/** The second storage host's cinder-volume `host` and backend. */
+export const HOST_B = 'volagent-b';
+export const BACKEND_B = 'volagent-b';
+const NBD_PORT = 10809;
 
 export interface StackOptions {
   /** Size of each pool's loop filesystem (sparse). */
@@ -61,13 +78,19 @@ export interface Table {
 export class OpenStack {
   readonly dir: string;
   readonly agentSocket: string;
-  pools: { xfs?: LoopFs; ext4?: LoopFs } = {};
+  /** The second host's agent (one pool, `xfs`). */
+  readonly agentSocketB: string;
+  pools: { xfs?: LoopFs; ext4?: LoopFs; b?: LoopFs } = {};
+  /** The two hosts' namespaces: A holds the first agent, B the second. */
+  hosts: Host[] = [];
+  private netnsTeardown: (() => Promise<void>) | undefined;
   private readonly services: Service[] = [];
   private glanceDefaultStore: 'file' | 'cinder';
 
   constructor(readonly options: StackOptions) {
     this.dir = path.join(TEST_ROOT, `openstack-${process.pid}`);
     this.agentSocket = path.join(this.dir, 'agent', 'control.sock');
+    this.agentSocketB = path.join(this.dir, 'agent-b', 'control.sock');
     this.glanceDefaultStore = options.glanceDefaultStore ?? 'file';
   }
 
@@ -86,18 +109,25 @@ export class OpenStack {
     // processes name its directory (TEST_ROOT/openstack-<pid>) in their command lines.
     await killProcessesNaming(path.join(TEST_ROOT, 'openstack-'));
     await rm(this.dir, { recursive: true, force: true });
-    for (const sub of ['agent', 'etc', 'rabbit', 'glance/images', 'glance/lock', 'glance/mnt', 'cinder/state', 'cinder/lock', 'cinder/log', 'cinder/conversion', 'home']) {
+    for (const sub of ['agent', 'agent-b', 'etc', 'rabbit', 'glance/images', 'glance/lock', 'glance/mnt', 'cinder/state', 'cinder/lock', 'cinder/log', 'cinder/conversion', 'home']) {
       await mkdir(path.join(this.dir, sub), { recursive: true });
     }
     this.pools.xfs = await makeLoopFs('xfs', this.options.poolBytes);
     this.pools.ext4 = await makeLoopFs('ext4', this.options.poolBytes);
-    for (const pool of [this.pools.xfs, this.pools.ext4]) await mkdir(path.join(pool.mountPoint, 'pool'));
+    this.pools.b = await makeLoopFs('xfs', this.options.poolBytes);
+    for (const pool of [this.pools.xfs, this.pools.ext4, this.pools.b]) await mkdir(path.join(pool.mountPoint, 'pool'));
+    // makeHosts registers its teardown with a tap test; the stack keeps it and runs it in stop().
+    const keeper = { comment: () => undefined, teardown: (fn: () => Promise<void>) => { this.netnsTeardown = fn; } } as unknown as Test;
+    this.hosts = await makeHosts(keeper, 2);
+    await writeFile(path.join(this.dir, 'agent', 'fleet.psk'), `fleet:${randomBytes(32).toString('hex')}\n`, { mode: 0o600 });
     await this.writeAgentConfig();
     await this.writeGlanceConfig();
     await this.writeCinderConfig();
     await this.actAs(PROJECTS.admin);
 
-    this.spawn('volagentd', process.execPath, [VOLAGENTD, '--config', path.join(this.dir, 'agent', 'volagent.toml')]);
+    for (const [name, host, dir] of [['volagentd', this.hosts[0]!, 'agent'], ['volagentd-b', this.hosts[1]!, 'agent-b']] as const) {
+      this.spawn(name, 'nsenter', [`--net=/run/netns/${host.name}`, '--', process.execPath, VOLAGENTD, '--config', path.join(this.dir, dir, 'volagent.toml')]);
+    }
     this.spawn('epmd', '/usr/bin/epmd', ['-address', '127.0.0.1']);
     await chown(path.join(this.dir, 'rabbit'), ...(await this.ids('rabbitmq')));
     this.spawn('rabbitmq', '/usr/bin/setpriv', ['--reuid=rabbitmq', '--regid=rabbitmq', '--init-groups', '/usr/lib/rabbitmq/bin/rabbitmq-server'], {
@@ -111,28 +141,39 @@ export class OpenStack {
     await run('glance-manage', ['--config-file', this.etc('glance-api.conf'), 'db_sync'], { timeoutMs: 300_000 });
     await run('cinder-manage', ['--config-file', this.etc('cinder.conf'), 'db', 'sync'], { timeoutMs: 300_000 });
     await this.until('volagentd', 30_000, async () => (await requestOn(this.agentSocket, 'GET', '/v1/version')).status === 200);
+    await this.until('volagentd-b', 30_000, async () => (await requestOn(this.agentSocketB, 'GET', '/v1/version')).status === 200);
     // Cinder's services run as the cinder user, as Debian's units run them. The control socket's
     // group is cinder's, as the socket unit's SocketGroup= makes it in production
     // (docs/openstack.md); the agent's allow rule lets that uid in as an admin.
     const [cinderUid, cinderGid] = await this.ids('cinder');
     await chown(this.agentSocket, 0, cinderGid);
+    await chown(this.agentSocketB, 0, cinderGid);
     await run('chown', ['-R', `${cinderUid}:${cinderGid}`, path.join(this.dir, 'cinder')]);
     await this.until('rabbitmq', 60_000, () => connects(5672));
     this.startGlance();
-    for (const name of ['api', 'scheduler', 'volume']) {
-      this.spawn(`cinder-${name}`, '/usr/bin/setpriv', ['--reuid=cinder', '--regid=cinder', '--init-groups', SYSTEM_PYTHON, `/usr/bin/cinder-${name}`, '--config-file', this.etc('cinder.conf')], {
+    for (const name of ['api', 'scheduler', 'volume', 'volume-b']) {
+      const binary = name === 'volume-b' ? 'volume' : name;
+      const configs = ['--config-file', this.etc('cinder.conf'), ...(name === 'volume-b' ? ['--config-file', this.etc('cinder-b.conf')] : [])];
+      this.spawn(`cinder-${name}`, '/usr/bin/setpriv', ['--reuid=cinder', '--regid=cinder', '--init-groups', SYSTEM_PYTHON, `/usr/bin/cinder-${binary}`, ...configs], {
         PYTHONPATH: DRIVER_PATH, HOME: path.join(this.dir, 'cinder', 'state'),
       });
     }
     await this.until('glance-api', 60_000, () => connects(9292));
     await this.until('cinder-volume', 120_000, async () => {
       const pools = await this.cinderRaw(PROJECTS.admin, ['get-pools']);
-      return pools.code === 0 && pools.stdout.includes('#xfs') && pools.stdout.includes('#ext4');
+      return pools.code === 0 && pools.stdout.includes('#xfs') && pools.stdout.includes('#ext4') && pools.stdout.includes(`${HOST_B}@${BACKEND_B}#xfs`);
     });
     // One volume type per pool, so a test says where a volume goes.
     for (const pool of ['xfs', 'ext4']) {
       await this.cinder(PROJECTS.admin, ['type-create', pool]);
       await this.cinder(PROJECTS.admin, ['type-key', pool, 'set', 'volume_backend_name=volagent', `pool_name=${pool}`]);
+    }
+    // Types by host: `a-any` and `b-any` differ in the backend name alone, so Cinder lets a retype
+    // between them move the data by the driver (its diff may hold nothing else); `plain` has no
+    // extra specs, so every host passes the scheduler's filters for it (a migrate's destination).
+    for (const [type, specs] of [['a-any', ['volume_backend_name=volagent']], ['b-any', [`volume_backend_name=${BACKEND_B}`]], ['plain', []]] as const) {
+      await this.cinder(PROJECTS.admin, ['type-create', type]);
+      if (specs.length > 0) await this.cinder(PROJECTS.admin, ['type-key', type, 'set', ...specs]);
     }
     // Cinder's internal tenant holds Image-Volumes and cache entries without quota limits; the
     // test's projects make more volumes than the default quota of 10.
@@ -158,7 +199,9 @@ export class OpenStack {
   async stop(): Promise<void> {
     for (const service of [...this.services].reverse()) await this.stopService(service.name);
     await this.killStragglers();
-    for (const pool of [this.pools.xfs, this.pools.ext4]) await pool?.cleanup();
+    await this.netnsTeardown?.();
+    this.netnsTeardown = undefined;
+    for (const pool of [this.pools.xfs, this.pools.ext4, this.pools.b]) await pool?.cleanup();
     this.pools = {};
   }
 
@@ -230,16 +273,17 @@ export class OpenStack {
 
   private async writeAgentConfig(): Promise<void> {
     const cinder = await this.ids('cinder');
-    const lines = [
-      '[control]', `socket = ${JSON.stringify(this.agentSocket)}`,
+    const agent = (dir: string, host: Host, pools: Array<[string, LoopFs]>): string[] => [
+      '[control]', `socket = ${JSON.stringify(path.join(this.dir, dir, 'control.sock'))}`,
       // Root (the test itself) and the cinder user (cinder-volume) act for all projects.
       `allow = [{ uid = 0, role = "admin" }, { uid = ${cinder[0]}, role = "admin" }]`, '',
-      '[catalog]', `path = ${JSON.stringify(path.join(this.dir, 'agent', 'catalog.db'))}`, '',
-      '[nbd]', `listen = [${JSON.stringify(`unix:${path.join(this.dir, 'agent', 'nbd.sock')}`)}]`, '',
-      '[[pools]]', 'name = "xfs"', 'backend = "file"', `path = ${JSON.stringify(path.join(this.pools.xfs!.mountPoint, 'pool'))}`, '',
-      '[[pools]]', 'name = "ext4"', 'backend = "file"', `path = ${JSON.stringify(path.join(this.pools.ext4!.mountPoint, 'pool'))}`, '',
+      '[catalog]', `path = ${JSON.stringify(path.join(this.dir, dir, 'catalog.db'))}`, '',
+      '[nbd]', `listen = [${JSON.stringify(`unix:${path.join(this.dir, dir, 'nbd.sock')}`)}, ${JSON.stringify(`tcp:${host.address}:${NBD_PORT}`)}]`,
+      `tls = { psk_file = ${JSON.stringify(path.join(this.dir, 'agent', 'fleet.psk'))} }`, '',
+      ...pools.flatMap(([name, fs]) => ['[[pools]]', `name = "${name}"`, 'backend = "file"', `path = ${JSON.stringify(path.join(fs.mountPoint, 'pool'))}`, '']),
     ];
-    await writeFile(path.join(this.dir, 'agent', 'volagent.toml'), lines.join('\n'));
+    await writeFile(path.join(this.dir, 'agent', 'volagent.toml'), agent('agent', this.hosts[0]!, [['xfs', this.pools.xfs!], ['ext4', this.pools.ext4!]]).join('\n'));
+    await writeFile(path.join(this.dir, 'agent-b', 'volagent.toml'), agent('agent-b', this.hosts[1]!, [['xfs', this.pools.b!]]).join('\n'));
   }
 
   private async writeGlanceConfig(): Promise<void> {
@@ -292,6 +336,15 @@ export class OpenStack {
       `image_volume_cache_enabled = ${this.options.imageVolumeCache ?? true ? 'True' : 'False'}`, '',
     ];
     await writeFile(this.etc('cinder.conf'), conf.join('\n'));
+    // Host B's cinder-volume: read after cinder.conf, its keys win.
+    const b = [
+      '[DEFAULT]', `host = ${HOST_B}`, `enabled_backends = ${BACKEND_B}`, 'log_file = cinder-volume-b.log',
+      `[${BACKEND_B}]`, 'volume_driver = volagent_cinder.driver.VolagentDriver', `volume_backend_name = ${BACKEND_B}`,
+      `volagent_socket = ${this.agentSocketB}`,
+      'image_upload_use_cinder_backend = True', 'image_upload_use_internal_tenant = True',
+      `image_volume_cache_enabled = ${this.options.imageVolumeCache ?? true ? 'True' : 'False'}`, '',
+    ];
+    await writeFile(this.etc('cinder-b.conf'), b.join('\n'));
   }
 
   /** Cinder's requests to Glance carry no token: they act for this project (the Glance filter reads it). */
@@ -375,6 +428,17 @@ export class OpenStack {
   async agentRequest(method: string, urlPath: string, body?: unknown): Promise<{ status: number; json: any }> {
     const reply = await requestOn(this.agentSocket, method, urlPath, body);
     return { status: reply.status, json: reply.body };
+  }
+
+  /** Host B's agent: its answer to a request (as root). */
+  async agentB(method: string, urlPath: string, body?: unknown): Promise<{ status: number; json: any }> {
+    const reply = await requestOn(this.agentSocketB, method, urlPath, body);
+    return { status: reply.status, json: reply.body };
+  }
+
+  /** The file of an agent volume in host B's pool. */
+  volumeFileB(agentId: string): string {
+    return path.join(this.pools.b!.mountPoint, 'pool', 'objects', `${agentId}.raw`);
   }
 
   /** The file of an agent volume in a file pool. */

@@ -11,7 +11,7 @@ import t from 'tap';
 
 import { fiemapExtents } from '../../src/clone/extents.js';
 import { run } from '../helpers/run.js';
-import { gib, listTable, OpenStack, PROJECTS, propertyTable, stackMissing, SYSTEM_PYTHON } from '../helpers/openstack.js';
+import { BACKEND_B, gib, HOST_B, listTable, OpenStack, PROJECTS, propertyTable, stackMissing, SYSTEM_PYTHON } from '../helpers/openstack.js';
 
 const MiB = 1024 * 1024;
 const HOST = os.hostname();
@@ -30,7 +30,7 @@ if (missing) {
   const agentId = (cinderId: string): string => `volume-${cinderId}`;
 
   /** `cinder create`, waited until available: its id. */
-  const createVolume = async (project: string, pool: PoolName, sizeGb: number, extra: string[] = []): Promise<string> => {
+  const createVolume = async (project: string, pool: PoolName | 'a-any' | 'b-any', sizeGb: number, extra: string[] = []): Promise<string> => {
     const shown = propertyTable(await stack.cinder(project, ['create', '--volume-type', pool, ...extra, String(sizeGb)]));
     await stack.waitVolume(project, shown.id!, ['available']);
     return shown.id!;
@@ -127,9 +127,9 @@ if (missing) {
   await t.test('stats: each agent pool is a Cinder pool with its capacities and thin provisioning', async (t) => {
     const agentPools = await stack.agent('/v1/pools') as Array<{ name: string; capacity: { totalBytes: number } }>;
     const listed = (await stack.cinder(ADMIN, ['get-pools', '--detail'])).split(/\n(?=\+-+\+-+\+\n\| Property)/).map(propertyTable);
-    t.same(listed.map((p) => p.name).sort(), [`${HOST}@volagent#ext4`, `${HOST}@volagent#xfs`]);
+    t.same(listed.map((p) => p.name).sort(), [`${HOST}@volagent#ext4`, `${HOST}@volagent#xfs`, `${HOST_B}@${BACKEND_B}#xfs`].sort(), 'host A\'s two pools and host B\'s one');
     for (const pool of agentPools) {
-      const cinderPool = listed.find((p) => p.pool_name === pool.name)!;
+      const cinderPool = listed.find((p) => p.name === `${HOST}@volagent#${pool.name}`)!;
       t.equal(Number(cinderPool.total_capacity_gb), Math.round((pool.capacity.totalBytes / gib(1)) * 100) / 100, `${pool.name}: total capacity`);
       t.equal(cinderPool.thin_provisioning_support, 'True');
       t.equal(cinderPool.thick_provisioning_support, 'False');
@@ -437,4 +437,98 @@ if (missing) {
     await rm(downloaded);
     await rm(imageFile);
   });
+
+  // --- two hosts: each its own cinder-volume and agent, the agents in their own namespaces ---
+
+  /** Host B's agent volumes that were pulled from `sourceAgentId` on host A. */
+  const pulledOnB = async (sourceAgentId: string): Promise<Array<Record<string, any>>> =>
+    ((await stack.agentB('GET', '/v1/volumes')).json as Array<Record<string, any>>).filter((v) => v.source?.remote?.volume === sourceAgentId);
+
+  const hostOf = async (id: string): Promise<string> => propertyTable(await stack.cinder(ADMIN, ['show', id]))['os-vol-host-attr:host']!;
+
+  /** Waits until `cinder show` says the migration ended (success or error): the final table. */
+  const waitMigration = async (id: string): Promise<Record<string, string>> => {
+    const deadline = Date.now() + 300_000;
+    for (;;) {
+      const shown = propertyTable(await stack.cinder(ADMIN, ['show', id]));
+      if (['success', 'error'].includes(shown.migration_status!)) return shown;
+      if (Date.now() > deadline) throw new Error(`volume ${id}: migration still ${shown.migration_status} after 300 s`);
+      await new Promise((resolve) => setTimeout(resolve, 1000));
+    }
+  };
+
+  await t.test('two hosts: create --image on host B pulls the Image-Volume of host A over NBD with TLS; Glance serves no data', async (t) => {
+    const source = await createVolume(P1, 'xfs', 1);
+    const data = randomBytes(6 * MiB);
+    await withAttached(P1, source, 'rw', (device) => writeAt(device, 300 * MiB, data));
+    const uploaded = propertyTable(await stack.cinder(P1, ['upload-to-image', '--disk-format', 'raw', '--container-format', 'bare', source, 'on-host-a']));
+    const image = await stack.waitImage(P1, uploaded.image_id!, ['active']);
+    await stack.waitVolume(P1, source, ['available']);
+    const location = /cinder:\/\/([0-9a-f-]{36})/.exec(image.locations!)?.[1];
+    t.ok(location, `the image's location is cinder:// (${image.locations})`);
+    t.match(await hostOf(location!), new RegExp(`^${HOST}@volagent#`), 'its Image-Volume is on host A');
+
+    const id = await createVolume(P1, 'b-any', 1, ['--image', uploaded.image_id!]);
+    t.equal(await hostOf(id), `${HOST_B}@${BACKEND_B}#xfs`, 'the new volume is on host B');
+    const made = (await stack.agentB('GET', `/v1/volumes/${agentId(id)}`)).json;
+    t.match(made, { pool: 'xfs', tenant: P1, cloneMethod: 'nbd_pull', source: { remote: { volume: agentId(location!), sizeBytes: gib(1) } } }, 'host B\'s agent pulled it from host A\'s Image-Volume');
+    t.match(made.source.remote.uri, new RegExp(`^nbds://${stack.hosts[0]!.address}:10809/exp-`), 'over TLS, from host A\'s address');
+    t.ok(await sameBytes(stack.volumeFile('xfs', agentId(location!)), stack.volumeFileB(agentId(id)), gib(1)), 'the bytes are the Image-Volume\'s');
+    const allocated = (await stat(stack.volumeFileB(agentId(id)))).blocks * 512;
+    t.ok(allocated <= 16 * MiB, `sparse on host B: ${allocated / MiB} MiB allocated for 6 MiB of data`);
+    t.equal(await imageDataReads(uploaded.image_id!), 0, 'Glance never served the image\'s data');
+    t.same(await stack.agent('/v1/exports'), [], 'host A\'s export for the pull is gone');
+    t.same((await stack.agentB('GET', '/v1/exports')).json, [], 'host B has no export');
+    await deleteVolume(P1, id);
+    t.equal((await stack.agentB('GET', `/v1/volumes/${agentId(id)}`)).status, 404, 'deleting it through Cinder deleted it on host B');
+    await stack.glance(P1, ['image-delete', uploaded.image_id!]);
+    await stack.waitVolumeGone(ADMIN, location!);
+    await deleteVolume(P1, source);
+  });
+
+  for (const how of ['migrate', 'retype'] as const) {
+    await t.test(`two hosts: cinder ${how} moves a volume from host A to host B by the driver's pull, not Cinder's copy`, async (t) => {
+      const data = randomBytes(5 * MiB);
+      let id: string;
+      let sourceAgentId: string;
+      let pool: PoolName;
+      if (how === 'migrate') {
+        // A volume of type `plain` (no extra specs, so host B passes the scheduler's filters), put on host A by manage.
+        sourceAgentId = 'to-migrate';
+        pool = 'xfs';
+        t.equal((await stack.agentRequest('PUT', `/v1/volumes/${sourceAgentId}`, { pool, tenant: P1, sizeBytes: gib(1) })).status, 201);
+        const managed = propertyTable(await stack.cinder(P1, ['manage', '--id-type', 'source-name', '--volume-type', 'plain', `${HOST}@volagent#${pool}`, sourceAgentId]));
+        id = managed.id!;
+        await stack.waitVolume(P1, id, ['available']);
+      } else {
+        id = await createVolume(P1, 'a-any', 1);
+        sourceAgentId = agentId(id);
+        pool = (await hostOf(id)).split('#')[1] as PoolName;
+      }
+      await withAttached(P1, id, 'rw', (device) => writeAt(device, 700 * MiB, data));
+      const before = createHash('sha256').update(await readFile(stack.volumeFile(pool, sourceAgentId))).digest('hex');
+      if (how === 'migrate') await stack.cinder(ADMIN, ['migrate', id, `${HOST_B}@${BACKEND_B}#xfs`]);
+      else await stack.cinder(P1, ['retype', '--migration-policy', 'on-demand', id, 'b-any']);
+      const shown = await waitMigration(id);
+      t.equal(shown.migration_status, 'success', `${how}: the migration succeeded`);
+      await stack.waitVolume(P1, id, ['available']);
+      t.equal(await hostOf(id), `${HOST_B}@${BACKEND_B}#xfs`, 'the volume is on host B now');
+      if (how === 'retype') t.equal(propertyTable(await stack.cinder(ADMIN, ['show', id])).volume_type, 'b-any', 'and of the new type');
+      const pulled = await pulledOnB(sourceAgentId);
+      t.equal(pulled.length, 1, 'host B\'s agent holds one volume pulled from it');
+      t.match(pulled[0], { pool: 'xfs', tenant: P1, cloneMethod: 'nbd_pull', sizeBytes: gib(1) });
+      const file = stack.volumeFileB(pulled[0]!.id as string);
+      t.equal(createHash('sha256').update(await readFile(file)).digest('hex'), before, 'with the volume\'s bytes');
+      t.equal((await stack.agentRequest('GET', `/v1/volumes/${sourceAgentId}`)).status, 404, 'host A\'s copy is gone');
+      t.same(await stack.agent('/v1/exports'), [], 'host A has no export left');
+      // Cinder finds the moved volume under its new name: an attach reads the bytes from host B.
+      const read = await withAttached(P1, id, 'ro', (device) => readAt(device, 700 * MiB, data.length));
+      t.equal(sha(read), sha(data), 'an attach through Cinder reads the data on host B');
+      const log = await stack.cinderLog('cinder-volume');
+      t.match(log, `Volume ${id} migrated to ${HOST_B}@${BACKEND_B}#xfs by a pull.`, 'host A\'s driver moved it');
+      t.notMatch(log, `_copy_volume_data volume-${id}`, 'Cinder did not copy it generically');
+      await deleteVolume(P1, id);
+      t.equal((await stack.agentB('GET', `/v1/volumes/${pulled[0]!.id as string}`)).status, 404, 'deleting it through Cinder deleted it on host B');
+    });
+  }
 }

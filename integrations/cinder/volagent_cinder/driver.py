@@ -14,20 +14,34 @@ name, recorded as ``provider_id``), a snapshot is the agent snapshot
 with a block device from the agent's block export (a loop device for a file
 volume, the device-mapper node for a thin one), read-only when Cinder
 attaches read-only.
+
+Across hosts (one cinder-volume and one volagent per storage host), a volume
+whose source lives on another volagent backend is pulled by this host's
+agent over NBD with TLS: the driver asks the source's cinder-volume, through
+Cinder's own RPC (``initialize_connection`` with a peer connector), to
+export the source read-only over ``nbds://``, has its agent pull it (data
+extents only), then ``terminate_connection`` removes the export. That serves
+``clone_image`` from a ``cinder://`` Image-Volume of another host, clones
+across hosts, and ``migrate_volume`` (also retype between volagent backends),
+which has the destination make a temporary volume cloned from the source.
 """
 
 import math
+import time
 import urllib.parse
 
 from oslo_config import cfg
 from oslo_log import log as logging
 
+from cinder import context as cinder_context
 from cinder import exception
 from cinder.i18n import _
 from cinder import interface
 from cinder import objects
+from cinder.objects import fields
 from cinder.volume import configuration
 from cinder.volume import driver
+from cinder.volume import rpcapi as volume_rpcapi
 from cinder.volume import volume_utils
 
 from volagent_cinder import client as agent_client
@@ -67,6 +81,25 @@ def _bytes(size_gb):
 
 def _quote(agent_id):
     return urllib.parse.quote(agent_id, safe='')
+
+
+# A connector that names another volagent host pulling the volume: its
+# connection is an NBD export over TLS, not a local block device.
+PEER_CONNECTOR_KEY = 'volagent_peer'
+PEER_VOLUME_TYPE = 'volagent_nbd'
+
+
+def _peer_connector():
+    return {PEER_CONNECTOR_KEY: True, 'host': CONF.host, 'initiator': None,
+            'multipath': False, 'platform': 'volagent', 'os_type': 'linux'}
+
+
+def _is_peer(connector):
+    return bool((connector or {}).get(PEER_CONNECTOR_KEY))
+
+
+def _backend_of(host):
+    return volume_utils.extract_host(host, 'backend')
 
 
 @interface.volumedriver
@@ -176,6 +209,11 @@ class VolagentDriver(driver.VolumeDriver):
                                   'sizeBytes': _bytes(volume.size)})
 
     def create_cloned_volume(self, volume, src_vref):
+        if _backend_of(src_vref.host) != _backend_of(volume.host):
+            # Another host's volume: Cinder calls this across backends only
+            # for migrate_volume's temporary volume (below).
+            self._pull(cinder_context.get_admin_context(), volume, src_vref)
+            return
         self._put_volume(volume, {
             'pool': _pool_of(volume), 'tenant': volume.project_id,
             'sizeBytes': _bytes(max(volume.size, src_vref.size)),
@@ -252,14 +290,21 @@ class VolagentDriver(driver.VolumeDriver):
             return None, False
         direct_url, locations = image_location or (None, None)
         urls = {direct_url} | {loc.get('url') for loc in locations or []}
-        backend = volume_utils.extract_host(volume.host, 'backend')
+        backend = _backend_of(volume.host)
+        sources = []
         for volume_id in _cinder_volume_ids(urls):
             try:
-                source = objects.Volume.get_by_id(context.elevated(), volume_id)
+                sources.append(objects.Volume.get_by_id(context.elevated(), volume_id))
             except exception.VolumeNotFound:
                 continue
-            if (volume_utils.extract_host(source.host, 'backend') != backend or
-                    source.status not in ('available', 'in-use')):
+        # An Image-Volume of this backend clones in place; one of another
+        # volagent host is pulled over NBD (sparse, TLS); Glance is not read.
+        local = [s for s in sources if _backend_of(s.host) == backend]
+        remote = [s for s in sources if _backend_of(s.host) != backend and
+                  s.status == 'available' and
+                  self._is_volagent_backend(context, s.host)]
+        for source in local + remote:
+            if source.status not in ('available', 'in-use'):
                 continue
             if not _image_usable_by(image_meta, volume.project_id):
                 LOG.info('Image %(image)s is not usable by project %(project)s: '
@@ -267,14 +312,17 @@ class VolagentDriver(driver.VolumeDriver):
                          {'image': image_meta.get('id'),
                           'project': volume.project_id, 'source': source.id})
                 continue
-            self._put_volume(volume, {
-                'pool': _pool_of(volume), 'tenant': volume.project_id,
-                'sizeBytes': _bytes(max(volume.size, source.size)),
-                'source': {'volume': self._agent_id(source)}})
+            if source in local:
+                self._put_volume(volume, {
+                    'pool': _pool_of(volume), 'tenant': volume.project_id,
+                    'sizeBytes': _bytes(max(volume.size, source.size)),
+                    'source': {'volume': self._agent_id(source)}})
+            else:
+                self._pull(context.elevated(), volume, source)
             LOG.info('Volume %(volume)s cloned from Image-Volume %(source)s '
-                     'of image %(image)s.', {'volume': volume.id,
-                                             'source': source.id,
-                                             'image': image_meta.get('id')})
+                     'of image %(image)s on %(host)s.',
+                     {'volume': volume.id, 'source': source.id,
+                      'image': image_meta.get('id'), 'host': source.host})
             return None, True
         return None, False
 
@@ -335,6 +383,9 @@ class VolagentDriver(driver.VolumeDriver):
     # --- exports and connections ---
 
     def create_export(self, context, volume, connector):
+        if _is_peer(connector):
+            self._peer_export(volume)
+            return
         self._block_export(volume, connector)
 
     def ensure_export(self, context, volume):
@@ -344,13 +395,49 @@ class VolagentDriver(driver.VolumeDriver):
         self._remove_exports(self._agent_id(volume))
 
     def initialize_connection(self, volume, connector):
+        if _is_peer(connector):
+            export = self._peer_export(volume)
+            agent_id = self._agent_id(volume)
+            agent_volume = self._call('GET', '/v1/volumes/%s' % _quote(agent_id),
+                                      action='export volume %s' % volume.id)
+            return {'driver_volume_type': PEER_VOLUME_TYPE,
+                    'data': {'uri': _tls_uri(export),
+                             'sizeBytes': agent_volume['sizeBytes'],
+                             'volume': agent_id,
+                             'volagent_export': export['id']}}
         export = self._block_export(volume, connector)
         return {'driver_volume_type': 'local',
                 'data': {'device_path': export['uri'],
                          'volagent_export': export['id']}}
 
     def terminate_connection(self, volume, connector, **kwargs):
-        """The export goes with remove_export, which Cinder calls next."""
+        """A peer's NBD export goes now; a local attach's with remove_export, which Cinder calls next."""
+        if _is_peer(connector):
+            for export in self._exports_of(self._agent_id(volume)):
+                if export['protocol'] == 'nbd':
+                    self._call('DELETE', '/v1/exports/%s' % _quote(export['id']),
+                               action='remove export %s' % export['id'])
+
+    def _peer_export(self, volume):
+        """The volume's read-only NBD export for a peer host, made when missing.
+
+        The peer reads it at one point in time only if nothing writes the
+        volume meanwhile: an attached volume is refused.
+        """
+        if volume.attach_status == fields.VolumeAttachStatus.ATTACHED:
+            raise exception.VolumeBackendAPIException(
+                data=_('volume %s is attached: another host cannot read it '
+                       'at one point in time') % volume.id)
+        agent_id = self._agent_id(volume)
+        for export in self._exports_of(agent_id):
+            if export['protocol'] == 'nbd' and export['readOnly']:
+                return export
+        status, export = self._request(
+            'POST', '/v1/volumes/%s/exports' % _quote(agent_id),
+            body={'protocol': 'nbd', 'readOnly': True},
+            action='export volume %s to a peer' % volume.id)
+        _tls_uri(export)  # an agent without a TLS address cannot serve peers
+        return export
 
     def _block_export(self, volume, connector):
         """The volume's block export in the mode Cinder attaches it, made when missing."""
@@ -372,6 +459,107 @@ class VolagentDriver(driver.VolumeDriver):
         for export in self._exports_of(agent_id):
             self._call('DELETE', '/v1/exports/%s' % _quote(export['id']),
                        action='remove export %s' % export['id'])
+
+    # --- across hosts ---
+
+    def _is_volagent_backend(self, context, host):
+        """Whether the backend of ``host`` is a volagent (Cinder's RPC: its capabilities)."""
+        try:
+            capabilities = volume_rpcapi.VolumeAPI().get_capabilities(
+                context.elevated(), _backend_of(host), False)
+        except Exception as e:  # a backend that does not answer is not a peer now
+            LOG.info('Backend %(host)s did not tell its capabilities: %(e)s',
+                     {'host': host, 'e': e})
+            return False
+        return (capabilities or {}).get('vendor_name') == 'volagent'
+
+    def _pull(self, context, volume, source):
+        """Makes ``volume`` here from ``source``, a volume of another volagent host.
+
+        The source's cinder-volume exports it read-only over nbds:// (its
+        initialize_connection with a peer connector); this host's agent
+        pulls the data extents; the export goes whatever the outcome.
+        """
+        rpc = volume_rpcapi.VolumeAPI()
+        connector = _peer_connector()
+        info = rpc.initialize_connection(context, source, connector)
+        try:
+            if info.get('driver_volume_type') != PEER_VOLUME_TYPE:
+                raise exception.VolumeBackendAPIException(
+                    data=_('volume %(id)s on %(host)s is not on a volagent '
+                           'backend (%(type)s)') % {
+                        'id': source.id, 'host': source.host,
+                        'type': info.get('driver_volume_type')})
+            data = info['data']
+            self._put_volume(volume, {
+                'pool': _pool_of(volume), 'tenant': volume.project_id,
+                'sizeBytes': max(_bytes(volume.size), data['sizeBytes']),
+                'source': {'remote': {'uri': data['uri'],
+                                      'sizeBytes': data['sizeBytes'],
+                                      'volume': data['volume']}}})
+        finally:
+            try:
+                rpc.terminate_connection(context, source, connector, force=True)
+            except Exception as e:
+                LOG.warning('The export of volume %(id)s on %(host)s for this '
+                            'host was not removed: %(e)s',
+                            {'id': source.id, 'host': source.host, 'e': e})
+        LOG.info('Volume %(volume)s pulled from volume %(source)s on %(host)s.',
+                 {'volume': volume.id, 'source': source.id, 'host': source.host})
+
+    def migrate_volume(self, context, volume, host):
+        """Moves a detached volume to another volagent host by a pull.
+
+        The destination's cinder-volume makes a temporary volume cloned from
+        this one (Cinder's RPC create_volume with source_volid: its driver
+        pulls over NBD with TLS); the volume then takes the temporary's name
+        (``_name_id``), the temporary's record goes, and this host's copy is
+        deleted. Anything else (another driver, this same backend, an
+        attached volume, a failed pull) answers False: Cinder's generic
+        migration does it instead.
+        """
+        cannot = (False, None)
+        capabilities = host.get('capabilities') or {}
+        if (capabilities.get('vendor_name') != 'volagent' or
+                _backend_of(host['host']) == _backend_of(volume.host) or
+                volume.attach_status != fields.VolumeAttachStatus.DETACHED):
+            return cannot
+        temporary = objects.Volume(
+            context=context, host=host['host'],
+            cluster_name=host.get('cluster_name'),
+            availability_zone=volume.availability_zone,
+            status='creating', attach_status=fields.VolumeAttachStatus.DETACHED,
+            migration_status='target:%s' % volume.id, use_quota=False,
+            source_volid=volume.id, size=volume.size,
+            user_id=volume.user_id, project_id=volume.project_id,
+            volume_type_id=volume.volume_type_id,
+            display_name=volume.display_name, bootable=volume.bootable)
+        temporary.create()
+        volume_rpcapi.VolumeAPI().create_volume(context, temporary, None, None,
+                                                allow_reschedule=False)
+        deadline = time.monotonic() + self.configuration.volagent_copy_timeout
+        temporary.refresh()
+        while temporary.status not in ('available', 'error'):
+            if time.monotonic() > deadline:
+                break
+            time.sleep(1)
+            temporary.refresh()
+        if temporary.status != 'available':
+            LOG.warning('Volume %(id)s: the pull to %(host)s ended %(status)s; '
+                        'Cinder migrates it generically.',
+                        {'id': volume.id, 'host': host['host'],
+                         'status': temporary.status})
+            if temporary.status == 'error':
+                temporary.destroy()
+            return cannot
+        # The data is on the destination under the temporary's name: the
+        # volume takes that name; this host's copy goes.
+        name_id = temporary.id
+        temporary.destroy()
+        self.delete_volume(volume)
+        LOG.info('Volume %(id)s migrated to %(host)s by a pull.',
+                 {'id': volume.id, 'host': host['host']})
+        return True, {'_name_id': name_id, 'provider_id': None}
 
     # --- the agent ---
 
@@ -447,6 +635,17 @@ def _image_usable_by(image_meta, project_id):
         return True
     owner = image_meta.get('owner')
     return owner is not None and owner == project_id
+
+
+def _tls_uri(export):
+    """The export's ``nbds://`` URI: the address a peer reads it at."""
+    for uri in export.get('uris') or []:
+        if uri.startswith('nbds://'):
+            return uri
+    raise exception.VolumeBackendAPIException(
+        data=_('volagent export %s has no nbds:// address: the agent needs a '
+               'tcp: [nbd] listen address with [nbd] tls to serve other '
+               'hosts') % export['id'])
 
 
 def _attached_read_only(volume, connector):

@@ -604,14 +604,14 @@ export class Volumes {
         try {
           failpoint('pull.connected');
           await pool.populate(id, sizeBytes, async (poolSink) => {
-            let first = true;
+            // A test's way to catch the pull in the middle: passed once, at the first write done; held
+            // there, every write waits, so the pull reads no more than the chunks already in flight.
+            let copying: Promise<void> | undefined;
             const sink = {
               write: async (data: Buffer, offset: number): Promise<void> => {
                 await poolSink.write(data, offset);
-                if (first) {
-                  first = false;
-                  await failpointAsync('pull.copying', context?.signal); // a test's way to catch the pull in the middle
-                }
+                copying ??= failpointAsync('pull.copying', context?.signal);
+                await copying;
               },
             };
             pulled = await opened.copyInto(sink, {

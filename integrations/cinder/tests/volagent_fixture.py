@@ -41,10 +41,13 @@ class Agent(object):
     the filesystem of the earlier pool POOL).
 
     ``env`` is added to the agent's environment; ``lock_wait_ms`` is its
-    ``[agent] lock_wait_ms``.
+    ``[agent] lock_wait_ms``. With ``tls_tcp`` the agent also serves NBD on
+    ``tcp:127.0.0.1:<port>`` with TLS, its PSK file ``nbd.psk`` in its
+    directory (identity ``pytests``).
     """
 
-    def __init__(self, pools, env=None, lock_wait_ms=None, label='agent'):
+    def __init__(self, pools, env=None, lock_wait_ms=None, label='agent', tls_tcp=False):
+        self.tls_tcp = tls_tcp
         self.pools = pools
         self.env = env or {}
         self.lock_wait_ms = lock_wait_ms
@@ -58,6 +61,10 @@ class Agent(object):
     @property
     def socket(self):
         return os.path.join(self.root, 'control.sock')
+
+    @property
+    def psk_file(self):
+        return os.path.join(self.root, 'nbd.psk')
 
     def start(self):
         daemon = os.path.join(REPO, 'bin', 'volagentd.js')
@@ -76,6 +83,12 @@ class Agent(object):
     def _start(self, daemon):
         lines = ['[control]', 'socket = %s' % json.dumps(self.socket), '',
                  '[catalog]', 'path = %s' % json.dumps(os.path.join(self.root, 'catalog.db')), '']
+        if self.tls_tcp:
+            with open(self.psk_file, 'w') as f:
+                f.write('pytests:%s\n' % os.urandom(32).hex())
+            os.chmod(self.psk_file, 0o600)
+            lines += ['[nbd]', 'listen = ["tcp:127.0.0.1:0"]',
+                      'tls = { psk_file = %s }' % json.dumps(self.psk_file), '']
         if self.lock_wait_ms is not None:
             lines += ['[agent]', 'lock_wait_ms = %d' % self.lock_wait_ms, '']
         for name, kind in self.pools.items():

@@ -436,7 +436,12 @@ class VolagentDriver(driver.VolumeDriver):
             'POST', '/v1/volumes/%s/exports' % _quote(agent_id),
             body={'protocol': 'nbd', 'readOnly': True},
             action='export volume %s to a peer' % volume.id)
-        _tls_uri(export)  # an agent without a TLS address cannot serve peers
+        try:
+            _tls_uri(export)  # an agent without a TLS address cannot serve peers
+        except exception.VolumeBackendAPIException:
+            self._call('DELETE', '/v1/exports/%s' % _quote(export['id']),
+                       action='remove export %s' % export['id'])
+            raise
         return export
 
     def _block_export(self, volume, connector):

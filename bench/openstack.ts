@@ -15,10 +15,22 @@
 // API every 100 ms), rounds alternating between the paths; volumes deleted
 // untimed. Goal: the clone path >= 10x faster than the download path at
 // 10 GiB, and flat in image size (10 GiB p50 within 1.5x of 1 GiB's).
+// Then `cinder migrate` of a 10 GiB volume holding 1 GiB of data from host A
+// to host B (the stack's two hosts: two agents in two network namespaces):
+// the driver's migrate_volume (host B's agent pulls the data extents over
+// NBD with TLS) against Cinder's generic host-assisted copy of the same
+// volume (`--force-host-copy True`: Cinder attaches both volumes on host A
+// and copies them with dd). Timed from the `cinder migrate` command to the
+// migration's `success` (polled on Cinder's API); the volume is put on host
+// A by `cinder manage` of an agent volume (type `plain`, which every host
+// passes), rounds alternating. Goal: the driver's pull >= 5x faster.
 // Prints a table and one JSON line. Exit code 0 whether goals are met or not.
-// `--quick`: 2 rounds per row instead of 5.
+// `--quick`: 2 rounds per row instead of 5 (migration: 1 instead of 3).
+// `--only=create` or `--only=migrate`: one part.
 
-import { OpenStack, PROJECTS, propertyTable, stackMissing } from '../test/helpers/openstack.js';
+import os from 'node:os';
+
+import { BACKEND_B, HOST_B, OpenStack, PROJECTS, propertyTable, stackMissing } from '../test/helpers/openstack.js';
 import { run as runCommand } from '../test/helpers/run.js';
 import type { Latency } from './lib.js';
 import { f1, GiB, latency, MiB, msSince, now, onSignalCleanup, runBench, sleep, writeRuns } from './lib.js';
@@ -37,6 +49,8 @@ export async function main(args: string[]): Promise<number> {
     const missing = stackMissing();
     if (missing) throw new Error(`the OpenStack services are not installed: ${missing} (npm test -- --lane openstack installs them)`);
     const rounds = run.quick ? 2 : 5;
+    const only = args.find((a) => a.startsWith('--only='))?.slice('--only='.length);
+    if (only !== undefined && only !== 'create' && only !== 'migrate') throw new Error(`--only=${only}: create or migrate`);
     const stack = new OpenStack({ poolBytes: 64 * GiB, imageVolumeCache: false });
     onSignalCleanup.push(() => stack.stop());
     await stack.start();
@@ -64,7 +78,7 @@ export async function main(args: string[]): Promise<number> {
     };
 
     const results: Array<{ case: Case; clone: Latency; download: Latency; cloneMethods: string[] }> = [];
-    for (const c of CASES) {
+    for (const c of only === 'migrate' ? [] : CASES) {
       // The source volume, written with the data through the agent's file (untimed set-up).
       const source = propertyTable(await stack.cinder(P, ['create', '--volume-type', 'xfs', String(c.sizeGb)])).id!;
       await stack.waitVolume(P, source, ['available']);
@@ -95,6 +109,11 @@ export async function main(args: string[]): Promise<number> {
       await stack.waitVolumeGone(P, source, 600_000);
     }
 
+    const migration = only === 'create' ? undefined : await migrations(stack, run.quick ? 1 : 3);
+    if (results.length === 0) {
+      console.log(JSON.stringify({ bench: 'openstack', migration }));
+      return 0;
+    }
     console.log(`\ncinder create --image, from the command to 'available', ms; N = ${rounds} per row`);
     console.log(`${'case'.padEnd(34)}${'path'.padEnd(10)}${'p50'.padStart(10)}${'max'.padStart(10)}${'mean'.padStart(10)}`);
     for (const r of results) {
@@ -111,8 +130,56 @@ export async function main(args: string[]): Promise<number> {
     console.log(JSON.stringify({
       bench: 'openstack', rounds,
       cases: results.map((r) => ({ label: r.case.label, clone: r.clone, download: r.download, cloneMethods: r.cloneMethods })),
-      speedup10GiB: speedup, cloneFlatness: flat,
+      speedup10GiB: speedup, cloneFlatness: flat, ...(migration ? { migration } : {}),
     }));
     return 0;
   });
+}
+
+/** `cinder migrate` host A → host B of a 10 GiB volume with 1 GiB of data: the driver's pull against Cinder's generic copy. */
+async function migrations(stack: OpenStack, rounds: number): Promise<{ driver: Latency; generic: Latency; speedup: number }> {
+  const admin = PROJECTS.admin;
+  const sizeBytes = 10 * GiB;
+  const destination = `${HOST_B}@${BACKEND_B}#xfs`;
+  const migrate = async (name: string, forceHostCopy: boolean): Promise<{ ms: number; id: string; method: string }> => {
+    if ((await stack.agentRequest('PUT', `/v1/volumes/${name}`, { pool: 'xfs', tenant: P, sizeBytes })).status !== 201) throw new Error(`agent volume ${name} not made`);
+    await writeRuns(stack.volumeFile('xfs', name), sizeBytes, 64, GiB / 64);
+    const id = propertyTable(await stack.cinder(P, ['manage', '--id-type', 'source-name', '--volume-type', 'plain', `${os.hostname()}@volagent#xfs`, name])).id!;
+    await stack.waitVolume(P, id, ['available']);
+    const started = now();
+    await stack.cinder(admin, ['migrate', ...(forceHostCopy ? ['--force-host-copy', 'True'] : []), id, destination]);
+    for (;;) {
+      const shown = JSON.parse(await runCommand('curl', ['-sf', '-H', `X-Auth-Token: bench:${admin}`, `http://127.0.0.1:8776/v3/${admin}/volumes/${id}`])) as { volume: { migration_status: string | null; status: string } };
+      if (shown.volume.migration_status === 'success' && shown.volume.status === 'available') break;
+      if (shown.volume.migration_status === 'error') throw new Error(`migration of ${id} (${forceHostCopy ? 'generic' : 'driver'}) failed`);
+      await sleep(100);
+    }
+    const ms = msSince(started);
+    const onB = ((await stack.agentB('GET', '/v1/volumes')).json as Array<{ id: string; cloneMethod: string; source?: { remote?: { volume: string } } }>);
+    const pulled = onB.find((v) => v.source?.remote?.volume === name);
+    return { ms, id, method: pulled ? pulled.cloneMethod : 'generic copy' };
+  };
+  const driver: number[] = [];
+  const generic: number[] = [];
+  for (let round = 0; round < rounds; round += 1) {
+    const pulled = await migrate(`bench-pull-${round}`, false);
+    if (pulled.method !== 'nbd_pull') throw new Error(`the driver's migration did not pull (${pulled.method})`);
+    driver.push(pulled.ms);
+    await stack.cinder(P, ['delete', pulled.id]);
+    await stack.waitVolumeGone(P, pulled.id, 600_000);
+    const copied = await migrate(`bench-copy-${round}`, true);
+    generic.push(copied.ms);
+    await stack.cinder(P, ['delete', copied.id]);
+    await stack.waitVolumeGone(P, copied.id, 600_000);
+    console.log(`# migrate 10 GiB (1 GiB of data), round ${round + 1}: driver pull ${f1(pulled.ms)} ms, generic copy ${f1(copied.ms)} ms`);
+  }
+  const result = { driver: latency(driver), generic: latency(generic), speedup: 0 };
+  result.speedup = result.generic.p50 / result.driver.p50;
+  console.log(`\ncinder migrate host A -> host B, 10 GiB volume with 1 GiB of data, from the command to 'success', ms; N = ${rounds}`);
+  console.log(`${'path'.padEnd(34)}${'p50'.padStart(10)}${'max'.padStart(10)}${'mean'.padStart(10)}`);
+  for (const [name, l] of [['driver (NBD pull, TLS)', result.driver], ['generic (--force-host-copy)', result.generic]] as const) {
+    console.log(`${name.padEnd(34)}${f1(l.p50).padStart(10)}${f1(l.max).padStart(10)}${f1(l.mean).padStart(10)}`);
+  }
+  console.log(`the driver's migration ${f1(result.speedup)}x faster than Cinder's generic copy (p50); goal >= 5x: ${result.speedup >= 5 ? 'met' : 'NOT met'}`);
+  return result;
 }

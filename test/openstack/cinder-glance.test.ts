@@ -531,4 +531,28 @@ if (missing) {
       t.equal((await stack.agentB('GET', `/v1/volumes/${pulled[0]!.id as string}`)).status, 404, 'deleting it through Cinder deleted it on host B');
     });
   }
+
+  await t.test('two hosts: migrate --force-host-copy is Cinder\'s generic copy, also of a managed volume (its provider_id is not the new volume\'s)', async (t) => {
+    const sourceAgentId = 'to-copy';
+    t.equal((await stack.agentRequest('PUT', `/v1/volumes/${sourceAgentId}`, { pool: 'xfs', tenant: P1, sizeBytes: gib(1) })).status, 201);
+    const id = propertyTable(await stack.cinder(P1, ['manage', '--id-type', 'source-name', '--volume-type', 'plain', `${HOST}@volagent#xfs`, sourceAgentId])).id!;
+    await stack.waitVolume(P1, id, ['available']);
+    const data = randomBytes(3 * MiB);
+    await withAttached(P1, id, 'rw', (device) => writeAt(device, 100 * MiB, data));
+    const before = (await stack.agentB('GET', '/v1/volumes')).json as Array<{ id: string }>;
+    await stack.cinder(ADMIN, ['migrate', '--force-host-copy', 'True', id, `${HOST_B}@${BACKEND_B}#xfs`]);
+    t.equal((await waitMigration(id)).migration_status, 'success');
+    await stack.waitVolume(P1, id, ['available']);
+    t.equal(await hostOf(id), `${HOST_B}@${BACKEND_B}#xfs`, 'the volume is on host B');
+    const made = ((await stack.agentB('GET', '/v1/volumes')).json as Array<Record<string, any>>).filter((v) => !before.some((b) => b.id === v.id));
+    t.equal(made.length, 1, 'host B\'s agent made one volume');
+    t.match(made[0], { id: /^volume-/, cloneMethod: 'create', tenant: P1 }, 'an empty volume that Cinder filled (no pull)');
+    t.notOk(made[0]!.source, 'with no source');
+    t.equal((await stack.agentRequest('GET', `/v1/volumes/${sourceAgentId}`)).status, 404, 'host A\'s copy is gone');
+    const read = await withAttached(P1, id, 'ro', (device) => readAt(device, 100 * MiB, data.length));
+    t.equal(sha(read), sha(data), 'an attach through Cinder reads the data on host B');
+    t.match(await stack.cinderLog('cinder-volume'), `_copy_volume_data volume-${id}`, 'Cinder copied it generically');
+    await deleteVolume(P1, id);
+    t.equal((await stack.agentB('GET', `/v1/volumes/${made[0]!.id as string}`)).status, 404);
+  });
 }

@@ -320,6 +320,20 @@ class VolagentDriverTest(base.DriverTestCase):
         self.assertEqual(('available', 3 * GiB), (got['state'], got['sizeBytes']))
         self.assertEqual(b'm' * 4096, self.read('xfs0', name, 4096))
 
+    def test_a_new_record_carrying_a_managed_volumes_provider_id_is_made_under_its_own_name(self):
+        # Cinder's generic migration copies provider_id from its source into the new record.
+        name = self._agent_only_volume('xfs0', PROJECT_A, GiB)
+        volume = self.volume('xfs0', size=1, provider_id=name)
+        self.assertEqual({'provider_id': None}, self.driver.create_volume(volume))
+        self.assertEqual(volume.name, self.agent_volume(volume.name)['id'])
+        self.assertEqual(GiB, self.agent_volume(name)['sizeBytes'], 'the managed volume is untouched')
+        plain = self.volume('xfs0', size=1)
+        self.assertIsNone(self.driver.create_volume(plain), 'a plain new record needs no model update')
+        self.driver.delete_volume(plain)
+        volume.provider_id = None
+        self.driver.delete_volume(volume)
+        self.raw.request('DELETE', '/v1/volumes/%s' % name)
+
     def test_manage_existing_takes_the_project(self):
         """Needs POST /v1/volumes/{id}/transfer (issue 20)."""
         name = self._agent_only_volume('tmp0', 'someone-else', GiB)

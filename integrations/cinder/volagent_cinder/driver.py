@@ -204,7 +204,7 @@ class VolagentDriver(driver.VolumeDriver):
     # --- volumes ---
 
     def create_volume(self, volume):
-        self._put_volume(volume, {'pool': _pool_of(volume),
+        return self._put_volume(volume, {'pool': _pool_of(volume),
                                   'tenant': volume.project_id,
                                   'sizeBytes': _bytes(volume.size)})
 
@@ -212,15 +212,14 @@ class VolagentDriver(driver.VolumeDriver):
         if _backend_of(src_vref.host) != _backend_of(volume.host):
             # Another host's volume: Cinder calls this across backends only
             # for migrate_volume's temporary volume (below).
-            self._pull(cinder_context.get_admin_context(), volume, src_vref)
-            return
-        self._put_volume(volume, {
+            return self._pull(cinder_context.get_admin_context(), volume, src_vref)
+        return self._put_volume(volume, {
             'pool': _pool_of(volume), 'tenant': volume.project_id,
             'sizeBytes': _bytes(max(volume.size, src_vref.size)),
             'source': {'volume': self._agent_id(src_vref)}})
 
     def create_volume_from_snapshot(self, volume, snapshot):
-        self._put_volume(volume, {
+        return self._put_volume(volume, {
             'pool': _pool_of(volume), 'tenant': volume.project_id,
             'sizeBytes': _bytes(max(volume.size, snapshot.volume_size)),
             'source': {'snapshot': snapshot.name}})
@@ -313,17 +312,17 @@ class VolagentDriver(driver.VolumeDriver):
                           'project': volume.project_id, 'source': source.id})
                 continue
             if source in local:
-                self._put_volume(volume, {
+                model_update = self._put_volume(volume, {
                     'pool': _pool_of(volume), 'tenant': volume.project_id,
                     'sizeBytes': _bytes(max(volume.size, source.size)),
                     'source': {'volume': self._agent_id(source)}})
             else:
-                self._pull(context.elevated(), volume, source)
+                model_update = self._pull(context.elevated(), volume, source)
             LOG.info('Volume %(volume)s cloned from Image-Volume %(source)s '
                      'of image %(image)s on %(host)s.',
                      {'volume': volume.id, 'source': source.id,
                       'image': image_meta.get('id'), 'host': source.host})
-            return None, True
+            return model_update, True
         return None, False
 
     # --- manage ---
@@ -496,7 +495,7 @@ class VolagentDriver(driver.VolumeDriver):
                         'id': source.id, 'host': source.host,
                         'type': info.get('driver_volume_type')})
             data = info['data']
-            self._put_volume(volume, {
+            model_update = self._put_volume(volume, {
                 'pool': _pool_of(volume), 'tenant': volume.project_id,
                 'sizeBytes': max(_bytes(volume.size), data['sizeBytes']),
                 'source': {'remote': {'uri': data['uri'],
@@ -511,6 +510,7 @@ class VolagentDriver(driver.VolumeDriver):
                             {'id': source.id, 'host': source.host, 'e': e})
         LOG.info('Volume %(volume)s pulled from volume %(source)s on %(host)s.',
                  {'volume': volume.id, 'source': source.id, 'host': source.host})
+        return model_update
 
     def migrate_volume(self, context, volume, host):
         """Moves a detached volume to another volagent host by a pull.
@@ -547,7 +547,7 @@ class VolagentDriver(driver.VolumeDriver):
         while temporary.status not in ('available', 'error'):
             if time.monotonic() > deadline:
                 break
-            time.sleep(1)
+            time.sleep(0.2)
             temporary.refresh()
         if temporary.status != 'available':
             LOG.warning('Volume %(id)s: the pull to %(host)s ended %(status)s; '
@@ -572,12 +572,19 @@ class VolagentDriver(driver.VolumeDriver):
         return volume.provider_id or volume.name
 
     def _put_volume(self, volume, body):
-        """Makes agent volume ``volume.name``; waits out a copy (bounded), cancelling it on timeout."""
+        """Makes agent volume ``volume.name``; waits out a copy (bounded), cancelling it on timeout.
+
+        Answers the model update: a ``provider_id`` the new record carries
+        over from another volume (Cinder's generic migration copies it from
+        its source, a managed volume) is cleared, since this volume is
+        ``volume.name`` in the agent.
+        """
         action = 'create volume %s' % volume.id
         status, answer = self._request('PUT', '/v1/volumes/%s' % _quote(volume.name),
                                        body=body, action=action)
         if status == 202:
             self._wait(answer['operation'], action)
+        return {'provider_id': None} if volume.provider_id else None
 
     def _wait(self, operation, action):
         try:

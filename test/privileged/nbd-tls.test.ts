@@ -4,8 +4,8 @@
 // certificates); a raw client checks what real clients never try (options
 // before STARTTLS). Keys and certificates are made by the test (openssl).
 // Every refused client is refused before any export is attached: no data.
-import { createHash, randomBytes } from 'node:crypto';
-import { chmod, mkdir, open, readFile, stat, truncate, writeFile } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { chmod, mkdir, open, readFile, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import t from 'tap';
 import type { Test } from 'tap';
@@ -17,6 +17,7 @@ import { NbdServer } from '../../src/exports/nbd/server.js';
 import type { ExportTarget } from '../../src/exports/nbd/target.js';
 import { NbdTls } from '../../src/exports/nbd/tls.js';
 import { outcomeOf, spawnAgent, startAgent, writeAgentConfig } from '../helpers/agent.js';
+import { makeSparseFile, sha256 } from '../helpers/files.js';
 import { goData, RawNbdClient } from '../helpers/nbd-client.js';
 import { skipUnlessRoot } from '../helpers/privileged.js';
 import { outcome, run } from '../helpers/run.js';
@@ -48,17 +49,8 @@ async function serve(t: Test, dir: string, target: ExportTarget, tls: NbdTls): P
 /** A 64 MiB sparse file with data at 8 MiB (1 MiB) and 40 MiB (3 MiB). */
 async function sparseVolume(dir: string): Promise<string> {
   const file = path.join(dir, 'v.raw');
-  await writeFile(file, '');
-  await truncate(file, SIZE);
-  const handle = await open(file, 'r+');
-  await handle.write(randomBytes(MiB), 0, MiB, 8 * MiB);
-  await handle.write(randomBytes(3 * MiB), 0, 3 * MiB, 40 * MiB);
-  await handle.close();
+  await makeSparseFile(file, { sizeBytes: SIZE, data: [[8 * MiB, MiB], [40 * MiB, 3 * MiB]] });
   return file;
-}
-
-async function sha256(file: string): Promise<string> {
-  return createHash('sha256').update(await readFile(file)).digest('hex');
 }
 
 async function pskFile(file: string, identity: string): Promise<string> {
@@ -89,18 +81,23 @@ async function certificates(dir: string, caName: string): Promise<{ ca: string; 
   };
 }
 
+/** A sparse volume served read-only with TLS-PSK (identity `alice`): the server and the key file. */
+async function pskServed(t: Test): Promise<{ dir: string; file: string; keys: string; served: Served }> {
+  const dir = await tempDir(t, 'volagent-nbd-tls-');
+  const file = await sparseVolume(dir);
+  const keys = await pskFile(path.join(dir, 'keys.psk'), 'alice');
+  const target = await FileTarget.open(file, true);
+  t.teardown(() => target.close());
+  return { dir, file, keys, served: await serve(t, dir, target, await NbdTls.load({ kind: 'psk', pskFile: keys })) };
+}
+
 function pskUri(served: Served, identity: string, keys: string): string {
   return `nbds://${identity}@127.0.0.1:${served.port}/v?tls-psk-file=${keys}`;
 }
 
 if (!skipUnlessRoot(t)) {
   t.test('TLS-PSK: nbdinfo, nbdcopy and qemu-img with the key read the export; its map is the data; without the key nothing', async (t) => {
-    const dir = await tempDir(t, 'volagent-nbd-tls-');
-    const file = await sparseVolume(dir);
-    const keys = await pskFile(path.join(dir, 'keys.psk'), 'alice');
-    const target = await FileTarget.open(file, true);
-    t.teardown(() => target.close());
-    const served = await serve(t, dir, target, await NbdTls.load({ kind: 'psk', pskFile: keys }));
+    const { dir, file, keys, served } = await pskServed(t);
 
     const info = await outcome('nbdinfo', ['--json', pskUri(served, 'alice', keys)]);
     t.equal(info.code, 0, info.stderr);
@@ -149,12 +146,7 @@ if (!skipUnlessRoot(t)) {
   });
 
   t.test('before STARTTLS every option is refused with TLS_REQD, EXPORT_NAME ends the connection; a unix socket does not offer TLS', async (t) => {
-    const dir = await tempDir(t, 'volagent-nbd-tls-');
-    const file = await sparseVolume(dir);
-    const keys = await pskFile(path.join(dir, 'keys.psk'), 'alice');
-    const target = await FileTarget.open(file, true);
-    t.teardown(() => target.close());
-    const served = await serve(t, dir, target, await NbdTls.load({ kind: 'psk', pskFile: keys }));
+    const { served } = await pskServed(t);
 
     const client = await RawNbdClient.connect({ host: '127.0.0.1', port: served.port });
     t.teardown(() => client.destroy());

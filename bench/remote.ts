@@ -2,7 +2,7 @@
 // libnbd-bin). Two hosts as network namespaces joined by a veth pair
 // (test/helpers/netns.ts), each with its own XFS loop filesystem. Host A
 // holds a volume of 10 GiB with 1 GiB of random data in 16 spread runs, on
-// volagentd's pool; host B pulls it. Four contenders copy it from A to B:
+// volagentd's pool; host B pulls it. Five contenders copy it from A to B:
 //  1. volagentd pull, TLS: B's agent `PUT /v1/volumes/{id}` with
 //     `source.remote` naming A's read-only `nbds://` export (both agents
 //     with the same `[nbd] tls` PSK file), timed from the PUT to the end of
@@ -13,7 +13,10 @@
 //     into a fresh sparse file of the volume's size on B's filesystem
 //     (nbdcopy reads block status itself; --flush makes it durable, as the
 //     agent's fsync does), timed from its start to its exit;
-//  3. and 4. the same without TLS: both agents with `plaintext_tcp = true`
+//  3. the same against a second qemu-nbd whose GnuTLS priority leaves out
+//     ChaCha20-Poly1305 (AES_PRIORITY), so AES-128-GCM is negotiated: GnuTLS
+//     chooses ChaCha20 by default here, and its ChaCha20 is the slower;
+//  4. and 5. the same without TLS: both agents with `plaintext_tcp = true`
 //     and an `nbd://` URI; a second qemu-nbd without --tls-creds.
 // Rounds alternate between the contenders (the agents are restarted with the
 // other config when the mode changes). Before each copy, the source's page
@@ -26,12 +29,13 @@
 // The TLS suites negotiated are asked once: libnbd's debug line (nbdinfo
 // against qemu-nbd), and the agent's own client against A's agent.
 // Goal: the agent's rate (data MiB/s at the median) >= 1.0x nbdcopy's, TLS on
-// and off. Cinder's generic migration of the same volume is measured by the
+// (against both TLS servers) and off. Cinder's generic migration of the same volume is measured by the
 // openstack lane, not here: its row and JSON field say so.
 // Prints a table and one JSON line; exit 0 whether the goals are met or not.
-// `--quick`: 2 GiB with 256 MiB of data, 1 round. `--profile=DIR`: one more
-// TLS pull with both agents under --cpu-prof, profiles kept in
-// DIR/remote-<time>/{sender,receiver} and the top functions of each printed.
+// `--quick`: 2 GiB with 256 MiB of data, 1 round; `--rounds=N` sets the
+// rounds. `--profile=DIR`: one more TLS pull with both agents under
+// --cpu-prof, profiles kept in DIR/remote-<time>/{sender,receiver} and the
+// top functions of each printed.
 import { randomBytes } from 'node:crypto';
 import { mkdir, readdir, readFile, rm, stat, truncate, writeFile } from 'node:fs/promises';
 import path from 'node:path';
@@ -47,12 +51,17 @@ import { call, dropFileCache, expectStatus, f1, GiB, latency, launchBenchAgent, 
 const AGENT_PORT = 10809;
 const QEMU_TLS_PORT = 10810;
 const QEMU_PLAIN_PORT = 10811;
+const QEMU_AES_PORT = 10812;
+/** GnuTLS's priority string for qemu-nbd's second TLS server: its defaults less ChaCha20-Poly1305, so AES-128-GCM is negotiated. */
+const AES_PRIORITY = 'NORMAL:-CHACHA20-POLY1305';
 const PSK_IDENTITY = 'fleet';
 const DATA_RUNS = 16;
 /** Clock ticks per second of /proc/PID/stat's utime and stime (USER_HZ, 100 on Linux). */
 const USER_HZ = 100;
 
 type Mode = 'tls' | 'plain';
+/** qemu-nbd servers: TLS with GnuTLS's default suites, TLS with AES-GCM (AES_PRIORITY), plain. */
+type QemuServer = 'tls' | 'tlsAes' | 'plain';
 type Tool = 'agent' | 'nbdcopy';
 
 interface Sample {
@@ -71,6 +80,8 @@ interface Contender {
   label: string;
   tool: Tool;
   mode: Mode;
+  /** For nbdcopy: the qemu-nbd it reads. */
+  server?: QemuServer;
   samples: Sample[];
 }
 
@@ -113,7 +124,9 @@ export function main(args: string[]): Promise<number> {
     const profileDir = args.find((a) => a.startsWith('--profile='))?.slice('--profile='.length);
     const sizeBytes = quick ? 2 * GiB : 10 * GiB;
     const dataBytes = quick ? 256 * MiB : GiB;
-    const rounds = quick ? 1 : 3;
+    const roundsArg = args.find((a) => a.startsWith('--rounds='))?.slice('--rounds='.length);
+    const rounds = roundsArg !== undefined ? Number(roundsArg) : quick ? 1 : 3;
+    if (!Number.isInteger(rounds) || rounds < 1) throw new RangeError(`--rounds must be a positive integer, not ${roundsArg}`);
     await mkdir(TEST_ROOT, { recursive: true });
 
     // Cleanups run newest first: the hosts (and every process in them) go before the filesystems.
@@ -196,28 +209,27 @@ export function main(args: string[]): Promise<number> {
     await exportSource();
 
     // qemu-nbd in A over the same file, read-only, shared by up to 4 clients (nbdcopy's multi-conn).
-    const qemuArgs = (port: number, tls: boolean): string[] => [
+    const qemuArgs = (port: number, tls?: { priority?: string }): string[] => [
       '-r', '-f', 'raw', '-t', '-e', '4', '-x', 'src', '-b', a.address, '-p', String(port),
-      ...(tls ? ['--object', `tls-creds-psk,id=tls0,endpoint=server,dir=${qemuPskDir}`, '--tls-creds', 'tls0'] : []), sourceFile,
+      ...(tls ? ['--object', `tls-creds-psk,id=tls0,endpoint=server,dir=${qemuPskDir}${tls.priority ? `,priority=${tls.priority}` : ''}`, '--tls-creds', 'tls0'] : []),
+      sourceFile,
     ];
-    const qemuTls = a.spawn('qemu-nbd', qemuArgs(QEMU_TLS_PORT, true), { stdio: 'ignore' });
-    const qemuPlain = a.spawn('qemu-nbd', qemuArgs(QEMU_PLAIN_PORT, false), { stdio: 'ignore' });
-    const qemuUri: Record<Mode, string> = {
-      tls: `nbds://${PSK_IDENTITY}@${a.address}:${QEMU_TLS_PORT}/src?tls-psk-file=${keys}`,
-      plain: `nbd://${a.address}:${QEMU_PLAIN_PORT}/src`,
+    const qemu: Record<QemuServer, { pid: number; uri: string }> = {
+      tls: { pid: a.spawn('qemu-nbd', qemuArgs(QEMU_TLS_PORT, {}), { stdio: 'ignore' }).pid!, uri: `nbds://${PSK_IDENTITY}@${a.address}:${QEMU_TLS_PORT}/src?tls-psk-file=${keys}` },
+      tlsAes: { pid: a.spawn('qemu-nbd', qemuArgs(QEMU_AES_PORT, { priority: AES_PRIORITY }), { stdio: 'ignore' }).pid!, uri: `nbds://${PSK_IDENTITY}@${a.address}:${QEMU_AES_PORT}/src?tls-psk-file=${keys}` },
+      plain: { pid: a.spawn('qemu-nbd', qemuArgs(QEMU_PLAIN_PORT), { stdio: 'ignore' }).pid!, uri: `nbd://${a.address}:${QEMU_PLAIN_PORT}/src` },
     };
-    await waitForNbd(b, qemuUri.tls);
-    await waitForNbd(b, qemuUri.plain);
-    const qemuPid: Record<Mode, number> = { tls: qemuTls.pid!, plain: qemuPlain.pid! };
+    for (const server of Object.values(qemu)) await waitForNbd(b, server.uri);
 
     // The suites negotiated, asked once (not timed).
-    const negotiated = await tlsSuites(b, exportUri, qemuUri.tls, pskLine);
+    const negotiated = await tlsSuites(b, exportUri, qemu.tls.uri, qemu.tlsAes.uri, pskLine);
 
     const contenders: Contender[] = [
       { key: 'agentTls', label: 'volagentd pull, TLS', tool: 'agent', mode: 'tls', samples: [] },
-      { key: 'nbdcopyTls', label: 'nbdcopy from qemu-nbd, TLS', tool: 'nbdcopy', mode: 'tls', samples: [] },
+      { key: 'nbdcopyTls', label: 'nbdcopy from qemu-nbd, TLS', tool: 'nbdcopy', mode: 'tls', server: 'tls', samples: [] },
+      { key: 'nbdcopyTlsAes', label: 'nbdcopy, TLS AES-GCM', tool: 'nbdcopy', mode: 'tls', server: 'tlsAes', samples: [] },
       { key: 'agentPlain', label: 'volagentd pull, plain', tool: 'agent', mode: 'plain', samples: [] },
-      { key: 'nbdcopyPlain', label: 'nbdcopy from qemu-nbd, plain', tool: 'nbdcopy', mode: 'plain', samples: [] },
+      { key: 'nbdcopyPlain', label: 'nbdcopy from qemu-nbd, plain', tool: 'nbdcopy', mode: 'plain', server: 'plain', samples: [] },
     ];
 
     const beforeCopy = async (): Promise<void> => {
@@ -250,17 +262,18 @@ export function main(args: string[]): Promise<number> {
       return { ms, wireBytes: wire1 - wire0, cpuSenderS: cpuA1 - cpuA0, cpuReceiverS: cpuB1 - cpuB0, allocatedBytes: allocated };
     };
 
-    const nbdcopy = async (mode: Mode): Promise<Sample> => {
+    const nbdcopy = async (server: QemuServer): Promise<Sample> => {
+      const { pid, uri } = qemu[server];
       const copy = path.join(copiesDir, `copy-${++serial}.raw`);
       await writeFile(copy, '');
       await truncate(copy, sizeBytes);
       await beforeCopy();
-      const [wire0, cpuA0] = [(await a.counters(b)).txBytes, await cpuSeconds(qemuPid[mode])];
+      const [wire0, cpuA0] = [(await a.counters(b)).txBytes, await cpuSeconds(pid)];
       const start = now();
-      const done = await b.run('/usr/bin/time', ['-f', 'cpu %U %S', 'nbdcopy', '--destination-is-zero', '--flush', qemuUri[mode], copy], { timeoutMs: 1_800_000 });
+      const done = await b.run('/usr/bin/time', ['-f', 'cpu %U %S', 'nbdcopy', '--destination-is-zero', '--flush', uri, copy], { timeoutMs: 1_800_000 });
       const ms = msSince(start);
-      const [wire1, cpuA1] = [(await a.counters(b)).txBytes, await cpuSeconds(qemuPid[mode])];
-      if (done.code !== 0) throw new Error(`nbdcopy ${qemuUri[mode]}: ${done.code} ${done.stderr}`);
+      const [wire1, cpuA1] = [(await a.counters(b)).txBytes, await cpuSeconds(pid)];
+      if (done.code !== 0) throw new Error(`nbdcopy ${uri}: ${done.code} ${done.stderr}`);
       const times = /cpu ([\d.]+) ([\d.]+)/.exec(done.stderr);
       if (!times) throw new Error(`nbdcopy: no CPU times in ${JSON.stringify(done.stderr)}`);
       const size = (await stat(copy)).size;
@@ -273,7 +286,7 @@ export function main(args: string[]): Promise<number> {
 
     for (let round = 0; round < rounds; round++) {
       for (const c of contenders) {
-        const sample = c.tool === 'agent' ? await agentPull(c.mode) : await nbdcopy(c.mode);
+        const sample = c.tool === 'agent' ? await agentPull(c.mode) : await nbdcopy(c.server!);
         c.samples.push(sample);
         console.error(`remote: round ${round + 1}/${rounds} ${c.label}: ${f1(sample.ms / 1000)} s, ${f1(dataBytes / MiB / (sample.ms / 1000))} MiB/s`);
       }
@@ -310,7 +323,7 @@ export function main(args: string[]): Promise<number> {
       };
     });
     const rate = (key: string): number => rows.find((r) => r.key === key)!.mibPerSecond;
-    const ratios = { tls: rate('agentTls') / rate('nbdcopyTls'), plain: rate('agentPlain') / rate('nbdcopyPlain') };
+    const ratios = { tls: rate('agentTls') / rate('nbdcopyTls'), tlsAes: rate('agentTls') / rate('nbdcopyTlsAes'), plain: rate('agentPlain') / rate('nbdcopyPlain') };
 
     console.log(`Pull of a ${sizeBytes / GiB} GiB volume with ${dataBytes / MiB} MiB of data (${DATA_RUNS} runs) from host A to host B (network namespaces, veth), ${rounds} round(s); seconds from start to durable end`);
     console.log(`${'contender'.padEnd(30)} ${'p50 s'.padStart(7)} ${'max s'.padStart(7)} ${'mean s'.padStart(7)} ${'MiB/s'.padStart(7)} ${'wire MiB'.padStart(9)} ${'CPU A s'.padStart(8)} ${'CPU B s'.padStart(8)} ${'alloc MiB'.padStart(10)}`);
@@ -318,10 +331,11 @@ export function main(args: string[]): Promise<number> {
       console.log(`${r.label.padEnd(30)} ${f1(r.seconds.p50).padStart(7)} ${f1(r.seconds.max).padStart(7)} ${f1(r.seconds.mean).padStart(7)} ${f1(r.mibPerSecond).padStart(7)} ${f1(r.wireMiB).padStart(9)} ${f1(r.cpuSenderS).padStart(8)} ${f1(r.cpuReceiverS).padStart(8)} ${f1(r.allocatedMiB).padStart(10)}`);
     }
     console.log(`${'Cinder generic migration'.padEnd(30)} not measured here: the openstack lane's bench (bench/openstack.ts) measures it`);
-    console.log(`TLS suites: volagentd ${negotiated.agent}; qemu-nbd/nbdcopy ${negotiated.qemu}`);
-    for (const mode of ['tls', 'plain'] as const) {
-      console.log(`agent pull ${f1(ratios[mode])}x nbdcopy's rate, ${mode === 'tls' ? 'TLS' : 'plain'}; goal >= 1.0x: ${ratios[mode] >= 1 ? 'met' : 'NOT met'}`);
-    }
+    console.log(`TLS suites: volagentd ${negotiated.agent}; qemu-nbd/nbdcopy ${negotiated.qemu}; with priority=${AES_PRIORITY} ${negotiated.qemuAes}`);
+    const goalLines: Array<[keyof typeof ratios, string]> = [
+      ['tls', 'TLS, against qemu-nbd\'s default suites'], ['tlsAes', `TLS, against qemu-nbd with priority=${AES_PRIORITY}`], ['plain', 'plain'],
+    ];
+    for (const [key, what] of goalLines) console.log(`agent pull ${f1(ratios[key])}x nbdcopy's rate, ${what}; goal >= 1.0x: ${ratios[key] >= 1 ? 'met' : 'NOT met'}`);
     if (profile) {
       console.log(`profiled TLS pull: ${f1(profile.ms / 1000)} s; self time by function (main thread, --cpu-prof)`);
       for (const side of ['sender', 'receiver'] as const) {
@@ -332,7 +346,7 @@ export function main(args: string[]): Promise<number> {
     console.log(JSON.stringify({
       bench: 'remote', quick, sizeBytes, dataBytes, dataRuns: DATA_RUNS, rounds,
       contenders: Object.fromEntries(rows.map((r) => [r.key, { ...r, samples: contenders.find((c) => c.key === r.key)!.samples }])),
-      ratios, goalMet: { tls: ratios.tls >= 1, plain: ratios.plain >= 1 },
+      ratios, goalMet: { tls: ratios.tls >= 1, tlsAes: ratios.tlsAes >= 1, plain: ratios.plain >= 1 },
       cinderGenericMigration: { measured: false, by: 'bench/openstack.ts (openstack lane)' },
       tlsSuites: negotiated,
       ...(profile ? { profile } : {}),
@@ -346,7 +360,7 @@ export function main(args: string[]): Promise<number> {
  * connects) against A's agent, run in B; and libnbd's debug line for nbdinfo
  * against qemu-nbd (GnuTLS on both ends, as nbdcopy and qemu-nbd).
  */
-async function tlsSuites(b: Host, agentUri: string, qemuUri: string, pskLine: string): Promise<{ agent: string; qemu: string }> {
+async function tlsSuites(b: Host, agentUri: string, qemuUri: string, qemuAesUri: string, pskLine: string): Promise<{ agent: string; qemu: string; qemuAes: string }> {
   const [identity, hex] = pskLine.trim().split(':') as [string, string];
   const distSrc = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..', 'src');
   const code = [
@@ -356,11 +370,14 @@ async function tlsSuites(b: Host, agentUri: string, qemuUri: string, pskLine: st
     'const s = c.stream; console.log(`${s.getProtocol()} ${s.getCipher().standardName}`); await c.close();',
   ].join('\n');
   const agent = await b.run(process.execPath, ['--input-type=module', '-e', code], { timeoutMs: 30_000 });
-  const qemu = await b.run('nbdinfo', ['--size', qemuUri], { timeoutMs: 30_000, env: { ...process.env, LIBNBD_DEBUG: '1' } });
-  const qemuLine = /connection is using TLS: (.*)/.exec(qemu.stderr)?.[1]?.trim();
+  const libnbdSays = async (uri: string): Promise<string> => {
+    const info = await b.run('nbdinfo', ['--size', uri], { timeoutMs: 30_000, env: { ...process.env, LIBNBD_DEBUG: '1' } });
+    return /connection is using TLS: (.*)/.exec(info.stderr)?.[1]?.trim() ?? 'unknown (no libnbd debug line)';
+  };
   return {
     agent: agent.code === 0 ? agent.stdout.trim() : `unknown (${agent.stderr.trim().split('\n').pop()})`,
-    qemu: qemuLine ?? 'unknown (no libnbd debug line)',
+    qemu: await libnbdSays(qemuUri),
+    qemuAes: await libnbdSays(qemuAesUri),
   };
 }
 

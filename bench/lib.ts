@@ -12,7 +12,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 
 import { native } from '../src/native/binding.js';
-import type { PoolSpec } from '../test/helpers/agent.js';
+import type { AgentSpec, PoolSpec } from '../test/helpers/agent.js';
 import { replyOf, VOLAGENTD, writeAgentConfig } from '../test/helpers/agent.js';
 
 const execFileAsync = promisify(execFile);
@@ -101,17 +101,21 @@ export interface RunningAgent {
   stop(): Promise<void>;
 }
 
+/** What launchBenchAgent may add to an agent's config: its NBD addresses and TLS, and the spawn of its process (a network namespace's). */
+export type BenchAgentConfig = Pick<AgentSpec, 'nbdListen' | 'nbdTls' | 'nbdPlaintextTcp' | 'spawn'>;
+
 /**
  * Starts volagentd on `pools` (config, catalog and socket in `dir`) as
  * spawnAgent does, plus node options: `nodeArgs` and
  * VOLAGENT_BENCH_AGENT_NODE_ARGS (e.g. `--cpu-prof --cpu-prof-dir=DIR`).
  * Resolves once it answers GET /v1/version.
  */
-export async function launchBenchAgent(dir: string, pools: PoolSpec[], options: { nodeArgs?: string[]; env?: NodeJS.ProcessEnv; startTimeoutMs?: number } = {}): Promise<RunningAgent> {
-  const configFile = await writeAgentConfig({ dir, pools });
+export async function launchBenchAgent(dir: string, pools: PoolSpec[], options: { nodeArgs?: string[]; env?: NodeJS.ProcessEnv; startTimeoutMs?: number; config?: BenchAgentConfig } = {}): Promise<RunningAgent> {
+  const configFile = await writeAgentConfig({ dir, pools, ...options.config });
   const socket = path.join(dir, 'control.sock');
   const nodeArgs = [...(process.env.VOLAGENT_BENCH_AGENT_NODE_ARGS ?? '').split(/\s+/).filter(Boolean), ...(options.nodeArgs ?? [])];
-  const child = spawn(process.execPath, [...nodeArgs, VOLAGENTD, '--config', configFile], {
+  const spawnWith = options.config?.spawn ?? spawn;
+  const child = spawnWith(process.execPath, [...nodeArgs, VOLAGENTD, '--config', configFile], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, VOLAGENT_LOG_LEVEL: 'warn', ...options.env },
   });

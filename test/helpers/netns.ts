@@ -49,8 +49,6 @@ import { existsSync } from 'node:fs';
 import { readdir } from 'node:fs/promises';
 import path from 'node:path';
 
-import type { Test } from 'tap';
-
 import { run } from './run.js';
 
 export const NETNS_PREFIX = 'vtns-';
@@ -200,12 +198,18 @@ async function tearDown(names: string[], spawned: Spawned[]): Promise<void> {
   for (const problem of problems) process.stderr.write(`# netns teardown: ${problem}\n`);
 }
 
+/** Who owns the hosts: a tap Test, or a benchmark's own list of cleanups (it runs each function given to `teardown` at its end). */
+export interface HostsOwner {
+  teardown(fn: () => unknown): void;
+  comment(message: string): void;
+}
+
 /**
  * Makes `count` hosts joined pairwise by veths, and registers their removal
  * with `t.teardown`. Host i (label a, b, ...) has address 127.21.0.(i+1)/32 on
  * each of its veths and a /32 route to every peer over the veth to it.
  */
-export async function makeHosts(t: Test, count = 2): Promise<Host[]> {
+export async function makeHosts(t: HostsOwner, count = 2): Promise<Host[]> {
   if (!Number.isInteger(count) || count < 2 || count > MAX_HOSTS) throw new RangeError(`makeHosts: count must be 2..${MAX_HOSTS}, not ${count}`);
   for (const line of await sweepNamespaces()) t.comment(`swept leftover ${line}`);
   sequence += 1;

@@ -4,11 +4,15 @@
 // tls-creds-x509 and nbdkit's --tls-psk / --tls-certificates:
 // - PSK: a file of `identity:hexkey` lines (psktool's format, the one qemu,
 //   nbdkit and libnbd read). A client that knows any listed identity and its
-//   key gets in. OpenSSL, under Node, offers a callback PSK only up to TLS
-//   1.2 (in TLS 1.3 a server without a certificate finds no signature
-//   algorithm and fails), so PSK connections are TLS 1.2 with the PSK suites
-//   below, the ephemeral (ECDHE/DHE) ones first for forward secrecy; GnuTLS
-//   clients (qemu, libnbd) negotiate them.
+//   key gets in. TLS 1.3 (a PSK with (EC)DHE: forward secrecy) or 1.2.
+//   Node's pskCallback is OpenSSL's legacy PSK callback, whose key OpenSSL
+//   binds to SHA-256: in TLS 1.3 only the SHA-256 suites can use it (a
+//   server that offers TLS_AES_256_GCM_SHA384 picks it for a client that
+//   offers it, and fails: no signature algorithm without a certificate).
+//   AES-128-GCM comes first and the server's order wins: with AES-NI it
+//   costs a fraction of ChaCha20-Poly1305's CPU, which GnuTLS (qemu, libnbd)
+//   would otherwise choose. TLS 1.2 takes the PSK suites below, AES-GCM
+//   with DHE first.
 // - X.509: the server's certificate and key, and a CA; every client must
 //   present a certificate that the CA signed (mutual TLS), TLS 1.2 or 1.3.
 import { readFile, stat } from 'node:fs/promises';
@@ -20,11 +24,11 @@ export type NbdTlsConfig =
   | { kind: 'psk'; pskFile: string }
   | { kind: 'x509'; certFile: string; keyFile: string; caFile: string };
 
-/** PSK suites OpenSSL offers in TLS 1.2, with forward secrecy first; GnuTLS's NORMAL:+ECDHE-PSK:+DHE-PSK:+PSK meets them. */
+/** The PSK suites in the server's order of preference: TLS 1.3's SHA-256 suites, then TLS 1.2's with forward secrecy first. */
 export const PSK_CIPHERS = [
-  'ECDHE-PSK-CHACHA20-POLY1305', 'ECDHE-PSK-AES256-CBC-SHA384', 'ECDHE-PSK-AES128-CBC-SHA256',
-  'DHE-PSK-AES256-GCM-SHA384', 'DHE-PSK-AES128-GCM-SHA256', 'DHE-PSK-CHACHA20-POLY1305',
-  'PSK-AES256-GCM-SHA384', 'PSK-AES128-GCM-SHA256', 'PSK-CHACHA20-POLY1305',
+  'TLS_AES_128_GCM_SHA256', 'TLS_CHACHA20_POLY1305_SHA256',
+  'DHE-PSK-AES128-GCM-SHA256', 'DHE-PSK-AES256-GCM-SHA384', 'ECDHE-PSK-CHACHA20-POLY1305', 'DHE-PSK-CHACHA20-POLY1305',
+  'ECDHE-PSK-AES128-CBC-SHA256', 'PSK-AES128-GCM-SHA256', 'PSK-AES256-GCM-SHA384',
 ].join(':');
 
 /** A key shorter than this is refused: 128 bits, half of psktool's default. */
@@ -123,7 +127,7 @@ export class NbdTls {
     // client's certificate (a TLSSocket made by hand only records it).
     const server = this.kind === 'psk'
       ? createServer({
-        ciphers: PSK_CIPHERS, minVersion: 'TLSv1.2', maxVersion: 'TLSv1.2',
+        ciphers: PSK_CIPHERS, honorCipherOrder: true, minVersion: 'TLSv1.2', maxVersion: 'TLSv1.3', dhparam: 'auto',
         pskCallback: (_socket: TLSSocket, identity: string) => this.keys.get(identity) ?? null,
       })
       : createServer({ ...this.x509!, minVersion: 'TLSv1.2', requestCert: true, rejectUnauthorized: true });

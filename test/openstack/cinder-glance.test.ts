@@ -457,7 +457,7 @@ if (missing) {
     }
   };
 
-  await t.test('two hosts: create --image on host B pulls the Image-Volume of host A over NBD with TLS; Glance serves no data', async (t) => {
+  await t.test('two hosts: create --image on host B pulls the Image-Volume of host A over NBD with TLS, and its image-volume cache keeps it; Glance serves no data', async (t) => {
     const source = await createVolume(P1, 'xfs', 1);
     const data = randomBytes(6 * MiB);
     await withAttached(P1, source, 'rw', (device) => writeAt(device, 300 * MiB, data));
@@ -479,8 +479,26 @@ if (missing) {
     t.equal(await imageDataReads(uploaded.image_id!), 0, 'Glance never served the image\'s data');
     t.same(await stack.agent('/v1/exports'), [], 'host A\'s export for the pull is gone');
     t.same((await stack.agentB('GET', '/v1/exports')).json, [], 'host B has no export');
+
+    // Host B's image-volume cache keeps the pulled image: the next volume of it there clones the entry.
+    const onB = (await stack.agentB('GET', '/v1/volumes')).json as Array<Record<string, any>>;
+    const entries = onB.filter((v) => v.source?.volume === agentId(id));
+    t.equal(entries.length, 1, 'host B keeps one cache entry, cloned from the pulled volume');
+    t.match(entries[0], { tenant: INTERNAL, pool: 'xfs', cloneMethod: 'reflink' }, 'in Cinder\'s internal tenant, a reflink (no second pull)');
+    const entryId = (entries[0]!.id as string).replace(/^volume-/, '');
+    t.match(propertyTable(await stack.cinder(ADMIN, ['show', entryId])), { name: `image-${uploaded.image_id!}`, 'os-vol-host-attr:host': `${HOST_B}@${BACKEND_B}#xfs` }, 'Cinder knows it as the image\'s cache volume on host B');
+    const second = await createVolume(P1, 'b-any', 1, ['--image', uploaded.image_id!]);
+    t.match((await stack.agentB('GET', `/v1/volumes/${agentId(second)}`)).json, { cloneMethod: 'reflink', source: { volume: entries[0]!.id } }, 'the second volume on host B clones the cache entry');
+    t.equal(((await stack.agentB('GET', '/v1/volumes')).json as Array<Record<string, any>>).filter((v) => v.source?.remote).length,
+      onB.filter((v) => v.source?.remote).length, 'nothing was pulled again');
+    t.ok(await sameBytes(stack.volumeFile('xfs', agentId(location!)), stack.volumeFileB(agentId(second)), gib(1)), 'its bytes are the Image-Volume\'s');
+    t.equal(await imageDataReads(uploaded.image_id!), 0, 'Glance still served no data');
+    await deleteVolume(P1, second);
     await deleteVolume(P1, id);
     t.equal((await stack.agentB('GET', `/v1/volumes/${agentId(id)}`)).status, 404, 'deleting it through Cinder deleted it on host B');
+    // The entry is Cinder's to evict; it goes with its volume here, through Cinder.
+    await stack.cinder(ADMIN, ['delete', entryId]);
+    await stack.waitVolumeGone(ADMIN, entryId);
     await stack.glance(P1, ['image-delete', uploaded.image_id!]);
     await stack.waitVolumeGone(ADMIN, location!);
     await deleteVolume(P1, source);

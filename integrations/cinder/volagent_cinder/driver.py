@@ -36,9 +36,12 @@ from oslo_log import log as logging
 from cinder import context as cinder_context
 from cinder import exception
 from cinder.i18n import _
+from cinder.image import cache as image_cache
 from cinder import interface
 from cinder import objects
 from cinder.objects import fields
+from cinder import quota
+from cinder import volume as cinder_volume
 from cinder.volume import configuration
 from cinder.volume import driver
 from cinder.volume import rpcapi as volume_rpcapi
@@ -68,6 +71,7 @@ volagent_opts = [
 
 CONF = cfg.CONF
 CONF.register_opts(volagent_opts, group=configuration.SHARED_CONF_GROUP)
+QUOTAS = quota.QUOTAS
 
 
 def _pool_of(volume):
@@ -317,7 +321,17 @@ class VolagentDriver(driver.VolumeDriver):
                     'sizeBytes': _bytes(max(volume.size, source.size)),
                     'source': {'volume': self._agent_id(source)}})
             else:
-                model_update = self._pull(context.elevated(), volume, source)
+                cached = self._cached_image_volume(volume, image_meta)
+                if cached is not None:
+                    # Pulled before: this host's image-volume cache holds it.
+                    model_update = self._put_volume(volume, {
+                        'pool': _pool_of(volume), 'tenant': volume.project_id,
+                        'sizeBytes': _bytes(max(volume.size, cached.size)),
+                        'source': {'volume': self._agent_id(cached)}})
+                    source = cached
+                else:
+                    model_update = self._pull(context.elevated(), volume, source)
+                    self._cache_image_volume(volume, model_update, image_meta)
             LOG.info('Volume %(volume)s cloned from Image-Volume %(source)s '
                      'of image %(image)s on %(host)s.',
                      {'volume': volume.id, 'source': source.id,
@@ -465,6 +479,92 @@ class VolagentDriver(driver.VolumeDriver):
                        action='remove export %s' % export['id'])
 
     # --- across hosts ---
+
+    def _image_volume_cache(self):
+        """Cinder's image-volume cache of this backend, or None (disabled, no internal tenant)."""
+        if not self.configuration.safe_get('image_volume_cache_enabled'):
+            return None, None
+        internal = cinder_context.get_internal_tenant_context()
+        if internal is None:
+            return None, None
+        cache = image_cache.ImageVolumeCache(
+            self.db, cinder_volume.API(),
+            self.configuration.safe_get('image_volume_cache_max_size_gb') or 0,
+            self.configuration.safe_get('image_volume_cache_max_count') or 0)
+        return cache, internal
+
+    def _cached_image_volume(self, volume, image_meta):
+        """The cache entry's volume of this image on this host, when there is one."""
+        cache, internal = self._image_volume_cache()
+        if cache is None:
+            return None
+        entry = cache.get_entry(internal, volume, image_meta['id'], image_meta)
+        if not entry:
+            return None
+        try:
+            cached = objects.Volume.get_by_id(internal.elevated(), entry['volume_id'])
+        except exception.VolumeNotFound:
+            return None
+        return cached if cached.status == 'available' else None
+
+    def _cache_image_volume(self, volume, model_update, image_meta):
+        """Keeps a pulled image in this host's image-volume cache, as Cinder keeps a download.
+
+        A volume of Cinder's internal tenant cloned from the new one (a
+        reflink or thin snapshot here: no second pull), read-only, and its
+        cache entry; the next volume of this image on this host clones it.
+        Best effort, as Cinder's own: a failure is logged, the volume stays.
+        """
+        cache, internal = self._image_volume_cache()
+        if cache is None:
+            return
+        image_id = image_meta['id']
+        image_volume = None
+        try:
+            if not cache.ensure_space(internal, volume):
+                LOG.warning('No room in the image-volume cache of %(host)s for image '
+                            '%(image)s.', {'host': volume.host, 'image': image_id})
+                return
+            reserve = {'volumes': 1, 'gigabytes': volume.size}
+            QUOTAS.add_volume_type_opts(internal, reserve, volume.volume_type_id)
+            reservations = QUOTAS.reserve(internal, **reserve)
+            try:
+                image_volume = objects.Volume(
+                    context=internal, host=volume.host, cluster_name=volume.cluster_name,
+                    availability_zone=volume.availability_zone, size=volume.size,
+                    volume_type_id=volume.volume_type_id,
+                    project_id=internal.project_id, user_id=internal.user_id,
+                    status='creating', attach_status=fields.VolumeAttachStatus.DETACHED,
+                    display_name='image-%s' % image_id, source_volid=volume.id)
+                image_volume.create()
+            except Exception:
+                QUOTAS.rollback(internal, reservations)
+                raise
+            QUOTAS.commit(internal, reservations, project_id=internal.project_id)
+            source = volume.obj_clone()
+            if model_update:
+                source.update(model_update)
+            self._put_volume(image_volume, {
+                'pool': _pool_of(image_volume), 'tenant': internal.project_id,
+                'sizeBytes': _bytes(image_volume.size),
+                'source': {'volume': self._agent_id(source)}})
+            image_volume.update({'status': 'available'})
+            image_volume.save()
+            self.db.volume_admin_metadata_update(internal.elevated(), image_volume.id,
+                                                 {'readonly': 'True'}, False)
+            cache.create_cache_entry(internal, image_volume, image_id, image_meta)
+            LOG.info('Image %(image)s pulled to %(host)s is kept in its image-volume '
+                     'cache as volume %(cached)s.',
+                     {'image': image_id, 'host': volume.host, 'cached': image_volume.id})
+        except Exception as e:
+            LOG.warning('Image %(image)s was not kept in the image-volume cache of '
+                        '%(host)s: %(e)s', {'image': image_id, 'host': volume.host, 'e': e})
+            if image_volume is not None and image_volume.status != 'available':
+                try:
+                    self._call('DELETE', '/v1/volumes/%s' % _quote(image_volume.name))
+                except agent_client.AgentError:
+                    pass
+                image_volume.destroy()
 
     def _is_volagent_backend(self, context, host):
         """Whether the backend of ``host`` is a volagent (Cinder's RPC: its capabilities)."""

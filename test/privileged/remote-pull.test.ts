@@ -204,6 +204,25 @@ if (!skipUnlessRoot(t)) {
       t.equal((await source.agent.request('GET', `/v1/exports/${exportId}`)).status, 200, 'A still serves the export until the control plane removes it');
     });
 
+    for (const point of ['pull.connected', 'pull.copied', 'pull.populated']) {
+      await t.test(`B killed at ${point}: after its restart nothing of the pull is visible, and a repeat of it succeeds`, async (t) => {
+        await sink.agent.stop();
+        sink.agent = await startAgent(t, { ...sink.spec, env: { VOLAGENT_FAILPOINTS: `${point}=kill` } });
+        const id = `killed-${point.replace('.', '-')}`;
+        const started = await sink.agent.request('PUT', `/v1/volumes/${id}`, { tenant: 't2', source: { remote } });
+        t.equal(started.status, 202);
+        t.equal((await sink.agent.exited).signal, 'SIGKILL', `the agent died at ${point}`);
+        sink.agent = await startAgent(t, sink.spec);
+        t.equal((await sink.agent.request('GET', `/v1/volumes/${id}`)).status, 404, 'the volume is not there');
+        t.equal(catalogRow(sink.agent.catalogPath, id), undefined, 'no catalog row');
+        t.same((await poolFiles(sink.poolPath)).filter((name) => name.includes(id)), [], 'no object, no temporary');
+        t.match((await sink.agent.request('GET', '/v1/check')).body, { clean: true }, 'check finds nothing to repair');
+        const again = await sink.agent.request('PUT', `/v1/volumes/${id}?wait=true`, { tenant: 't2', source: { remote } });
+        t.equal(again.status, 201, `the same request again: ${JSON.stringify(again.body)}`);
+        t.equal((await sink.agent.request('DELETE', `/v1/volumes/${id}`)).status, 204);
+      });
+    }
+
     await t.test('A killed in the middle of a pull: B\'s pull fails with REMOTE_FAILED and keeps nothing', async (t) => {
       const held = path.join(keyDir, 'held-a');
       await sink.agent.stop();

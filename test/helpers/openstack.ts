@@ -23,7 +23,7 @@ import type { ChildProcess } from 'node:child_process';
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { createWriteStream, existsSync } from 'node:fs';
-import { chown, mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { chown, mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
 
@@ -349,7 +349,12 @@ export class OpenStack {
 
   /** Cinder's requests to Glance carry no token: they act for this project (the Glance filter reads it). */
   async actAs(project: string): Promise<void> {
-    await writeFile(path.join(this.dir, 'acting-project'), project);
+    // Glance reads this file on every request Cinder makes, at any moment: a rewrite in place
+    // shows it an empty file (an unknown project, 404 for a private image) between the
+    // truncate and the write. A rename replaces it whole.
+    const file = path.join(this.dir, 'acting-project');
+    await writeFile(`${file}.new`, project);
+    await rename(`${file}.new`, file);
   }
 
   // --- clients ---

@@ -43,6 +43,9 @@ class NoauthContext(wsgi.Middleware):
         else:
             with open(self.acting_project_file) as f:
                 project = f.read().strip()
+            if not project:
+                raise webob.exc.HTTPInternalServerError(
+                    explanation='the acting project file is empty')
             user = 'cinder'
         is_admin = project == self.admin_project
         req.context = glance.context.RequestContext(

@@ -9,7 +9,6 @@ import { CatalogWriter } from '../catalog/writer.js';
 import type { CatalogWrites } from '../catalog/writes.js';
 import { inlineWrites } from '../catalog/writes.js';
 import type { Pool, PoolCapabilities, PoolCapacity, PoolHealth } from '../pools/pool.js';
-import type { Backend } from '../pools/pool.js';
 import type { Principal } from './access.js';
 import { Access } from './access.js';
 import type { ImageCacheView } from './image-cache.js';
@@ -30,7 +29,7 @@ const { version: AGENT_VERSION } = createRequire(import.meta.url)('../../../pack
 
 export interface PoolView {
   name: string;
-  backend: Backend;
+  backend: string;
   capabilities: PoolCapabilities;
   capacity: PoolCapacity;
   /** The kernel side's state (thin pools). */

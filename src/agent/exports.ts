@@ -20,7 +20,7 @@ import type { ExportHandle } from '../exports/nbd/connection.js';
 import { FileTarget } from '../exports/nbd/file-target.js';
 import type { ExportTarget } from '../exports/nbd/target.js';
 import { WriteDrainTimeoutError, WriteGate } from '../exports/nbd/write-gate.js';
-import { attachLoop, boundLoopDevices, detachLoop, loopBackingFile } from '../pools/thin/loop-device.js';
+import { attachLoop, boundLoopDevices, detachLoop, loopBackingFile } from '../devices/loop-device.js';
 import type { Pool } from '../pools/pool.js';
 import type { Access } from './access.js';
 import { toApiError } from './faults.js';
@@ -112,8 +112,8 @@ export class Exports {
 
   /**
    * Refuses (VOLUME_IN_USE) a copy of volume `id` while it has a writable
-   * block export: a loop device or a thin volume's node is written by the
-   * kernel, past the agent, so its writes cannot be held for the copy.
+   * block export: a loop device or a volume's own device node is written by
+   * the kernel, past the agent, so its writes cannot be held for the copy.
    * Read-only exports and NBD exports (held by holdWrites) pass.
    */
   checkWritesHoldable(volumeId: string): void {
@@ -276,7 +276,7 @@ export class Exports {
     const recordedDevices = new Set(rows.filter((row) => row.protocol === 'block' && row.device).map((row) => row.device!));
     const fileVolumes = new Map<string, { pool: string; volume: string }>();
     for (const [name, pool] of this.pools) {
-      if (pool.backend !== 'file') continue;
+      if (pool.objectKind !== 'file') continue;
       for (const volume of this.catalog.listVolumes({ pool: name })) fileVolumes.set(pool.objectPath(volume.id), { pool: name, volume: volume.id });
     }
     for (const { device, backingFile } of await boundLoopDevices()) {
@@ -353,7 +353,7 @@ export class Exports {
     if (!live) return false;
     if (row.protocol === 'nbd') return live.target !== undefined;
     const pool = this.pools.get(this.catalog.getVolume(row.volumeId)?.pool ?? '');
-    if (!pool || pool.backend !== 'file') return true;
+    if (!pool || pool.objectKind !== 'file') return true;
     return (await loopBackingFile(row.device ?? '')) === pool.objectPath(row.volumeId);
   }
 
@@ -367,7 +367,7 @@ export class Exports {
     await this.unmake(row, undefined);
     const volume = this.catalog.getVolume(row.volumeId);
     const pool = volume ? this.pools.get(volume.pool) : undefined;
-    if (row.protocol !== 'block' || pool?.backend !== 'file') return;
+    if (row.protocol !== 'block' || pool?.objectKind !== 'file') return;
     const kept = new Set(this.catalog.exportsOfVolume(row.volumeId).filter((e) => e.state === 'available' && e.device).map((e) => e.device!));
     const file = pool.objectPath(row.volumeId);
     for (const { device, backingFile } of await boundLoopDevices()) {
@@ -376,16 +376,17 @@ export class Exports {
   }
 
   /**
-   * A thin volume's block export hands out the volume's own dm node, one
-   * device for every user of it: a read-only block export makes that device
-   * read-only (its table reloaded with DM_READONLY_FLAG, so the kernel
+   * A block export of a volume that is a block device (objectKind 'block': a
+   * thin volume's dm node) hands out that node, one device for every user of
+   * it: a read-only block export makes the device read-only (the pool's
+   * setReadOnly: a thin table reloaded with DM_READONLY_FLAG, so the kernel
    * refuses every write to it, root's included) for as long as the export
    * lasts. So it cannot share the volume with a writable export, either way
    * round (VOLUME_IN_USE). Checked after `exportId`'s row is in, so of two
    * concurrent requests at least one sees the other.
    */
   private checkSharedNode(pool: Pool, volumeId: string, exportId: string, readOnly: boolean): void {
-    if (pool.backend !== 'thin') return;
+    if (pool.objectKind !== 'block') return;
     const others = this.catalog.exportsOfVolume(volumeId).filter((row) => row.id !== exportId);
     const conflicting = readOnly ? others.filter((row) => !row.readOnly) : others.filter((row) => row.readOnly && row.protocol === 'block');
     if (conflicting.length === 0 || (readOnly && this.catalog.getVolume(volumeId)?.readOnly)) return;
@@ -401,11 +402,11 @@ export class Exports {
     const path = pool.objectPath(volumeId);
     if (request.protocol === 'nbd') {
       const options = request.directIo ? { directIo: true } : {};
-      if (pool.backend === 'file') return { target: await FileTarget.open(path, request.readOnly, options) };
+      if (pool.objectKind === 'file') return { target: await FileTarget.open(path, request.readOnly, options) };
       const allocation = pool.allocation?.bind(pool);
       return { target: await BlockTarget.open(path, request.readOnly, { ...options, ...(allocation ? { allocation: (offset, length) => allocation(volumeId, offset, length) } : {}) }) };
     }
-    if (pool.backend === 'thin') {
+    if (pool.objectKind === 'block') {
       if (request.readOnly && !volumeReadOnly) await pool.setReadOnly(volumeId, true);
       return { device: path };
     }
@@ -425,17 +426,18 @@ export class Exports {
 
   /**
    * A block export's device: the loop device a file volume was attached to is
-   * detached (if still bound to it); a thin node stays, writable again when
-   * this was the last read-only block export of a writable volume.
+   * detached (if still bound to it); a volume's own node (objectKind 'block')
+   * stays, writable again when this was the last read-only block export of a
+   * writable volume.
    */
   private async releaseDevice(pool: Pool, volumeId: string, device: string | undefined, exported: { readOnly: boolean; exportId: string }): Promise<void> {
-    if (pool.backend === 'thin') {
+    if (pool.objectKind === 'block') {
       const volume = this.catalog.getVolume(volumeId);
       const stillReadOnly = this.catalog.exportsOfVolume(volumeId).some((row) => row.id !== exported.exportId && row.readOnly && row.protocol === 'block');
       if (exported.readOnly && volume && !volume.readOnly && !stillReadOnly) await pool.setReadOnly(volumeId, false);
       return;
     }
-    if (pool.backend !== 'file' || device === undefined) return;
+    if (device === undefined) return;
     if ((await loopBackingFile(device)) === pool.objectPath(volumeId)) await detachLoop(device);
   }
 

@@ -11,10 +11,11 @@ import { parse as parseToml } from 'smol-toml';
 
 import { DEFAULT_KEEP_FINISHED_OPERATIONS } from '../catalog/catalog.js';
 import type { NbdTlsConfig } from '../exports/nbd/tls.js';
-import type { ImageCacheConfig, PoolConfig } from '../pools/pool-config.js';
+import { backendNamed, backendNames } from '../pools/index.js';
+import type { ConfigTable, ImageCacheConfig, PoolConfig } from '../pools/pool-config.js';
 import { parseBytes } from '../units/bytes.js';
 
-export type { FilePoolConfig, ImageCacheConfig, PoolConfig, ThinPoolConfig } from '../pools/pool-config.js';
+export type { ImageCacheConfig, PoolConfig } from '../pools/pool-config.js';
 
 export type Role = 'admin' | 'reader' | 'tenant';
 
@@ -95,8 +96,6 @@ export class ConfigError extends Error {
 }
 
 const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
-const MIN_THIN_BLOCK = 64 * 1024;
-const MAX_THIN_BLOCK = 1024 * 1024 * 1024;
 
 type Table = Record<string, unknown>;
 
@@ -105,7 +104,7 @@ function isTable(value: unknown): value is Table {
 }
 
 /** Reads one TOML table, remembering the keys taken so leftovers can be reported as unknown. */
-class TableReader {
+class TableReader implements ConfigTable {
   private readonly taken = new Set<string>();
 
   constructor(private readonly values: Table, private readonly where: string, private readonly source: string, private readonly baseDir: string) {}
@@ -239,31 +238,15 @@ function readImageCache(reader: TableReader): ImageCacheConfig | undefined {
 
 function readPool(pool: TableReader): PoolConfig {
   const name = pool.name('name');
-  const backend = pool.string('backend');
-  let result: PoolConfig;
-  if (backend === 'file') {
-    result = { name, backend, path: pool.path('path') };
-  } else if (backend === 'thin') {
-    const blockSizeBytes = pool.bytes('block_size', '64KiB')!;
-    if (blockSizeBytes < MIN_THIN_BLOCK || blockSizeBytes > MAX_THIN_BLOCK || blockSizeBytes % MIN_THIN_BLOCK !== 0) {
-      pool.fail('block_size', 'must be a multiple of 64KiB from 64KiB to 1GiB (dm-thin data block size)');
-    }
-    result = {
-      name, backend, blockSizeBytes,
-      dataDevice: pool.path('data_device'),
-      metadataDevice: pool.path('metadata_device'),
-      lowWaterPercent: pool.percent('low_water', '10%'),
-      minFreePercent: pool.percent('min_free', '5%'),
-      errorIfNoSpace: pool.boolean('error_if_no_space', true),
-      deviceDir: pool.path('device_dir', '/dev/volagent'),
-    };
-  } else {
-    return pool.fail('backend', `must be "file" or "thin" (got ${JSON.stringify(backend)})`);
-  }
+  const backendName = pool.string('backend');
+  const backend = backendNamed(backendName);
+  if (!backend) return pool.fail('backend', `must be one of ${backendNames().map((known) => JSON.stringify(known)).join(', ')} (got ${JSON.stringify(backendName)})`);
+  const common: PoolConfig = { name, backend: backendName };
   const maxImageBytes = pool.bytes('max_image_bytes');
-  if (maxImageBytes !== undefined) result.maxImageBytes = maxImageBytes;
+  if (maxImageBytes !== undefined) common.maxImageBytes = maxImageBytes;
   const imageCache = readImageCache(pool);
-  if (imageCache) result.imageCache = imageCache;
+  if (imageCache) common.imageCache = imageCache;
+  const result = backend.readConfig(pool, common);
   pool.done();
   return result;
 }

@@ -12,7 +12,7 @@ import { CatalogThinLedger } from '../catalog/thin-ledger.js';
 import { NbdServer } from '../exports/nbd/server.js';
 import { NbdTls } from '../exports/nbd/tls.js';
 import type { PoolContext } from '../pools/index.js';
-import { createPool } from '../pools/index.js';
+import { backendOf, createPool } from '../pools/index.js';
 import type { Pool } from '../pools/pool.js';
 import type { PoolImagePolicy } from '../agent/images.js';
 import type { PoolConfig } from '../pools/pool-config.js';
@@ -61,14 +61,15 @@ async function openPools(config: AgentConfig, logger: Logger, context: PoolConte
   for (const poolConfig of config.pools) {
     // The embedded default is the developer's `npm start`: its pool directory
     // under ./var is made on first start. A configured pool must exist.
-    if (config.source === EMBEDDED_DEFAULT_SOURCE && poolConfig.backend === 'file') await mkdir(poolConfig.path, { recursive: true });
+    const backend = backendOf(poolConfig);
+    if (config.source === EMBEDDED_DEFAULT_SOURCE) await backend.prepareDevelopment?.(poolConfig);
     const pool = createPool(poolConfig, context);
     try {
       await pool.open();
     } catch (error) {
       await Promise.all(pools.map((opened) => opened.close()));
       await pool.close().catch(() => undefined);
-      const where = 'path' in poolConfig ? ` at ${poolConfig.path}` : '';
+      const where = backend.location ? ` at ${backend.location(poolConfig)}` : '';
       throw new StartupError(`pool ${poolConfig.name}${where}: ${(error as Error).message}`, { cause: error });
     }
     logger.info({ pool: pool.name, backend: pool.backend, capabilities: pool.capabilities() }, 'pool opened');
@@ -92,14 +93,14 @@ export async function startDaemon(config: AgentConfig, logger: Logger, options: 
   } catch (error) {
     throw new StartupError(`nbd tls: ${(error as Error).message}`, { cause: error });
   }
-  // Thin pools keep their thin ids in the catalog: with one configured, the
-  // catalog opens first. Otherwise a pool that fails start-up leaves no catalog behind.
-  const catalog = config.pools.some((pool) => pool.backend === 'thin') ? Catalog.open(config.catalog.path, { keepFinishedOperations: config.keepFinishedOperations }) : undefined;
-  let thinLedger = catalog ? new CatalogThinLedger(catalog) : undefined;
+  // A backend that keeps state in the catalog (thin pools: their thin ids)
+  // needs it open first. Otherwise a pool that fails start-up leaves no catalog behind.
+  const catalog = config.pools.some((pool) => backendOf(pool).usesLedger) ? Catalog.open(config.catalog.path, { keepFinishedOperations: config.keepFinishedOperations }) : undefined;
+  let ledger = catalog ? new CatalogThinLedger(catalog) : undefined;
   const warn = (fields: Record<string, unknown>, message: string): void => logger.warn(fields, message);
   let pools: Pool[];
   try {
-    pools = await openPools(config, logger, { ...(thinLedger ? { thinLedger } : {}), warn });
+    pools = await openPools(config, logger, { ...(ledger ? { ledger } : {}), warn });
   } catch (error) {
     catalog?.close();
     throw error;
@@ -111,7 +112,7 @@ export async function startDaemon(config: AgentConfig, logger: Logger, options: 
     nbdListen: config.nbd.listen, boundPorts, ...(nbdTls ? { nbdTls: true } : {}),
     remote: { plaintextTcp: config.nbd.plaintextTcp, ...(nbdTls ? { tls: nbdTls.clientCredentials() } : {}) },
   });
-  thinLedger?.writeThrough(agent.writes);
+  ledger?.writeThrough(agent.writes);
   await agent.exports.restore((row, error) => logger.error({ export: row.id, volume: row.volumeId, protocol: row.protocol, err: (error as Error).message }, 'an export could not be restored'));
   const nbd = new NbdServer({
     lookup: (name) => agent.exports.lookup(name), exportNames: () => agent.exports.nbdExportNames(), allowList: config.nbd.allowList,
@@ -185,11 +186,11 @@ export async function startDaemon(config: AgentConfig, logger: Logger, options: 
       for (const reason of plan.refused) logger.warn({ config: running.source }, `reload: ${reason}`);
       const added: PoolConfig[] = [];
       for (const poolConfig of plan.added) {
-        if (poolConfig.backend === 'thin' && !thinLedger) {
-          thinLedger = new CatalogThinLedger(agent.catalog);
-          thinLedger.writeThrough(agent.writes);
+        if (backendOf(poolConfig).usesLedger && !ledger) {
+          ledger = new CatalogThinLedger(agent.catalog);
+          ledger.writeThrough(agent.writes);
         }
-        const pool = createPool(poolConfig, { ...(thinLedger ? { thinLedger } : {}), warn });
+        const pool = createPool(poolConfig, { ...(ledger ? { ledger } : {}), warn });
         try {
           await pool.open();
           agent.addPool(pool, imagePolicyOf(poolConfig));

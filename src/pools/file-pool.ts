@@ -25,15 +25,17 @@ import { cloneFile, REFLINK_UNSUPPORTED } from '../clone/clone-file.js';
 import { native } from '../native/binding.js';
 import { isSystemError, systemError } from '../native/system-error.js';
 import type {
-  Backend, CloneOutcome, CloneRequest, ForeignObject, ObjectInfo, ObjectSink, Pool, PoolCapabilities, PoolCapacity, PopulateOutcome, PopulateRequest,
+  CloneOutcome, CloneRequest, ForeignObject, ObjectInfo, ObjectSink, Pool, PoolCapabilities, PoolCapacity, PopulateOutcome, PopulateRequest,
   ReceiveOutcome, ReceiveRequest,
 } from './pool.js';
 import { dataExtentsOf, isObjectName, sinkOf } from './pool.js';
-import type { FilePoolConfig } from './pool-config.js';
 import { writeSparse } from './sparse-writer.js';
 
 /** Objects live in the `objects/` subdirectory of the pool's `path`. */
-export type FilePoolOptions = Pick<FilePoolConfig, 'name' | 'path'>;
+export interface FilePoolOptions {
+  name: string;
+  path: string;
+}
 
 const OBJECT_SUFFIX = '.raw';
 const TEMP_PREFIX = '.tmp-';
@@ -60,7 +62,8 @@ async function unlinkIfPresent(file: string): Promise<void> {
 
 export class FilePool implements Pool {
   readonly name: string;
-  readonly backend: Backend = 'file';
+  readonly backend = 'file';
+  readonly objectKind = 'file' as const;
   readonly path: string;
   private readonly objectsDir: string;
   private probed: PoolCapabilities | undefined;

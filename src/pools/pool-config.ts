@@ -1,37 +1,40 @@
-// What a pool is configured with: the output of the daemon's config validation
-// (src/daemon/config.ts) and the input of the backend factory (index.ts).
+// What a pool is configured with: every pool's common keys, read by the
+// daemon's config reader (src/daemon/config.ts), and the reader a backend is
+// handed for its own keys (src/pools/backend.ts).
 
 export interface ImageCacheConfig {
   maxBytes?: number;
   maxCount?: number;
 }
 
-export interface FilePoolConfig {
+/** The keys every `[[pools]]` table has; a backend's config adds its own (FilePoolConfig, ThinPoolConfig, ...). */
+export interface PoolConfig {
   name: string;
-  backend: 'file';
-  /** The pool's directory; it must exist. */
-  path: string;
+  /** The backend's name, as `backend = "..."` says (src/pools/index.ts lists them). */
+  backend: string;
   /** Largest image upload accepted (`max_image_bytes`). */
   maxImageBytes?: number;
   imageCache?: ImageCacheConfig;
 }
 
-export interface ThinPoolConfig {
-  name: string;
-  backend: 'thin';
-  dataDevice: string;
-  metadataDevice: string;
-  blockSizeBytes: number;
-  /** Free data or metadata at or below this logs a warning (and is the kernel's low-water mark for data). */
-  lowWaterPercent: number;
-  /** Free data or metadata below this refuses new volumes with 507 (`min_free`). */
-  minFreePercent: number;
-  /** Writes to a full pool fail at once instead of queueing (`error_if_no_space`). */
-  errorIfNoSpace: boolean;
-  /** Where the agent makes its device nodes: `<deviceDir>/<pool>/<volume>` (`device_dir`). */
-  deviceDir: string;
-  maxImageBytes?: number;
-  imageCache?: ImageCacheConfig;
+/**
+ * One `[[pools]]` table, as the config reader hands it to a backend. Each
+ * getter takes a key, marks it read (a key no one reads is an error) and
+ * throws the config's error, naming the file and the key, on a bad value.
+ */
+export interface ConfigTable {
+  fail(key: string, problem: string): never;
+  has(key: string): boolean;
+  /** A non-empty string. */
+  string(key: string, fallback?: string): string;
+  /** A name like a pool's: ^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$. */
+  name(key: string): string;
+  /** A path, made absolute against the config file's directory. */
+  path(key: string, fallback?: string): string;
+  integer(key: string, min: number, max: number): number | undefined;
+  /** Bytes, or a size like "64KiB". */
+  bytes(key: string, fallback?: string): number | undefined;
+  boolean(key: string, fallback: boolean): boolean;
+  /** A percentage like "10%", as a number from 0 to 100. */
+  percent(key: string, fallback: string): number;
 }
-
-export type PoolConfig = FilePoolConfig | ThinPoolConfig;

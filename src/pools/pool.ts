@@ -7,7 +7,14 @@ import { native } from '../native/binding.js';
 import { systemError } from '../native/system-error.js';
 import { ZERO_BLOCK_BYTES } from './sparse-writer.js';
 
-export type Backend = 'file' | 'thin';
+/**
+ * What a pool's objects are, which decides how the exports serve them: a
+ * regular file (NBD reads it with its own holes, SEEK_DATA; a block export
+ * binds a loop device to it), or a block device node (NBD reads the device,
+ * with the pool's `allocation`; a block export hands out the node itself,
+ * one device for every user, made read-only through `setReadOnly`).
+ */
+export type ObjectKind = 'file' | 'block';
 
 export interface PoolCapabilities {
   /** Clones share blocks with their source (FICLONE, thin snapshots). */
@@ -121,7 +128,9 @@ export interface CloneOutcome {
  */
 export interface Pool {
   readonly name: string;
-  readonly backend: Backend;
+  /** The backend's name, as configured (`backend = "..."`): for views and logs, never for decisions. */
+  readonly backend: string;
+  readonly objectKind: ObjectKind;
   /** Checks the backing store (fails fast: missing, not writable) and probes capabilities once. */
   open(): Promise<void>;
   /** Releases what open() holds (descriptors); objects are untouched. Safe to call twice. */
@@ -187,7 +196,7 @@ export interface Pool {
   /** Leftovers of interrupted operations. */
   listTemporaries(): Promise<string[]>;
   removeTemporary(temporary: string): Promise<void>;
-  /** A path the exports layer can open (file path or device node). */
+  /** A path the exports layer can open: a regular file or a block device node, as `objectKind` says. */
   objectPath(name: string): string;
 }
 

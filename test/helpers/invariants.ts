@@ -8,7 +8,7 @@ import path from 'node:path';
 
 import BetterSqlite3 from 'better-sqlite3';
 
-import { boundLoopDevices } from '../../src/pools/thin/loop-device.js';
+import { boundLoopDevices } from '../../src/devices/loop-device.js';
 import type { AgentProcess } from './agent.js';
 
 export interface VolumeRecord { id: string; pool: string; kind: string; state: string; sizeBytes: number; readOnly: boolean }

@@ -7,7 +7,7 @@ import { mkdir, readdir, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 
-import { boundLoopDevices } from '../../src/pools/thin/loop-device.js';
+import { boundLoopDevices } from '../../src/devices/loop-device.js';
 import { run } from './run.js';
 
 export const TEST_ROOT = process.env.VOLAGENT_TEST_ROOT ?? path.join(tmpdir(), 'volagent-test');

@@ -6,8 +6,8 @@ import path from 'node:path';
 import t from 'tap';
 
 import { native } from '../../src/native/binding.js';
-import type { AttachedLoop } from '../../src/pools/thin/loop-device.js';
-import { attachLoop, detachLoop } from '../../src/pools/thin/loop-device.js';
+import type { AttachedLoop } from '../../src/devices/loop-device.js';
+import { attachLoop, detachLoop } from '../../src/devices/loop-device.js';
 import { TEST_ROOT } from '../helpers/loop-fs.js';
 import { skipUnlessRoot } from '../helpers/privileged.js';
 import { run } from '../helpers/run.js';

@@ -3,6 +3,8 @@ import path from 'node:path';
 import t from 'tap';
 
 import { ConfigError, EMBEDDED_DEFAULT_SOURCE, loadConfig, parseConfig } from '../../src/daemon/config.js';
+import type { FilePoolConfig } from '../../src/pools/index.js';
+import { backendNames } from '../../src/pools/index.js';
 import { tempDir } from '../helpers/temp-dir.js';
 
 // The example of docs/design.md "Processes, files, defaults", verbatim.
@@ -66,7 +68,7 @@ t.test('relative paths resolve against the config file directory', async (t) => 
   await writeFile(file, '[catalog]\npath = "state/catalog.db"\n[[pools]]\nname = "p"\nbackend = "file"\npath = "pools/p"\n');
   const config = await loadConfig(file);
   t.equal(config.catalog.path, path.join(dir, 'state/catalog.db'));
-  t.equal(config.pools[0]?.backend === 'file' && config.pools[0].path, path.join(dir, 'pools/p'));
+  t.equal((config.pools[0] as FilePoolConfig).path, path.join(dir, 'pools/p'));
   t.equal(config.control.socket, '/run/volagent/control.sock', 'production default socket');
 });
 
@@ -95,7 +97,7 @@ t.test('every error names the file and the key', async (t) => {
     ['[agent]\nkeep_finished_operations = -5\n' + pool, 'f.toml: agent.keep_finished_operations: must be an integer from 0 to 10000000'],
     ['[nbd]\nlisten = ["tcp:127.0.0.1:99999"]\n' + pool, 'f.toml: nbd.listen[0]: "tcp:127.0.0.1:99999": must be "unix:/path" or "tcp:host:port"'],
     ['', 'f.toml: pools: at least one pool is required'],
-    [pool.replace('"file"', '"lvm"'), 'f.toml: pools[0].backend: must be "file" or "thin" (got "lvm")'],
+    [pool.replace('"file"', '"zfs"'), `f.toml: pools[0].backend: must be one of ${backendNames().map((name) => `"${name}"`).join(', ')} (got "zfs")`],
     [pool.replace('name = "p"', 'name = "../p"'), 'f.toml: pools[0].name: must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$'],
     [pool + pool, 'f.toml: pools[1].name: duplicate pool name "p"'],
     [pool + 'max_image_bytes = "huge"\n', 'f.toml: pools[0].max_image_bytes: not a size: "huge" (use bytes or a unit like 64KiB, 10GiB)'],

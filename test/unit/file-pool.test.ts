@@ -8,6 +8,7 @@ import t from 'tap';
 import type { Test } from 'tap';
 
 import { FilePool } from '../../src/pools/file-pool.js';
+import type { FilePoolConfig } from '../../src/pools/index.js';
 import { createPool } from '../../src/pools/index.js';
 import { documentedCloneMethod } from '../helpers/clone-method.js';
 import { tempDir } from '../helpers/temp-dir.js';
@@ -173,7 +174,8 @@ t.test('where RENAME_NOREPLACE is missing, publishing by link + unlink keeps the
 
 t.test('createPool makes a file pool', async (t) => {
   const dir = await tempDir(t);
-  const pool = createPool({ name: 'default', backend: 'file', path: dir });
+  const config: FilePoolConfig = { name: 'default', backend: 'file', path: dir };
+  const pool = createPool(config);
   t.ok(pool instanceof FilePool);
   t.teardown(() => pool.close());
   await pool.open();

@@ -4,10 +4,10 @@
 //   this package's directory, and volagentd.socket;
 // - /etc/sysusers.d/volagent.conf (the volagent group that may connect);
 // - /etc/volagent/volagent.toml, a starter config, unless one exists;
-// - volagentd.service.d/pools.conf, from that config: ReadWritePaths= for
-//   each file pool and DeviceAllow= for each thin pool's devices (the unit
-//   itself allows nothing site-specific under ProtectSystem=strict and
-//   DevicePolicy=closed).
+// - volagentd.service.d/pools.conf, from that config: the ReadWritePaths= and
+//   DeviceAllow= each pool's backend asks for (PoolBackend.serviceAccess: a
+//   file pool's directory, a thin pool's devices); the unit itself allows
+//   nothing site-specific under ProtectSystem=strict and DevicePolicy=closed.
 // `--root` installs under another root (an image, a test). Nothing is started:
 // the command prints the systemctl lines to run.
 import { mkdir, readFile, stat, writeFile } from 'node:fs/promises';
@@ -16,6 +16,7 @@ import { fileURLToPath } from 'node:url';
 
 import { ConfigError, loadConfig, parseConfig } from '../../daemon/config.js';
 import type { AgentConfig } from '../../daemon/config.js';
+import { backendOf } from '../../pools/index.js';
 import type { Command } from '../command.js';
 import { parseCommandLine, print, printJson } from '../command.js';
 import { ExitCode, UsageError } from '../exit-codes.js';
@@ -58,14 +59,9 @@ function unitPath(p: string): string {
 export function poolsDropIn(config: AgentConfig): string {
   const lines = ['# Written by `volagent install-service` from the config; run it again after changing pools.', '[Service]'];
   for (const pool of config.pools) {
-    if (pool.backend === 'file') {
-      lines.push(`ReadWritePaths=${unitPath(pool.path)}`);
-    } else {
-      for (const device of [pool.dataDevice, pool.metadataDevice]) {
-        // A block device is allowed by path; a file (development) must also be writable.
-        lines.push(device.startsWith('/dev/') ? `DeviceAllow=${unitPath(device)} rw` : `ReadWritePaths=${unitPath(device)}`);
-      }
-    }
+    const access = backendOf(pool).serviceAccess(pool);
+    for (const writable of access.readWritePaths) lines.push(`ReadWritePaths=${unitPath(writable)}`);
+    for (const device of access.devices) lines.push(`DeviceAllow=${unitPath(device)} rw`);
   }
   return `${lines.join('\n')}\n`;
 }

@@ -30,15 +30,15 @@ import { native } from '../../native/binding.js';
 import type { DmDeviceInfo, DmTarget } from '../../native/addon-types.js';
 import { isSystemError, systemError } from '../../native/system-error.js';
 import type {
-  AllocationExtent, Backend, CloneOutcome, CloneRequest, ForeignObject, ObjectInfo, ObjectSink, Pool, PoolCapabilities, PoolCapacity, PoolHealth,
+  AllocationExtent, CloneOutcome, CloneRequest, ForeignObject, ObjectInfo, ObjectSink, Pool, PoolCapabilities, PoolCapacity, PoolHealth,
   PopulateOutcome, PopulateRequest, ReceiveOutcome, ReceiveRequest,
 } from '../pool.js';
 import { dataExtentsOf, isObjectName, sinkOf, UnalignedSizeError } from '../pool.js';
-import type { ThinPoolConfig } from '../pool-config.js';
+import type { ThinPoolConfig } from './backend.js';
 import { writeSparse } from '../sparse-writer.js';
 import type { PoolDevice } from './block-device.js';
 import { ensureDeviceNode, resolvePoolDevice } from './block-device.js';
-import { detachLoop } from './loop-device.js';
+import { detachLoop } from '../../devices/loop-device.js';
 import type { DeviceNumber, ThinPoolStatus } from './dm-thin.js';
 import { parseThinPoolStatus, parseThinStatus, SECTOR_BYTES, thinPoolMessage, thinPoolTarget, thinTarget } from './dm-thin.js';
 import type { PendingThinChange, ThinChange, ThinDeviceRecord, ThinLedger, ThinPoolRecord } from './ledger.js';
@@ -79,7 +79,8 @@ function ignoring<T>(codes: string[]): (error: unknown) => T | undefined {
 
 export class ThinPool implements Pool {
   readonly name: string;
-  readonly backend: Backend = 'thin';
+  readonly backend = 'thin';
+  readonly objectKind = 'block' as const;
   readonly poolDmName: string;
   private readonly ledger: ThinLedger;
   private readonly blockBytes: number;

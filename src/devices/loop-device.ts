@@ -1,13 +1,15 @@
-// Loop devices over files, for thin pools in development and tests
-// (docs/design.md "Pools"), and for block exports of file volumes. Attaching
+// Loop devices over files. Two layers bind them, so they sit below both: the
+// exports (a block export of a volume whose pool keeps files, objectKind
+// 'file') and thin pools in development and tests (a regular file as the
+// data or metadata device; docs/design.md "Pools"). Attaching
 // asks the kernel for a free device and binds it with one LOOP_CONFIGURE;
 // another process may take that device in between (EBUSY), so the attach is
 // retried with a new one.
 import { readdir, readFile } from 'node:fs/promises';
 
-import { native } from '../../native/binding.js';
-import type { LoopStatus } from '../../native/addon-types.js';
-import { isSystemError } from '../../native/system-error.js';
+import { native } from '../native/binding.js';
+import type { LoopStatus } from '../native/addon-types.js';
+import { isSystemError } from '../native/system-error.js';
 
 export interface LoopOptions {
   readOnly?: boolean;

@@ -27,6 +27,7 @@ import { chown, mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/
 import net from 'node:net';
 import path from 'node:path';
 
+import BetterSqlite3 from 'better-sqlite3';
 import type { Test } from 'tap';
 
 import { REPO_ROOT, requestOn, VOLAGENTD } from './agent.js';
@@ -140,6 +141,17 @@ export class OpenStack {
     });
     await run('glance-manage', ['--config-file', this.etc('glance-api.conf'), 'db_sync'], { timeoutMs: 300_000 });
     await run('cinder-manage', ['--config-file', this.etc('cinder.conf'), 'db', 'sync'], { timeoutMs: 300_000 });
+    // Four Cinder processes share one SQLite file. In its rollback journal a reader blocks a
+    // writer's commit, and a busy writer past the timeout is a 500 ("database is locked") to a
+    // client; in WAL readers and the writer go on together. The mode stays with the file.
+    for (const database of [path.join(this.dir, 'cinder', 'cinder.sqlite'), path.join(this.dir, 'glance', 'glance.sqlite')]) {
+      const db = new BetterSqlite3(database);
+      try {
+        db.pragma('journal_mode = WAL');
+      } finally {
+        db.close();
+      }
+    }
     await this.until('volagentd', 30_000, async () => (await requestOn(this.agentSocket, 'GET', '/v1/version')).status === 200);
     await this.until('volagentd-b', 30_000, async () => (await requestOn(this.agentSocketB, 'GET', '/v1/version')).status === 200);
     // Cinder's services run as the cinder user, as Debian's units run them. The control socket's
@@ -306,7 +318,7 @@ export class OpenStack {
       '[DEFAULT]', 'bind_host = 127.0.0.1', 'bind_port = 9292', 'workers = 1', 'debug = True',
       `log_file = ${path.join(this.dir, 'glance', 'glance-api.log')}`,
       'show_multiple_locations = True', 'show_image_direct_url = True', 'enabled_import_methods = []',
-      '[database]', `connection = sqlite:///${path.join(this.dir, 'glance', 'glance.sqlite')}`,
+      '[database]', `connection = sqlite:///${path.join(this.dir, 'glance', 'glance.sqlite')}?timeout=30`,
       '[paste_deploy]', `config_file = ${this.etc('glance-api-paste.ini')}`, 'flavor =',
       '[glance_store]', 'stores = file, http, cinder', `default_store = ${this.glanceDefaultStore}`,
       `filesystem_store_datadir = ${path.join(this.dir, 'glance', 'images')}`,
@@ -327,7 +339,8 @@ export class OpenStack {
       'allowed_direct_url_schemes = cinder', `image_conversion_dir = ${path.join(cinderDir, 'conversion')}`,
       `cinder_internal_tenant_project_id = ${PROJECTS.internal}`, `cinder_internal_tenant_user_id = ${INTERNAL_USER}`,
       'rootwrap_config = /etc/cinder/rootwrap.conf',
-      '[database]', `connection = sqlite:///${path.join(cinderDir, 'cinder.sqlite')}`,
+      // pysqlite's busy timeout (5 s by default): how long a write waits for another process's.
+      '[database]', `connection = sqlite:///${path.join(cinderDir, 'cinder.sqlite')}?timeout=30`,
       '[oslo_concurrency]', `lock_path = ${path.join(cinderDir, 'lock')}`,
       '[oslo_messaging_notifications]', 'driver = noop',
       '[volagent]', 'volume_driver = volagent_cinder.driver.VolagentDriver', 'volume_backend_name = volagent',

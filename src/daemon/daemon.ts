@@ -21,7 +21,7 @@ import { EMBEDDED_DEFAULT_SOURCE, loadConfig } from './config.js';
 import { planReload } from './reload.js';
 import type { ActivatedSockets } from './activation.js';
 import { assignListened } from './activation.js';
-import { prepareSocketPath } from './control-socket.js';
+import { prepareSocketPath } from '../common/unix-socket-path.js';
 import type { Logger } from './logger.js';
 import type { ListenedSocket } from './systemd.js';
 import { ServiceNotifier } from './systemd.js';

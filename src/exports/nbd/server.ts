@@ -10,7 +10,7 @@ import { chmod, chown } from 'node:fs/promises';
 import type { Server, Socket } from 'node:net';
 import { createServer } from 'node:net';
 
-import { prepareSocketPath } from '../../daemon/control-socket.js';
+import { prepareSocketPath } from '../../common/unix-socket-path.js';
 import type { ListenAddress } from '../../daemon/config.js';
 import type { ConnectionOptions } from './connection.js';
 import { NbdConnection } from './connection.js';

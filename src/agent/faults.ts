@@ -16,7 +16,7 @@
 //   anything else (EINVAL, EBADF, EFAULT: a call the agent made wrongly) is
 //   INTERNAL (500), an agent fault.
 import { ApiError } from '../api/errors.js';
-import { isAbortError } from '../clone/abort.js';
+import { isAbortError } from '../common/abort.js';
 import { isSystemError } from '../native/system-error.js';
 import { UnalignedSizeError } from '../pools/pool.js';
 import { LockBusyError } from './locks.js';

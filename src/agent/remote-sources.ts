@@ -9,7 +9,7 @@
 // REMOTE_FAILED (502), an export that is not the one named REMOTE_MISMATCH
 // (409); failures of this host's pool keep their own codes.
 import { ApiError } from '../api/errors.js';
-import { isAbortError } from '../clone/abort.js';
+import { isAbortError } from '../common/abort.js';
 import type { ObjectSink } from '../pools/pool.js';
 import type { NbdClientTls } from '../remote/nbd-client.js';
 import { NbdClient } from '../remote/nbd-client.js';

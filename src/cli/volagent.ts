@@ -2,7 +2,7 @@
 // become one line on stderr (`volagent: CODE: message`) and an exit status
 // from exit-codes.ts. With --json, stdout carries the agent's JSON body as it
 // sent it, and on failure the error body too.
-import { isAbortError } from '../clone/abort.js';
+import { isAbortError } from '../common/abort.js';
 import { isSystemError } from '../native/system-error.js';
 import { AgentError, AgentUnreachableError } from './agent-client.js';
 import type { Command, GlobalOptions } from './command.js';

@@ -9,7 +9,7 @@ import { constants as fsConstants, open, stat, unlink } from 'node:fs/promises';
 import { failpointAsync } from '../faults/failpoints.js';
 import { native } from '../native/binding.js';
 import { isSystemError, systemError } from '../native/system-error.js';
-import { throwIfAborted } from './abort.js';
+import { throwIfAborted } from '../common/abort.js';
 import { dataExtents } from './extents.js';
 
 export type CloneMethod = 'reflink' | 'copy_file_range' | 'read_write';

@@ -19,7 +19,7 @@ import type { FileHandle } from 'node:fs/promises';
 import { link, mkdir, open, readdir, rename, stat, unlink } from 'node:fs/promises';
 import path from 'node:path';
 
-import { throwIfAborted } from '../clone/abort.js';
+import { throwIfAborted } from '../common/abort.js';
 import { failpoint } from '../faults/failpoints.js';
 import { cloneFile, REFLINK_UNSUPPORTED } from '../clone/clone-file.js';
 import { native } from '../native/binding.js';

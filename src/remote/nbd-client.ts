@@ -15,7 +15,7 @@ import { connect as netConnect } from 'node:net';
 import { checkServerIdentity, connect as tlsConnect } from 'node:tls';
 import type { ConnectionOptions as TlsConnectionOptions, TLSSocket } from 'node:tls';
 
-import { abortError, throwIfAborted } from '../clone/abort.js';
+import { abortError, throwIfAborted } from '../common/abort.js';
 import {
   BASE_ALLOCATION, Command, HandshakeFlag, IHAVEOPT, Info, NBD_MAGIC, NbdErrno, Option, OPTION_REPLY_MAGIC, Reply, ReplyFlag, ReplyType,
   REQUEST_HEADER_BYTES, REQUEST_MAGIC, SIMPLE_REPLY_MAGIC, STRUCTURED_REPLY_MAGIC, TransmissionFlag,

@@ -6,7 +6,7 @@
 // does not also mark ZERO is read like data: proto.md leaves its content
 // undefined rather than zero. Without base:allocation the whole export is
 // data. A chunk that reads as all zeros is not handed to the sink.
-import { abortError } from '../clone/abort.js';
+import { abortError } from '../common/abort.js';
 import { AllocationState } from '../exports/nbd/protocol.js';
 import { native } from '../native/binding.js';
 import { MAX_BLOCK_STATUS_BYTES } from './nbd-client.js';

@@ -22,7 +22,7 @@ import type { FileHandle } from 'node:fs/promises';
 import { mkdir, open, readdir, unlink } from 'node:fs/promises';
 import path from 'node:path';
 
-import { throwIfAborted } from '../../clone/abort.js';
+import { throwIfAborted } from '../../common/abort.js';
 import type { CloneProgress } from '../../clone/clone-file.js';
 import { cloneFile } from '../../clone/clone-file.js';
 import { failpoint } from '../../faults/failpoints.js';

@@ -14,7 +14,7 @@ import { ApiError } from '../api/errors.js';
 import type { Catalog, ExportProtocol, ExportRow } from '../catalog/catalog.js';
 import type { CatalogWrites } from '../catalog/writes.js';
 import type { ListenAddress } from '../daemon/config.js';
-import { failpoint } from '../faults/failpoints.js';
+import { failpoint } from '../common/failpoints.js';
 import { BlockTarget } from '../exports/nbd/block-target.js';
 import type { ExportHandle } from '../exports/nbd/connection.js';
 import { FileTarget } from '../exports/nbd/file-target.js';

@@ -16,7 +16,7 @@ import type { CatalogWrites } from '../catalog/writes.js';
 import type { ObjectState } from '../catalog/volume-state.js';
 import type { CloneOutcome, Pool, ReceiveOutcome } from '../pools/pool.js';
 import { systemError } from '../native/system-error.js';
-import { failpoint, failpointAsync } from '../faults/failpoints.js';
+import { failpoint, failpointAsync } from '../common/failpoints.js';
 import type { Access } from './access.js';
 import { toApiError } from './faults.js';
 import { snapshotObject } from './ids.js';

@@ -2,7 +2,7 @@
 // catalog writer thread (writer.ts), so a commit's fsync never blocks the
 // JavaScript thread; `inlineWrites` runs them on the calling thread, for
 // start-up (before anything is served) and for tools and tests.
-import { failpoint } from '../faults/failpoints.js';
+import { failpoint } from '../common/failpoints.js';
 import type { Catalog } from './catalog.js';
 
 export const WRITE_METHODS = [

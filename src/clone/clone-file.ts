@@ -6,7 +6,7 @@
 import type { FileHandle } from 'node:fs/promises';
 import { constants as fsConstants, open, stat, unlink } from 'node:fs/promises';
 
-import { failpointAsync } from '../faults/failpoints.js';
+import { failpointAsync } from '../common/failpoints.js';
 import { native } from '../native/binding.js';
 import { isSystemError, systemError } from '../native/system-error.js';
 import { throwIfAborted } from '../common/abort.js';

@@ -20,7 +20,7 @@ import { link, mkdir, open, readdir, rename, stat, unlink } from 'node:fs/promis
 import path from 'node:path';
 
 import { throwIfAborted } from '../common/abort.js';
-import { failpoint } from '../faults/failpoints.js';
+import { failpoint } from '../common/failpoints.js';
 import { cloneFile, REFLINK_UNSUPPORTED } from '../clone/clone-file.js';
 import { native } from '../native/binding.js';
 import { isSystemError, systemError } from '../native/system-error.js';

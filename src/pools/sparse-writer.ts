@@ -7,7 +7,7 @@
 // Each written buffer's writeback is started at once (sync_file_range), so
 // the caller's final fsync waits for the last few MiB, not the whole file,
 // and dirty pages do not pile up in the page cache.
-import { failpoint } from '../faults/failpoints.js';
+import { failpoint } from '../common/failpoints.js';
 import { native } from '../native/binding.js';
 import { systemError } from '../native/system-error.js';
 

@@ -9,7 +9,7 @@ import { readFile, writeFile } from 'node:fs/promises';
 
 import type { Test } from 'tap';
 
-import { FAILPOINT_TRACE_ENV, FAILPOINTS_ENV } from '../../src/faults/failpoints.js';
+import { FAILPOINT_TRACE_ENV, FAILPOINTS_ENV } from '../../src/common/failpoints.js';
 import type { AgentProcess, Reply } from './agent.js';
 import type { CatalogRows } from './invariants.js';
 

@@ -6,9 +6,9 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 
 import t from 'tap';
 
-import { failpoint, FAILPOINT_TRACE_ENV, FAILPOINTS_ENV, parseFailpoints } from '../../src/faults/failpoints.js';
+import { failpoint, FAILPOINT_TRACE_ENV, FAILPOINTS_ENV, parseFailpoints } from '../../src/common/failpoints.js';
 
-const moduleUrl = pathToFileURL(path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', 'src', 'faults', 'failpoints.js')).href;
+const moduleUrl = pathToFileURL(path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', 'src', 'common', 'failpoints.js')).href;
 
 t.test('the variable parses into named actions; a malformed entry is an error', async (t) => {
   t.same([...parseFailpoints('thin.after-message=kill, thin.before-commit=error:EIO')], [

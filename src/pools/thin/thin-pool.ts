@@ -25,7 +25,7 @@ import path from 'node:path';
 import { throwIfAborted } from '../../common/abort.js';
 import type { CloneProgress } from '../../clone/clone-file.js';
 import { cloneFile } from '../../clone/clone-file.js';
-import { failpoint } from '../../faults/failpoints.js';
+import { failpoint } from '../../common/failpoints.js';
 import { native } from '../../native/binding.js';
 import type { DmDeviceInfo, DmTarget } from '../../native/addon-types.js';
 import { isSystemError, systemError } from '../../native/system-error.js';

@@ -3,7 +3,7 @@
 // client for the resolved socket, and the two output modes.
 import { parseArgs } from 'node:util';
 
-import { parseBytes } from '../units/bytes.js';
+import { parseBytes } from '../common/bytes.js';
 import { AgentClient } from './agent-client.js';
 import type { ExitCode } from './exit-codes.js';
 import { UsageError } from './exit-codes.js';

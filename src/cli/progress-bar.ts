@@ -1,5 +1,5 @@
 // A one-line progress bar on a terminal (stderr), redrawn at most every 100 ms.
-import { formatBytes } from '../units/bytes.js';
+import { formatBytes } from '../common/bytes.js';
 
 export class ProgressBar {
   private lastDraw = 0;

@@ -1,6 +1,6 @@
 // Human renderings of the API objects: the rows of `ls`, `ops`, `pools` and
 // `snapshots`, and the "key: value" blocks of `show` and `ops ID`.
-import { formatBytes } from '../units/bytes.js';
+import { formatBytes } from '../common/bytes.js';
 import type { Column } from './table.js';
 import { formatFields, formatTable } from './table.js';
 import type { Export, Image, Operation, Pool, Snapshot, Volume, VolumeSource } from './api-types.js';

@@ -13,7 +13,7 @@ import { DEFAULT_KEEP_FINISHED_OPERATIONS } from '../catalog/catalog.js';
 import type { NbdTlsConfig } from '../exports/nbd/tls.js';
 import { backendNamed, backendNames } from '../pools/index.js';
 import type { ConfigTable, ImageCacheConfig, PoolConfig } from '../pools/pool-config.js';
-import { parseBytes } from '../units/bytes.js';
+import { parseBytes } from '../common/bytes.js';
 
 export type { ImageCacheConfig, PoolConfig } from '../pools/pool-config.js';
 

@@ -21,7 +21,7 @@ import { poolEntries, readCatalog, startAgent, VOLAGENT } from '../helpers/agent
 import { makeLoopFs } from '../helpers/loop-fs.js';
 import { skipUnlessRoot } from '../helpers/privileged.js';
 import { tempDir } from '../helpers/temp-dir.js';
-import { formatBytes } from '../../src/units/bytes.js';
+import { formatBytes } from '../../src/common/bytes.js';
 
 const execFileAsync = promisify(execFile);
 const MiB = 2 ** 20;

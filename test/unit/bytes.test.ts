@@ -1,6 +1,6 @@
 import t from 'tap';
 
-import { formatBytes, parseBytes } from '../../src/units/bytes.js';
+import { formatBytes, parseBytes } from '../../src/common/bytes.js';
 
 t.test('parseBytes reads plain, binary and decimal sizes', async (t) => {
   t.equal(parseBytes('4096'), 4096);

@@ -3,7 +3,7 @@
 import { parseArgs } from 'node:util';
 
 import { cloneFile } from '../../clone/clone-file.js';
-import { formatBytes } from '../../units/bytes.js';
+import { formatBytes } from '../../common/bytes.js';
 import { ExitCode, UsageError } from '../exit-codes.js';
 import { ProgressBar } from '../progress-bar.js';
 

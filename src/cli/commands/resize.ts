@@ -1,5 +1,5 @@
 // `volagent resize ID --size S`: grow a volume (the agent refuses to shrink).
-import { formatBytes } from '../../units/bytes.js';
+import { formatBytes } from '../../common/bytes.js';
 import type { Volume } from '../api-types.js';
 import { segment } from '../agent-client.js';
 import type { Command } from '../command.js';

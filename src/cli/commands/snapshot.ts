@@ -1,7 +1,7 @@
 // Snapshots: `volagent snapshot VOLUME SID` (made like a clone: at once, or
 // through an operation that is followed unless --no-wait), `volagent
 // snapshots VOLUME` and `volagent rm-snapshot VOLUME SID`.
-import { formatBytes } from '../../units/bytes.js';
+import { formatBytes } from '../../common/bytes.js';
 import type { Snapshot, Started } from '../api-types.js';
 import { segment } from '../agent-client.js';
 import type { Command } from '../command.js';

@@ -17,7 +17,7 @@ import { Images } from './images.js';
 import { LockTable } from './locks.js';
 import { AgentMetrics } from './metrics.js';
 import { Operations } from './operations.js';
-import type { ListenAddress } from '../daemon/config.js';
+import type { ListenAddress } from '../exports/nbd/listen-address.js';
 import { Exports } from './exports.js';
 import type { CheckReport } from './reconcile.js';
 import { checkReport, reconcile } from './reconcile.js';

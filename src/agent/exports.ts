@@ -13,7 +13,7 @@ import { randomBytes } from 'node:crypto';
 import { ApiError } from '../api/errors.js';
 import type { Catalog, ExportProtocol, ExportRow } from '../catalog/catalog.js';
 import type { CatalogWrites } from '../catalog/writes.js';
-import type { ListenAddress } from '../daemon/config.js';
+import type { ListenAddress } from '../exports/nbd/listen-address.js';
 import { failpoint } from '../common/failpoints.js';
 import { BlockTarget } from '../exports/nbd/block-target.js';
 import type { ExportHandle } from '../exports/nbd/connection.js';

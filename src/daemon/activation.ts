@@ -14,7 +14,7 @@ import { isIP } from 'node:net';
 
 import type { SocketName } from '../native/addon-types.js';
 import { native } from '../native/binding.js';
-import type { ListenAddress } from './config.js';
+import type { ListenAddress } from '../exports/nbd/listen-address.js';
 import type { ListenedSocket } from './systemd.js';
 
 export class ActivationError extends Error {

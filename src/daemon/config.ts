@@ -10,6 +10,7 @@ import path from 'node:path';
 import { parse as parseToml } from 'smol-toml';
 
 import { DEFAULT_KEEP_FINISHED_OPERATIONS } from '../catalog/catalog.js';
+import type { ListenAddress } from '../exports/nbd/listen-address.js';
 import type { NbdTlsConfig } from '../exports/nbd/tls.js';
 import { backendNamed, backendNames } from '../pools/index.js';
 import type { ConfigTable, ImageCacheConfig, PoolConfig } from '../pools/pool-config.js';
@@ -26,8 +27,6 @@ export interface AllowRule {
   /** The one tenant a `tenant` rule binds its peer to. */
   tenant?: string;
 }
-
-export type ListenAddress = { kind: 'unix'; path: string } | { kind: 'tcp'; host: string; port: number };
 
 export interface AgentConfig {
   /** The file read, or "<embedded default>". */

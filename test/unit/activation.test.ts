@@ -5,7 +5,7 @@ import t from 'tap';
 
 import type { SocketName } from '../../src/native/addon-types.js';
 import { ActivationError, assignListened } from '../../src/daemon/activation.js';
-import type { ListenAddress } from '../../src/daemon/config.js';
+import type { ListenAddress } from '../../src/exports/nbd/listen-address.js';
 
 const listen: ListenAddress[] = [
   { kind: 'unix', path: '/run/volagent/nbd.sock' }, { kind: 'tcp', host: '127.0.0.1', port: 10809 }, { kind: 'tcp', host: '::1', port: 10810 },

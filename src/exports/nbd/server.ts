@@ -11,7 +11,7 @@ import type { Server, Socket } from 'node:net';
 import { createServer } from 'node:net';
 
 import { prepareSocketPath } from '../../common/unix-socket-path.js';
-import type { ListenAddress } from '../../daemon/config.js';
+import type { ListenAddress } from './listen-address.js';
 import type { ConnectionOptions } from './connection.js';
 import { NbdConnection } from './connection.js';
 import type { NbdTls } from './tls.js';

@@ -6,10 +6,18 @@
 // `reader` only GET and HEAD. With no rules, only root gets in, as admin.
 // Anyone else is refused before a byte of the request is read.
 import type { Principal } from '../agent/access.js';
-import type { AllowRule, Role } from '../daemon/config.js';
 import type { PeerCredentials } from '../native/addon-types.js';
 
-export type { Role };
+export type Role = 'admin' | 'reader' | 'tenant';
+
+/** One `[control].allow` rule (src/daemon/config.ts reads them): exactly one of uid or gid. */
+export interface AllowRule {
+  uid?: number;
+  gid?: number;
+  role: Role;
+  /** The one tenant a `tenant` rule binds its peer to. */
+  tenant?: string;
+}
 
 export interface Peer extends PeerCredentials {
   principal: Principal;

@@ -11,11 +11,10 @@ import type { Logger } from 'pino';
 
 import type { Agent } from '../agent/agent.js';
 import { toApiError } from '../agent/faults.js';
-import type { AllowRule } from '../daemon/config.js';
 import { native } from '../native/binding.js';
 import { checkDeclaredLength, parseJsonObject, readBody } from './body.js';
 import { ApiError } from './errors.js';
-import type { Peer } from './peer-auth.js';
+import type { AllowRule, Peer } from './peer-auth.js';
 import { boundTenants, isMutating, mayRequest, principalOf } from './peer-auth.js';
 import type { Reply, UploadBody } from './routes.js';
 import { matchRoute } from './routes.js';

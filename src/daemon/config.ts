@@ -9,6 +9,7 @@ import path from 'node:path';
 
 import { parse as parseToml } from 'smol-toml';
 
+import type { AllowRule } from '../api/peer-auth.js';
 import { DEFAULT_KEEP_FINISHED_OPERATIONS } from '../catalog/catalog.js';
 import type { ListenAddress } from '../exports/nbd/listen-address.js';
 import type { NbdTlsConfig } from '../exports/nbd/tls.js';
@@ -17,16 +18,6 @@ import type { ConfigTable, ImageCacheConfig, PoolConfig } from '../pools/pool-co
 import { parseBytes } from '../common/bytes.js';
 
 export type { ImageCacheConfig, PoolConfig } from '../pools/pool-config.js';
-
-export type Role = 'admin' | 'reader' | 'tenant';
-
-export interface AllowRule {
-  uid?: number;
-  gid?: number;
-  role: Role;
-  /** The one tenant a `tenant` rule binds its peer to. */
-  tenant?: string;
-}
 
 export interface AgentConfig {
   /** The file read, or "<embedded default>". */

@@ -1,6 +1,7 @@
-// The control socket's path: a stale socket from a crashed agent is removed,
-// a live one (another agent answers) is refused, and anything that is not a
-// socket is never deleted.
+// A unix socket's path made ready for listen(2), for the control socket and
+// the NBD server's unix addresses alike: a stale socket from a crashed agent
+// is removed, a live one (another agent answers) is refused, and anything
+// that is not a socket is never deleted.
 import { lstat, mkdir, unlink } from 'node:fs/promises';
 import { connect } from 'node:net';
 import path from 'node:path';

@@ -3,7 +3,7 @@ the agent's operation and nothing is left half-made.
 
 The agent is started with the failpoint ``clone.copying=hold:FILE``: the
 first copy with data stops after its first extent, for as long as FILE
-exists (src/faults/failpoints.ts), so the copy outlasts the 1 s bound
+exists (src/common/failpoints.ts), so the copy outlasts the 1 s bound
 whatever the machine's speed. The pool is an ext4 loop filesystem: no
 reflink, every clone a copy.
 """

@@ -1,5 +1,5 @@
 // The layer order of docs/design.md "Architecture", read from the source tree:
-// transport -> domain -> catalog, pools, exports, remote -> clone engine ->
+// transport -> domain -> catalog, pools, exports, remote -> devices, clone engine ->
 // shared helpers (src/common) -> typed binding. A file imports its own layer
 // and layers below it, never one above; type-only imports count the same.
 import { readdir, readFile } from 'node:fs/promises';
@@ -11,9 +11,9 @@ import ts from 'typescript';
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 
 /** Every folder under src/. */
-const FOLDERS = ['agent', 'api', 'catalog', 'cli', 'clone', 'common', 'daemon', 'exports', 'native', 'pools', 'remote'];
-const BELOW_TRANSPORT = ['agent', 'catalog', 'pools', 'exports', 'remote', 'clone', 'common', 'native'];
-const BELOW_DOMAIN = ['catalog', 'pools', 'exports', 'remote', 'clone', 'common', 'native'];
+const FOLDERS = ['agent', 'api', 'catalog', 'cli', 'clone', 'common', 'daemon', 'devices', 'exports', 'native', 'pools', 'remote'];
+const BELOW_TRANSPORT = ['agent', 'catalog', 'pools', 'exports', 'remote', 'devices', 'clone', 'common', 'native'];
+const BELOW_DOMAIN = ['catalog', 'pools', 'exports', 'remote', 'devices', 'clone', 'common', 'native'];
 const except = (...kept: string[]): string[] => FOLDERS.filter((folder) => !kept.includes(folder));
 
 interface Rule {
@@ -27,6 +27,7 @@ const RULES: Rule[] = [
   { name: 'nothing below the transport imports src/api', from: BELOW_TRANSPORT, mayNotImport: ['api'] },
   { name: 'the catalog, pools, exports, remote and below never import the domain', from: BELOW_DOMAIN, mayNotImport: ['agent'] },
   { name: 'a backend never imports the exports', from: ['pools'], mayNotImport: ['exports'] },
+  { name: 'devices serve the pools and the exports and import neither (nor the catalog or remote)', from: ['devices'], mayNotImport: ['catalog', 'pools', 'exports', 'remote'] },
   { name: 'the clone engine imports no catalog, backend, export or remote', from: ['clone'], mayNotImport: ['catalog', 'pools', 'exports', 'remote'] },
   { name: 'src/common imports only the typed binding', from: ['common'], mayNotImport: except('common', 'native') },
   { name: 'the typed binding imports no other layer', from: ['native'], mayNotImport: except('native') },

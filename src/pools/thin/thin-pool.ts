@@ -15,8 +15,6 @@
 //   active (in-flight writes drained, no new ones until resume);
 // - a thin device's table can be reloaded with another length at any time
 //   (resize); DM_DEV_SUSPEND (resume) swaps in the loaded table.
-// Device-mapper names carry the fixed prefix `volagent-` and the pool's name,
-// so the agent never touches a device it did not make.
 import { constants as fsConstants } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import { mkdir, open, readdir, unlink } from 'node:fs/promises';
@@ -38,16 +36,16 @@ import type { ThinPoolConfig } from './backend.js';
 import { writeSparse } from '../sparse-writer.js';
 import type { PoolDevice } from './block-device.js';
 import { ensureDeviceNode, resolvePoolDevice } from './block-device.js';
+import { createDevice, isThinDmName, poolDmName, poolDmUuid, thinDmName, thinDmUuid } from './dm-devices.js';
 import { detachLoop } from '../../devices/loop-device.js';
 import type { DeviceNumber, ThinPoolStatus } from './dm-thin.js';
 import { parseThinPoolStatus, parseThinStatus, SECTOR_BYTES, thinPoolMessage, thinPoolTarget, thinTarget } from './dm-thin.js';
 import type { PendingThinChange, ThinChange, ThinDeviceRecord, ThinLedger, ThinPoolRecord } from './ledger.js';
+import { ignoring, ThinPoolError } from './errors.js';
 import { isRetiredThinName, retiredThinName } from './ledger.js';
 import type { MappedRun } from './thin-metadata.js';
 import { decodeSuperblock, mappedRuns, METADATA_BLOCK_BYTES, ThinMetadataError } from './thin-metadata.js';
 
-export const DM_NAME_PREFIX = 'volagent-';
-const UUID_PREFIX = 'VOLAGENT-THIN-';
 /** dm-thin metadata superblock: `magic` (le64) at byte 32 of block 0 (dm-thin-metadata.c THIN_SUPERBLOCK_MAGIC). */
 const THIN_SUPERBLOCK_MAGIC = 27022010n;
 const METADATA_HEAD_BYTES = 4096;
@@ -64,17 +62,6 @@ export interface ThinPoolOptions extends Pick<ThinPoolConfig, 'name' | 'dataDevi
   deviceDir: string;
   ledger: ThinLedger;
   warn?: (fields: Record<string, unknown>, message: string) => void;
-}
-
-export class ThinPoolError extends Error {
-  override name = 'ThinPoolError';
-}
-
-function ignoring<T>(codes: string[]): (error: unknown) => T | undefined {
-  return (error) => {
-    if (isSystemError(error, ...codes)) return undefined;
-    throw error;
-  };
 }
 
 export class ThinPool implements Pool {
@@ -101,7 +88,7 @@ export class ThinPool implements Pool {
     this.name = options.name;
     this.ledger = options.ledger;
     this.blockBytes = options.blockSizeBytes;
-    this.poolDmName = `${DM_NAME_PREFIX}${options.name}-pool`;
+    this.poolDmName = poolDmName(options.name);
     this.nodeDir = path.join(path.resolve(options.deviceDir), options.name);
   }
 
@@ -224,7 +211,7 @@ export class ThinPool implements Pool {
   private async activatePool(existing: DmDeviceInfo | undefined): Promise<DeviceNumber> {
     const wanted = this.poolTable();
     if (!existing) {
-      const info = await this.createDevice(this.poolDmName, `${UUID_PREFIX}${this.name}-pool`, [wanted], false);
+      const info = await createDevice(this.poolDmName, poolDmUuid(this.name), [wanted], false);
       return `${info.major}:${info.minor}`;
     }
     const [live] = existing.activeTable ? await native.dmTable(this.poolDmName, true) : [];
@@ -239,18 +226,6 @@ export class ThinPool implements Pool {
       await native.dmResume(this.poolDmName);
     }
     return `${existing.major}:${existing.minor}`;
-  }
-
-  /** A new device-mapper device with `targets` live; removed again if any step fails. */
-  private async createDevice(name: string, uuid: string, targets: DmTarget[], readOnly: boolean): Promise<DmDeviceInfo> {
-    await native.dmCreate(name, uuid);
-    try {
-      await native.dmLoad(name, targets, readOnly);
-      return await native.dmResume(name);
-    } catch (error) {
-      await native.dmRemove(name).catch(() => undefined);
-      throw error;
-    }
   }
 
   /**
@@ -582,8 +557,7 @@ export class ThinPool implements Pool {
   /** Device-mapper devices of this pool whose thin id the catalog does not hold (left by an interrupted run). */
   async listTemporaries(): Promise<string[]> {
     const known = new Set(this.ledger.devices(this.name).map((d) => this.thinDmName(d.thinId)));
-    const ours = new RegExp(`^${escapeRegExp(DM_NAME_PREFIX + this.name)}-\\d+$`);
-    return (await native.dmListDevices()).map((d) => d.name).filter((n) => ours.test(n) && !known.has(n)).sort();
+    return (await native.dmListDevices()).map((d) => d.name).filter((n) => isThinDmName(this.name, n) && !known.has(n)).sort();
   }
 
   async removeTemporary(temporary: string): Promise<void> {
@@ -698,7 +672,7 @@ export class ThinPool implements Pool {
     const wanted = thinTarget(this.poolDevice!, device.thinId, device.sizeBytes / SECTOR_BYTES);
     let info = fresh ? undefined : await native.dmInfo(dmName).catch(ignoring<DmDeviceInfo>(['ENXIO']));
     if (!info) {
-      info = await this.createDevice(dmName, `${UUID_PREFIX}${this.name}-${device.thinId}`, [wanted], device.readOnly);
+      info = await createDevice(dmName, thinDmUuid(this.name, device.thinId), [wanted], device.readOnly);
     } else {
       const [live] = info.activeTable ? await native.dmTable(dmName, true) : [];
       if (!live || live.type !== wanted.type || live.length !== wanted.length || live.params !== wanted.params || info.readOnly !== device.readOnly) {
@@ -778,7 +752,7 @@ export class ThinPool implements Pool {
   }
 
   private thinDmName(thinId: number): string {
-    return `${DM_NAME_PREFIX}${this.name}-${thinId}`;
+    return thinDmName(this.name, thinId);
   }
 
   private serially<T>(fn: () => Promise<T>): Promise<T> {
@@ -822,8 +796,4 @@ export function allocationExtents(runs: MappedRun[], offset: number, end: number
 
 function roundUp(value: number, unit: number): number {
   return Math.ceil(value / unit) * unit;
-}
-
-function escapeRegExp(text: string): string {
-  return text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 }

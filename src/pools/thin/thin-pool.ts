@@ -6,7 +6,6 @@
 // `<device dir>/<pool>/<name>` (made by the agent: no udev needed).
 //
 // Kernel contract relied on (thin-provisioning.rst):
-// - the pool formats its metadata device when the device's first 4 KiB are zero;
 // - `create_thin`, `create_snap` and `delete` change the mapping, and are
 //   committed with the pool's next metadata commit; `set_transaction_id old new`
 //   fails unless the pool's id is `old`. Every mapping change is paired with a
@@ -34,21 +33,17 @@ import type {
 import { dataExtentsOf, isObjectName, sinkOf, UnalignedSizeError } from '../pool.js';
 import type { ThinPoolConfig } from './backend.js';
 import { writeSparse } from '../sparse-writer.js';
-import type { PoolDevice } from './block-device.js';
-import { ensureDeviceNode, resolvePoolDevice } from './block-device.js';
-import { createDevice, isThinDmName, poolDmName, poolDmUuid, thinDmName, thinDmUuid } from './dm-devices.js';
-import { detachLoop } from '../../devices/loop-device.js';
-import type { DeviceNumber, ThinPoolStatus } from './dm-thin.js';
-import { parseThinPoolStatus, parseThinStatus, SECTOR_BYTES, thinPoolMessage, thinPoolTarget, thinTarget } from './dm-thin.js';
-import type { PendingThinChange, ThinChange, ThinDeviceRecord, ThinLedger, ThinPoolRecord } from './ledger.js';
+import { ensureDeviceNode } from './block-device.js';
+import { createDevice, isThinDmName, thinDmName, thinDmUuid } from './dm-devices.js';
+import type { ThinPoolStatus } from './dm-thin.js';
+import { parseThinStatus, SECTOR_BYTES, thinPoolMessage, thinTarget } from './dm-thin.js';
 import { ignoring, ThinPoolError } from './errors.js';
+import type { PendingThinChange, ThinChange, ThinDeviceRecord, ThinLedger, ThinPoolRecord } from './ledger.js';
 import { isRetiredThinName, retiredThinName } from './ledger.js';
+import { PoolTarget } from './pool-target.js';
 import type { MappedRun } from './thin-metadata.js';
 import { decodeSuperblock, mappedRuns, METADATA_BLOCK_BYTES, ThinMetadataError } from './thin-metadata.js';
 
-/** dm-thin metadata superblock: `magic` (le64) at byte 32 of block 0 (dm-thin-metadata.c THIN_SUPERBLOCK_MAGIC). */
-const THIN_SUPERBLOCK_MAGIC = 27022010n;
-const METADATA_HEAD_BYTES = 4096;
 /** Provisional size of a thin device receiving a stream of unknown length: virtual, it costs nothing. */
 const RECEIVE_PROVISIONAL_BYTES = 64 * 2 ** 40;
 const NAME_MAX = 255;
@@ -72,9 +67,7 @@ export class ThinPool implements Pool {
   private readonly ledger: ThinLedger;
   private readonly blockBytes: number;
   private readonly nodeDir: string;
-  private data: PoolDevice | undefined;
-  private metadata: PoolDevice | undefined;
-  private poolDevice: DeviceNumber | undefined;
+  private readonly target: PoolTarget;
   /** Mapping changes, table loads and suspends run one at a time. */
   private serial: Promise<unknown> = Promise.resolve();
   /** The pool holds one metadata snapshot at a time: allocation queries take turns. */
@@ -88,7 +81,8 @@ export class ThinPool implements Pool {
     this.name = options.name;
     this.ledger = options.ledger;
     this.blockBytes = options.blockSizeBytes;
-    this.poolDmName = poolDmName(options.name);
+    this.target = new PoolTarget(options);
+    this.poolDmName = this.target.dmName;
     this.nodeDir = path.join(path.resolve(options.deviceDir), options.name);
   }
 
@@ -103,37 +97,15 @@ export class ThinPool implements Pool {
     try {
       await this.openDevices();
     } catch (error) {
-      // A start-up that fails leaves no loop binding it made behind (the pool device, if made, holds them and stays).
-      for (const device of [this.data, this.metadata]) {
-        if (device?.attachedNow) await detachLoop(device.node).catch(() => undefined);
-      }
+      // A start-up that fails leaves no loop binding it made behind.
+      await this.target.detachNewLoops();
       throw error;
     }
   }
 
   private async openDevices(): Promise<void> {
-    let record = this.ledger.pool(this.name);
-    this.data = await resolvePoolDevice(this.options.dataDevice);
-    this.metadata = await resolvePoolDevice(this.options.metadataDevice);
-    if (this.data.device === this.metadata.device) throw new ThinPoolError(`data_device and metadata_device are the same device (${this.data.device})`);
-    if (this.data.sizeBytes < this.blockBytes) throw new ThinPoolError(`data_device ${this.data.configured} holds ${this.data.sizeBytes} bytes, less than one ${this.blockBytes}-byte block`);
-    const existing = await native.dmInfo(this.poolDmName).catch(ignoring<DmDeviceInfo>(['ENXIO']));
-    if (!record) {
-      if (existing) throw new ThinPoolError(`device-mapper device ${this.poolDmName} exists, but the catalog has no record of pool ${this.name}; refusing to format over it`);
-      await this.refuseUsedMetadata();
-      await this.ledger.recordPool({ pool: this.name, dataDevice: this.data.configured, metadataDevice: this.metadata.configured, blockSectors: this.blockBytes / SECTOR_BYTES });
-      record = this.ledger.pool(this.name)!;
-    }
-    this.checkRecordMatches(record);
-    if (record.phase === 'formatting' && !existing) await this.zeroMetadataHead();
-    this.poolDevice = await this.activatePool(existing);
-    const status = await this.status();
-    if (status.state !== 'working') throw new ThinPoolError(`thin-pool ${this.poolDmName} reports ${status.state === 'failed' ? 'Fail' : 'Error'}; run thin_check on ${this.metadata.configured}`);
-    if (record.phase === 'formatting') {
-      if (status.transactionId !== 0) throw new ThinPoolError(`metadata device ${this.metadata.configured} holds a pool with transaction id ${status.transactionId}, not a new one`);
-      await this.ledger.markPoolReady(this.name);
-    }
-    await this.recover(this.ledger.pool(this.name)!, status.transactionId);
+    const transactionId = await this.target.open();
+    await this.recover(this.ledger.pool(this.name)!, transactionId);
     await mkdir(this.nodeDir, { recursive: true, mode: 0o700 });
     for (const device of this.ledger.devices(this.name).filter((d) => isRetiredThinName(d.name))) {
       await this.retire(device.thinId).catch((error: unknown) => {
@@ -154,78 +126,6 @@ export class ThinPool implements Pool {
     await this.snapshotTurn.catch(() => undefined);
     await this.metadataReader?.close().catch(() => undefined);
     this.metadataReader = undefined;
-  }
-
-  private checkRecordMatches(record: ThinPoolRecord): void {
-    const configured = { dataDevice: this.data!.configured, metadataDevice: this.metadata!.configured, blockSectors: this.blockBytes / SECTOR_BYTES };
-    for (const key of ['dataDevice', 'metadataDevice', 'blockSectors'] as const) {
-      if (record[key] !== configured[key]) {
-        throw new ThinPoolError(`configured ${key} ${configured[key]} differs from ${record[key]}, recorded in the catalog when the pool was formatted`);
-      }
-    }
-  }
-
-  /** A metadata device to format must start with 4 KiB of zeros; dm-thin metadata or anything else there is refused. */
-  private async refuseUsedMetadata(): Promise<void> {
-    const head = Buffer.alloc(METADATA_HEAD_BYTES);
-    const handle = await open(this.metadata!.node, 'r');
-    try {
-      await handle.read(head, 0, head.length, 0);
-    } finally {
-      await handle.close();
-    }
-    if (head.every((byte) => byte === 0)) return;
-    if (head.readBigUInt64LE(32) === THIN_SUPERBLOCK_MAGIC) {
-      throw new ThinPoolError(`metadata device ${this.metadata!.configured} already holds dm-thin metadata of a pool this catalog does not know; refusing to format it (zero its first 4 KiB to reuse it)`);
-    }
-    throw new ThinPoolError(`metadata device ${this.metadata!.configured} is not empty (its first 4 KiB are not zero); refusing to format it`);
-  }
-
-  private async zeroMetadataHead(): Promise<void> {
-    const handle = await open(this.metadata!.node, fsConstants.O_WRONLY);
-    try {
-      await handle.write(Buffer.alloc(METADATA_HEAD_BYTES), 0, METADATA_HEAD_BYTES, 0);
-      await native.fsync(handle.fd, this.metadata!.node);
-    } finally {
-      await handle.close();
-    }
-  }
-
-  private poolTable(): DmTarget {
-    const dataSectors = Math.floor(this.data!.sizeBytes / this.blockBytes) * (this.blockBytes / SECTOR_BYTES);
-    const blockSectors = this.blockBytes / SECTOR_BYTES;
-    return thinPoolTarget(this.metadata!.device, this.data!.device, dataSectors, {
-      blockSectors,
-      lowWaterBlocks: Math.ceil((dataSectors / blockSectors) * (this.options.lowWaterPercent / 100)),
-      errorIfNoSpace: this.options.errorIfNoSpace,
-      // Zeroing stays on: a partial write to a newly provisioned block must not expose another volume's old data.
-      skipBlockZeroing: false,
-    });
-  }
-
-  /**
-   * Creates the pool device, or keeps the one a previous run left: its table
-   * must name the same metadata and data devices and block size; a different
-   * length, low-water mark or features (config changed, data device grown) is reloaded.
-   */
-  private async activatePool(existing: DmDeviceInfo | undefined): Promise<DeviceNumber> {
-    const wanted = this.poolTable();
-    if (!existing) {
-      const info = await createDevice(this.poolDmName, poolDmUuid(this.name), [wanted], false);
-      return `${info.major}:${info.minor}`;
-    }
-    const [live] = existing.activeTable ? await native.dmTable(this.poolDmName, true) : [];
-    const head = wanted.params.split(' ').slice(0, 3).join(' ');
-    if (live && (live.type !== 'thin-pool' || live.params.split(' ').slice(0, 3).join(' ') !== head)) {
-      throw new ThinPoolError(`device-mapper device ${this.poolDmName} has table "${live.type} ${live.params}", not one over ${head}`);
-    }
-    if (!live || live.length !== wanted.length || live.params !== wanted.params) {
-      await native.dmLoad(this.poolDmName, [wanted]);
-      await native.dmResume(this.poolDmName);
-    } else if (existing.suspended) {
-      await native.dmResume(this.poolDmName);
-    }
-    return `${existing.major}:${existing.minor}`;
   }
 
   /**
@@ -269,8 +169,8 @@ export class ThinPool implements Pool {
 
   /** A pool whose target failed reports its data device as full: nothing more can be allocated. */
   async capacity(): Promise<PoolCapacity> {
-    const status = await this.status();
-    if (status.state !== 'working') return { totalBytes: this.data!.sizeBytes, usedBytes: this.data!.sizeBytes, freeBytes: 0 };
+    const status = await this.target.status();
+    if (status.state !== 'working') return { totalBytes: this.target.data!.sizeBytes, usedBytes: this.target.data!.sizeBytes, freeBytes: 0 };
     const totalBytes = status.data.total * this.blockBytes;
     const usedBytes = status.data.used * this.blockBytes;
     return {
@@ -281,7 +181,7 @@ export class ThinPool implements Pool {
   }
 
   async health(): Promise<PoolHealth> {
-    const status = await this.status();
+    const status = await this.target.status();
     if (status.state !== 'working') return { mode: status.state, needsCheck: false, lowWater: false };
     return { mode: status.mode, needsCheck: status.needsCheck, noSpace: status.noSpace, lowWater: this.isLowWater(status), transactionId: status.transactionId };
   }
@@ -411,7 +311,7 @@ export class ThinPool implements Pool {
    */
   private async writeFailureCause(error: unknown): Promise<unknown> {
     if (!isSystemError(error, 'EIO')) return error;
-    const status = await this.status().catch(() => undefined);
+    const status = await this.target.status().catch(() => undefined);
     if (status?.state !== 'working' || status.mode !== 'out_of_data_space') return error;
     return Object.assign(systemError('ENOSPC', (error as NodeJS.ErrnoException).syscall ?? 'write', this.poolDmName), { cause: error });
   }
@@ -521,12 +421,12 @@ export class ThinPool implements Pool {
         throw error;
       }
       try {
-        const status = await this.status();
+        const status = await this.target.status();
         const held = status.state === 'working' ? status.heldMetadataRoot : undefined;
         if (held === undefined) throw new ThinPoolError(`thin-pool ${this.poolDmName} reports no held metadata root after reserve_metadata_snap`);
-        this.metadataReader ??= await open(this.metadata!.node, fsConstants.O_RDONLY | fsConstants.O_DIRECT);
+        this.metadataReader ??= await open(this.target.metadata!.node, fsConstants.O_RDONLY | fsConstants.O_DIRECT);
         const reader = this.metadataReader;
-        const read = async (block: number): Promise<Buffer> => native.preadAligned(reader.fd, block * METADATA_BLOCK_BYTES, METADATA_BLOCK_BYTES, this.metadata!.node);
+        const read = async (block: number): Promise<Buffer> => native.preadAligned(reader.fd, block * METADATA_BLOCK_BYTES, METADATA_BLOCK_BYTES, this.target.metadata!.node);
         return await walk(read, decodeSuperblock(await read(held), held).dataMappingRoot);
       } finally {
         await this.message(thinPoolMessage.releaseMetadataSnap);
@@ -638,7 +538,7 @@ export class ThinPool implements Pool {
   }
 
   private message(text: string): Promise<string> {
-    return native.dmMessage(this.poolDmName, 0, text);
+    return this.target.message(text);
   }
 
   /** Reloads a device's table with a new size or read-only flag, recorded in the catalog first. */
@@ -649,7 +549,7 @@ export class ThinPool implements Pool {
       const device = this.device(name)!;
       const dmName = this.thinDmName(device.thinId);
       try {
-        await native.dmLoad(dmName, [thinTarget(this.poolDevice!, device.thinId, device.sizeBytes / SECTOR_BYTES)], device.readOnly);
+        await native.dmLoad(dmName, [thinTarget(this.target.device!, device.thinId, device.sizeBytes / SECTOR_BYTES)], device.readOnly);
         failpoint('thin.table-loaded'); // the new table inactive: start-up activation loads the catalog's again
         await native.dmResume(dmName);
         failpoint('thin.table-resumed');
@@ -669,7 +569,7 @@ export class ThinPool implements Pool {
    */
   private async activate(device: ThinDeviceRecord, fresh = false): Promise<void> {
     const dmName = this.thinDmName(device.thinId);
-    const wanted = thinTarget(this.poolDevice!, device.thinId, device.sizeBytes / SECTOR_BYTES);
+    const wanted = thinTarget(this.target.device!, device.thinId, device.sizeBytes / SECTOR_BYTES);
     let info = fresh ? undefined : await native.dmInfo(dmName).catch(ignoring<DmDeviceInfo>(['ENXIO']));
     if (!info) {
       info = await createDevice(dmName, thinDmUuid(this.name, device.thinId), [wanted], device.readOnly);
@@ -700,19 +600,13 @@ export class ThinPool implements Pool {
 
   // --- status and checks ---
 
-  private async status(): Promise<ThinPoolStatus> {
-    const [target] = await native.dmTable(this.poolDmName);
-    if (!target) throw new ThinPoolError(`thin-pool ${this.poolDmName} has no live table`);
-    return parseThinPoolStatus(target.params);
-  }
-
   private isLowWater(status: Extract<ThinPoolStatus, { state: 'working' }>): boolean {
     return freePercent(status) <= this.options.lowWaterPercent;
   }
 
   /** Logs a warning once each time free data or metadata falls to the low-water mark. */
   private async checkHealth(): Promise<void> {
-    this.warnAtLowWater(await this.status());
+    this.warnAtLowWater(await this.target.status());
   }
 
   private warnAtLowWater(status: ThinPoolStatus): void {
@@ -733,7 +627,7 @@ export class ThinPool implements Pool {
    * metadata went read-only or the target failed.
    */
   private async refuseWhenFull(): Promise<void> {
-    const status = await this.status();
+    const status = await this.target.status();
     this.warnAtLowWater(status);
     if (status.state !== 'working' || status.mode === 'ro') throw systemError('EROFS', 'thin-pool', this.poolDmName);
     if (status.mode === 'out_of_data_space' || freePercent(status) < this.options.minFreePercent) throw systemError('ENOSPC', 'thin-pool', this.poolDmName);

@@ -35,11 +35,11 @@ import type { ThinPoolConfig } from './backend.js';
 import { writeSparse } from '../sparse-writer.js';
 import { ensureDeviceNode } from './block-device.js';
 import { createDevice, isThinDmName, thinDmName, thinDmUuid } from './dm-devices.js';
-import type { ThinPoolStatus } from './dm-thin.js';
 import { parseThinStatus, SECTOR_BYTES, thinPoolMessage, thinTarget } from './dm-thin.js';
 import { ignoring, ThinPoolError } from './errors.js';
 import type { PendingThinChange, ThinChange, ThinDeviceRecord, ThinLedger, ThinPoolRecord } from './ledger.js';
 import { isRetiredThinName, retiredThinName } from './ledger.js';
+import { HealthWatch } from './pool-health.js';
 import { PoolTarget } from './pool-target.js';
 import type { MappedRun } from './thin-metadata.js';
 import { decodeSuperblock, mappedRuns, METADATA_BLOCK_BYTES, ThinMetadataError } from './thin-metadata.js';
@@ -47,7 +47,6 @@ import { decodeSuperblock, mappedRuns, METADATA_BLOCK_BYTES, ThinMetadataError }
 /** Provisional size of a thin device receiving a stream of unknown length: virtual, it costs nothing. */
 const RECEIVE_PROVISIONAL_BYTES = 64 * 2 ** 40;
 const NAME_MAX = 255;
-const HEALTH_CHECK_MS = 30_000;
 
 export interface ThinPoolOptions extends Pick<ThinPoolConfig, 'name' | 'dataDevice' | 'metadataDevice' | 'blockSizeBytes' | 'lowWaterPercent'> {
   /** Free data or metadata below this percentage refuses new objects (ENOSPC). */
@@ -68,14 +67,13 @@ export class ThinPool implements Pool {
   private readonly blockBytes: number;
   private readonly nodeDir: string;
   private readonly target: PoolTarget;
+  private readonly healthWatch: HealthWatch;
   /** Mapping changes, table loads and suspends run one at a time. */
   private serial: Promise<unknown> = Promise.resolve();
   /** The pool holds one metadata snapshot at a time: allocation queries take turns. */
   private snapshotTurn: Promise<unknown> = Promise.resolve();
   /** The metadata device opened O_DIRECT, for reading held snapshots. */
   private metadataReader: FileHandle | undefined;
-  private healthTimer: NodeJS.Timeout | undefined;
-  private lowWaterWarned = false;
 
   constructor(private readonly options: ThinPoolOptions) {
     this.name = options.name;
@@ -83,6 +81,7 @@ export class ThinPool implements Pool {
     this.blockBytes = options.blockSizeBytes;
     this.target = new PoolTarget(options);
     this.poolDmName = this.target.dmName;
+    this.healthWatch = new HealthWatch(this.target, options);
     this.nodeDir = path.join(path.resolve(options.deviceDir), options.name);
   }
 
@@ -114,14 +113,12 @@ export class ThinPool implements Pool {
     }
     for (const device of this.objectDevices()) await this.activate(device);
     await this.removeStrayNodes();
-    await this.checkHealth();
-    this.healthTimer = setInterval(() => void this.checkHealth().catch(() => undefined), HEALTH_CHECK_MS).unref();
+    await this.healthWatch.start();
   }
 
   /** Stops the health checks. Devices stay active: exports and guests keep using them while the agent restarts. */
   async close(): Promise<void> {
-    if (this.healthTimer) clearInterval(this.healthTimer);
-    this.healthTimer = undefined;
+    this.healthWatch.stop();
     await this.serial.catch(() => undefined);
     await this.snapshotTurn.catch(() => undefined);
     await this.metadataReader?.close().catch(() => undefined);
@@ -167,29 +164,18 @@ export class ThinPool implements Pool {
     return { reflink: true, constantTimeClone: true, sizeAlignmentBytes: this.blockBytes };
   }
 
-  /** A pool whose target failed reports its data device as full: nothing more can be allocated. */
-  async capacity(): Promise<PoolCapacity> {
-    const status = await this.target.status();
-    if (status.state !== 'working') return { totalBytes: this.target.data!.sizeBytes, usedBytes: this.target.data!.sizeBytes, freeBytes: 0 };
-    const totalBytes = status.data.total * this.blockBytes;
-    const usedBytes = status.data.used * this.blockBytes;
-    return {
-      totalBytes, usedBytes, freeBytes: totalBytes - usedBytes,
-      dataPercent: percent(status.data.used, status.data.total),
-      metadataPercent: percent(status.metadata.used, status.metadata.total),
-    };
+  capacity(): Promise<PoolCapacity> {
+    return this.healthWatch.capacity();
   }
 
-  async health(): Promise<PoolHealth> {
-    const status = await this.target.status();
-    if (status.state !== 'working') return { mode: status.state, needsCheck: false, lowWater: false };
-    return { mode: status.mode, needsCheck: status.needsCheck, noSpace: status.noSpace, lowWater: this.isLowWater(status), transactionId: status.transactionId };
+  health(): Promise<PoolHealth> {
+    return this.healthWatch.health();
   }
 
   async create(name: string, sizeBytes: number): Promise<void> {
     this.checkSize(sizeBytes);
     this.refuseTaken(name);
-    await this.refuseWhenFull();
+    await this.healthWatch.refuseWhenFull();
     await this.makeDevice({ op: 'create', name, sizeBytes, readOnly: false });
   }
 
@@ -201,7 +187,7 @@ export class ThinPool implements Pool {
     this.checkSize(sizeBytes);
     this.refuseTaken(target);
     throwIfAborted(request.signal);
-    await this.refuseWhenFull();
+    await this.healthWatch.refuseWhenFull();
     await this.makeDevice({ op: 'snapshot', name: target, sizeBytes, readOnly: request.readOnly ?? false, originThinId: origin.thinId });
     return { method: 'thin_snapshot', bytesCopied: 0 };
   }
@@ -219,7 +205,7 @@ export class ThinPool implements Pool {
     this.checkSize(sizeBytes);
     this.refuseTaken(target);
     throwIfAborted(request.signal);
-    await this.refuseWhenFull();
+    await this.healthWatch.refuseWhenFull();
     await this.makeDevice({ op: 'create', name: target, sizeBytes, readOnly: false });
     const node = this.objectPath(target);
     try {
@@ -235,7 +221,7 @@ export class ThinPool implements Pool {
       if (request.readOnly) await this.setTable(target, { readOnly: true });
       return { method: result.method, bytesCopied: result.bytesCopied };
     } catch (error) {
-      const cause = await this.writeFailureCause(error);
+      const cause = await this.healthWatch.writeFailureCause(error);
       await this.remove(target).catch(() => undefined);
       throw cause;
     }
@@ -247,7 +233,7 @@ export class ThinPool implements Pool {
 
   async receive(name: string, data: AsyncIterable<Uint8Array>, request: ReceiveRequest = {}): Promise<ReceiveOutcome> {
     this.refuseTaken(name);
-    await this.refuseWhenFull();
+    await this.healthWatch.refuseWhenFull();
     const provisional = roundUp(Math.min(request.maxBytes ?? RECEIVE_PROVISIONAL_BYTES, RECEIVE_PROVISIONAL_BYTES), this.blockBytes) || this.blockBytes;
     await this.makeDevice({ op: 'create', name, sizeBytes: provisional, readOnly: false });
     const node = this.objectPath(name);
@@ -268,7 +254,7 @@ export class ThinPool implements Pool {
       await this.setTable(name, { sizeBytes: outcome.sizeBytes, readOnly: request.readOnly ?? false });
       return outcome;
     } catch (error) {
-      const cause = await this.writeFailureCause(error);
+      const cause = await this.healthWatch.writeFailureCause(error);
       await this.remove(name).catch(() => undefined);
       throw cause;
     }
@@ -280,7 +266,7 @@ export class ThinPool implements Pool {
     this.checkSize(sizeBytes);
     this.refuseTaken(name);
     throwIfAborted(request.signal);
-    await this.refuseWhenFull();
+    await this.healthWatch.refuseWhenFull();
     await this.makeDevice({ op: 'create', name, sizeBytes, readOnly: false });
     const node = this.objectPath(name);
     try {
@@ -297,23 +283,10 @@ export class ThinPool implements Pool {
       if (request.readOnly) await this.setTable(name, { readOnly: true });
       return { bytesWritten };
     } catch (error) {
-      const cause = await this.writeFailureCause(error);
+      const cause = await this.healthWatch.writeFailureCause(error);
       await this.remove(name).catch(() => undefined);
       throw cause;
     }
-  }
-
-  /**
-   * A write into a thin device of a pool out of data space fails with
-   * ENOSPC (error_if_no_space), but a buffered write reports the failed
-   * writeback at fsync as EIO. When the pool is out of data space, an EIO
-   * is that: ENOSPC, with the EIO as its cause.
-   */
-  private async writeFailureCause(error: unknown): Promise<unknown> {
-    if (!isSystemError(error, 'EIO')) return error;
-    const status = await this.target.status().catch(() => undefined);
-    if (status?.state !== 'working' || status.mode !== 'out_of_data_space') return error;
-    return Object.assign(systemError('ENOSPC', (error as NodeJS.ErrnoException).syscall ?? 'write', this.poolDmName), { cause: error });
   }
 
   /**
@@ -330,7 +303,7 @@ export class ThinPool implements Pool {
     if (!origin) throw systemError('ENOENT', 'create_snap', this.objectPath(source));
     if (device.readOnly) throw systemError('EPERM', 'revert', this.objectPath(name));
     if (origin.sizeBytes > device.sizeBytes) throw systemError('EINVAL', 'revert', this.objectPath(name));
-    await this.refuseWhenFull();
+    await this.healthWatch.refuseWhenFull();
     await this.serially(async () => {
       const replaced = this.device(name)!;
       await this.changeMapping({ op: 'replace', name, sizeBytes: replaced.sizeBytes, readOnly: false, originThinId: origin.thinId, replacedThinId: replaced.thinId },
@@ -598,40 +571,7 @@ export class ThinPool implements Pool {
     }
   }
 
-  // --- status and checks ---
-
-  private isLowWater(status: Extract<ThinPoolStatus, { state: 'working' }>): boolean {
-    return freePercent(status) <= this.options.lowWaterPercent;
-  }
-
-  /** Logs a warning once each time free data or metadata falls to the low-water mark. */
-  private async checkHealth(): Promise<void> {
-    this.warnAtLowWater(await this.target.status());
-  }
-
-  private warnAtLowWater(status: ThinPoolStatus): void {
-    if (status.state !== 'working') return;
-    const low = this.isLowWater(status);
-    if (low && !this.lowWaterWarned) {
-      this.options.warn?.({
-        pool: this.name, dataPercent: percent(status.data.used, status.data.total), metadataPercent: percent(status.metadata.used, status.metadata.total),
-        lowWaterPercent: this.options.lowWaterPercent, mode: status.mode,
-      }, 'thin pool free space is at or below its low-water mark');
-    }
-    this.lowWaterWarned = low;
-  }
-
-  /**
-   * New objects are refused (ENOSPC, nothing changed) when the pool is out
-   * of data space or below the free-space floor, and (EROFS) when its
-   * metadata went read-only or the target failed.
-   */
-  private async refuseWhenFull(): Promise<void> {
-    const status = await this.target.status();
-    this.warnAtLowWater(status);
-    if (status.state !== 'working' || status.mode === 'ro') throw systemError('EROFS', 'thin-pool', this.poolDmName);
-    if (status.mode === 'out_of_data_space' || freePercent(status) < this.options.minFreePercent) throw systemError('ENOSPC', 'thin-pool', this.poolDmName);
-  }
+  // --- checks ---
 
   private checkSize(sizeBytes: number): void {
     if (!Number.isSafeInteger(sizeBytes) || sizeBytes <= 0 || sizeBytes % this.blockBytes !== 0) throw new UnalignedSizeError(this.name, sizeBytes, this.blockBytes);
@@ -654,15 +594,6 @@ export class ThinPool implements Pool {
     this.serial = run.catch(() => undefined);
     return run;
   }
-}
-
-function percent(used: number, total: number): number {
-  return total === 0 ? 0 : Math.round((used / total) * 10000) / 100;
-}
-
-/** The smaller of free data and free metadata, in percent: whichever runs out first stops the pool. */
-function freePercent(status: Extract<ThinPoolStatus, { state: 'working' }>): number {
-  return Math.min(100 - percent(status.data.used, status.data.total), 100 - percent(status.metadata.used, status.metadata.total));
 }
 
 /** Mapped runs of blocks as byte extents covering [offset, end) exactly. */

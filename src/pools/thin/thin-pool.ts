@@ -16,8 +16,7 @@
 //   (resize); DM_DEV_SUSPEND (resume) swaps in the loaded table.
 import { constants as fsConstants } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
-import { mkdir, open, readdir, unlink } from 'node:fs/promises';
-import path from 'node:path';
+import { open } from 'node:fs/promises';
 
 import { throwIfAborted } from '../../common/abort.js';
 import type { CloneProgress } from '../../clone/clone-file.js';
@@ -30,23 +29,21 @@ import type {
   AllocationExtent, CloneOutcome, CloneRequest, ForeignObject, ObjectInfo, ObjectSink, Pool, PoolCapabilities, PoolCapacity, PoolHealth,
   PopulateOutcome, PopulateRequest, ReceiveOutcome, ReceiveRequest,
 } from '../pool.js';
-import { dataExtentsOf, isObjectName, sinkOf, UnalignedSizeError } from '../pool.js';
+import { dataExtentsOf, sinkOf, UnalignedSizeError } from '../pool.js';
 import type { ThinPoolConfig } from './backend.js';
 import { writeSparse } from '../sparse-writer.js';
-import { ensureDeviceNode } from './block-device.js';
-import { createDevice, isThinDmName, thinDmName, thinDmUuid } from './dm-devices.js';
 import { parseThinStatus, SECTOR_BYTES, thinPoolMessage, thinTarget } from './dm-thin.js';
 import { ignoring, ThinPoolError } from './errors.js';
-import type { PendingThinChange, ThinChange, ThinDeviceRecord, ThinLedger, ThinPoolRecord } from './ledger.js';
+import type { PendingThinChange, ThinChange, ThinLedger, ThinPoolRecord } from './ledger.js';
 import { isRetiredThinName, retiredThinName } from './ledger.js';
 import { HealthWatch } from './pool-health.js';
 import { PoolTarget } from './pool-target.js';
+import { ThinDevices } from './thin-devices.js';
 import type { MappedRun } from './thin-metadata.js';
 import { decodeSuperblock, mappedRuns, METADATA_BLOCK_BYTES, ThinMetadataError } from './thin-metadata.js';
 
 /** Provisional size of a thin device receiving a stream of unknown length: virtual, it costs nothing. */
 const RECEIVE_PROVISIONAL_BYTES = 64 * 2 ** 40;
-const NAME_MAX = 255;
 
 export interface ThinPoolOptions extends Pick<ThinPoolConfig, 'name' | 'dataDevice' | 'metadataDevice' | 'blockSizeBytes' | 'lowWaterPercent'> {
   /** Free data or metadata below this percentage refuses new objects (ENOSPC). */
@@ -65,9 +62,9 @@ export class ThinPool implements Pool {
   readonly poolDmName: string;
   private readonly ledger: ThinLedger;
   private readonly blockBytes: number;
-  private readonly nodeDir: string;
   private readonly target: PoolTarget;
   private readonly healthWatch: HealthWatch;
+  private readonly devices: ThinDevices;
   /** Mapping changes, table loads and suspends run one at a time. */
   private serial: Promise<unknown> = Promise.resolve();
   /** The pool holds one metadata snapshot at a time: allocation queries take turns. */
@@ -82,7 +79,7 @@ export class ThinPool implements Pool {
     this.target = new PoolTarget(options);
     this.poolDmName = this.target.dmName;
     this.healthWatch = new HealthWatch(this.target, options);
-    this.nodeDir = path.join(path.resolve(options.deviceDir), options.name);
+    this.devices = new ThinDevices(this.target, options);
   }
 
   // --- open and recovery ---
@@ -105,14 +102,14 @@ export class ThinPool implements Pool {
   private async openDevices(): Promise<void> {
     const transactionId = await this.target.open();
     await this.recover(this.ledger.pool(this.name)!, transactionId);
-    await mkdir(this.nodeDir, { recursive: true, mode: 0o700 });
+    await this.devices.makeNodeDir();
     for (const device of this.ledger.devices(this.name).filter((d) => isRetiredThinName(d.name))) {
       await this.retire(device.thinId).catch((error: unknown) => {
         this.options.warn?.({ pool: this.name, thinId: device.thinId, error: (error as Error).message }, 'thin pool: a thin id replaced by a revert could not be deleted yet');
       });
     }
-    for (const device of this.objectDevices()) await this.activate(device);
-    await this.removeStrayNodes();
+    for (const device of this.devices.objects()) await this.devices.activate(device);
+    await this.devices.removeStrayNodes();
     await this.healthWatch.start();
   }
 
@@ -174,18 +171,18 @@ export class ThinPool implements Pool {
 
   async create(name: string, sizeBytes: number): Promise<void> {
     this.checkSize(sizeBytes);
-    this.refuseTaken(name);
+    this.devices.refuseTaken(name);
     await this.healthWatch.refuseWhenFull();
     await this.makeDevice({ op: 'create', name, sizeBytes, readOnly: false });
   }
 
   async clone(source: string, target: string, request: CloneRequest = {}): Promise<CloneOutcome> {
-    const origin = this.device(source);
+    const origin = this.devices.record(source);
     if (!origin) throw systemError('ENOENT', 'create_snap', this.objectPath(source));
     const sizeBytes = request.sizeBytes ?? origin.sizeBytes;
     if (sizeBytes < origin.sizeBytes) throw systemError('EINVAL', 'create_snap', this.objectPath(target));
     this.checkSize(sizeBytes);
-    this.refuseTaken(target);
+    this.devices.refuseTaken(target);
     throwIfAborted(request.signal);
     await this.healthWatch.refuseWhenFull();
     await this.makeDevice({ op: 'snapshot', name: target, sizeBytes, readOnly: request.readOnly ?? false, originThinId: origin.thinId });
@@ -203,7 +200,7 @@ export class ThinPool implements Pool {
     const sizeBytes = request.sizeBytes ?? source.sizeBytes;
     if (!Number.isSafeInteger(sizeBytes) || sizeBytes < source.sizeBytes) throw systemError('EINVAL', 'clone', source.path, this.objectPath(target));
     this.checkSize(sizeBytes);
-    this.refuseTaken(target);
+    this.devices.refuseTaken(target);
     throwIfAborted(request.signal);
     await this.healthWatch.refuseWhenFull();
     await this.makeDevice({ op: 'create', name: target, sizeBytes, readOnly: false });
@@ -232,7 +229,7 @@ export class ThinPool implements Pool {
   }
 
   async receive(name: string, data: AsyncIterable<Uint8Array>, request: ReceiveRequest = {}): Promise<ReceiveOutcome> {
-    this.refuseTaken(name);
+    this.devices.refuseTaken(name);
     await this.healthWatch.refuseWhenFull();
     const provisional = roundUp(Math.min(request.maxBytes ?? RECEIVE_PROVISIONAL_BYTES, RECEIVE_PROVISIONAL_BYTES), this.blockBytes) || this.blockBytes;
     await this.makeDevice({ op: 'create', name, sizeBytes: provisional, readOnly: false });
@@ -264,7 +261,7 @@ export class ThinPool implements Pool {
   async populate(name: string, sizeBytes: number, fill: (sink: ObjectSink) => Promise<void>, request: PopulateRequest = {}): Promise<PopulateOutcome> {
     if (!Number.isSafeInteger(sizeBytes) || sizeBytes <= 0) throw systemError('EINVAL', 'populate', this.objectPath(name));
     this.checkSize(sizeBytes);
-    this.refuseTaken(name);
+    this.devices.refuseTaken(name);
     throwIfAborted(request.signal);
     await this.healthWatch.refuseWhenFull();
     await this.makeDevice({ op: 'create', name, sizeBytes, readOnly: false });
@@ -297,19 +294,19 @@ export class ThinPool implements Pool {
    * open when its device is still held).
    */
   async revert(name: string, source: string): Promise<CloneOutcome> {
-    const device = this.device(name);
-    const origin = this.device(source);
+    const device = this.devices.record(name);
+    const origin = this.devices.record(source);
     if (!device) throw systemError('ENOENT', 'create_snap', this.objectPath(name));
     if (!origin) throw systemError('ENOENT', 'create_snap', this.objectPath(source));
     if (device.readOnly) throw systemError('EPERM', 'revert', this.objectPath(name));
     if (origin.sizeBytes > device.sizeBytes) throw systemError('EINVAL', 'revert', this.objectPath(name));
     await this.healthWatch.refuseWhenFull();
     await this.serially(async () => {
-      const replaced = this.device(name)!;
+      const replaced = this.devices.record(name)!;
       await this.changeMapping({ op: 'replace', name, sizeBytes: replaced.sizeBytes, readOnly: false, originThinId: origin.thinId, replacedThinId: replaced.thinId },
         (p) => this.snapshotMessage(p as PendingThinChange & { op: 'replace' }));
       failpoint('thin.revert-committed');
-      await this.activate(this.device(name)!, true);
+      await this.devices.activate(this.devices.record(name)!, true);
       await this.retire(replaced.thinId).catch((error: unknown) => {
         this.options.warn?.({ pool: this.name, volume: name, thinId: replaced.thinId, error: (error as Error).message }, 'thin pool: the thin id a revert replaced is deleted at the next start');
       });
@@ -319,12 +316,12 @@ export class ThinPool implements Pool {
 
   /** Deactivates and deletes a thin id recorded as retired (EBUSY while its device is held open). */
   private async retire(thinId: number): Promise<void> {
-    await native.dmRemove(this.thinDmName(thinId)).catch(ignoring(['ENXIO']));
+    await native.dmRemove(this.devices.dmName(thinId)).catch(ignoring(['ENXIO']));
     await this.changeMapping({ op: 'delete', name: retiredThinName(thinId), thinId }, (pending) => this.message(thinPoolMessage.delete(pending.thinId)));
   }
 
   async resize(name: string, sizeBytes: number): Promise<void> {
-    const device = this.device(name);
+    const device = this.devices.record(name);
     if (!device) throw systemError('ENOENT', 'resize', this.objectPath(name));
     if (!Number.isSafeInteger(sizeBytes) || sizeBytes < device.sizeBytes) throw systemError('EINVAL', 'resize', this.objectPath(name));
     this.checkSize(sizeBytes);
@@ -334,24 +331,24 @@ export class ThinPool implements Pool {
   }
 
   async setReadOnly(name: string, readOnly: boolean): Promise<void> {
-    if (!this.device(name)) throw systemError('ENOENT', 'open', this.objectPath(name));
+    if (!this.devices.record(name)) throw systemError('ENOENT', 'open', this.objectPath(name));
     await this.setTable(name, { readOnly });
   }
 
   /** Deactivates the device (EBUSY while something holds it open), then deletes its thin id. */
   async remove(name: string): Promise<void> {
     await this.serially(async () => {
-      const device = this.device(name);
+      const device = this.devices.record(name);
       if (!device) return;
-      await this.deactivate(device);
+      await this.devices.deactivate(device);
       await this.changeMapping({ op: 'delete', name, thinId: device.thinId }, (pending) => this.message(thinPoolMessage.delete(pending.thinId)));
     });
   }
 
   async inUse(name: string): Promise<boolean> {
-    const device = this.device(name);
+    const device = this.devices.record(name);
     if (!device) return false;
-    const info = await native.dmInfo(this.thinDmName(device.thinId)).catch(ignoring<DmDeviceInfo>(['ENXIO']));
+    const info = await native.dmInfo(this.devices.dmName(device.thinId)).catch(ignoring<DmDeviceInfo>(['ENXIO']));
     return (info?.openCount ?? 0) > 0;
   }
 
@@ -366,7 +363,7 @@ export class ThinPool implements Pool {
    * answered allocated: true, only not sparse.
    */
   async allocation(name: string, offset: number, length: number): Promise<AllocationExtent[]> {
-    const device = this.device(name);
+    const device = this.devices.record(name);
     if (!device) throw systemError('ENOENT', 'allocation', this.objectPath(name));
     const end = Math.min(offset + length, device.sizeBytes);
     if (end <= offset) return [{ length, allocated: true }];
@@ -410,39 +407,30 @@ export class ThinPool implements Pool {
   }
 
   async stat(name: string): Promise<ObjectInfo | undefined> {
-    const device = this.device(name);
+    const device = this.devices.record(name);
     if (!device) return undefined;
-    const [target] = await native.dmTable(this.thinDmName(device.thinId)).catch(ignoring<DmTarget[]>(['ENXIO'])) ?? [];
+    const [target] = await native.dmTable(this.devices.dmName(device.thinId)).catch(ignoring<DmTarget[]>(['ENXIO'])) ?? [];
     const status = target ? parseThinStatus(target.params) : undefined;
     const allocatedBytes = status?.state === 'working' ? status.mappedSectors * SECTOR_BYTES : 0;
     return { sizeBytes: device.sizeBytes, allocatedBytes, readOnly: device.readOnly };
   }
 
   async list(): Promise<string[]> {
-    return this.objectDevices().map((d) => d.name).sort();
-  }
-
-  /** The ledger's devices that are objects (not thin ids retired by a revert, waiting to be deleted). */
-  private objectDevices(): ThinDeviceRecord[] {
-    return this.ledger.devices(this.name).filter((d) => !isRetiredThinName(d.name));
+    return this.devices.objects().map((d) => d.name).sort();
   }
 
   /** Device-mapper devices of this pool whose thin id the catalog does not hold (left by an interrupted run). */
-  async listTemporaries(): Promise<string[]> {
-    const known = new Set(this.ledger.devices(this.name).map((d) => this.thinDmName(d.thinId)));
-    return (await native.dmListDevices()).map((d) => d.name).filter((n) => isThinDmName(this.name, n) && !known.has(n)).sort();
+  listTemporaries(): Promise<string[]> {
+    return this.devices.listTemporaries();
   }
 
-  async removeTemporary(temporary: string): Promise<void> {
-    if (!(await this.listTemporaries()).includes(temporary)) throw systemError('EINVAL', 'DM_DEV_REMOVE', temporary);
-    await native.dmRemove(temporary).catch(ignoring(['ENXIO']));
+  removeTemporary(temporary: string): Promise<void> {
+    return this.devices.removeTemporary(temporary);
   }
 
   /** `<device dir>/<pool>/<name>`; EINVAL for a name outside OBJECT_NAME, ENAMETOOLONG past NAME_MAX. */
   objectPath(name: string): string {
-    if (typeof name !== 'string' || !isObjectName(name)) throw systemError('EINVAL', 'open', String(name));
-    if (Buffer.byteLength(name) > NAME_MAX) throw systemError('ENAMETOOLONG', 'open', path.join(this.nodeDir, name));
-    return path.join(this.nodeDir, name);
+    return this.devices.objectPath(name);
   }
 
   // --- mapping changes ---
@@ -451,14 +439,14 @@ export class ThinPool implements Pool {
   private async makeDevice(change: Extract<ThinChange, { op: 'create' | 'snapshot' }>): Promise<void> {
     this.objectPath(change.name); // a name the pool cannot hold is refused before anything is recorded
     await this.serially(async () => {
-      this.refuseTaken(change.name);
+      this.devices.refuseTaken(change.name);
       const pending = await this.changeMapping(change, (p) => p.op === 'snapshot' ? this.snapshotMessage(p) : this.message(thinPoolMessage.createThin(p.thinId)));
-      const device = this.device(change.name);
+      const device = this.devices.record(change.name);
       if (!device || device.thinId !== pending.thinId) throw new ThinPoolError(`thin pool ${this.name}: ${change.name} is not recorded after its commit`);
       try {
-        await this.activate(device, true);
+        await this.devices.activate(device, true);
       } catch (error) {
-        await this.deactivate(device).catch(() => undefined);
+        await this.devices.deactivate(device).catch(() => undefined);
         await this.changeMapping({ op: 'delete', name: device.name, thinId: device.thinId }, () => this.message(thinPoolMessage.delete(device.thinId)))
           .catch(() => undefined); // left for start-up: the row is still `creating` in the domain's catalog
         throw error;
@@ -468,7 +456,7 @@ export class ThinPool implements Pool {
 
   /** `create_snap` with the origin suspended (if active) and resumed on every path. */
   private async snapshotMessage(pending: PendingThinChange & { op: 'snapshot' | 'replace' }): Promise<void> {
-    const origin = this.thinDmName(pending.originThinId);
+    const origin = this.devices.dmName(pending.originThinId);
     // ENXIO: the origin is not active, and needs no suspend.
     const suspended = (await native.dmSuspend(origin).catch(ignoring<DmDeviceInfo>(['ENXIO']))) !== undefined;
     try {
@@ -517,10 +505,10 @@ export class ThinPool implements Pool {
   /** Reloads a device's table with a new size or read-only flag, recorded in the catalog first. */
   private async setTable(name: string, changes: { sizeBytes?: number; readOnly?: boolean }): Promise<void> {
     await this.serially(async () => {
-      const before = this.device(name)!;
+      const before = this.devices.record(name)!;
       await this.ledger.updateDevice(this.name, name, changes);
-      const device = this.device(name)!;
-      const dmName = this.thinDmName(device.thinId);
+      const device = this.devices.record(name)!;
+      const dmName = this.devices.dmName(device.thinId);
       try {
         await native.dmLoad(dmName, [thinTarget(this.target.device!, device.thinId, device.sizeBytes / SECTOR_BYTES)], device.readOnly);
         failpoint('thin.table-loaded'); // the new table inactive: start-up activation loads the catalog's again
@@ -533,60 +521,10 @@ export class ThinPool implements Pool {
     });
   }
 
-  // --- activation ---
-
-  /**
-   * Makes `device` active with the catalog's table and gives it its node. A
-   * device left suspended (a crash in the middle of a snapshot) is resumed.
-   * `fresh`: the thin id was just made, so no device can exist for it yet.
-   */
-  private async activate(device: ThinDeviceRecord, fresh = false): Promise<void> {
-    const dmName = this.thinDmName(device.thinId);
-    const wanted = thinTarget(this.target.device!, device.thinId, device.sizeBytes / SECTOR_BYTES);
-    let info = fresh ? undefined : await native.dmInfo(dmName).catch(ignoring<DmDeviceInfo>(['ENXIO']));
-    if (!info) {
-      info = await createDevice(dmName, thinDmUuid(this.name, device.thinId), [wanted], device.readOnly);
-    } else {
-      const [live] = info.activeTable ? await native.dmTable(dmName, true) : [];
-      if (!live || live.type !== wanted.type || live.length !== wanted.length || live.params !== wanted.params || info.readOnly !== device.readOnly) {
-        await native.dmLoad(dmName, [wanted], device.readOnly);
-        info = await native.dmResume(dmName);
-      } else if (info.suspended) {
-        info = await native.dmResume(dmName);
-      }
-    }
-    await ensureDeviceNode(this.objectPath(device.name), info.major, info.minor);
-  }
-
-  private async deactivate(device: ThinDeviceRecord): Promise<void> {
-    await native.dmRemove(this.thinDmName(device.thinId)).catch(ignoring(['ENXIO']));
-    await unlink(this.objectPath(device.name)).catch(ignoring(['ENOENT']));
-  }
-
-  /** Nodes in the pool's node directory that name no object (left by an interrupted remove). */
-  private async removeStrayNodes(): Promise<void> {
-    const known = new Set(this.objectDevices().map((d) => d.name));
-    for (const entry of await readdir(this.nodeDir)) {
-      if (!known.has(entry)) await unlink(path.join(this.nodeDir, entry)).catch(ignoring(['ENOENT']));
-    }
-  }
-
   // --- checks ---
 
   private checkSize(sizeBytes: number): void {
     if (!Number.isSafeInteger(sizeBytes) || sizeBytes <= 0 || sizeBytes % this.blockBytes !== 0) throw new UnalignedSizeError(this.name, sizeBytes, this.blockBytes);
-  }
-
-  private refuseTaken(name: string): void {
-    if (this.device(name)) throw systemError('EEXIST', 'create_thin', this.objectPath(name));
-  }
-
-  private device(name: string): ThinDeviceRecord | undefined {
-    return this.ledger.device(this.name, name);
-  }
-
-  private thinDmName(thinId: number): string {
-    return thinDmName(this.name, thinId);
   }
 
   private serially<T>(fn: () => Promise<T>): Promise<T> {

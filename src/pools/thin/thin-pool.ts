@@ -4,16 +4,6 @@
 // the catalog (ledger.ts), and while the agent knows it, it is active as the
 // device-mapper device `volagent-<pool>-<thin id>` with a node of its own at
 // `<device dir>/<pool>/<name>` (made by the agent: no udev needed).
-//
-// Kernel contract relied on (thin-provisioning.rst):
-// - `create_thin`, `create_snap` and `delete` change the mapping, and are
-//   committed with the pool's next metadata commit; `set_transaction_id old new`
-//   fails unless the pool's id is `old`. Every mapping change is paired with a
-//   set_transaction_id and bracketed in the ledger (see ledger.ts);
-// - `create_snap` needs its origin suspended while it runs if the origin is
-//   active (in-flight writes drained, no new ones until resume);
-// - a thin device's table can be reloaded with another length at any time
-//   (resize); DM_DEV_SUSPEND (resume) swaps in the loaded table.
 import { constants as fsConstants } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import { open } from 'node:fs/promises';
@@ -21,7 +11,6 @@ import { open } from 'node:fs/promises';
 import { throwIfAborted } from '../../common/abort.js';
 import type { CloneProgress } from '../../clone/clone-file.js';
 import { cloneFile } from '../../clone/clone-file.js';
-import { failpoint } from '../../common/failpoints.js';
 import { native } from '../../native/binding.js';
 import type { DmDeviceInfo, DmTarget } from '../../native/addon-types.js';
 import { isSystemError, systemError } from '../../native/system-error.js';
@@ -32,10 +21,11 @@ import type {
 import { dataExtentsOf, sinkOf, UnalignedSizeError } from '../pool.js';
 import type { ThinPoolConfig } from './backend.js';
 import { writeSparse } from '../sparse-writer.js';
-import { parseThinStatus, SECTOR_BYTES, thinPoolMessage, thinTarget } from './dm-thin.js';
+import { parseThinStatus, SECTOR_BYTES, thinPoolMessage } from './dm-thin.js';
 import { ignoring, ThinPoolError } from './errors.js';
-import type { PendingThinChange, ThinChange, ThinLedger, ThinPoolRecord } from './ledger.js';
-import { isRetiredThinName, retiredThinName } from './ledger.js';
+import type { ThinLedger } from './ledger.js';
+import { isRetiredThinName } from './ledger.js';
+import { MappingChanges } from './mapping-changes.js';
 import { HealthWatch } from './pool-health.js';
 import { PoolTarget } from './pool-target.js';
 import { ThinDevices } from './thin-devices.js';
@@ -65,8 +55,7 @@ export class ThinPool implements Pool {
   private readonly target: PoolTarget;
   private readonly healthWatch: HealthWatch;
   private readonly devices: ThinDevices;
-  /** Mapping changes, table loads and suspends run one at a time. */
-  private serial: Promise<unknown> = Promise.resolve();
+  private readonly changes: MappingChanges;
   /** The pool holds one metadata snapshot at a time: allocation queries take turns. */
   private snapshotTurn: Promise<unknown> = Promise.resolve();
   /** The metadata device opened O_DIRECT, for reading held snapshots. */
@@ -80,6 +69,7 @@ export class ThinPool implements Pool {
     this.poolDmName = this.target.dmName;
     this.healthWatch = new HealthWatch(this.target, options);
     this.devices = new ThinDevices(this.target, options);
+    this.changes = new MappingChanges(this.target, this.devices, options);
   }
 
   // --- open and recovery ---
@@ -101,10 +91,10 @@ export class ThinPool implements Pool {
 
   private async openDevices(): Promise<void> {
     const transactionId = await this.target.open();
-    await this.recover(this.ledger.pool(this.name)!, transactionId);
+    await this.changes.settle(this.ledger.pool(this.name)!, transactionId);
     await this.devices.makeNodeDir();
     for (const device of this.ledger.devices(this.name).filter((d) => isRetiredThinName(d.name))) {
-      await this.retire(device.thinId).catch((error: unknown) => {
+      await this.changes.retire(device.thinId).catch((error: unknown) => {
         this.options.warn?.({ pool: this.name, thinId: device.thinId, error: (error as Error).message }, 'thin pool: a thin id replaced by a revert could not be deleted yet');
       });
     }
@@ -116,43 +106,10 @@ export class ThinPool implements Pool {
   /** Stops the health checks. Devices stay active: exports and guests keep using them while the agent restarts. */
   async close(): Promise<void> {
     this.healthWatch.stop();
-    await this.serial.catch(() => undefined);
+    await this.changes.idle();
     await this.snapshotTurn.catch(() => undefined);
     await this.metadataReader?.close().catch(() => undefined);
     this.metadataReader = undefined;
-  }
-
-  /**
-   * Settles the change a crash left pending, from the pool's transaction id:
-   * at `to`, the pool made it and only the catalog commit is missing; at
-   * `from`, the message may or may not have run: a create or snapshot is
-   * undone (its id deleted if it exists), a delete is made again.
-   */
-  private async recover(record: ThinPoolRecord, poolTransactionId: number): Promise<void> {
-    const pending = record.pending;
-    if (!pending) {
-      if (poolTransactionId !== record.transactionId) {
-        throw new ThinPoolError(`thin-pool transaction id is ${poolTransactionId}, the catalog recorded ${record.transactionId}: the catalog does not describe this pool`);
-      }
-      return;
-    }
-    if (poolTransactionId === pending.toTransactionId) {
-      await this.ledger.commit(this.name);
-      this.options.warn?.({ pool: this.name, change: pending.op, object: pending.name, thinId: pending.thinId }, 'thin pool: committed a change the pool had made before the agent stopped');
-      return;
-    }
-    if (poolTransactionId !== pending.fromTransactionId) {
-      throw new ThinPoolError(`thin-pool transaction id is ${poolTransactionId}; the pending ${pending.op} of ${pending.name} expected ${pending.fromTransactionId} or ${pending.toTransactionId}`);
-    }
-    await this.message(thinPoolMessage.delete(pending.thinId)).catch(ignoring(['ENODATA']));
-    if (pending.op === 'delete') {
-      await this.message(thinPoolMessage.setTransactionId(pending.fromTransactionId, pending.toTransactionId));
-      await this.ledger.commit(this.name);
-    } else {
-      await this.ledger.abandon(this.name);
-    }
-    this.options.warn?.({ pool: this.name, change: pending.op, object: pending.name, thinId: pending.thinId },
-      pending.op === 'delete' ? 'thin pool: finished a delete the agent stopped in' : 'thin pool: undid a create the agent stopped in');
   }
 
   // --- objects ---
@@ -173,7 +130,7 @@ export class ThinPool implements Pool {
     this.checkSize(sizeBytes);
     this.devices.refuseTaken(name);
     await this.healthWatch.refuseWhenFull();
-    await this.makeDevice({ op: 'create', name, sizeBytes, readOnly: false });
+    await this.changes.makeDevice({ op: 'create', name, sizeBytes, readOnly: false });
   }
 
   async clone(source: string, target: string, request: CloneRequest = {}): Promise<CloneOutcome> {
@@ -185,7 +142,7 @@ export class ThinPool implements Pool {
     this.devices.refuseTaken(target);
     throwIfAborted(request.signal);
     await this.healthWatch.refuseWhenFull();
-    await this.makeDevice({ op: 'snapshot', name: target, sizeBytes, readOnly: request.readOnly ?? false, originThinId: origin.thinId });
+    await this.changes.makeDevice({ op: 'snapshot', name: target, sizeBytes, readOnly: request.readOnly ?? false, originThinId: origin.thinId });
     return { method: 'thin_snapshot', bytesCopied: 0 };
   }
 
@@ -203,7 +160,7 @@ export class ThinPool implements Pool {
     this.devices.refuseTaken(target);
     throwIfAborted(request.signal);
     await this.healthWatch.refuseWhenFull();
-    await this.makeDevice({ op: 'create', name: target, sizeBytes, readOnly: false });
+    await this.changes.makeDevice({ op: 'create', name: target, sizeBytes, readOnly: false });
     const node = this.objectPath(target);
     try {
       const result = await cloneFile(source.path, node, {
@@ -215,7 +172,7 @@ export class ThinPool implements Pool {
         ...(request.onProgress ? { onProgress: (p: CloneProgress) => request.onProgress!(p.doneBytes, p.totalBytes) } : {}),
       });
       throwIfAborted(request.signal);
-      if (request.readOnly) await this.setTable(target, { readOnly: true });
+      if (request.readOnly) await this.changes.setTable(target, { readOnly: true });
       return { method: result.method, bytesCopied: result.bytesCopied };
     } catch (error) {
       const cause = await this.healthWatch.writeFailureCause(error);
@@ -232,7 +189,7 @@ export class ThinPool implements Pool {
     this.devices.refuseTaken(name);
     await this.healthWatch.refuseWhenFull();
     const provisional = roundUp(Math.min(request.maxBytes ?? RECEIVE_PROVISIONAL_BYTES, RECEIVE_PROVISIONAL_BYTES), this.blockBytes) || this.blockBytes;
-    await this.makeDevice({ op: 'create', name, sizeBytes: provisional, readOnly: false });
+    await this.changes.makeDevice({ op: 'create', name, sizeBytes: provisional, readOnly: false });
     const node = this.objectPath(name);
     try {
       // O_EXCL on a block device: an exclusive open, so nothing mounts or opens it exclusively meanwhile.
@@ -248,7 +205,7 @@ export class ThinPool implements Pool {
       } finally {
         await handle.close();
       }
-      await this.setTable(name, { sizeBytes: outcome.sizeBytes, readOnly: request.readOnly ?? false });
+      await this.changes.setTable(name, { sizeBytes: outcome.sizeBytes, readOnly: request.readOnly ?? false });
       return outcome;
     } catch (error) {
       const cause = await this.healthWatch.writeFailureCause(error);
@@ -264,7 +221,7 @@ export class ThinPool implements Pool {
     this.devices.refuseTaken(name);
     throwIfAborted(request.signal);
     await this.healthWatch.refuseWhenFull();
-    await this.makeDevice({ op: 'create', name, sizeBytes, readOnly: false });
+    await this.changes.makeDevice({ op: 'create', name, sizeBytes, readOnly: false });
     const node = this.objectPath(name);
     try {
       let bytesWritten = 0;
@@ -277,7 +234,7 @@ export class ThinPool implements Pool {
       } finally {
         await handle.close();
       }
-      if (request.readOnly) await this.setTable(name, { readOnly: true });
+      if (request.readOnly) await this.changes.setTable(name, { readOnly: true });
       return { bytesWritten };
     } catch (error) {
       const cause = await this.healthWatch.writeFailureCause(error);
@@ -301,23 +258,8 @@ export class ThinPool implements Pool {
     if (device.readOnly) throw systemError('EPERM', 'revert', this.objectPath(name));
     if (origin.sizeBytes > device.sizeBytes) throw systemError('EINVAL', 'revert', this.objectPath(name));
     await this.healthWatch.refuseWhenFull();
-    await this.serially(async () => {
-      const replaced = this.devices.record(name)!;
-      await this.changeMapping({ op: 'replace', name, sizeBytes: replaced.sizeBytes, readOnly: false, originThinId: origin.thinId, replacedThinId: replaced.thinId },
-        (p) => this.snapshotMessage(p as PendingThinChange & { op: 'replace' }));
-      failpoint('thin.revert-committed');
-      await this.devices.activate(this.devices.record(name)!, true);
-      await this.retire(replaced.thinId).catch((error: unknown) => {
-        this.options.warn?.({ pool: this.name, volume: name, thinId: replaced.thinId, error: (error as Error).message }, 'thin pool: the thin id a revert replaced is deleted at the next start');
-      });
-    });
+    await this.changes.replace(name, origin.thinId);
     return { method: 'thin_snapshot', bytesCopied: 0 };
-  }
-
-  /** Deactivates and deletes a thin id recorded as retired (EBUSY while its device is held open). */
-  private async retire(thinId: number): Promise<void> {
-    await native.dmRemove(this.devices.dmName(thinId)).catch(ignoring(['ENXIO']));
-    await this.changeMapping({ op: 'delete', name: retiredThinName(thinId), thinId }, (pending) => this.message(thinPoolMessage.delete(pending.thinId)));
   }
 
   async resize(name: string, sizeBytes: number): Promise<void> {
@@ -327,22 +269,17 @@ export class ThinPool implements Pool {
     this.checkSize(sizeBytes);
     if (sizeBytes === device.sizeBytes) return;
     if (device.readOnly) throw systemError('EPERM', 'resize', this.objectPath(name));
-    await this.setTable(name, { sizeBytes });
+    await this.changes.setTable(name, { sizeBytes });
   }
 
   async setReadOnly(name: string, readOnly: boolean): Promise<void> {
     if (!this.devices.record(name)) throw systemError('ENOENT', 'open', this.objectPath(name));
-    await this.setTable(name, { readOnly });
+    await this.changes.setTable(name, { readOnly });
   }
 
   /** Deactivates the device (EBUSY while something holds it open), then deletes its thin id. */
-  async remove(name: string): Promise<void> {
-    await this.serially(async () => {
-      const device = this.devices.record(name);
-      if (!device) return;
-      await this.devices.deactivate(device);
-      await this.changeMapping({ op: 'delete', name, thinId: device.thinId }, (pending) => this.message(thinPoolMessage.delete(pending.thinId)));
-    });
+  remove(name: string): Promise<void> {
+    return this.changes.remove(name);
   }
 
   async inUse(name: string): Promise<boolean> {
@@ -385,7 +322,7 @@ export class ThinPool implements Pool {
   private withMetadataSnapshot<T>(walk: (read: (block: number) => Promise<Buffer>, dataMappingRoot: number) => Promise<T>): Promise<T | undefined> {
     const turn = this.snapshotTurn.then(async () => {
       try {
-        await this.message(thinPoolMessage.reserveMetadataSnap);
+        await this.target.message(thinPoolMessage.reserveMetadataSnap);
       } catch (error) {
         if (isSystemError(error, 'EBUSY')) return undefined;
         throw error;
@@ -399,7 +336,7 @@ export class ThinPool implements Pool {
         const read = async (block: number): Promise<Buffer> => native.preadAligned(reader.fd, block * METADATA_BLOCK_BYTES, METADATA_BLOCK_BYTES, this.target.metadata!.node);
         return await walk(read, decodeSuperblock(await read(held), held).dataMappingRoot);
       } finally {
-        await this.message(thinPoolMessage.releaseMetadataSnap);
+        await this.target.message(thinPoolMessage.releaseMetadataSnap);
       }
     });
     this.snapshotTurn = turn.catch(() => undefined);
@@ -433,104 +370,10 @@ export class ThinPool implements Pool {
     return this.devices.objectPath(name);
   }
 
-  // --- mapping changes ---
-
-  /** A create or snapshot: the thin id made and committed, then activated. */
-  private async makeDevice(change: Extract<ThinChange, { op: 'create' | 'snapshot' }>): Promise<void> {
-    this.objectPath(change.name); // a name the pool cannot hold is refused before anything is recorded
-    await this.serially(async () => {
-      this.devices.refuseTaken(change.name);
-      const pending = await this.changeMapping(change, (p) => p.op === 'snapshot' ? this.snapshotMessage(p) : this.message(thinPoolMessage.createThin(p.thinId)));
-      const device = this.devices.record(change.name);
-      if (!device || device.thinId !== pending.thinId) throw new ThinPoolError(`thin pool ${this.name}: ${change.name} is not recorded after its commit`);
-      try {
-        await this.devices.activate(device, true);
-      } catch (error) {
-        await this.devices.deactivate(device).catch(() => undefined);
-        await this.changeMapping({ op: 'delete', name: device.name, thinId: device.thinId }, () => this.message(thinPoolMessage.delete(device.thinId)))
-          .catch(() => undefined); // left for start-up: the row is still `creating` in the domain's catalog
-        throw error;
-      }
-    });
-  }
-
-  /** `create_snap` with the origin suspended (if active) and resumed on every path. */
-  private async snapshotMessage(pending: PendingThinChange & { op: 'snapshot' | 'replace' }): Promise<void> {
-    const origin = this.devices.dmName(pending.originThinId);
-    // ENXIO: the origin is not active, and needs no suspend.
-    const suspended = (await native.dmSuspend(origin).catch(ignoring<DmDeviceInfo>(['ENXIO']))) !== undefined;
-    try {
-      await this.message(thinPoolMessage.createSnap(pending.thinId, pending.originThinId));
-    } finally {
-      if (suspended) await native.dmResume(origin);
-    }
-  }
-
-  /**
-   * One mapping change under the ledger's bracket: recorded, sent, paired
-   * with set_transaction_id, committed. A message the pool refused changed
-   * nothing and is abandoned; after the mapping changed, a failed
-   * set_transaction_id is undone (create) or left pending for start-up.
-   */
-  private async changeMapping(change: ThinChange, send: (pending: PendingThinChange) => Promise<unknown>): Promise<PendingThinChange> {
-    const pending = await this.ledger.begin(this.name, change);
-    failpoint('thin.after-begin');
-    try {
-      await send(pending);
-    } catch (error) {
-      await this.ledger.abandon(this.name);
-      throw error;
-    }
-    failpoint('thin.after-message');
-    try {
-      await this.message(thinPoolMessage.setTransactionId(pending.fromTransactionId, pending.toTransactionId));
-    } catch (error) {
-      if (pending.op !== 'delete') {
-        await this.message(thinPoolMessage.delete(pending.thinId))
-          .then(() => this.ledger.abandon(this.name))
-          .catch(() => undefined);
-      }
-      throw error;
-    }
-    failpoint('thin.before-commit');
-    await this.ledger.commit(this.name);
-    failpoint('thin.after-commit');
-    return pending;
-  }
-
-  private message(text: string): Promise<string> {
-    return this.target.message(text);
-  }
-
-  /** Reloads a device's table with a new size or read-only flag, recorded in the catalog first. */
-  private async setTable(name: string, changes: { sizeBytes?: number; readOnly?: boolean }): Promise<void> {
-    await this.serially(async () => {
-      const before = this.devices.record(name)!;
-      await this.ledger.updateDevice(this.name, name, changes);
-      const device = this.devices.record(name)!;
-      const dmName = this.devices.dmName(device.thinId);
-      try {
-        await native.dmLoad(dmName, [thinTarget(this.target.device!, device.thinId, device.sizeBytes / SECTOR_BYTES)], device.readOnly);
-        failpoint('thin.table-loaded'); // the new table inactive: start-up activation loads the catalog's again
-        await native.dmResume(dmName);
-        failpoint('thin.table-resumed');
-      } catch (error) {
-        await this.ledger.updateDevice(this.name, name, { sizeBytes: before.sizeBytes, readOnly: before.readOnly }).catch(() => undefined);
-        throw error;
-      }
-    });
-  }
-
   // --- checks ---
 
   private checkSize(sizeBytes: number): void {
     if (!Number.isSafeInteger(sizeBytes) || sizeBytes <= 0 || sizeBytes % this.blockBytes !== 0) throw new UnalignedSizeError(this.name, sizeBytes, this.blockBytes);
-  }
-
-  private serially<T>(fn: () => Promise<T>): Promise<T> {
-    const run = this.serial.then(fn, fn);
-    this.serial = run.catch(() => undefined);
-    return run;
   }
 }
 

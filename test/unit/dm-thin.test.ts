@@ -2,9 +2,9 @@
 // VM lane checks the same functions against a real kernel.
 import t from 'tap';
 
+import { allocationExtents } from '../../src/pools/thin/allocation.js';
 import { decodeDeviceNumber } from '../../src/pools/thin/block-device.js';
 import { parseThinPoolStatus, parseThinStatus, thinPoolMessage, thinPoolTarget, thinTarget } from '../../src/pools/thin/dm-thin.js';
-import { allocationExtents } from '../../src/pools/thin/thin-pool.js';
 
 t.test('tables: devices by major:minor, features counted', async (t) => {
   t.same(thinPoolTarget('254:1', '254:0', 131072, { blockSectors: 128, lowWaterBlocks: 16, errorIfNoSpace: true, skipBlockZeroing: true }),

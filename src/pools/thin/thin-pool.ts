@@ -5,7 +5,6 @@
 // device-mapper device `volagent-<pool>-<thin id>` with a node of its own at
 // `<device dir>/<pool>/<name>` (made by the agent: no udev needed).
 import { constants as fsConstants } from 'node:fs';
-import type { FileHandle } from 'node:fs/promises';
 import { open } from 'node:fs/promises';
 
 import { throwIfAborted } from '../../common/abort.js';
@@ -13,7 +12,7 @@ import type { CloneProgress } from '../../clone/clone-file.js';
 import { cloneFile } from '../../clone/clone-file.js';
 import { native } from '../../native/binding.js';
 import type { DmDeviceInfo, DmTarget } from '../../native/addon-types.js';
-import { isSystemError, systemError } from '../../native/system-error.js';
+import { systemError } from '../../native/system-error.js';
 import type {
   AllocationExtent, CloneOutcome, CloneRequest, ForeignObject, ObjectInfo, ObjectSink, Pool, PoolCapabilities, PoolCapacity, PoolHealth,
   PopulateOutcome, PopulateRequest, ReceiveOutcome, ReceiveRequest,
@@ -21,16 +20,15 @@ import type {
 import { dataExtentsOf, sinkOf, UnalignedSizeError } from '../pool.js';
 import type { ThinPoolConfig } from './backend.js';
 import { writeSparse } from '../sparse-writer.js';
-import { parseThinStatus, SECTOR_BYTES, thinPoolMessage } from './dm-thin.js';
-import { ignoring, ThinPoolError } from './errors.js';
+import { AllocationReader } from './allocation.js';
+import { parseThinStatus, SECTOR_BYTES } from './dm-thin.js';
+import { ignoring } from './errors.js';
 import type { ThinLedger } from './ledger.js';
 import { isRetiredThinName } from './ledger.js';
 import { MappingChanges } from './mapping-changes.js';
 import { HealthWatch } from './pool-health.js';
 import { PoolTarget } from './pool-target.js';
 import { ThinDevices } from './thin-devices.js';
-import type { MappedRun } from './thin-metadata.js';
-import { decodeSuperblock, mappedRuns, METADATA_BLOCK_BYTES, ThinMetadataError } from './thin-metadata.js';
 
 /** Provisional size of a thin device receiving a stream of unknown length: virtual, it costs nothing. */
 const RECEIVE_PROVISIONAL_BYTES = 64 * 2 ** 40;
@@ -56,10 +54,7 @@ export class ThinPool implements Pool {
   private readonly healthWatch: HealthWatch;
   private readonly devices: ThinDevices;
   private readonly changes: MappingChanges;
-  /** The pool holds one metadata snapshot at a time: allocation queries take turns. */
-  private snapshotTurn: Promise<unknown> = Promise.resolve();
-  /** The metadata device opened O_DIRECT, for reading held snapshots. */
-  private metadataReader: FileHandle | undefined;
+  private readonly allocationReader: AllocationReader;
 
   constructor(private readonly options: ThinPoolOptions) {
     this.name = options.name;
@@ -70,6 +65,7 @@ export class ThinPool implements Pool {
     this.healthWatch = new HealthWatch(this.target, options);
     this.devices = new ThinDevices(this.target, options);
     this.changes = new MappingChanges(this.target, this.devices, options);
+    this.allocationReader = new AllocationReader(this.target, options);
   }
 
   // --- open and recovery ---
@@ -107,9 +103,7 @@ export class ThinPool implements Pool {
   async close(): Promise<void> {
     this.healthWatch.stop();
     await this.changes.idle();
-    await this.snapshotTurn.catch(() => undefined);
-    await this.metadataReader?.close().catch(() => undefined);
-    this.metadataReader = undefined;
+    await this.allocationReader.close();
   }
 
   // --- objects ---
@@ -289,58 +283,11 @@ export class ThinPool implements Pool {
     return (info?.openCount ?? 0) > 0;
   }
 
-  /**
-   * Provisioned and unprovisioned blocks of `name` (unprovisioned ones read
-   * as zeros: block zeroing is on), from a metadata snapshot: the pool holds
-   * one (`reserve_metadata_snap`), its mapping tree is read from the metadata
-   * device, and it is released. Every write completed before the call is in
-   * the snapshot (the message commits first). When the pool cannot give a
-   * snapshot (another holder: thin_dump --metadata-snap, an operator's
-   * reservation) or its metadata does not check out, the whole range is
-   * answered allocated: true, only not sparse.
-   */
+  /** See AllocationReader.allocation. */
   async allocation(name: string, offset: number, length: number): Promise<AllocationExtent[]> {
     const device = this.devices.record(name);
     if (!device) throw systemError('ENOENT', 'allocation', this.objectPath(name));
-    const end = Math.min(offset + length, device.sizeBytes);
-    if (end <= offset) return [{ length, allocated: true }];
-    const firstBlock = Math.floor(offset / this.blockBytes);
-    const endBlock = Math.ceil(end / this.blockBytes);
-    let runs: MappedRun[] | undefined;
-    try {
-      runs = await this.withMetadataSnapshot((read, root) => mappedRuns(read, root, device.thinId, firstBlock, endBlock));
-    } catch (error) {
-      if (!(error instanceof ThinMetadataError)) throw error;
-      // Not an answer to guess at: the range is reported allocated, and the operator told.
-      this.options.warn?.({ pool: this.name, volume: name, fault: error.fault, error: error.message }, 'thin metadata did not check out; block status answers "allocated"');
-    }
-    if (!runs) return [{ length: end - offset, allocated: true }];
-    return allocationExtents(runs, offset, end, this.blockBytes);
-  }
-
-  /** Runs `walk` over a held metadata snapshot; undefined when the pool already holds one (EBUSY). */
-  private withMetadataSnapshot<T>(walk: (read: (block: number) => Promise<Buffer>, dataMappingRoot: number) => Promise<T>): Promise<T | undefined> {
-    const turn = this.snapshotTurn.then(async () => {
-      try {
-        await this.target.message(thinPoolMessage.reserveMetadataSnap);
-      } catch (error) {
-        if (isSystemError(error, 'EBUSY')) return undefined;
-        throw error;
-      }
-      try {
-        const status = await this.target.status();
-        const held = status.state === 'working' ? status.heldMetadataRoot : undefined;
-        if (held === undefined) throw new ThinPoolError(`thin-pool ${this.poolDmName} reports no held metadata root after reserve_metadata_snap`);
-        this.metadataReader ??= await open(this.target.metadata!.node, fsConstants.O_RDONLY | fsConstants.O_DIRECT);
-        const reader = this.metadataReader;
-        const read = async (block: number): Promise<Buffer> => native.preadAligned(reader.fd, block * METADATA_BLOCK_BYTES, METADATA_BLOCK_BYTES, this.target.metadata!.node);
-        return await walk(read, decodeSuperblock(await read(held), held).dataMappingRoot);
-      } finally {
-        await this.target.message(thinPoolMessage.releaseMetadataSnap);
-      }
-    });
-    this.snapshotTurn = turn.catch(() => undefined);
-    return turn;
+    return this.allocationReader.allocation(device, offset, length);
   }
 
   async stat(name: string): Promise<ObjectInfo | undefined> {
@@ -375,29 +322,6 @@ export class ThinPool implements Pool {
   private checkSize(sizeBytes: number): void {
     if (!Number.isSafeInteger(sizeBytes) || sizeBytes <= 0 || sizeBytes % this.blockBytes !== 0) throw new UnalignedSizeError(this.name, sizeBytes, this.blockBytes);
   }
-}
-
-/** Mapped runs of blocks as byte extents covering [offset, end) exactly. */
-export function allocationExtents(runs: MappedRun[], offset: number, end: number, blockBytes: number): AllocationExtent[] {
-  const extents: AllocationExtent[] = [];
-  let cursor = offset;
-  /** Extends the answer from `cursor` to `to`. */
-  const push = (to: number, allocated: boolean): void => {
-    if (to <= cursor) return;
-    const last = extents[extents.length - 1];
-    if (last && last.allocated === allocated) last.length += to - cursor;
-    else extents.push({ length: to - cursor, allocated });
-    cursor = to;
-  };
-  for (const run of runs) {
-    const runStart = Math.min(Math.max(run.block * blockBytes, offset), end);
-    const runEnd = Math.min((run.block + run.count) * blockBytes, end);
-    if (runEnd <= cursor) continue;
-    push(runStart, false);
-    push(runEnd, true);
-  }
-  push(end, false);
-  return extents;
 }
 
 function roundUp(value: number, unit: number): number {

@@ -4,6 +4,23 @@
 // the catalog (ledger.ts), and while the agent knows it, it is active as the
 // device-mapper device `volagent-<pool>-<thin id>` with a node of its own at
 // `<device dir>/<pool>/<name>` (made by the agent: no udev needed).
+//
+// ThinPool is the backend's Pool: it checks and runs the object operations
+// and composes the rooms that do the rest:
+//   pool-target.ts      the thin-pool device: its data and metadata devices,
+//                       format, activation, its status line and messages;
+//   thin-devices.ts     the objects' thin devices: names, nodes, activation,
+//                       temporaries;
+//   mapping-changes.ts  what the ledger records before the kernel sees it
+//                       (create_thin, create_snap, delete, table changes), in
+//                       order, and the settling of a pending change at open;
+//   pool-health.ts      capacity, health, the low-water warning, the refusal
+//                       of new objects when full;
+//   allocation.ts       which blocks hold data, from a held metadata snapshot.
+// Beneath them: dm-thin.ts (the kernel's tables, messages and status lines),
+// dm-devices.ts (the agent's device-mapper names), thin-metadata.ts (the
+// metadata's mapping tree), ledger.ts (what the catalog keeps) and
+// block-device.ts (the backing devices).
 import { constants as fsConstants } from 'node:fs';
 import { open } from 'node:fs/promises';
 
@@ -68,7 +85,7 @@ export class ThinPool implements Pool {
     this.allocationReader = new AllocationReader(this.target, options);
   }
 
-  // --- open and recovery ---
+  // --- open and close ---
 
   /**
    * Resolves the two devices (binding files to loop devices), formats the

@@ -7,12 +7,13 @@
 //           tenant, names the owner of what it creates, and uses any tenant's
 //           volume, snapshot or image as a source. With a scope, an object
 //           that is not the scope's (or a public image, for reads of images)
-//           is absent (404): a cheap ownership check.
+//           is absent (its kind's _NOT_FOUND): a cheap ownership check.
 //   tenant  bound to one tenant by its allow rule: sees and changes only that
 //           tenant's objects, reads and clones public images; naming another
-//           tenant (body or query) is 403, another tenant's object is 404.
+//           tenant (body or query) is TENANT_FORBIDDEN, another tenant's
+//           object is absent.
 //   reader  reads the metadata of everything; image data of public images only.
-import { ApiError } from '../api/errors.js';
+import { DomainError } from './errors.js';
 
 export type Principal =
   | { role: 'admin' }
@@ -75,7 +76,7 @@ export class Access {
    */
   checkImageData(image: Shared & { id: string }): void {
     if (this.principal.role === 'reader' && image.visibility !== 'public') {
-      throw new ApiError('FORBIDDEN', `image ${image.id} is private: a reader reads the data of public images only`, { image: image.id, role: 'reader' });
+      throw new DomainError('FORBIDDEN', `image ${image.id} is private: a reader reads the data of public images only`, { image: image.id, role: 'reader' });
     }
   }
 
@@ -98,14 +99,14 @@ export class Access {
       if (named !== undefined && named !== this.principal.tenant) throw forbiddenTenant(this.principal.tenant, named, field);
       return this.principal.tenant;
     }
-    if (named === undefined) throw new ApiError('BAD_REQUEST', `${field} is required`, { field });
+    if (named === undefined) throw new DomainError('BAD_REQUEST', `${field} is required`, { field });
     return named;
   }
 
   /** Acting as the internal tenant (internal Image-Volumes, cache entries) is the admin's alone. */
   checkInternal(what: string): void {
     if (this.principal.role !== 'admin') {
-      throw new ApiError('TENANT_FORBIDDEN', `${what} puts it in the internal tenant (${this.internalTenant}): only an admin acts as the internal tenant`, {
+      throw new DomainError('TENANT_FORBIDDEN', `${what} puts it in the internal tenant (${this.internalTenant}): only an admin acts as the internal tenant`, {
         role: this.principal.role, tenant: this.internalTenant,
       });
     }
@@ -114,25 +115,25 @@ export class Access {
   /** Routes that change who owns what (a volume transfer) are the admin's alone: FORBIDDEN to anyone else. */
   checkAdmin(route: string): void {
     if (this.principal.role !== 'admin') {
-      throw new ApiError('FORBIDDEN', `${route} is the admin's alone`, { role: this.principal.role, route });
+      throw new DomainError('FORBIDDEN', `${route} is the admin's alone`, { role: this.principal.role, route });
     }
   }
 
   /** A tenant that may be given an object by a transfer: not the internal one (TENANT_FORBIDDEN). */
   checkTransferTarget(tenant: string): void {
     if (tenant === this.internalTenant) {
-      throw new ApiError('TENANT_FORBIDDEN', `a volume is not transferred to the internal tenant (${this.internalTenant})`, { tenant, named: tenant, field: 'tenant' });
+      throw new DomainError('TENANT_FORBIDDEN', `a volume is not transferred to the internal tenant (${this.internalTenant})`, { tenant, named: tenant, field: 'tenant' });
     }
   }
 
   /** The agent-wide routes (check, repair, metrics) are not a tenant's. */
   checkAgentWide(route: string): void {
     if (this.principal.role === 'tenant') {
-      throw new ApiError('FORBIDDEN', `${route} is about the whole agent: a tenant-bound peer may not use it`, { role: 'tenant', route });
+      throw new DomainError('FORBIDDEN', `${route} is about the whole agent: a tenant-bound peer may not use it`, { role: 'tenant', route });
     }
   }
 }
 
-function forbiddenTenant(bound: string, named: string, field: string): ApiError {
-  return new ApiError('TENANT_FORBIDDEN', `this peer is bound to tenant ${bound}; it may not name tenant ${named}`, { tenant: bound, named, field });
+function forbiddenTenant(bound: string, named: string, field: string): DomainError {
+  return new DomainError('TENANT_FORBIDDEN', `this peer is bound to tenant ${bound}; it may not name tenant ${named}`, { tenant: bound, named, field });
 }

@@ -10,7 +10,6 @@
 // copy VOLUME_IN_USE, and is refused (VOLUME_BUSY) while a copy runs.
 import { randomBytes } from 'node:crypto';
 
-import { ApiError } from '../api/errors.js';
 import type { Catalog, ExportProtocol, ExportRow } from '../catalog/catalog.js';
 import type { CatalogWrites } from '../catalog/writes.js';
 import type { ListenAddress } from '../exports/nbd/listen-address.js';
@@ -23,7 +22,8 @@ import { WriteDrainTimeoutError, WriteGate } from '../exports/nbd/write-gate.js'
 import { attachLoop, boundLoopDevices, detachLoop, loopBackingFile } from '../devices/loop-device.js';
 import type { Pool } from '../pools/pool.js';
 import type { Access } from './access.js';
-import { toApiError } from './faults.js';
+import { DomainError } from './errors.js';
+import { toDomainError } from './faults.js';
 import type { LockTable } from './locks.js';
 import type { Difference } from './reconcile.js';
 
@@ -119,7 +119,7 @@ export class Exports {
   checkWritesHoldable(volumeId: string): void {
     const unheld = this.catalog.exportsOfVolume(volumeId).filter((row) => row.protocol === 'block' && !row.readOnly);
     if (unheld.length === 0) return;
-    throw new ApiError('VOLUME_IN_USE', `volume ${volumeId} has a writable block export (${unheld.map((row) => row.device ?? row.id).join(', ')}) whose writes the agent cannot hold, so a copy of it would not be one point in time; remove the export or export the volume read-only`, {
+    throw new DomainError('VOLUME_IN_USE', `volume ${volumeId} has a writable block export (${unheld.map((row) => row.device ?? row.id).join(', ')}) whose writes the agent cannot hold, so a copy of it would not be one point in time; remove the export or export the volume read-only`, {
       volume: volumeId, exports: unheld.map((row) => row.id),
     });
   }
@@ -159,9 +159,9 @@ export class Exports {
     } catch (error) {
       release();
       if (error instanceof WriteDrainTimeoutError) {
-        throw new ApiError('VOLUME_BUSY', `volume ${volumeId}: ${error.message}, so its writes could not be held for a copy`, { volume: volumeId, inFlight: error.inFlight, waitedMs: error.waitedMs });
+        throw new DomainError('VOLUME_BUSY', `volume ${volumeId}: ${error.message}, so its writes could not be held for a copy`, { volume: volumeId, inFlight: error.inFlight, waitedMs: error.waitedMs });
       }
-      throw toApiError(error, { volume: volumeId });
+      throw toDomainError(error, { volume: volumeId });
     }
   }
 
@@ -184,24 +184,24 @@ export class Exports {
 
   async create(request: ExportRequest, access: Access): Promise<ExportView> {
     const volume = this.catalog.getVolume(request.volumeId);
-    if (!volume || !access.sees(volume)) throw new ApiError('VOLUME_NOT_FOUND', `volume ${request.volumeId} does not exist`, { volume: request.volumeId });
-    if (volume.state !== 'available') throw new ApiError('VOLUME_BUSY', `volume ${volume.id} is ${volume.state}`, { volume: volume.id, state: volume.state });
+    if (!volume || !access.sees(volume)) throw new DomainError('VOLUME_NOT_FOUND', `volume ${request.volumeId} does not exist`, { volume: request.volumeId });
+    if (volume.state !== 'available') throw new DomainError('VOLUME_BUSY', `volume ${volume.id} is ${volume.state}`, { volume: volume.id, state: volume.state });
     if (!request.readOnly && (volume.readOnly || volume.kind === 'image')) {
-      throw new ApiError('VOLUME_READ_ONLY', `volume ${volume.id} is ${volume.kind === 'image' ? 'an Image-Volume' : 'read-only'}: it is only exported read-only`, { volume: volume.id });
+      throw new DomainError('VOLUME_READ_ONLY', `volume ${volume.id} is ${volume.kind === 'image' ? 'an Image-Volume' : 'read-only'}: it is only exported read-only`, { volume: volume.id });
     }
     // Shared, not waited for: a delete or resize holding the volume makes the export VOLUME_BUSY.
-    const release = await this.locks.acquire(volume.id, 'shared', `export ${volume.id}`, 0).catch((error: unknown) => { throw toApiError(error, { volume: volume.id }); });
+    const release = await this.locks.acquire(volume.id, 'shared', `export ${volume.id}`, 0).catch((error: unknown) => { throw toDomainError(error, { volume: volume.id }); });
     try {
       const id = newExportId();
       if (!(await this.writes.insertExportCreating({ id, volumeId: volume.id, protocol: request.protocol, readOnly: request.readOnly, directIo: request.directIo === true }))) {
-        throw new ApiError('VOLUME_BUSY', `volume ${volume.id} changed state`, { volume: volume.id });
+        throw new DomainError('VOLUME_BUSY', `volume ${volume.id} changed state`, { volume: volume.id });
       }
       const pool = this.pool(volume.pool);
       let made: { target?: ExportTarget; device?: string } = {};
       try {
         // Checked after the row is in: a hold that starts later sees the row (writersNotHeld).
         if (request.protocol === 'block' && !request.readOnly && this.holds.has(volume.id)) {
-          throw new ApiError('VOLUME_BUSY', `volume ${volume.id} is being copied: a writable block export, whose writes the agent cannot hold, waits until the copy has ended`, { volume: volume.id });
+          throw new DomainError('VOLUME_BUSY', `volume ${volume.id} is being copied: a writable block export, whose writes the agent cannot hold, waits until the copy has ended`, { volume: volume.id });
         }
         this.checkSharedNode(pool, volume.id, id, request.readOnly);
         made = await this.make(pool, volume.id, request, undefined, volume.readOnly);
@@ -211,7 +211,7 @@ export class Exports {
         await made.target?.close().catch(() => undefined);
         if (made.device) await this.releaseDevice(pool, volume.id, made.device, { readOnly: request.readOnly, exportId: id }).catch(() => undefined);
         await this.writes.removeExport(id);
-        throw toApiError(error, { volume: volume.id });
+        throw toDomainError(error, { volume: volume.id });
       }
       const row = this.catalog.getExport(id)!;
       this.track(row, made.target);
@@ -334,8 +334,8 @@ export class Exports {
     return volume !== undefined ? access.sees(volume) : access.scope === undefined;
   }
 
-  private notFound(id: string): ApiError {
-    return new ApiError('EXPORT_NOT_FOUND', `no export ${id}`, { export: id });
+  private notFound(id: string): DomainError {
+    return new DomainError('EXPORT_NOT_FOUND', `no export ${id}`, { export: id });
   }
 
   /** Makes an available export again: the NBD target reopened, the loop device found bound to its file or attached again. */
@@ -390,7 +390,7 @@ export class Exports {
     const others = this.catalog.exportsOfVolume(volumeId).filter((row) => row.id !== exportId);
     const conflicting = readOnly ? others.filter((row) => !row.readOnly) : others.filter((row) => row.readOnly && row.protocol === 'block');
     if (conflicting.length === 0 || (readOnly && this.catalog.getVolume(volumeId)?.readOnly)) return;
-    throw new ApiError('VOLUME_IN_USE', readOnly
+    throw new DomainError('VOLUME_IN_USE', readOnly
       ? `volume ${volumeId} has writable exports (${conflicting.map((row) => row.id).join(', ')}): a read-only block export makes its device read-only for every user, so it waits until they are gone`
       : `volume ${volumeId} has a read-only block export (${conflicting.map((row) => row.id).join(', ')}) that keeps its device read-only: a writable export waits until it is gone`, {
       volume: volumeId, exports: conflicting.map((row) => row.id),
@@ -443,7 +443,7 @@ export class Exports {
 
   private pool(name: string): Pool {
     const pool = this.pools.get(name);
-    if (!pool) throw new ApiError('POOL_NOT_FOUND', `pool ${name} is not configured`, { pool: name });
+    if (!pool) throw new DomainError('POOL_NOT_FOUND', `pool ${name} is not configured`, { pool: name });
     return pool;
   }
 

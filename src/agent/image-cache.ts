@@ -8,14 +8,14 @@
 // busy past `lock_wait_ms`, the upload still succeeds: the image is kept as a
 // plain image, not an entry (`cached: false`, `notCached` in the answer,
 // `volagent_image_cache_not_cached_total`). Only an image larger than
-// max_bytes is refused (IMAGE_CACHE_FULL, 507). Entry size is the
+// max_bytes is refused (IMAGE_CACHE_FULL). Entry size is the
 // Image-Volume's size. Admissions of one pool are serialized so two uploads
 // cannot both take the last room.
-import { ApiError } from '../api/errors.js';
 import type { Catalog, ImageRow } from '../catalog/catalog.js';
 import type { CatalogWrites } from '../catalog/writes.js';
 import type { ImageCacheConfig } from '../pools/pool-config.js';
-import { toApiError } from './faults.js';
+import { DomainError } from './errors.js';
+import { toDomainError } from './faults.js';
 import type { LockTable, Release } from './locks.js';
 import { LockBusyError } from './locks.js';
 
@@ -67,7 +67,7 @@ export class ImageCache {
   /** The pool's limits; UNSUPPORTED_FOR_POOL when it has no cache. */
   limitsOf(pool: string): ImageCacheConfig {
     const limits = this.limits.get(pool);
-    if (!limits) throw new ApiError('UNSUPPORTED_FOR_POOL', `pool ${pool} has no image cache (image_cache in its configuration)`, { pool });
+    if (!limits) throw new DomainError('UNSUPPORTED_FOR_POOL', `pool ${pool} has no image cache (image_cache in its configuration)`, { pool });
     return limits;
   }
 
@@ -78,9 +78,9 @@ export class ImageCache {
   }
 
   /** IMAGE_CACHE_FULL for an image over max_bytes (its size unknown when a chunked upload passed the limit). */
-  tooLarge(pool: string, sizeBytes: number | undefined): ApiError {
+  tooLarge(pool: string, sizeBytes: number | undefined): DomainError {
     const { maxBytes } = this.limitsOf(pool);
-    return new ApiError('IMAGE_CACHE_FULL', `the image${sizeBytes !== undefined ? ` (${sizeBytes} bytes)` : ''} is larger than pool ${pool}'s image cache (max_bytes ${maxBytes})`, {
+    return new DomainError('IMAGE_CACHE_FULL', `the image${sizeBytes !== undefined ? ` (${sizeBytes} bytes)` : ''} is larger than pool ${pool}'s image cache (max_bytes ${maxBytes})`, {
       pool, maxBytes, ...(sizeBytes !== undefined ? { sizeBytes } : {}),
     });
   }
@@ -98,7 +98,7 @@ export class ImageCache {
     try {
       release = await this.locks.acquire(`image-cache/${pool}`, 'exclusive', 'admit a cache entry', this.lockWaitMs);
     } catch (error) {
-      if (!(error instanceof LockBusyError)) throw toApiError(error);
+      if (!(error instanceof LockBusyError)) throw toDomainError(error);
       return this.keepUncached(pool, commit, `pool ${pool}'s image cache was busy admitting another entry for ${this.lockWaitMs} ms`);
     }
     const holds: Release[] = [];

@@ -20,13 +20,13 @@ import { randomUUID } from 'node:crypto';
 import type { FileHandle } from 'node:fs/promises';
 import { open } from 'node:fs/promises';
 
-import { ApiError } from '../api/errors.js';
 import type { Catalog, ImageMode, ImageRow, ImageVisibility } from '../catalog/catalog.js';
 import type { CatalogWrites } from '../catalog/writes.js';
 import { isSystemError } from '../native/system-error.js';
 import type { Access } from './access.js';
 import type { ImageCacheConfig } from '../pools/pool-config.js';
-import { toApiError } from './faults.js';
+import { DomainError } from './errors.js';
+import { toDomainError } from './faults.js';
 import type { Admission, ImageCacheView } from './image-cache.js';
 import { ImageCache } from './image-cache.js';
 import type { LockTable, Release } from './locks.js';
@@ -35,7 +35,7 @@ import type { PutOutcome, Volumes } from './volumes.js';
 
 /** What a pool's configuration says about images in it. */
 export interface PoolImagePolicy {
-  /** Largest upload accepted (`max_image_bytes`); larger is 413. */
+  /** Largest upload accepted (`max_image_bytes`); larger is PAYLOAD_TOO_LARGE. */
   maxImageBytes?: number;
   imageCache?: ImageCacheConfig;
 }
@@ -58,7 +58,11 @@ export interface UploadImageRequest {
   cache: boolean;
   /** Declared length (Content-Length); undefined when chunked. */
   contentLength?: number;
-  /** The bytes; called once the request passed every check that needs no byte. */
+  /**
+   * The bytes; called once the request passed every check that needs no
+   * byte. Bytes that stop before their end throw UPLOAD_INCOMPLETE (a
+   * DomainError, passed through as it is).
+   */
   data: () => AsyncIterable<Uint8Array>;
 }
 
@@ -168,15 +172,15 @@ export class Images {
       const existing = this.catalog.getImage(request.id);
       if (existing) return await this.repeatRegistration(existing, requestKey, request.wait ?? false);
       const volume = this.catalog.getVolume(request.volume);
-      if (!volume || !access.usesSource(volume)) throw new ApiError('VOLUME_NOT_FOUND', `volume ${request.volume} does not exist`, { volume: request.volume });
+      if (!volume || !access.usesSource(volume)) throw new DomainError('VOLUME_NOT_FOUND', `volume ${request.volume} does not exist`, { volume: request.volume });
       const imageOfVolume = this.catalog.imageOfVolume(volume.id);
       if (volume.kind === 'image' || imageOfVolume) {
-        throw new ApiError('VOLUME_IS_IMAGE', `volume ${volume.id} is already an Image-Volume${imageOfVolume ? ` (image ${imageOfVolume.id})` : ''}`, {
+        throw new DomainError('VOLUME_IS_IMAGE', `volume ${volume.id} is already an Image-Volume${imageOfVolume ? ` (image ${imageOfVolume.id})` : ''}`, {
           volume: volume.id, ...(imageOfVolume ? { image: imageOfVolume.id } : {}),
         });
       }
       if (volume.state !== 'available') {
-        throw new ApiError('VOLUME_BUSY', `volume ${volume.id} is ${volume.state}`, { volume: volume.id, state: volume.state });
+        throw new DomainError('VOLUME_BUSY', `volume ${volume.id} is ${volume.state}`, { volume: volume.id, state: volume.state });
       }
       if (request.mode === 'adopt') this.volumes.checkNoWriters(volume.id); // again under the volume's lock, in adoptAsImageVolume
       const imageVolumeId = request.mode === 'adopt' ? volume.id : `iv-${randomUUID()}`;
@@ -199,7 +203,7 @@ export class Images {
         }
       } catch (error) {
         await this.rollBack(intent.row);
-        throw toApiError(error, { image: request.id });
+        throw toDomainError(error, { image: request.id });
       }
       return { status: 'created', view: this.view(this.imageRow(request.id)) };
     } finally {
@@ -254,7 +258,7 @@ export class Images {
       else await makeAvailable();
     } catch (error) {
       await this.rollBack(intent.row);
-      throw toApiError(error, { image: request.id });
+      throw toDomainError(error, { image: request.id });
     }
     return { ...this.view(this.imageRow(request.id)), ...(admission?.cached === false ? { notCached: admission.reason } : {}) };
   }
@@ -269,7 +273,7 @@ export class Images {
     try {
       const current = this.readableImage(id, access); // it may have changed while we waited
       const volume = this.catalog.getVolume(current.volumeId);
-      if (!volume || volume.state !== 'available') throw new ApiError('VOLUME_BUSY', `image ${id} is not readable now`, { image: id });
+      if (!volume || volume.state !== 'available') throw new DomainError('VOLUME_BUSY', `image ${id} is not readable now`, { image: id });
       const pool = this.volumes.pool(volume.pool);
       const handle = await open(pool.objectPath(volume.id), 'r');
       // The pool's size, not fstat's: a block device (thin) has st_size 0.
@@ -288,7 +292,7 @@ export class Images {
       };
     } catch (error) {
       release();
-      throw toApiError(error, { image: id });
+      throw toDomainError(error, { image: id });
     }
   }
 
@@ -304,11 +308,11 @@ export class Images {
       if (!row) return;
       // A public image of another tenant is seen, not owned: absent to this caller's delete.
       if (!access.sees(row)) throw this.notFound(id);
-      if (row.state === 'creating') throw new ApiError('VOLUME_BUSY', `image ${id} is being registered`, { image: id });
+      if (row.state === 'creating') throw new DomainError('VOLUME_BUSY', `image ${id} is being registered`, { image: id });
       // An exported Image-Volume would block the background removal: refused before anything changes.
       const exports = this.catalog.exportsOfVolume(row.volumeId);
       if (row.state !== 'deleting' && exports.length > 0) {
-        throw new ApiError('VOLUME_BUSY', `image ${id}: its Image-Volume ${row.volumeId} is exported; unexport it first`, {
+        throw new DomainError('VOLUME_BUSY', `image ${id}: its Image-Volume ${row.volumeId} is exported; unexport it first`, {
           image: id, volume: row.volumeId, exports: exports.map((e) => e.id),
         });
       }
@@ -350,7 +354,7 @@ export class Images {
     if (!wait && operation) return { status: 'started', view, operation };
     await registering;
     const settled = this.catalog.getImage(row.id);
-    if (!settled) throw new ApiError('IMAGE_NOT_FOUND', `the registration of image ${row.id} failed; it was rolled back`, { image: row.id });
+    if (!settled) throw new DomainError('IMAGE_NOT_FOUND', `the registration of image ${row.id} failed; it was rolled back`, { image: row.id });
     return { status: 'exists', view: this.view(settled) };
   }
 
@@ -394,16 +398,16 @@ export class Images {
     return this.view(row);
   }
 
-  private exists(id: string): ApiError {
-    return new ApiError('IMAGE_EXISTS', `image ${id} exists with a different definition (an upload never replaces an image)`, { image: id });
+  private exists(id: string): DomainError {
+    return new DomainError('IMAGE_EXISTS', `image ${id} exists with a different definition (an upload never replaces an image)`, { image: id });
   }
 
-  private empty(): ApiError {
-    return new ApiError('INVALID_SIZE', 'an image needs at least one byte', { field: 'Content-Length' });
+  private empty(): DomainError {
+    return new DomainError('INVALID_SIZE', 'an image needs at least one byte', { field: 'Content-Length' });
   }
 
-  private tooLarge(pool: string, limitBytes: number, contentLength: number | undefined): ApiError {
-    return new ApiError('PAYLOAD_TOO_LARGE', `images in pool ${pool} are at most ${limitBytes} bytes (max_image_bytes)`, {
+  private tooLarge(pool: string, limitBytes: number, contentLength: number | undefined): DomainError {
+    return new DomainError('PAYLOAD_TOO_LARGE', `images in pool ${pool} are at most ${limitBytes} bytes (max_image_bytes)`, {
       pool, limitBytes, ...(contentLength !== undefined ? { contentLength } : {}),
     });
   }
@@ -413,7 +417,7 @@ export class Images {
     const row = this.imageRow(id, access);
     if (row.state === 'deleting') throw this.notFound(id);
     access.checkImageData(row);
-    if (row.state !== 'available') throw new ApiError('VOLUME_BUSY', `image ${id} is ${row.state}`, { image: id, state: row.state });
+    if (row.state !== 'available') throw new DomainError('VOLUME_BUSY', `image ${id} is ${row.state}`, { image: id, state: row.state });
     return row;
   }
 
@@ -424,15 +428,15 @@ export class Images {
     return row;
   }
 
-  private notFound(id: string): ApiError {
-    return new ApiError('IMAGE_NOT_FOUND', `image ${id} does not exist`, { image: id });
+  private notFound(id: string): DomainError {
+    return new DomainError('IMAGE_NOT_FOUND', `image ${id} does not exist`, { image: id });
   }
 
   private async lock(key: string, mode: 'shared' | 'exclusive', holder: string): Promise<() => void> {
     try {
       return await this.locks.acquire(key, mode, holder, this.lockWaitMs);
     } catch (error) {
-      throw toApiError(error);
+      throw toDomainError(error);
     }
   }
 

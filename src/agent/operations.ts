@@ -8,10 +8,10 @@
 // mid-way would tell nobody anything.
 import { randomUUID } from 'node:crypto';
 
-import { ApiError } from '../api/errors.js';
 import type { Catalog, OperationRow, OperationState } from '../catalog/catalog.js';
 import type { CatalogWrites } from '../catalog/writes.js';
 import type { Access } from './access.js';
+import { DomainError } from './errors.js';
 
 export interface OperationView {
   id: string;
@@ -42,7 +42,7 @@ interface LiveOperation {
 
 /** Why a task stopped, as the operation's error. */
 export function faultOf(error: unknown): { code: string; message: string } {
-  if (error instanceof ApiError) return { code: error.code, message: error.message };
+  if (error instanceof DomainError) return { code: error.code, message: error.message };
   return { code: 'INTERNAL', message: (error as Error)?.message ?? String(error) };
 }
 
@@ -125,7 +125,7 @@ export class Operations {
     if (!this.get(id, access)) return undefined;
     const entry = this.live.get(id);
     if (entry) {
-      entry.controller.abort(new ApiError('OPERATION_CANCELLED', reason, { operation: id }));
+      entry.controller.abort(new DomainError('OPERATION_CANCELLED', reason, { operation: id }));
       await entry.ended;
     }
     return this.get(id);

@@ -8,7 +8,6 @@
 // pool (Pool.populate). Failures of the peer or of the way to it are
 // REMOTE_FAILED (502), an export that is not the one named REMOTE_MISMATCH
 // (409); failures of this host's pool keep their own codes.
-import { ApiError } from '../api/errors.js';
 import { isAbortError } from '../common/abort.js';
 import type { ObjectSink } from '../pools/pool.js';
 import type { NbdClientTls } from '../remote/nbd-client.js';
@@ -18,6 +17,7 @@ import type { NbdUri } from '../remote/nbd-uri.js';
 import { formatNbdUri, parseNbdUri } from '../remote/nbd-uri.js';
 import type { PullResult } from '../remote/pull.js';
 import { pullExtents } from '../remote/pull.js';
+import { DomainError } from './errors.js';
 
 /** A volume of another host, as the control plane names it. */
 export interface RemoteSource {
@@ -54,12 +54,12 @@ export interface OpenedRemote {
   close(): Promise<void>;
 }
 
-function remoteFailed(uri: string, error: unknown): ApiError {
+function remoteFailed(uri: string, error: unknown): DomainError {
   const code = (error as { code?: unknown }).code;
   const message = error instanceof Error ? error.message : String(error);
   // The client's own messages name the URI already.
   const said = message.startsWith(`${uri}: `) ? message.slice(uri.length + 2) : message;
-  return new ApiError('REMOTE_FAILED', `the source export ${uri}: ${said}; nothing was kept`, {
+  return new DomainError('REMOTE_FAILED', `the source export ${uri}: ${said}; nothing was kept`, {
     uri, ...(typeof code === 'string' ? { cause: code } : {}),
   });
 }
@@ -73,17 +73,17 @@ export class RemoteSources {
     try {
       uri = parseNbdUri(source.uri);
     } catch (error) {
-      throw new ApiError('BAD_REQUEST', `source.remote.uri: ${(error as Error).message}`, { field: 'source.remote.uri' });
+      throw new DomainError('BAD_REQUEST', `source.remote.uri: ${(error as Error).message}`, { field: 'source.remote.uri' });
     }
     if (uri.tls && !this.options.tls) {
-      throw new ApiError('BAD_REQUEST', 'source.remote.uri is nbds:// but this agent has no [nbd] tls credentials to present', { field: 'source.remote.uri' });
+      throw new DomainError('BAD_REQUEST', 'source.remote.uri is nbds:// but this agent has no [nbd] tls credentials to present', { field: 'source.remote.uri' });
     }
     if (!uri.tls && uri.transport === 'tcp' && !this.options.plaintextTcp) {
-      throw new ApiError('BAD_REQUEST', 'source.remote.uri is nbd:// over TCP: a peer is read over TLS (nbds://) unless [nbd] plaintext_tcp = true', { field: 'source.remote.uri' });
+      throw new DomainError('BAD_REQUEST', 'source.remote.uri is nbd:// over TCP: a peer is read over TLS (nbds://) unless [nbd] plaintext_tcp = true', { field: 'source.remote.uri' });
     }
     const authority = /^[a-z+]+:\/\/([^/?#]*)/.exec(source.uri)?.[1] ?? '';
     if (authority.includes('@') || /[?&]tls-/.test(source.uri)) {
-      throw new ApiError('BAD_REQUEST', 'source.remote.uri carries credentials or TLS settings: this agent uses its own [nbd] tls', { field: 'source.remote.uri' });
+      throw new DomainError('BAD_REQUEST', 'source.remote.uri carries credentials or TLS settings: this agent uses its own [nbd] tls', { field: 'source.remote.uri' });
     }
     return uri;
   }
@@ -102,20 +102,20 @@ export class RemoteSources {
     } catch (error) {
       if (isAbortError(error)) throw error;
       if (error instanceof NbdExportNotFoundError) {
-        throw new ApiError('REMOTE_MISMATCH', `the source export ${label} does not exist (removed, or never made); nothing was kept`, { uri: label });
+        throw new DomainError('REMOTE_MISMATCH', `the source export ${label} does not exist (removed, or never made); nothing was kept`, { uri: label });
       }
       throw remoteFailed(label, error);
     }
     try {
       if (client.sizeBytes !== source.sizeBytes) {
-        throw new ApiError('REMOTE_MISMATCH', `the source export ${label} is ${client.sizeBytes} bytes, not the ${source.sizeBytes} named; nothing was kept`, {
+        throw new DomainError('REMOTE_MISMATCH', `the source export ${label} is ${client.sizeBytes} bytes, not the ${source.sizeBytes} named; nothing was kept`, {
           uri: label, sizeBytes: client.sizeBytes, expectedSizeBytes: source.sizeBytes,
         });
       }
       if (source.volume !== undefined) {
         const served = PEER_DESCRIPTION.exec(client.description ?? '')?.[1];
         if (served !== source.volume) {
-          throw new ApiError('REMOTE_MISMATCH', `the source export ${label} serves ${served === undefined ? 'no volagent volume' : `volume ${served}`}, not ${source.volume}; nothing was kept`, {
+          throw new DomainError('REMOTE_MISMATCH', `the source export ${label} serves ${served === undefined ? 'no volagent volume' : `volume ${served}`}, not ${source.volume}; nothing was kept`, {
             uri: label, volume: served ?? null, expectedVolume: source.volume,
           });
         }

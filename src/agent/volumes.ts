@@ -10,7 +10,6 @@
 // Such a copy of a volume is the volume at one instant: the writes the agent
 // serves (NBD) are held for exactly the pool's copy, and a volume written
 // past the agent (a writable block export) is refused (copyWrites).
-import { ApiError } from '../api/errors.js';
 import type { Catalog, SnapshotRow, SourceKind, VolumeKind, VolumeRow } from '../catalog/catalog.js';
 import type { CatalogWrites } from '../catalog/writes.js';
 import type { ObjectState } from '../catalog/volume-state.js';
@@ -18,7 +17,8 @@ import type { CloneOutcome, Pool, ReceiveOutcome } from '../pools/pool.js';
 import { systemError } from '../native/system-error.js';
 import { failpoint, failpointAsync } from '../common/failpoints.js';
 import type { Access } from './access.js';
-import { toApiError } from './faults.js';
+import { DomainError } from './errors.js';
+import { toDomainError } from './faults.js';
 import { snapshotObject } from './ids.js';
 import type { LockTable, Release } from './locks.js';
 import type { OperationView, Operations, TaskContext } from './operations.js';
@@ -169,18 +169,18 @@ export class Volumes {
     const release = await this.lock(id, 'exclusive', `resize ${id}`);
     try {
       const row = this.volumeRow(id);
-      if (row.state !== 'available') throw new ApiError('VOLUME_BUSY', `volume ${id} is ${row.state}`, { volume: id, state: row.state });
-      if (row.readOnly) throw new ApiError('VOLUME_READ_ONLY', `volume ${id} is read-only`, { volume: id });
+      if (row.state !== 'available') throw new DomainError('VOLUME_BUSY', `volume ${id} is ${row.state}`, { volume: id, state: row.state });
+      if (row.readOnly) throw new DomainError('VOLUME_READ_ONLY', `volume ${id} is read-only`, { volume: id });
       if (this.isExported?.(id)) throw this.exported(id);
       if (sizeBytes < row.sizeBytes) {
-        throw new ApiError('SHRINK_NOT_SUPPORTED', `volume ${id} is ${row.sizeBytes} bytes; it can only grow`, { volume: id, sizeBytes: row.sizeBytes });
+        throw new DomainError('SHRINK_NOT_SUPPORTED', `volume ${id} is ${row.sizeBytes} bytes; it can only grow`, { volume: id, sizeBytes: row.sizeBytes });
       }
       if (sizeBytes > row.sizeBytes) {
         this.checkSizeAlignment(this.pool(row.pool), sizeBytes);
         try {
           await this.pool(row.pool).resize(id, sizeBytes);
         } catch (error) {
-          throw toApiError(error, { volume: id });
+          throw toDomainError(error, { volume: id });
         }
         await this.writes.updateVolume(id, { sizeBytes });
       }
@@ -206,7 +206,7 @@ export class Volumes {
       const row = this.volumeRow(id);
       const image = this.catalog.imageOfVolume(id);
       if (image) throw this.isImage(id, image.id);
-      if (row.kind === 'image') throw new ApiError('VOLUME_IS_IMAGE', `volume ${id} is an Image-Volume; it is not transferred`, { volume: id });
+      if (row.kind === 'image') throw new DomainError('VOLUME_IS_IMAGE', `volume ${id} is an Image-Volume; it is not transferred`, { volume: id });
       this.requireAvailable(row);
       if (row.tenant !== tenant && !(await this.writes.updateVolume(id, { tenant }))) this.requireAvailable(this.volumeRow(id));
       return await this.volumeView(this.volumeRow(id));
@@ -229,7 +229,7 @@ export class Volumes {
     this.volumeRow(id, access);
     const image = this.catalog.imageOfVolume(id);
     if (image) throw this.isImage(id, image.id);
-    const snapshotNotFound = (): ApiError => new ApiError('SNAPSHOT_NOT_FOUND', `volume ${id} has no snapshot ${snapshotId}`, { volume: id, snapshot: snapshotId });
+    const snapshotNotFound = (): DomainError => new DomainError('SNAPSHOT_NOT_FOUND', `volume ${id} has no snapshot ${snapshotId}`, { volume: id, snapshot: snapshotId });
     if (!this.catalog.getSnapshot(id, snapshotId)) throw snapshotNotFound();
     const object = snapshotObject(id, snapshotId);
     const release = await this.lock(id, 'exclusive', `revert ${id}`);
@@ -237,19 +237,19 @@ export class Volumes {
       const releaseSnapshot = await this.lock(object, 'shared', `revert ${id}`);
       try {
         const row = this.volumeRow(id);
-        if (row.kind === 'image') throw new ApiError('VOLUME_IS_IMAGE', `volume ${id} is an Image-Volume; it is not reverted`, { volume: id });
+        if (row.kind === 'image') throw new DomainError('VOLUME_IS_IMAGE', `volume ${id} is an Image-Volume; it is not reverted`, { volume: id });
         this.requireAvailable(row);
-        if (row.readOnly) throw new ApiError('VOLUME_READ_ONLY', `volume ${id} is read-only`, { volume: id });
+        if (row.readOnly) throw new DomainError('VOLUME_READ_ONLY', `volume ${id} is read-only`, { volume: id });
         if (this.isExported?.(id)) throw this.exported(id);
         const snapshot = this.catalog.getSnapshot(id, snapshotId);
         if (!snapshot) throw snapshotNotFound();
-        if (snapshot.state !== 'available') throw new ApiError('VOLUME_BUSY', `snapshot ${snapshotId} is ${snapshot.state}`, { snapshot: snapshotId, state: snapshot.state });
+        if (snapshot.state !== 'available') throw new DomainError('VOLUME_BUSY', `snapshot ${snapshotId} is ${snapshot.state}`, { snapshot: snapshotId, state: snapshot.state });
         const pool = this.pool(row.pool);
         if (await pool.inUse?.(id)) throw this.heldOpen(id, { volume: id });
         try {
           await pool.revert(id, object);
         } catch (error) {
-          throw toApiError(error, { volume: id, snapshot: snapshotId });
+          throw toDomainError(error, { volume: id, snapshot: snapshotId });
         }
         return await this.volumeView(this.volumeRow(id));
       } finally {
@@ -307,7 +307,7 @@ export class Volumes {
     const inserted = await this.recordIntent(id, this.writes.insertCreating({
       id, pool: pool.name, tenant, kind: 'image', readOnly: true, sizeBytes: limits.expectedBytes ?? 0, requestKey,
     }));
-    if (!inserted.inserted) throw new ApiError('VOLUME_EXISTS', `volume ${id} exists`, { volume: id });
+    if (!inserted.inserted) throw new DomainError('VOLUME_EXISTS', `volume ${id} exists`, { volume: id });
     let received: ReceiveOutcome | undefined;
     const work = async (): Promise<void> => {
       let published = false;
@@ -360,7 +360,7 @@ export class Volumes {
       if (row.state === 'creating') throw this.busyCreating(id, row.operationId);
       const snapshots = this.catalog.listSnapshots(id);
       if (snapshots.length > 0) {
-        throw new ApiError('VOLUME_HAS_SNAPSHOTS', `volume ${id} has ${snapshots.length} snapshot(s); delete them first`, {
+        throw new DomainError('VOLUME_HAS_SNAPSHOTS', `volume ${id} has ${snapshots.length} snapshot(s); delete them first`, {
           volume: id, snapshots: snapshots.map((s) => s.id),
         });
       }
@@ -372,7 +372,7 @@ export class Volumes {
         await pool.remove(id);
       } catch (error) {
         await this.writes.transitionVolume(id, 'deleting', 'error', { error: (error as Error).message });
-        throw toApiError(error, { volume: id });
+        throw toDomainError(error, { volume: id });
       }
       await this.writes.removeVolume(id);
     } finally {
@@ -390,7 +390,7 @@ export class Volumes {
   async getSnapshot(volumeId: string, id: string, access?: Access): Promise<SnapshotView> {
     const volume = this.volumeRow(volumeId, access);
     const row = this.catalog.getSnapshot(volumeId, id);
-    if (!row) throw new ApiError('SNAPSHOT_NOT_FOUND', `volume ${volumeId} has no snapshot ${id}`, { volume: volumeId, snapshot: id });
+    if (!row) throw new DomainError('SNAPSHOT_NOT_FOUND', `volume ${volumeId} has no snapshot ${id}`, { volume: volumeId, snapshot: id });
     return this.snapshotView(row, volume);
   }
 
@@ -424,7 +424,7 @@ export class Volumes {
           await this.writes.transitionSnapshot(volumeId, id, 'creating', 'available', { cloneMethod: outcome.method });
         } catch (error) {
           await this.writes.discardCreatingSnapshot(volumeId, id);
-          throw toApiError(error, { volume: volumeId, snapshot: id });
+          throw toDomainError(error, { volume: volumeId, snapshot: id });
         }
       };
       const started = this.start(object, volume.sizeBytes, operationId, work, release);
@@ -457,7 +457,7 @@ export class Volumes {
         await pool.remove(object);
       } catch (error) {
         await this.writes.transitionSnapshot(volumeId, id, 'deleting', 'error', { error: (error as Error).message });
-        throw toApiError(error, { volume: volumeId, snapshot: id });
+        throw toDomainError(error, { volume: volumeId, snapshot: id });
       }
       await this.writes.removeSnapshot(volumeId, id);
     } finally {
@@ -470,7 +470,7 @@ export class Volumes {
   private async createEmpty(request: PutVolumeRequest & { tenant: string }): Promise<PutOutcome<VolumeView>> {
     const pool = this.pool(request.pool ?? this.defaultPoolName());
     const { id, tenant, sizeBytes } = request;
-    if (sizeBytes === undefined) throw new ApiError('INVALID_SIZE', 'sizeBytes is required when there is no source', { field: 'sizeBytes' });
+    if (sizeBytes === undefined) throw new DomainError('INVALID_SIZE', 'sizeBytes is required when there is no source', { field: 'sizeBytes' });
     const requestKey = canonicalKey({ pool: pool.name, tenant, sizeBytes, source: null });
     const existing = this.catalog.getVolume(id);
     if (existing) return this.repeatVolume(existing, requestKey, request.wait);
@@ -484,7 +484,7 @@ export class Volumes {
         await this.writes.transitionVolume(id, 'creating', 'available', { cloneMethod: 'create' });
       } catch (error) {
         await this.writes.discardCreatingVolume(id);
-        throw toApiError(error, { volume: id });
+        throw toDomainError(error, { volume: id });
       }
     };
     this.start(id, sizeBytes, undefined, work, () => undefined);
@@ -502,7 +502,7 @@ export class Volumes {
     const existing = this.catalog.getVolume(id);
     if (existing) return this.repeatVolume(existing, requestKey, request.wait);
     if (request.sizeBytes !== undefined && request.sizeBytes < source.sizeBytes) {
-      throw new ApiError('SHRINK_NOT_SUPPORTED', `the source is ${source.sizeBytes} bytes; a clone cannot be smaller`, {
+      throw new DomainError('SHRINK_NOT_SUPPORTED', `the source is ${source.sizeBytes} bytes; a clone cannot be smaller`, {
         sizeBytes: request.sizeBytes, sourceSizeBytes: source.sizeBytes,
       });
     }
@@ -549,7 +549,7 @@ export class Volumes {
         } catch (error) {
           if (outcome) await pool.remove(id).catch(() => undefined); // published but not recorded: withdraw it
           await this.writes.discardCreatingVolume(id);
-          throw toApiError(error, { volume: id });
+          throw toDomainError(error, { volume: id });
         }
       };
       const started = this.start(id, source.sizeBytes, operationId, work, release);
@@ -571,7 +571,7 @@ export class Volumes {
    */
   private async createFromRemote(request: PutVolumeRequest & { tenant: string }, source: RemoteSource): Promise<PutOutcome<VolumeView>> {
     const remotes = this.remotes;
-    if (!remotes) throw new ApiError('UNSUPPORTED_FOR_POOL', 'this agent does not pull remote sources', { field: 'source.remote' });
+    if (!remotes) throw new DomainError('UNSUPPORTED_FOR_POOL', 'this agent does not pull remote sources', { field: 'source.remote' });
     const { id, tenant } = request;
     const pool = this.pool(request.pool ?? this.defaultPoolName());
     remotes.check(source);
@@ -580,7 +580,7 @@ export class Volumes {
     const existing = this.catalog.getVolume(id);
     if (existing) return this.repeatVolume(existing, requestKey, request.wait);
     if (request.sizeBytes !== undefined && request.sizeBytes < source.sizeBytes) {
-      throw new ApiError('SHRINK_NOT_SUPPORTED', `the source is ${source.sizeBytes} bytes; a clone cannot be smaller`, {
+      throw new DomainError('SHRINK_NOT_SUPPORTED', `the source is ${source.sizeBytes} bytes; a clone cannot be smaller`, {
         sizeBytes: request.sizeBytes, sourceSizeBytes: source.sizeBytes,
       });
     }
@@ -588,7 +588,7 @@ export class Volumes {
     this.checkObjectName(pool, id, { volume: id });
     this.checkSizeAlignment(pool, sizeBytes);
     if (await pool.stat(id)) {
-      throw toApiError(systemError('EEXIST', 'populate', pool.objectPath(id)), { volume: id });
+      throw toDomainError(systemError('EEXIST', 'populate', pool.objectPath(id)), { volume: id });
     }
     const operationId = newOperationId();
     const inserted = await this.recordIntent(id, this.writes.insertCreating(
@@ -629,7 +629,7 @@ export class Volumes {
       } catch (error) {
         if (made) await pool.remove(id).catch(() => undefined); // published but not recorded: withdraw it
         await this.writes.discardCreatingVolume(id);
-        throw toApiError(error, { volume: id });
+        throw toDomainError(error, { volume: id });
       }
     };
     const started = this.start(id, source.sizeBytes, operationId, work, () => undefined);
@@ -668,7 +668,7 @@ export class Volumes {
     try {
       await this.pending.get(object)?.done;
     } catch (error) {
-      throw toApiError(error);
+      throw toDomainError(error);
     }
   }
 
@@ -710,7 +710,7 @@ export class Volumes {
   /** The answer to a PUT whose id exists: the same definition is a repeat, another is a conflict. */
   private async repeatVolume(row: VolumeRow, requestKey: string, wait: boolean): Promise<PutOutcome<VolumeView>> {
     if (row.requestKey !== requestKey) {
-      throw new ApiError('VOLUME_EXISTS', `volume ${row.id} exists with a different definition`, { volume: row.id });
+      throw new DomainError('VOLUME_EXISTS', `volume ${row.id} exists with a different definition`, { volume: row.id });
     }
     const running = row.state === 'creating' ? await this.joinCreation(row.id, row.operationId, wait) : undefined;
     if (running) return { status: 'started', view: await this.volumeView(row), operation: running };
@@ -719,7 +719,7 @@ export class Volumes {
 
   private async repeatSnapshot(row: SnapshotRow, volumeId: string, wait: boolean): Promise<PutOutcome<SnapshotView>> {
     if (row.volumeId !== volumeId) {
-      throw new ApiError('SNAPSHOT_EXISTS', `snapshot ${row.id} exists on volume ${row.volumeId}`, { snapshot: row.id, volume: row.volumeId });
+      throw new DomainError('SNAPSHOT_EXISTS', `snapshot ${row.id} exists on volume ${row.volumeId}`, { snapshot: row.id, volume: row.volumeId });
     }
     const object = snapshotObject(volumeId, row.id);
     const running = row.state === 'creating' ? await this.joinCreation(object, row.operationId, wait) : undefined;
@@ -739,27 +739,27 @@ export class Volumes {
       const snapshot = this.catalog.findSnapshot(ref.snapshot);
       const volume = snapshot && this.catalog.getVolume(snapshot.volumeId);
       if (!snapshot || !volume || !access.usesSource(volume)) {
-        throw new ApiError('SNAPSHOT_NOT_FOUND', `snapshot ${ref.snapshot} does not exist`, { snapshot: ref.snapshot });
+        throw new DomainError('SNAPSHOT_NOT_FOUND', `snapshot ${ref.snapshot} does not exist`, { snapshot: ref.snapshot });
       }
       if (snapshot.state !== 'available') {
-        throw new ApiError('VOLUME_BUSY', `snapshot ${snapshot.id} is ${snapshot.state}`, { snapshot: snapshot.id, state: snapshot.state });
+        throw new DomainError('VOLUME_BUSY', `snapshot ${snapshot.id} is ${snapshot.state}`, { snapshot: snapshot.id, state: snapshot.state });
       }
       return { ref, kind: 'snapshot', id: snapshot.id, pool: snapshot.pool, object: snapshotObject(snapshot.volumeId, snapshot.id), sizeBytes: snapshot.sizeBytes };
     }
     const image = this.catalog.getImage(ref.image);
     if (!image || image.state === 'deleting' || !access.usesImage(image)) {
-      throw new ApiError('IMAGE_NOT_FOUND', `image ${ref.image} does not exist`, { image: ref.image });
+      throw new DomainError('IMAGE_NOT_FOUND', `image ${ref.image} does not exist`, { image: ref.image });
     }
     if (image.state !== 'available') {
-      throw new ApiError('VOLUME_BUSY', `image ${image.id} is ${image.state}`, { image: image.id, state: image.state });
+      throw new DomainError('VOLUME_BUSY', `image ${image.id} is ${image.state}`, { image: image.id, state: image.state });
     }
     const imageVolume = this.volumeRow(image.volumeId);
     this.requireAvailable(imageVolume);
     return { ref, kind: 'image', id: image.id, pool: imageVolume.pool, object: imageVolume.id, sizeBytes: imageVolume.sizeBytes };
   }
 
-  private isImage(volumeId: string, imageId: string): ApiError {
-    return new ApiError('VOLUME_IS_IMAGE', `volume ${volumeId} is the Image-Volume of image ${imageId}; delete the image instead`, {
+  private isImage(volumeId: string, imageId: string): DomainError {
+    return new DomainError('VOLUME_IS_IMAGE', `volume ${volumeId} is the Image-Volume of image ${imageId}; delete the image instead`, {
       volume: volumeId, image: imageId,
     });
   }
@@ -774,7 +774,7 @@ export class Volumes {
   /** The pool named `name`, or POOL_NOT_FOUND. */
   pool(name: string): Pool {
     const pool = this.pools.get(name);
-    if (!pool) throw new ApiError('POOL_NOT_FOUND', `no pool named ${name}`, { pool: name, pools: [...this.pools.keys()] });
+    if (!pool) throw new DomainError('POOL_NOT_FOUND', `no pool named ${name}`, { pool: name, pools: [...this.pools.keys()] });
     return pool;
   }
 
@@ -791,13 +791,13 @@ export class Volumes {
   }
 
   /** Absent, or not the caller's: one answer for both, so no other tenant's id is confirmed. */
-  private notFound(id: string): ApiError {
-    return new ApiError('VOLUME_NOT_FOUND', `volume ${id} does not exist`, { volume: id });
+  private notFound(id: string): DomainError {
+    return new DomainError('VOLUME_NOT_FOUND', `volume ${id} does not exist`, { volume: id });
   }
 
   private requireAvailable(row: VolumeRow): void {
     if (row.state !== 'available') {
-      throw new ApiError('VOLUME_BUSY', `volume ${row.id} is ${row.state}`, { volume: row.id, state: row.state, ...(row.operationId ? { operation: row.operationId } : {}) });
+      throw new DomainError('VOLUME_BUSY', `volume ${row.id} is ${row.state}`, { volume: row.id, state: row.state, ...(row.operationId ? { operation: row.operationId } : {}) });
     }
   }
 
@@ -806,7 +806,7 @@ export class Volumes {
   checkSizeAlignment(pool: Pool, sizeBytes: number, field = 'sizeBytes'): void {
     const { sizeAlignmentBytes } = pool.capabilities();
     if (sizeBytes % sizeAlignmentBytes !== 0) {
-      throw new ApiError('INVALID_SIZE', `${field} ${sizeBytes} is not a multiple of ${sizeAlignmentBytes} bytes, pool ${pool.name}'s allocation unit`, {
+      throw new DomainError('INVALID_SIZE', `${field} ${sizeBytes} is not a multiple of ${sizeAlignmentBytes} bytes, pool ${pool.name}'s allocation unit`, {
         field, value: sizeBytes, pool: pool.name, sizeAlignmentBytes,
       });
     }
@@ -818,15 +818,15 @@ export class Volumes {
    * or operation is recorded (the pool would refuse it mid-way).
    */
   private async checkPoolObjects(sourcePool: Pool, source: string, targetPool: Pool, target: string, details: Record<string, unknown>): Promise<void> {
-    if (!(await sourcePool.stat(source))) throw toApiError(systemError('ENOENT', 'stat', sourcePool.objectPath(source)), details);
-    if (await targetPool.stat(target)) throw toApiError(systemError('EEXIST', 'stat', targetPool.objectPath(target)), details);
+    if (!(await sourcePool.stat(source))) throw toDomainError(systemError('ENOENT', 'stat', sourcePool.objectPath(source)), details);
+    if (await targetPool.stat(target)) throw toDomainError(systemError('EEXIST', 'stat', targetPool.objectPath(target)), details);
   }
 
   private checkObjectName(pool: Pool, object: string, details: Record<string, unknown>): void {
     try {
       pool.objectPath(object);
     } catch (error) {
-      throw toApiError(error, details);
+      throw toDomainError(error, details);
     }
   }
 
@@ -837,23 +837,23 @@ export class Volumes {
   checkNoWriters(id: string): void {
     const writable = this.catalog.exportsOfVolume(id).filter((e) => !e.readOnly);
     if (writable.length > 0) {
-      throw new ApiError('VOLUME_IN_USE', `volume ${id} has writable exports (${writable.map((e) => e.id).join(', ')}): an Image-Volume is immutable; remove them or export the volume read-only first`, {
+      throw new DomainError('VOLUME_IN_USE', `volume ${id} has writable exports (${writable.map((e) => e.id).join(', ')}): an Image-Volume is immutable; remove them or export the volume read-only first`, {
         volume: id, exports: writable.map((e) => e.id),
       });
     }
   }
 
-  private exported(id: string): ApiError {
-    return new ApiError('VOLUME_BUSY', `volume ${id} is exported; unexport it first`, { volume: id, exports: this.catalog.exportsOfVolume(id).map((e) => e.id) });
+  private exported(id: string): DomainError {
+    return new DomainError('VOLUME_BUSY', `volume ${id} is exported; unexport it first`, { volume: id, exports: this.catalog.exportsOfVolume(id).map((e) => e.id) });
   }
 
   /** Checked before the row changes: a device in use stays as it is (the pool's EBUSY later would leave the row in error). */
-  private heldOpen(object: string, details: Record<string, unknown>): ApiError {
-    return new ApiError('VOLUME_BUSY', `${object} is held open outside the agent (a process or a mount uses its device)`, details);
+  private heldOpen(object: string, details: Record<string, unknown>): DomainError {
+    return new DomainError('VOLUME_BUSY', `${object} is held open outside the agent (a process or a mount uses its device)`, details);
   }
 
-  private busyCreating(object: string, operationId: string | undefined): ApiError {
-    return new ApiError('VOLUME_BUSY', `${object} is being created${operationId ? ` by operation ${operationId}` : ''}`, {
+  private busyCreating(object: string, operationId: string | undefined): DomainError {
+    return new DomainError('VOLUME_BUSY', `${object} is being created${operationId ? ` by operation ${operationId}` : ''}`, {
       object, ...(operationId ? { operations: [operationId] } : {}),
     });
   }
@@ -862,7 +862,7 @@ export class Volumes {
     try {
       return await this.locks.acquire(key, mode, holder, waitMs);
     } catch (error) {
-      throw toApiError(error, { operations: this.operationsOn(key) });
+      throw toDomainError(error, { operations: this.operationsOn(key) });
     }
   }
 

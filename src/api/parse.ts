@@ -132,9 +132,8 @@ export function parseRange(header: string | undefined, sizeBytes: number): ByteR
     if (start < sizeBytes) range = { start, end: last === '' ? sizeBytes - 1 : Math.min(Number(last), sizeBytes - 1) };
   }
   if (!range) {
-    // RFC 9110 15.5.17: a 416 says the size it was judged against.
-    throw new ApiError('RANGE_NOT_SATISFIABLE', `range ${header} is outside the ${sizeBytes} bytes of the image`, { range: header, sizeBytes },
-      { 'content-range': `bytes */${sizeBytes}` });
+    // The answer's Content-Range (the size it was judged against) is built from details.sizeBytes.
+    throw new ApiError('RANGE_NOT_SATISFIABLE', `range ${header} is outside the ${sizeBytes} bytes of the image`, { range: header, sizeBytes });
   }
   return range;
 }

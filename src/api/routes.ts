@@ -31,7 +31,8 @@ export interface UploadBody {
    * The body's bytes, read as they are consumed (backpressure). The first
    * call answers `Expect: 100-continue`, so checks made before it refuse an
    * upload before the client sends it. A connection that breaks before the
-   * last byte is UPLOAD_INCOMPLETE.
+   * last byte throws the domain's UPLOAD_INCOMPLETE (the domain reads these
+   * bytes and passes its own errors through).
    */
   chunks(): AsyncIterable<Buffer>;
 }

@@ -10,10 +10,10 @@ import { createServer as createNetServer } from 'node:net';
 import type { Logger } from 'pino';
 
 import type { Agent } from '../agent/agent.js';
-import { toApiError } from '../agent/faults.js';
+import { DomainError } from '../agent/errors.js';
 import { native } from '../native/binding.js';
 import { checkDeclaredLength, parseJsonObject, readBody } from './body.js';
-import { ApiError } from './errors.js';
+import { ApiError, toApiError } from './errors.js';
 import type { AllowRule, Peer } from './peer-auth.js';
 import { boundTenants, isMutating, mayRequest, principalOf } from './peer-auth.js';
 import type { Reply, UploadBody } from './routes.js';
@@ -186,9 +186,9 @@ async function* readUpload(request: IncomingMessage): AsyncGenerator<Buffer> {
     // Stopping early (a refused upload) must not destroy the socket: the answer has yet to be sent on it.
     for await (const chunk of request.iterator({ destroyOnReturn: false }) as AsyncIterable<Buffer>) yield chunk;
   } catch (error) {
-    throw new ApiError('UPLOAD_INCOMPLETE', `the upload broke off before its last byte: ${(error as Error).message}`, {});
+    throw new DomainError('UPLOAD_INCOMPLETE', `the upload broke off before its last byte: ${(error as Error).message}`, {});
   }
-  if (!request.complete) throw new ApiError('UPLOAD_INCOMPLETE', 'the upload broke off before its last byte', {});
+  if (!request.complete) throw new DomainError('UPLOAD_INCOMPLETE', 'the upload broke off before its last byte', {});
 }
 
 /** The descriptor under a connected unix socket (Node's pipe handle keeps it as `fd`). */

@@ -39,15 +39,6 @@ interface Edge {
   target: string;
 }
 
-/**
- * TODO(issue 22, lead at the merge of wt-errors): the domain still throws the
- * transport's ApiError (src/agent/* -> src/api/errors.ts). Branch wt-errors
- * gives the domain its own errors; once it is merged this carve-out must be
- * empty: delete PENDING, its filter and the last subtest, whose todo assertion
- * lists these imports (under CI=true a todo fails the lane: it cannot be forgotten).
- */
-const PENDING = (edge: Edge): boolean => edge.file.startsWith('src/agent/') && edge.target === 'src/api/errors.ts';
-
 const folderOf = (file: string): string | undefined => (file.startsWith('src/') ? file.split('/')[1] : undefined);
 
 /** The files under src/ that `file` (a path like src/pools/file-pool.ts) imports, re-exports or loads with import(). */
@@ -123,11 +114,5 @@ t.test('the checker: type-only imports, re-exports and import() count; node: and
 t.test('no file imports a layer above its own (docs/design.md "Architecture")', async (t) => {
   const edges = await sourceEdges();
   t.ok(edges.some((edge) => edge.file === 'src/exports/nbd/server.ts' && edge.target === 'src/common/unix-socket-path.ts'), 'the scan reads the source tree');
-  t.same(violations(edges.filter((edge) => !PENDING(edge))), []);
-});
-
-t.test('src/agent imports nothing of src/api (the domain raises its own errors)', async (t) => {
-  const pending = violations((await sourceEdges()).filter(PENDING));
-  for (const line of pending) t.comment(line);
-  t.same(pending, [], 'src/agent/* -> src/api/errors.ts', { todo: 'issue 22: until wt-errors is merged (see PENDING)' });
+  t.same(violations(edges), []);
 });

@@ -15,10 +15,12 @@ export interface PoolContext {
 
 /** What the systemd unit must allow for a pool (ProtectSystem=strict allows nothing site-specific). */
 export interface ServiceAccess {
-  /** ReadWritePaths=: directories and files the pool writes. */
+  /** ReadWritePaths=: directories and files the pool writes; a leading '-' (systemd's) ignores one that is missing. */
   readWritePaths: string[];
   /** DeviceAllow= ... rw: block devices the pool opens. */
   devices: string[];
+  /** DeviceAllow= ... rw: device groups of /proc/devices, globs allowed (`block-*`), for devices not known by path. */
+  deviceGroups?: string[];
 }
 
 export interface PoolBackend<C extends PoolConfig = PoolConfig> {

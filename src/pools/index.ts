@@ -5,6 +5,7 @@ import type { PoolBackend, PoolContext } from './backend.js';
 import { fileBackend } from './file-backend.js';
 import type { Pool } from './pool.js';
 import type { PoolConfig } from './pool-config.js';
+import { lvmBackend } from './lvm/backend.js';
 import { thinBackend } from './thin/backend.js';
 
 export type { PoolBackend, PoolContext, ServiceAccess } from './backend.js';
@@ -20,6 +21,7 @@ export type { ConfigTable, ImageCacheConfig, PoolConfig } from './pool-config.js
 const BACKENDS: readonly PoolBackend[] = [
   fileBackend,
   thinBackend,
+  lvmBackend,
 ];
 
 /** The backend `backend = NAME` names; undefined for a name no backend has. */

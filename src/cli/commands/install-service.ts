@@ -62,8 +62,10 @@ export function poolsDropIn(config: AgentConfig): string {
     const access = backendOf(pool).serviceAccess(pool);
     for (const writable of access.readWritePaths) lines.push(`ReadWritePaths=${unitPath(writable)}`);
     for (const device of access.devices) lines.push(`DeviceAllow=${unitPath(device)} rw`);
+    for (const group of access.deviceGroups ?? []) lines.push(`DeviceAllow=${group} rw`);
   }
-  return `${lines.join('\n')}\n`;
+  // Two pools of one backend may ask for the same access.
+  return `${[...new Set(lines)].join('\n')}\n`;
 }
 
 async function exists(file: string): Promise<boolean> {

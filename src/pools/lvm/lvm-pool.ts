@@ -22,19 +22,19 @@ import { randomBytes } from 'node:crypto';
 import { constants as fsConstants } from 'node:fs';
 import { open } from 'node:fs/promises';
 
-import { throwIfAborted } from '../../clone/abort.js';
+import { throwIfAborted } from '../../common/abort.js';
 import type { CloneProgress } from '../../clone/clone-file.js';
 import { cloneFile } from '../../clone/clone-file.js';
-import { failpoint } from '../../faults/failpoints.js';
+import { failpoint } from '../../common/failpoints.js';
 import { native } from '../../native/binding.js';
 import { isSystemError, systemError } from '../../native/system-error.js';
 import type {
-  Backend, CloneOutcome, CloneRequest, ForeignObject, ObjectInfo, ObjectSink, Pool, PoolCapabilities, PoolCapacity, PoolHealth,
+  CloneOutcome, CloneRequest, ForeignObject, ObjectInfo, ObjectSink, Pool, PoolCapabilities, PoolCapacity, PoolHealth,
   PopulateOutcome, PopulateRequest, ReceiveOutcome, ReceiveRequest,
 } from '../pool.js';
 import { dataExtentsOf, isObjectName, sinkOf, UnalignedSizeError } from '../pool.js';
 import { writeSparse } from '../sparse-writer.js';
-import type { LvmPoolConfig } from './config.js';
+import type { LvmPoolConfig } from './backend.js';
 import type { ReportRow } from './lvm-command.js';
 import { bytesOf, lvm, LvmCommandError, lvmReport } from './lvm-command.js';
 import type { LvRole } from './lvm-names.js';
@@ -45,7 +45,7 @@ const RECEIVE_PROVISIONAL_BYTES = 16 * 2 ** 40;
 const LV_FIELDS = ['lv_name', 'lv_tags', 'lv_size', 'lv_attr', 'lv_device_open', 'lv_active', 'pool_lv', 'data_percent'];
 const POOL_FIELDS = ['lv_name', 'lv_attr', 'lv_size', 'data_percent', 'metadata_percent', 'lv_health_status', 'lv_when_full', 'lv_check_needed', 'transaction_id'];
 
-export type LvmPoolOptions = Omit<LvmPoolConfig, 'backend' | 'maxImageBytes' | 'imageCache'> & {
+export type LvmPoolOptions = Pick<LvmPoolConfig, 'name' | 'vg' | 'thinPool' | 'lowWaterPercent' | 'minFreePercent'> & {
   warn?: (fields: Record<string, unknown>, message: string) => void;
 };
 
@@ -79,7 +79,7 @@ interface ThinPoolState {
 
 export class LvmPool implements Pool {
   readonly name: string;
-  readonly backend: Backend = 'lvm';
+  readonly backend = 'lvm';
   readonly objectKind = 'block' as const;
   private extentBytes = 0;
   /** Temporaries this process is writing: not leftovers, so not listed for the sweep. */

@@ -57,7 +57,7 @@ t.test('a bad config: exit 2, the file and the key named, nothing made', async (
   await writeFile(config, `[control]\nsocket = "${dir}/s.sock"\n[catalog]\npath = "${dir}/c.db"\n[nbd]\nlisten = []\n[[pools]]\nname = "p"\nbackend = "tape"\npath = "${dir}"\n`);
   const { code, stderr } = await outcomeOf(spawnAgent(['--config', config]));
   t.equal(code, 2);
-  t.match(stderr, `${config}: pools[0].backend: must be "file" or "thin"`);
+  t.match(stderr, `${config}: pools[0].backend: must be one of "file", "thin", "lvm" (got "tape")`);
   t.same((await readdir(dir)).sort(), ['bad.toml']);
 });
 

@@ -323,6 +323,8 @@ export class OpenStack {
       '[glance_store]', 'stores = file, http, cinder', `default_store = ${this.glanceDefaultStore}`,
       `filesystem_store_datadir = ${path.join(this.dir, 'glance', 'images')}`,
       'cinder_endpoint_template = http://127.0.0.1:8776/v3',
+      // Host A's backend: with the default type, the scheduler may place an image's volume on either host.
+      'cinder_volume_type = a-any',
       `cinder_mount_point_base = ${path.join(this.dir, 'glance', 'mnt')}`,
       '[oslo_concurrency]', `lock_path = ${path.join(this.dir, 'glance', 'lock')}`, '',
     ];

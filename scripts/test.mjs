@@ -20,7 +20,7 @@ const isRoot = process.getuid?.() === 0;
 const LANES = [
   { name: 'unit', dir: 'dist/test/unit', timeout: 120, jobs: 2, packages: ['thin-provisioning-tools'] },
   { name: 'privileged', dir: 'dist/test/privileged', timeout: 600, jobs: 1, packages: ['xfsprogs', 'btrfs-progs', 'e2fsprogs', 'util-linux', 'libnbd-bin', 'qemu-utils', 'openssl', 'socat', 'systemd', 'python3-prometheus-client', 'curl', 'tmux', 'iproute2', 'procps'], root: true },
-  { name: 'vm', dir: 'dist/test/vm', timeout: 900, jobs: 1, packages: ['qemu-system-x86', 'linux-image-amd64', 'busybox-static', 'util-linux', 'thin-provisioning-tools', 'libnbd-bin', 'qemu-utils', 'systemd', 'xfsprogs', 'dmsetup'], root: true },
+  { name: 'vm', dir: 'dist/test/vm', timeout: 900, jobs: 1, packages: ['qemu-system-x86', 'linux-image-amd64', 'busybox-static', 'util-linux', 'thin-provisioning-tools', 'libnbd-bin', 'qemu-utils', 'systemd', 'xfsprogs', 'dmsetup', 'lvm2'], root: true },
   // Debian's Cinder and Glance, run as plain processes by the tests (test/helpers/openstack.ts):
   // installed with their recommended packages, as an operator's `apt install` does, and with
   // services kept from starting (policy-rc.d).

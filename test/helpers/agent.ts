@@ -102,7 +102,37 @@ export interface ThinPoolSpec {
   maxImageBytes?: string;
 }
 
-export type PoolSpec = FilePoolSpec | ThinPoolSpec;
+export interface LvmPoolSpec {
+  name: string;
+  backend: 'lvm';
+  vg: string;
+  thinPool: string;
+  /** TOML values, as written: `"10%"`. */
+  lowWater?: string;
+  minFree?: string;
+  maxImageBytes?: string;
+  imageCache?: { maxBytes?: string; maxCount?: number };
+}
+
+export type PoolSpec = FilePoolSpec | ThinPoolSpec | LvmPoolSpec;
+
+function lvmPoolLines(p: LvmPoolSpec): string[] {
+  const optional: Array<[string, string | undefined]> = [['low_water', p.lowWater], ['min_free', p.minFree], ['max_image_bytes', p.maxImageBytes]];
+  return [
+    '[[pools]]', `name = ${JSON.stringify(p.name)}`, 'backend = "lvm"', `vg = ${JSON.stringify(p.vg)}`, `thin_pool = ${JSON.stringify(p.thinPool)}`,
+    ...optional.filter(([, value]) => value !== undefined).map(([key, value]) => `${key} = ${JSON.stringify(value)}`),
+    ...imageCacheLines(p.imageCache), '',
+  ];
+}
+
+function imageCacheLines(cache: { maxBytes?: string; maxCount?: number } | undefined): string[] {
+  return cache
+    ? [`image_cache = { ${[
+      ...(cache.maxBytes !== undefined ? [`max_bytes = ${JSON.stringify(cache.maxBytes)}`] : []),
+      ...(cache.maxCount !== undefined ? [`max_count = ${cache.maxCount}`] : []),
+    ].join(', ')} }`]
+    : [];
+}
 
 function thinPoolLines(p: ThinPoolSpec): string[] {
   const optional: Array<[string, string | boolean | undefined]> = [
@@ -116,13 +146,8 @@ function thinPoolLines(p: ThinPoolSpec): string[] {
 }
 
 function poolLines(p: PoolSpec): string[] {
-  if ('backend' in p) return thinPoolLines(p);
-  const cache = p.imageCache
-    ? [`image_cache = { ${[
-      ...(p.imageCache.maxBytes !== undefined ? [`max_bytes = ${JSON.stringify(p.imageCache.maxBytes)}`] : []),
-      ...(p.imageCache.maxCount !== undefined ? [`max_count = ${p.imageCache.maxCount}`] : []),
-    ].join(', ')} }`]
-    : [];
+  if ('backend' in p) return p.backend === 'lvm' ? lvmPoolLines(p) : thinPoolLines(p);
+  const cache = imageCacheLines(p.imageCache);
   return [
     '[[pools]]', `name = ${JSON.stringify(p.name)}`, 'backend = "file"', `path = ${JSON.stringify(p.path)}`,
     ...(p.maxImageBytes !== undefined ? [`max_image_bytes = ${JSON.stringify(p.maxImageBytes)}`] : []),

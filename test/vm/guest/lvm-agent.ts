@@ -1,0 +1,369 @@
+// Guest-only tap file: a real volagentd with an `lvm` pool on the guest's
+// kernel, run by test/vm/lvm-pool.test.ts with one virtio disk (vda, 512 MiB)
+// made into a volume group `vgtest` with a thin pool `tp` (pvcreate,
+// vgcreate, lvcreate --thinpool), in which another owner's LVs already live:
+// a thin LV with data and a thin snapshot of it, a linear LV outside the thin
+// pool, a thin LV carrying the agent's `volagent` tag but not its pool's, and
+// a thin LV named like one of the agent's objects (`va.lvm0.trap`) without
+// its tags. After every subtest those LVs are as they were: `lvs` reports
+// the same rows and their bytes hash the same.
+// Each subtest builds on the previous one (one VG, one catalog), in order.
+import { spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { mkdtemp, open, stat } from 'node:fs/promises';
+import path from 'node:path';
+
+import t from 'tap';
+import type { Test } from 'tap';
+
+import { blockDeviceSize } from '../../../src/pools/thin/block-device.js';
+import type { AgentProcess, LvmPoolSpec } from '../../helpers/agent.js';
+import { downloadOn, outcomeOf, readCatalog, spawnAgent, startAgent, streamOn, writeAgentConfig } from '../../helpers/agent.js';
+import { inVmGuest } from '../../helpers/vm.js';
+
+const MiB = 1024 * 1024;
+const KiB = 1024;
+const POOL = 'lvm0';
+const VG = 'vgtest';
+const THIN_POOL = 'tp';
+const FOREIGN = ['other', 'other-snap', 'linear', 'tagged', 'va.lvm0.trap'];
+
+/** The LV of object `name` (lvm-names.ts: '@' is `+a`, '_' is `+u`). */
+function lvOf(name: string): string {
+  return `va.${POOL}.${name.replace(/@/g, '+a').replace(/_/g, '+u')}`;
+}
+
+function nodeOf(name: string): string {
+  return `/dev/${VG}/${lvOf(name)}`;
+}
+
+function run(command: string, args: string[]): string {
+  const result = spawnSync(command, args, { encoding: 'utf8', env: { ...process.env, LVM_SUPPRESS_FD_WARNINGS: '1' } });
+  if (result.status !== 0) throw new Error(`${command} ${args.join(' ')} exited ${result.status}: ${result.stderr}`);
+  return result.stdout;
+}
+
+type LvRow = Record<string, string>;
+
+/** Every LV of the VG as lvs reports it (JSON, bytes), by name. */
+function lvs(fields = 'lv_name,lv_attr,lv_size,lv_tags,origin,pool_lv,lv_active,data_percent'): Map<string, LvRow> {
+  const report = JSON.parse(run('lvs', ['--reportformat', 'json', '--units', 'b', '--nosuffix', '-a', '-o', fields, VG])) as { report: Array<{ lv: LvRow[] }> };
+  return new Map(report.report[0]!.lv.map((row) => [row.lv_name!, row]));
+}
+
+async function sha256Of(device: string): Promise<string> {
+  const handle = await open(device, 'r');
+  try {
+    const hash = createHash('sha256');
+    const buffer = Buffer.alloc(MiB);
+    for (let offset = 0; ; offset += MiB) {
+      const { bytesRead } = await handle.read(buffer, 0, MiB, offset);
+      if (bytesRead === 0) break;
+      hash.update(buffer.subarray(0, bytesRead));
+    }
+    return hash.digest('hex');
+  } finally {
+    await handle.close();
+  }
+}
+
+/** The other owner's LVs: their lvs rows and the hash of their bytes. */
+async function foreignState(): Promise<Record<string, unknown>> {
+  const rows = lvs();
+  const state: Record<string, unknown> = {};
+  for (const name of FOREIGN) state[name] = { row: rows.get(name), sha256: await sha256Of(`/dev/${VG}/${name}`) };
+  return state;
+}
+
+async function writePattern(node: string, byte: number, bytes = MiB, offset = 0): Promise<void> {
+  const handle = await open(node, 'r+');
+  try {
+    await handle.write(Buffer.alloc(bytes, byte), 0, bytes, offset);
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
+async function readRange(node: string, bytes = MiB, offset = 0): Promise<Buffer> {
+  const handle = await open(node, 'r');
+  try {
+    const buffer = Buffer.alloc(bytes);
+    await handle.read(buffer, 0, bytes, offset);
+    return buffer;
+  } finally {
+    await handle.close();
+  }
+}
+
+function filled(byte: number, bytes = MiB): Buffer {
+  return Buffer.alloc(bytes, byte);
+}
+
+/** This pool's LVs (names starting `va.`/`vt.`/`vr.`/`vo.` + pool) that carry its tag. */
+function agentLvs(): string[] {
+  return [...lvs().values()].filter((row) => (row.lv_tags ?? '').split(',').includes(`volagent.pool.${POOL}`)).map((row) => row.lv_name!).sort();
+}
+
+if (!inVmGuest()) {
+  t.plan(0, 'guest-only file: runs inside the VM through runGuestTests() from test/vm/lvm-pool.test.ts');
+} else {
+  const top = t;
+  t.setTimeout(900_000);
+  const dir = await mkdtemp('/tmp/lvm-agent-');
+  const catalogPath = path.join(dir, 'catalog.db');
+  const lvmPool = (extra: Partial<LvmPoolSpec> = {}): LvmPoolSpec => ({ name: POOL, backend: 'lvm', vg: VG, thinPool: THIN_POOL, minFree: '5%', lowWater: '20%', ...extra });
+  const spec = (extra: { pool?: Partial<LvmPoolSpec>; env?: NodeJS.ProcessEnv } = {}) => ({
+    dir, pools: [lvmPool(extra.pool)], startTimeoutMs: 120_000, ...(extra.env ? { env: extra.env } : {}),
+  });
+  t.teardown(() => {
+    spawnSync('vgchange', ['-an', VG], { encoding: 'utf8' });
+  });
+
+  // The VG as an operator has it before the agent comes.
+  run('pvcreate', ['-q', '/dev/vda']);
+  run('vgcreate', ['-q', VG, '/dev/vda']);
+  run('lvcreate', ['-q', '--type', 'thin-pool', '-L', '256m', '-n', THIN_POOL, VG]);
+  run('lvcreate', ['-q', '-V', '16m', '-T', `${VG}/${THIN_POOL}`, '-n', 'other', '--addtag', 'owner.cinder']);
+  await writePattern(`/dev/${VG}/other`, 0x0f, 2 * MiB);
+  run('lvcreate', ['-q', '-s', '-kn', '-n', 'other-snap', `${VG}/other`]);
+  await writePattern(`/dev/${VG}/other`, 0xf0, MiB);
+  run('lvcreate', ['-q', '-L', '8m', '-n', 'linear', VG]);
+  await writePattern(`/dev/${VG}/linear`, 0x3c, MiB);
+  run('lvcreate', ['-q', '-V', '8m', '-T', `${VG}/${THIN_POOL}`, '-n', 'tagged', '--addtag', 'volagent']);
+  run('lvcreate', ['-q', '-V', '8m', '-T', `${VG}/${THIN_POOL}`, '-n', 'va.lvm0.trap']);
+  await writePattern(`/dev/${VG}/va.lvm0.trap`, 0x77, MiB);
+  const foreignBefore = await foreignState();
+
+  /** The other owner's LVs are as they were; this pool's LVs are exactly `expected`. */
+  const untouched = async (t: Test, expected?: string[]): Promise<void> => {
+    t.same(await foreignState(), foreignBefore, "the other owner's LVs are unchanged (lvs rows, bytes)");
+    if (expected) t.same(agentLvs(), expected.map(lvOf).sort(), "the pool's LVs are exactly the catalog's objects");
+  };
+
+  let agent: AgentProcess;
+
+  await t.test('refused: a VG or thin pool that is not there, and an LV that is not a thin pool', async (t) => {
+    for (const [pool, pattern] of [
+      [{ vg: 'novg' }, /volume group novg cannot be read/],
+      [{ thinPool: 'nopool' }, /volume group vgtest has no LV named nopool/],
+      [{ thinPool: 'linear' }, /vgtest\/linear is not a thin pool/],
+    ] as const) {
+      const outcome = await outcomeOf(spawnAgent(['--config', await writeAgentConfig(spec({ pool }))]));
+      t.not(outcome.code, 0, `${JSON.stringify(pool)}: the agent does not start`);
+      t.match(outcome.stderr + outcome.stdout, pattern, 'and says why');
+    }
+    await untouched(t, []);
+  });
+
+  await t.test('open: the pool is reported with the thin pool\'s capacity and health; it lists none of the other LVs', async (t) => {
+    agent = await startAgent(top, spec());
+    const [pool] = (await agent.request('GET', '/v1/pools')).body;
+    const tp = lvs('lv_name,lv_size,data_percent,metadata_percent').get(THIN_POOL)!;
+    t.match(pool, {
+      name: POOL, backend: 'lvm',
+      capabilities: { reflink: true, constantTimeClone: true, sizeAlignmentBytes: 4 * MiB },
+      capacity: { totalBytes: 256 * MiB, dataPercent: Number(tp.data_percent), metadataPercent: Number(tp.metadata_percent) },
+      health: { mode: 'rw', needsCheck: false, lowWater: false },
+    });
+    t.equal(pool.capacity.usedBytes, Math.round((256 * MiB * Number(tp.data_percent)) / 100), 'used bytes from data%');
+    t.same((await agent.request('GET', '/v1/volumes')).body, [], 'no volume');
+    const check = await agent.request('GET', '/v1/check');
+    t.match(check.body, { clean: true, differences: [] }, "check: clean (the other owner's LVs are no orphans)");
+    await untouched(t, []);
+  });
+
+  await t.test('volumes: create, clone keeps the first pattern, delete the origin, resize, snapshot, clone grown', async (t) => {
+    const created = await agent.request('PUT', '/v1/volumes/v1', { tenant: 't1', sizeBytes: 8 * MiB });
+    t.equal(created.status, 201, created.text);
+    t.match(created.body, { id: 'v1', pool: POOL, sizeBytes: 8 * MiB, state: 'available', cloneMethod: 'create', allocatedBytes: 0 });
+    t.equal(await blockDeviceSize(nodeOf('v1')), 8 * MiB, '/dev/vgtest/va.lvm0.v1, 8 MiB');
+    t.match(lvs().get(lvOf('v1')), { lv_attr: /^Vwi-a-tz/, lv_size: String(8 * MiB), lv_tags: `volagent,volagent.pool.${POOL}`, pool_lv: THIN_POOL }, 'a thin LV of the pool, with the tags');
+    const first = Buffer.concat([filled(0xa1, MiB / 2), filled(0x5c, MiB / 2)]);
+    await writePattern(nodeOf('v1'), 0xa1, MiB / 2, 0);
+    await writePattern(nodeOf('v1'), 0x5c, MiB / 2, MiB / 2);
+
+    const clone = await agent.request('PUT', '/v1/volumes/v2', { tenant: 't1', source: { volume: 'v1' } });
+    t.equal(clone.status, 201, clone.text);
+    t.match(clone.body, { id: 'v2', cloneMethod: 'thin_snapshot', sizeBytes: 8 * MiB, source: { volume: 'v1' } });
+    t.match(lvs().get(lvOf('v2')), { lv_attr: /^Vwi-a-tz/, origin: lvOf('v1'), lv_tags: `volagent,volagent.pool.${POOL}` }, 'a thin snapshot of v1, active, tagged');
+    await writePattern(nodeOf('v1'), 0x3e, MiB, 0);
+    t.ok((await readRange(nodeOf('v2'))).equals(first), 'the clone reads the first pattern, bit for bit');
+    t.ok((await readRange(nodeOf('v1'))).equals(filled(0x3e)), 'the origin reads the second');
+    const stated = (await agent.request('GET', '/v1/volumes/v1')).body;
+    t.equal(stated.allocatedBytes, Math.round((8 * MiB * Number(lvs().get(lvOf('v1'))!.data_percent)) / 100), 'allocatedBytes from the LV\'s data%');
+    t.ok(stated.allocatedBytes >= MiB, 'at least the MiB written');
+
+    t.equal((await agent.request('DELETE', '/v1/volumes/v1')).status, 204);
+    t.equal(lvs().get(lvOf('v1')), undefined, 'the LV is removed');
+    t.equal(await stat(nodeOf('v1')).catch(() => undefined), undefined, 'and its node');
+    t.ok((await readRange(nodeOf('v2'))).equals(first), 'the clone survives its origin');
+
+    const resized = await agent.request('POST', '/v1/volumes/v2/resize', { sizeBytes: 16 * MiB });
+    t.equal(resized.status, 200, resized.text);
+    t.equal(await blockDeviceSize(nodeOf('v2')), 16 * MiB, 'the device grew (lvextend)');
+    t.equal(lvs().get(lvOf('v2'))!.lv_size, String(16 * MiB));
+    t.ok((await readRange(nodeOf('v2'))).equals(first), 'and kept its data');
+
+    const snapshot = await agent.request('PUT', '/v1/volumes/v2/snapshots/s1');
+    t.equal(snapshot.status, 201, snapshot.text);
+    t.match(snapshot.body, { cloneMethod: 'thin_snapshot', readOnly: true });
+    t.match(lvs().get(lvOf('v2@s1')), { lv_attr: /^Vri-a-tz/, origin: lvOf('v2') }, 'the snapshot is a read-only thin snapshot (LV va.lvm0.v2+as1)');
+    await t.rejects(writePattern(nodeOf('v2@s1'), 0xff, 4096), { code: /^(EPERM|EACCES|EROFS)$/ }, 'its device refuses writes');
+    const fromSnapshot = await agent.request('PUT', '/v1/volumes/v3', { tenant: 't1', source: { snapshot: 's1' }, sizeBytes: 32 * MiB });
+    t.equal(fromSnapshot.status, 201, fromSnapshot.text);
+    t.equal(await blockDeviceSize(nodeOf('v3')), 32 * MiB, 'a clone grown past its source');
+    t.match(lvs().get(lvOf('v3')), { lv_attr: /^Vwi-a-tz/, origin: lvOf('v2@s1') }, 'writable');
+    t.ok((await readRange(nodeOf('v3'))).equals(first), 'reads the snapshot');
+    t.same(readCatalog(catalogPath).volumes.map((v) => [v.id, v.state, v.size_bytes]), [['v2', 'available', 16 * MiB], ['v3', 'available', 32 * MiB]], 'catalog rows');
+    await untouched(t, ['v2', 'v2@s1', 'v3']);
+  });
+
+  await t.test('bad input and foreign names: a clear 4xx, and nothing changes in the VG or the catalog', async (t) => {
+    const before = readCatalog(catalogPath);
+    const lvsBefore = lvs();
+    const unaligned = await agent.request('PUT', '/v1/volumes/odd', { tenant: 't1', sizeBytes: 6 * MiB });
+    t.equal(unaligned.status, 400);
+    t.match(unaligned.body.error, { code: 'INVALID_SIZE', details: { sizeAlignmentBytes: 4 * MiB, pool: POOL } });
+    const badResize = await agent.request('POST', '/v1/volumes/v2/resize', { sizeBytes: 18 * MiB });
+    t.equal(badResize.status, 400);
+    t.equal(badResize.body.error.code, 'INVALID_SIZE');
+    const exists = await agent.request('PUT', '/v1/volumes/v2', { tenant: 't1', sizeBytes: 8 * MiB });
+    t.equal(exists.status, 409);
+    const trap = await agent.request('PUT', '/v1/volumes/trap', { tenant: 't1', sizeBytes: 8 * MiB });
+    t.equal(trap.status, 409, "an object whose LV name another owner's LV holds");
+    t.equal(trap.body.error.code, 'OBJECT_EXISTS');
+    const holder = await open(nodeOf('v3'), 'r');
+    const busy = await agent.request('DELETE', '/v1/volumes/v3').finally(() => holder.close());
+    t.equal(busy.status, 409, 'DELETE of a volume whose LV is open (lv_device_open)');
+    t.equal(busy.body.error.code, 'VOLUME_BUSY');
+    t.same(readCatalog(catalogPath), before, 'the catalog is as it was (v3 available)');
+    t.same(lvs(), lvsBefore, 'the VG is as it was');
+    await untouched(t, ['v2', 'v2@s1', 'v3']);
+  });
+
+  await t.test('images: upload, download, create-from-image, register by clone, and an NBD export', async (t) => {
+    const image = Buffer.concat([filled(0x11, 256 * KiB), Buffer.alloc(3 * MiB), filled(0x22, 64 * KiB), Buffer.alloc(704 * KiB)]); // 4 MiB, sparse middle
+    const uploaded = await streamOn(agent.socket, 'PUT', '/v1/images/img1/data?tenant=t1&visibility=public', image, { headers: { 'content-length': image.length } });
+    t.equal(uploaded.status, 201, uploaded.text);
+    t.match(uploaded.body, { imageId: 'img1', mode: 'upload', sizeBytes: image.length, state: 'available' });
+    const imageVolume = (await agent.request('GET', `/v1/volumes/${uploaded.body.volumeId}`)).body;
+    t.match(imageVolume, { readOnly: true, sizeBytes: 4 * MiB });
+    t.match(lvs().get(lvOf(uploaded.body.volumeId)), { lv_attr: /^Vri-a-tz/, lv_size: String(4 * MiB) }, 'a read-only LV of the image\'s size, renamed from its temporary');
+    t.ok(imageVolume.allocatedBytes <= 2 * MiB, `zero blocks were not written (${imageVolume.allocatedBytes} bytes allocated)`);
+    const downloaded = await downloadOn(agent.socket, '/v1/images/img1/data');
+    t.equal(downloaded.status, 200);
+    t.ok(downloaded.body!.equals(image), 'the download is the upload');
+    const unalignedUpload = await streamOn(agent.socket, 'PUT', '/v1/images/odd/data?tenant=t1', filled(7, 5 * MiB));
+    t.equal(unalignedUpload.status, 400, 'an upload whose length is not whole extents');
+    t.equal((await agent.request('GET', '/v1/images/odd')).status, 404, 'no image');
+
+    const fromImage = await agent.request('PUT', '/v1/volumes/v4', { tenant: 't2', source: { image: 'img1' }, sizeBytes: 8 * MiB });
+    t.equal(fromImage.status, 201, fromImage.text);
+    t.match(fromImage.body, { cloneMethod: 'thin_snapshot', sizeBytes: 8 * MiB });
+    t.ok((await readRange(nodeOf('v4'), 4 * MiB)).equals(image), 'a volume made from the image reads it');
+    await writePattern(nodeOf('v4'), 0x99, 64 * KiB);
+    t.ok((await downloadOn(agent.socket, '/v1/images/img1/data')).body!.equals(image), 'writing the new volume leaves the image alone');
+
+    const registered = await agent.request('PUT', '/v1/images/img2', { volume: 'v3', mode: 'clone', tenant: 't1' });
+    t.equal(registered.status, 201, registered.text);
+    t.match((await agent.request('GET', `/v1/volumes/${registered.body.volumeId}`)).body, { cloneMethod: 'thin_snapshot', readOnly: true });
+    t.equal((await agent.request('DELETE', '/v1/images/img2')).status, 204);
+    const deadline = Date.now() + 60_000;
+    while ((await agent.request('GET', `/v1/volumes/${registered.body.volumeId}`)).status !== 404 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 200));
+    t.equal((await agent.request('GET', `/v1/volumes/${registered.body.volumeId}`)).status, 404, "the image's Image-Volume is removed");
+    t.equal(lvs().get(lvOf(registered.body.volumeId)), undefined, 'and its LV');
+
+    const nbd = await agent.request('POST', '/v1/volumes/v2/exports', { protocol: 'nbd', readOnly: true });
+    t.equal(nbd.status, 201, nbd.text);
+    const copy = path.join(dir, 'v2-over-nbd.raw');
+    const copied = spawnSync('nbdcopy', [nbd.body.uri, copy], { encoding: 'utf8' });
+    t.equal(copied.status, 0, copied.stderr);
+    t.ok((await readRange(copy, 16 * MiB)).equals(await readRange(nodeOf('v2'), 16 * MiB)), 'nbdcopy reads what the LV holds');
+    const busy = await agent.request('DELETE', '/v1/volumes/v2');
+    t.equal(busy.status, 409, 'an exported volume is not deleted');
+    t.equal((await agent.request('DELETE', `/v1/exports/${nbd.body.id}`)).status, 204);
+    await untouched(t, ['v2', 'v2@s1', 'v3', 'v4', uploaded.body.volumeId]);
+  });
+
+  await t.test('restart: the pool reopens; LVs deactivated meanwhile (a reboot) are active again', async (t) => {
+    const before = (await agent.request('GET', '/v1/volumes')).body;
+    t.equal(await agent.stop(), 0, 'SIGTERM: clean exit');
+    for (const lv of agentLvs()) run('lvchange', ['-an', `${VG}/${lv}`]);
+    t.equal(await stat(nodeOf('v2')).catch(() => undefined), undefined, 'deactivated: no node');
+    agent = await startAgent(top, spec());
+    t.same((await agent.request('GET', '/v1/volumes')).body, before, 'the same volumes');
+    t.ok(agentLvs().every((lv) => lvs().get(lv)!.lv_active === 'active'), 'every LV of the pool is active');
+    t.ok((await readRange(nodeOf('v4'), 64 * KiB)).equals(filled(0x99, 64 * KiB)), 'v4 reads its data');
+    t.match((await agent.request('GET', '/v1/check')).body, { clean: true });
+    await untouched(t);
+  });
+
+  for (const [failpoint, operation] of [
+    ['lvm.object-made', 'create'],
+    ['lvm.object-made', 'clone'],
+    ['lvm.temporary-made', 'upload'],
+    ['lvm.temporary-written', 'upload'],
+  ] as const) {
+    await t.test(`kill -9 at ${failpoint} during ${operation === 'upload' ? 'an upload' : `a ${operation}`}: after restart no LV left, check clean`, async (t) => {
+      t.equal(await agent.stop(), 0);
+      const before = readCatalog(catalogPath);
+      const lvsBefore = agentLvs();
+      agent = await startAgent(top, spec({ env: { VOLAGENT_FAILPOINTS: `${failpoint}=kill` } }));
+      const target = `k-${operation}-${failpoint.replace(/\W/g, '')}`;
+      const request = operation === 'clone' ? agent.request('PUT', `/v1/volumes/${target}`, { tenant: 't1', source: { volume: 'v2' } })
+        : operation === 'create' ? agent.request('PUT', `/v1/volumes/${target}`, { tenant: 't1', sizeBytes: 4 * MiB })
+          : streamOn(agent.socket, 'PUT', `/v1/images/${target}/data?tenant=t1`, filled(0x5a, 4 * MiB), { headers: { 'content-length': 4 * MiB } });
+      await t.rejects(request, 'the connection breaks: the agent died');
+      t.match(await agent.exited, { signal: 'SIGKILL' }, 'killed by the failpoint');
+      t.not(agentLvs().length, lvsBefore.length, 'the LV was made before the agent died');
+      agent = await startAgent(top, spec());
+      t.equal((await agent.request('GET', `/v1/volumes/${target}`)).status, 404, 'the unanswered request left no volume');
+      t.same(agentLvs(), lvsBefore, 'start-up removed the LV it left');
+      const after = readCatalog(catalogPath);
+      t.same({ ...after, operations: [] }, { ...before, operations: [] }, 'the catalog rows are as before');
+      t.match((await agent.request('GET', '/v1/check')).body, { clean: true, differences: [] }, 'volagent check: clean');
+      await untouched(t);
+    });
+  }
+
+  await t.test('an LV removed behind the agent\'s back: check names it missing, repair marks its row error', async (t) => {
+    const made = await agent.request('PUT', '/v1/volumes/gone', { tenant: 't1', sizeBytes: 4 * MiB });
+    t.equal(made.status, 201, made.text);
+    run('lvremove', ['-q', '-y', `${VG}/${lvOf('gone')}`]);
+    const check = (await agent.request('GET', '/v1/check')).body;
+    t.match(check, { clean: false, differences: [{ kind: 'missing', pool: POOL, object: 'gone' }] });
+    t.equal(check.differences.length, 1, 'only that');
+    const repaired = await agent.request('POST', '/v1/check/repair');
+    t.match(repaired.body, { differences: [{ kind: 'missing', object: 'gone', action: 'marked-error' }] });
+    t.match((await agent.request('GET', '/v1/volumes/gone')).body, { state: 'error' });
+    t.equal((await agent.request('DELETE', '/v1/volumes/gone')).status, 204, 'and it can be deleted');
+    t.match((await agent.request('GET', '/v1/check')).body, { clean: true });
+    await untouched(t);
+  });
+
+  await t.test('an LV made behind the agent\'s back with its tags: check names an orphan; the other owner\'s LVs never are', async (t) => {
+    run('lvcreate', ['-q', '-V', '4m', '-T', `${VG}/${THIN_POOL}`, '-n', lvOf('stray'), '--addtag', 'volagent', '--addtag', `volagent.pool.${POOL}`]);
+    const check = (await agent.request('GET', '/v1/check')).body;
+    t.match(check, { clean: false, differences: [{ kind: 'orphan', pool: POOL, object: 'stray' }] });
+    t.equal(check.differences.length, 1, 'only that');
+    const repaired = await agent.request('POST', '/v1/check/repair');
+    t.match(repaired.body, { differences: [{ kind: 'orphan', object: 'stray', action: 'removed' }] });
+    t.equal(lvs().get(lvOf('stray')), undefined, 'repair removed it');
+    await untouched(t);
+  });
+
+  await t.test('delete everything: the pool has no LV left, the other owner\'s are as they were', async (t) => {
+    const images = (await agent.request('GET', '/v1/images')).body as Array<{ imageId: string }>;
+    t.same(images.map((image) => image.imageId), ['img1'], 'the image left from the images subtest');
+    for (const image of images) t.equal((await agent.request('DELETE', `/v1/images/${image.imageId}`)).status, 204, image.imageId);
+    t.equal((await agent.request('DELETE', '/v1/volumes/v2/snapshots/s1')).status, 204);
+    for (const id of ['v2', 'v3', 'v4']) t.equal((await agent.request('DELETE', `/v1/volumes/${id}`)).status, 204, id);
+    const deadline = Date.now() + 60_000;
+    while (agentLvs().length > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 200));
+    if (agentLvs().length > 0) t.comment(`left: images ${(await agent.request('GET', '/v1/images')).text} volumes ${(await agent.request('GET', '/v1/volumes')).text}`);
+    t.same(agentLvs(), [], 'no LV of the pool');
+    t.equal(await agent.stop(), 0);
+    await untouched(t, []);
+  });
+}

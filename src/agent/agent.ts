@@ -13,9 +13,11 @@ import type { Principal } from './access.js';
 import { Access } from './access.js';
 import type { ImageCacheView } from './image-cache.js';
 import type { PoolImagePolicy } from './images.js';
+import { ImageVolumes } from './image-volumes.js';
 import { Images } from './images.js';
 import { LockTable } from './locks.js';
 import { AgentMetrics } from './metrics.js';
+import { Creations } from './creations.js';
 import { Operations } from './operations.js';
 import type { ListenAddress } from '../exports/nbd/listen-address.js';
 import { Exports } from './exports.js';
@@ -23,6 +25,9 @@ import type { CheckReport } from './reconcile.js';
 import { checkReport, reconcile } from './reconcile.js';
 import type { RemoteSourcesOptions } from './remote-sources.js';
 import { RemoteSources } from './remote-sources.js';
+import { Snapshots } from './snapshots.js';
+import type { CloneEvents } from './volume-checks.js';
+import { VolumeChecks } from './volume-checks.js';
 import { Volumes } from './volumes.js';
 
 const { version: AGENT_VERSION } = createRequire(import.meta.url)('../../../package.json') as { version: string };
@@ -63,6 +68,7 @@ export interface AgentOptions {
 
 export class Agent {
   readonly volumes: Volumes;
+  readonly snapshots: Snapshots;
   readonly images: Images;
   readonly exports: Exports;
   readonly operations: Operations;
@@ -72,32 +78,39 @@ export class Agent {
   readonly system: Access;
   private readonly poolMap: Map<string, Pool>;
   private readonly internalTenant: string;
+  /** Creations running in this process: reconcile leaves their objects alone. */
+  private readonly creations: Creations;
 
   private constructor(readonly catalog: Catalog, private readonly writer: CatalogWriter, options: AgentOptions) {
     this.poolMap = new Map(options.pools.map((pool) => [pool.name, pool]));
     this.internalTenant = options.internalTenant;
     this.system = Access.system(options.internalTenant);
     this.operations = new Operations(catalog, this.writes);
-    this.volumes = new Volumes(catalog, this.writes, this.pools, this.locks, this.operations, options.lockWaitMs);
-    this.images = new Images(catalog, this.writes, this.volumes, this.operations, this.locks, {
-      internalTenant: options.internalTenant,
-      lockWaitMs: options.lockWaitMs,
-      ...(options.imagePolicies ? { policies: options.imagePolicies } : {}),
-    });
     this.exports = new Exports(catalog, this.writes, this.pools, this.locks, {
       nbdListen: options.nbdListen ?? [], ...(options.boundPorts ? { boundPorts: options.boundPorts } : {}), writeDrainWaitMs: options.lockWaitMs,
       ...(options.nbdTls ? { nbdTls: true } : {}),
     });
-    this.volumes.isExported = (volumeId) => this.exports.isExported(volumeId);
-    this.volumes.remotes = new RemoteSources(options.remote ?? { plaintextTcp: false });
-    this.volumes.copyWrites = { check: (volumeId) => this.exports.checkWritesHoldable(volumeId), hold: (volumeId) => this.exports.holdWrites(volumeId) };
     this.metrics = new AgentMetrics({
       pools: () => this.pools.values(),
       imageCache: (pool) => this.images.cacheView(pool),
       exports: () => this.exports.list(this.system),
       operationsByState: () => this.catalog.countOperationsByState(),
     });
-    this.volumes.onCloned = (method, seconds, bytesCopied) => this.metrics.observeClone(method, seconds, bytesCopied);
+    // Clones are told to the metrics and, when made from an image, to the image cache (Images, made below).
+    const events: CloneEvents = {
+      cloned: (method, seconds, bytesCopied) => this.metrics.observeClone(method, seconds, bytesCopied),
+      imageCloned: (imageId) => this.images.recordClone(imageId),
+    };
+    const checks = new VolumeChecks(catalog, this.pools, this.locks, this.operations, this.exports, options.lockWaitMs);
+    this.creations = new Creations(this.operations);
+    this.volumes = new Volumes(catalog, this.writes, this.pools, checks, this.creations, events, new RemoteSources(options.remote ?? { plaintextTcp: false }));
+    this.snapshots = new Snapshots(catalog, this.writes, this.pools, checks, this.creations, events);
+    const imageVolumes = new ImageVolumes(this.writes, this.volumes, checks, this.creations);
+    this.images = new Images(catalog, this.writes, imageVolumes, checks, this.operations, this.locks, {
+      internalTenant: options.internalTenant,
+      lockWaitMs: options.lockWaitMs,
+      ...(options.imagePolicies ? { policies: options.imagePolicies } : {}),
+    });
   }
 
   get writes(): CatalogWrites {
@@ -171,7 +184,7 @@ export class Agent {
   async check(repair: boolean): Promise<CheckReport> {
     const report = await reconcile(this.catalog, this.writes, this.pools, {
       mode: repair ? 'repair' : 'check',
-      isLive: (object) => this.volumes.isLive(object) || this.images.isLive(object),
+      isLive: (object) => this.creations.isRunning(object) || this.locks.isHeld(object) || this.images.isLive(object),
       isOperationLive: (id) => this.operations.isRunning(id),
     });
     return checkReport([...report.differences, ...(await this.exports.check(repair))]);

@@ -31,7 +31,9 @@ import type { Admission, ImageCacheView } from './image-cache.js';
 import { ImageCache } from './image-cache.js';
 import type { LockTable, Release } from './locks.js';
 import type { Operations } from './operations.js';
-import type { PutOutcome, Volumes } from './volumes.js';
+import type { ImageVolumes } from './image-volumes.js';
+import type { VolumeChecks } from './volume-checks.js';
+import type { PutOutcome } from './volume-views.js';
 
 /** What a pool's configuration says about images in it. */
 export interface PoolImagePolicy {
@@ -120,7 +122,8 @@ export class Images {
   constructor(
     private readonly catalog: Catalog,
     private readonly writes: CatalogWrites,
-    private readonly volumes: Volumes,
+    private readonly imageVolumes: ImageVolumes,
+    private readonly checks: VolumeChecks,
     private readonly operations: Operations,
     private readonly locks: LockTable,
     options: ImagesOptions,
@@ -130,10 +133,12 @@ export class Images {
     this.policies = new Map(options.policies ?? []);
     const cacheLimits = new Map([...this.policies].flatMap(([pool, policy]) => (policy.imageCache ? [[pool, policy.imageCache] as const] : [])));
     this.cache = new ImageCache(catalog, writes, locks, cacheLimits, (entry, hold) => this.evict(entry, hold), options.lockWaitMs);
-    volumes.onImageClone = (imageId) => {
-      const image = this.catalog.getImage(imageId);
-      if (image) this.cache.recordUse(image);
-    };
+  }
+
+  /** A volume was made from image `imageId` (CloneEvents.imageCloned): the image cache counts the hit. */
+  recordClone(imageId: string): void {
+    const image = this.catalog.getImage(imageId);
+    if (image) this.cache.recordUse(image);
   }
 
   /** A pool added by a config reload: its upload limit and image cache. */
@@ -182,7 +187,7 @@ export class Images {
       if (volume.state !== 'available') {
         throw new DomainError('VOLUME_BUSY', `volume ${volume.id} is ${volume.state}`, { volume: volume.id, state: volume.state });
       }
-      if (request.mode === 'adopt') this.volumes.checkNoWriters(volume.id); // again under the volume's lock, in adoptAsImageVolume
+      if (request.mode === 'adopt') this.checks.checkNoWriters(volume.id); // again under the volume's lock, in ImageVolumes.adopt
       const imageVolumeId = request.mode === 'adopt' ? volume.id : `iv-${randomUUID()}`;
       const imageVolumeTenant = request.internal ? this.internalTenant : tenant;
       const intent = await this.writes.insertImageCreating({
@@ -192,14 +197,14 @@ export class Images {
       if (!intent.inserted) return await this.repeatRegistration(intent.row, requestKey, request.wait ?? false);
       try {
         if (request.mode === 'clone') {
-          const made = await this.volumes.createImageVolume(imageVolumeId, imageVolumeTenant, volume.id, access, request.wait ?? false);
+          const made = await this.imageVolumes.create(imageVolumeId, imageVolumeTenant, volume.id, access, request.wait ?? false);
           if (made.status === 'started') {
             this.finishRegistration(intent.row);
             return { status: 'started', view: this.view(this.imageRow(request.id)), operation: made.operation };
           }
           await this.writes.transitionImage(request.id, 'creating', 'available');
         } else {
-          await this.volumes.adoptAsImageVolume(volume.id, request.id, imageVolumeTenant);
+          await this.imageVolumes.adopt(volume.id, request.id, imageVolumeTenant);
         }
       } catch (error) {
         await this.rollBack(intent.row);
@@ -219,13 +224,13 @@ export class Images {
   async upload(request: UploadImageRequest, access: Access): Promise<ImageView> {
     const tenant = access.owner(request.tenant);
     if (request.cache) access.checkInternal('cache=true');
-    const pool = this.volumes.pool(request.pool ?? this.volumes.defaultPoolName()).name;
+    const pool = this.checks.pool(request.pool ?? this.checks.defaultPoolName()).name;
     if (this.catalog.getImage(request.id)) throw this.exists(request.id);
     const { maxImageBytes } = this.policies.get(pool) ?? {};
     const cacheMaxBytes = request.cache ? this.cache.limitsOf(pool).maxBytes : undefined;
     const declared = request.contentLength;
     if (declared === 0) throw this.empty();
-    if (declared !== undefined) this.volumes.checkSizeAlignment(this.volumes.pool(pool), declared, 'Content-Length');
+    if (declared !== undefined) this.checks.checkSizeAlignment(this.checks.pool(pool), declared, 'Content-Length');
     if (declared !== undefined && maxImageBytes !== undefined && declared > maxImageBytes) throw this.tooLarge(pool, maxImageBytes, declared);
     if (declared !== undefined && request.cache) this.cache.checkFits(pool, declared);
 
@@ -243,7 +248,7 @@ export class Images {
       const maxBytes = cacheDecides ? cacheMaxBytes : maxImageBytes;
       let received;
       try {
-        received = await this.volumes.receiveImageVolume(volumeId, request.cache ? this.internalTenant : tenant, pool, request.data(), {
+        received = await this.imageVolumes.receive(volumeId, request.cache ? this.internalTenant : tenant, pool, request.data(), {
           ...(maxBytes !== undefined ? { maxBytes } : {}), ...(declared !== undefined ? { expectedBytes: declared } : {}),
         });
       } catch (error) {
@@ -274,7 +279,7 @@ export class Images {
       const current = this.readableImage(id, access); // it may have changed while we waited
       const volume = this.catalog.getVolume(current.volumeId);
       if (!volume || volume.state !== 'available') throw new DomainError('VOLUME_BUSY', `image ${id} is not readable now`, { image: id });
-      const pool = this.volumes.pool(volume.pool);
+      const pool = this.checks.pool(volume.pool);
       const handle = await open(pool.objectPath(volume.id), 'r');
       // The pool's size, not fstat's: a block device (thin) has st_size 0.
       const sizeBytes = (await pool.stat(volume.id).catch(async (error: unknown) => {
@@ -336,7 +341,7 @@ export class Images {
 
   /** Makes a registration whose Image-Volume is being copied available when the copy ends, or rolls it back. */
   private finishRegistration(row: ImageRow): void {
-    const finished: Promise<void> = this.volumes.whenCreated(row.volumeId)
+    const finished: Promise<void> = this.imageVolumes.whenCreated(row.volumeId)
       .then(() => this.writes.transitionImage(row.id, 'creating', 'available').then(() => undefined))
       .catch(() => this.rollBack(row))
       .catch(() => undefined) // a failed rollback leaves a creating row: start-up reconcile settles it
@@ -361,7 +366,7 @@ export class Images {
   private startRemoval(id: string, volumeId: string): void {
     const removal: Promise<void> = (async () => {
       try {
-        await this.volumes.deleteImageVolume(volumeId);
+        await this.imageVolumes.delete(volumeId);
         await this.writes.removeImage(id);
       } catch (error) {
         await this.writes.transitionImage(id, 'deleting', 'error', { error: `removing Image-Volume ${volumeId}: ${(error as Error).message}` })
@@ -383,13 +388,13 @@ export class Images {
       hold();
       throw error;
     }
-    await this.volumes.deleteImageVolume(entry.volumeId, hold);
+    await this.imageVolumes.delete(entry.volumeId, hold);
     await this.writes.removeImage(entry.id);
   }
 
   /** Undoes a registration or upload that failed before its image became available. */
   private async rollBack(row: ImageRow): Promise<void> {
-    if (row.mode !== 'adopt' && this.catalog.getVolume(row.volumeId)) await this.volumes.deleteImageVolume(row.volumeId).catch(() => undefined);
+    if (row.mode !== 'adopt' && this.catalog.getVolume(row.volumeId)) await this.imageVolumes.delete(row.volumeId).catch(() => undefined);
     await this.writes.discardCreatingImage(row.id);
   }
 

@@ -2,7 +2,7 @@
 // query values into typed values or throws the fault from the registry. No
 // storage logic here; the domain gets only values that passed these.
 import { isValidId } from '../agent/ids.js';
-import type { VolumeSource } from '../agent/volumes.js';
+import type { VolumeSource } from '../agent/volume-views.js';
 import { ApiError } from './errors.js';
 
 /** Sizes are whole 512-byte sectors, so every backend (files, dm-thin) can hold them. */

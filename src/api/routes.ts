@@ -6,7 +6,7 @@ import type { Writable } from 'node:stream';
 
 import type { Access, Principal } from '../agent/access.js';
 import type { Agent } from '../agent/agent.js';
-import type { PutOutcome } from '../agent/volumes.js';
+import type { PutOutcome } from '../agent/volume-views.js';
 import { ApiError } from './errors.js';
 import { sendFileRange } from './file-body.js';
 import { parseBoolean, parseChoice, parseFlag, parseId, parseOptionalId, parseRange, parseSize, parseSource, requireFields, requireQuery } from './parse.js';
@@ -173,14 +173,14 @@ export const ROUTES: readonly Route[] = [
     method: 'GET', pattern: '/v1/volumes/:id/snapshots', body: 'none',
     handle: async (agent, { principal, params: [id], query }) => {
       requireQuery(query, ['tenant']);
-      return { status: 200, body: await agent.volumes.listSnapshots(id!, scoped(agent, principal, query)) };
+      return { status: 200, body: await agent.snapshots.list(id!, scoped(agent, principal, query)) };
     },
   },
   {
     method: 'GET', pattern: '/v1/volumes/:id/snapshots/:sid', body: 'none',
     handle: async (agent, { principal, params: [id, sid], query }) => {
       requireQuery(query, ['tenant']);
-      return { status: 200, body: await agent.volumes.getSnapshot(id!, sid!, scoped(agent, principal, query)) };
+      return { status: 200, body: await agent.snapshots.get(id!, sid!, scoped(agent, principal, query)) };
     },
   },
   {
@@ -188,14 +188,14 @@ export const ROUTES: readonly Route[] = [
     handle: async (agent, { principal, params: [id, sid], query, body }) => {
       requireQuery(query, ['wait', 'tenant']);
       noBodyFields(body);
-      return putReply(await agent.volumes.putSnapshot(id!, sid!, parseFlag(query, 'wait'), scoped(agent, principal, query)), 'snapshot');
+      return putReply(await agent.snapshots.put(id!, sid!, parseFlag(query, 'wait'), scoped(agent, principal, query)), 'snapshot');
     },
   },
   {
     method: 'DELETE', pattern: '/v1/volumes/:id/snapshots/:sid', body: 'none',
     handle: async (agent, { principal, params: [id, sid], query }) => {
       requireQuery(query, ['tenant']);
-      await agent.volumes.deleteSnapshot(id!, sid!, scoped(agent, principal, query));
+      await agent.snapshots.delete(id!, sid!, scoped(agent, principal, query));
       return { status: 204 };
     },
   },

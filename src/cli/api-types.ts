@@ -3,14 +3,14 @@
 // nothing of src/agent/ is loaded by the CLI at run time.
 import type { ImageView } from '../agent/images.js';
 import type { OperationView } from '../agent/operations.js';
-import type { SnapshotView, VolumeView } from '../agent/volumes.js';
+import type { SnapshotView, VolumeView } from '../agent/volume-views.js';
 
 export type { PoolView as Pool } from '../agent/agent.js';
 export type { ExportView as Export } from '../agent/exports.js';
 export type { ImageView as Image } from '../agent/images.js';
 export type { OperationView as Operation } from '../agent/operations.js';
 export type { CheckReport, Difference } from '../agent/reconcile.js';
-export type { SnapshotView as Snapshot, SourceRef, VolumeView as Volume, VolumeSource } from '../agent/volumes.js';
+export type { SnapshotView as Snapshot, SourceRef, VolumeView as Volume, VolumeSource } from '../agent/volume-views.js';
 
 export interface Version {
   version: string;

@@ -426,6 +426,7 @@ if (missing) {
     const shown = await stack.waitImage(P1, created.id!, ['active']);
     const volumeId = /cinder:\/\/([0-9a-f-]{36})/.exec(shown.locations!)?.[1];
     t.ok(volumeId, `stored in a Cinder volume (${shown.locations})`);
+    t.match(propertyTable(await stack.cinder(ADMIN, ['show', volumeId!]))['os-vol-host-attr:host'], new RegExp(`^${HOST}@volagent#`), "on host A: Cinder's default type (a-any)");
     const agentVolume = await stack.agent(`/v1/volumes/${agentId(volumeId!)}`);
     t.equal(sha(await readAt(stack.volumeFile(agentVolume.pool as PoolName, agentId(volumeId!)), 0, data.length)), sha(data), 'the agent volume holds the uploaded bytes');
     const downloaded = path.join(stack.dir, 'downloaded.raw');

@@ -58,3 +58,26 @@ export async function extentCount(file: string): Promise<number> {
     await handle.close();
   }
 }
+
+/** Writes `data` at `offset` of a file or device and fsyncs it. */
+export async function writeAt(file: string, data: Buffer, offset: number): Promise<void> {
+  const handle = await open(file, 'r+');
+  try {
+    await handle.write(data, 0, data.length, offset);
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
+/** `length` bytes of a file or device from `offset` (zeros past its end). */
+export async function readAt(file: string, length: number, offset = 0): Promise<Buffer> {
+  const handle = await open(file, 'r');
+  try {
+    const buffer = Buffer.alloc(length);
+    await handle.read(buffer, 0, length, offset);
+    return buffer;
+  } finally {
+    await handle.close();
+  }
+}

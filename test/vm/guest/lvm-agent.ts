@@ -19,6 +19,8 @@ import type { Test } from 'tap';
 import { blockDeviceSize } from '../../../src/pools/thin/block-device.js';
 import type { AgentProcess, LvmPoolSpec } from '../../helpers/agent.js';
 import { downloadOn, outcomeOf, readCatalog, spawnAgent, startAgent, streamOn, writeAgentConfig } from '../../helpers/agent.js';
+import { readAt, writeAt } from '../../helpers/files.js';
+import { agentLvName, lvmRun } from '../../helpers/lvm.js';
 import { inVmGuest } from '../../helpers/vm.js';
 
 const MiB = 1024 * 1024;
@@ -28,26 +30,17 @@ const VG = 'vgtest';
 const THIN_POOL = 'tp';
 const FOREIGN = ['other', 'other-snap', 'linear', 'tagged', 'va.lvm0.trap'];
 
-/** The LV of object `name` (lvm-names.ts: '@' is `+a`, '_' is `+u`). */
-function lvOf(name: string): string {
-  return `va.${POOL}.${name.replace(/@/g, '+a').replace(/_/g, '+u')}`;
-}
+const lvOf = (name: string): string => agentLvName(POOL, name);
 
 function nodeOf(name: string): string {
   return `/dev/${VG}/${lvOf(name)}`;
-}
-
-function run(command: string, args: string[]): string {
-  const result = spawnSync(command, args, { encoding: 'utf8', env: { ...process.env, LVM_SUPPRESS_FD_WARNINGS: '1' } });
-  if (result.status !== 0) throw new Error(`${command} ${args.join(' ')} exited ${result.status}: ${result.stderr}`);
-  return result.stdout;
 }
 
 type LvRow = Record<string, string>;
 
 /** Every LV of the VG as lvs reports it (JSON, bytes), by name. */
 function lvs(fields = 'lv_name,lv_attr,lv_size,lv_tags,origin,pool_lv,lv_active,data_percent'): Map<string, LvRow> {
-  const report = JSON.parse(run('lvs', ['--reportformat', 'json', '--units', 'b', '--nosuffix', '-a', '-o', fields, VG])) as { report: Array<{ lv: LvRow[] }> };
+  const report = JSON.parse(lvmRun('lvs', ['--reportformat', 'json', '--units', 'b', '--nosuffix', '-a', '-o', fields, VG])) as { report: Array<{ lv: LvRow[] }> };
   return new Map(report.report[0]!.lv.map((row) => [row.lv_name!, row]));
 }
 
@@ -76,24 +69,7 @@ async function foreignState(): Promise<Record<string, unknown>> {
 }
 
 async function writePattern(node: string, byte: number, bytes = MiB, offset = 0): Promise<void> {
-  const handle = await open(node, 'r+');
-  try {
-    await handle.write(Buffer.alloc(bytes, byte), 0, bytes, offset);
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-}
-
-async function readRange(node: string, bytes = MiB, offset = 0): Promise<Buffer> {
-  const handle = await open(node, 'r');
-  try {
-    const buffer = Buffer.alloc(bytes);
-    await handle.read(buffer, 0, bytes, offset);
-    return buffer;
-  } finally {
-    await handle.close();
-  }
+  await writeAt(node, Buffer.alloc(bytes, byte), offset);
 }
 
 function filled(byte: number, bytes = MiB): Buffer {
@@ -121,17 +97,17 @@ if (!inVmGuest()) {
   });
 
   // The VG as an operator has it before the agent comes.
-  run('pvcreate', ['-q', '/dev/vda']);
-  run('vgcreate', ['-q', VG, '/dev/vda']);
-  run('lvcreate', ['-q', '--type', 'thin-pool', '-L', '256m', '-n', THIN_POOL, VG]);
-  run('lvcreate', ['-q', '-V', '16m', '-T', `${VG}/${THIN_POOL}`, '-n', 'other', '--addtag', 'owner.cinder']);
+  lvmRun('pvcreate', ['-q', '/dev/vda']);
+  lvmRun('vgcreate', ['-q', VG, '/dev/vda']);
+  lvmRun('lvcreate', ['-q', '--type', 'thin-pool', '-L', '256m', '-n', THIN_POOL, VG]);
+  lvmRun('lvcreate', ['-q', '-V', '16m', '-T', `${VG}/${THIN_POOL}`, '-n', 'other', '--addtag', 'owner.cinder']);
   await writePattern(`/dev/${VG}/other`, 0x0f, 2 * MiB);
-  run('lvcreate', ['-q', '-s', '-kn', '-n', 'other-snap', `${VG}/other`]);
+  lvmRun('lvcreate', ['-q', '-s', '-kn', '-n', 'other-snap', `${VG}/other`]);
   await writePattern(`/dev/${VG}/other`, 0xf0, MiB);
-  run('lvcreate', ['-q', '-L', '8m', '-n', 'linear', VG]);
+  lvmRun('lvcreate', ['-q', '-L', '8m', '-n', 'linear', VG]);
   await writePattern(`/dev/${VG}/linear`, 0x3c, MiB);
-  run('lvcreate', ['-q', '-V', '8m', '-T', `${VG}/${THIN_POOL}`, '-n', 'tagged', '--addtag', 'volagent']);
-  run('lvcreate', ['-q', '-V', '8m', '-T', `${VG}/${THIN_POOL}`, '-n', 'va.lvm0.trap']);
+  lvmRun('lvcreate', ['-q', '-V', '8m', '-T', `${VG}/${THIN_POOL}`, '-n', 'tagged', '--addtag', 'volagent']);
+  lvmRun('lvcreate', ['-q', '-V', '8m', '-T', `${VG}/${THIN_POOL}`, '-n', 'va.lvm0.trap']);
   await writePattern(`/dev/${VG}/va.lvm0.trap`, 0x77, MiB);
   const foreignBefore = await foreignState();
 
@@ -188,8 +164,8 @@ if (!inVmGuest()) {
     t.match(clone.body, { id: 'v2', cloneMethod: 'thin_snapshot', sizeBytes: 8 * MiB, source: { volume: 'v1' } });
     t.match(lvs().get(lvOf('v2')), { lv_attr: /^Vwi-a-tz/, origin: lvOf('v1'), lv_tags: `volagent,volagent.pool.${POOL}` }, 'a thin snapshot of v1, active, tagged');
     await writePattern(nodeOf('v1'), 0x3e, MiB, 0);
-    t.ok((await readRange(nodeOf('v2'))).equals(first), 'the clone reads the first pattern, bit for bit');
-    t.ok((await readRange(nodeOf('v1'))).equals(filled(0x3e)), 'the origin reads the second');
+    t.ok((await readAt(nodeOf('v2'), MiB)).equals(first), 'the clone reads the first pattern, bit for bit');
+    t.ok((await readAt(nodeOf('v1'), MiB)).equals(filled(0x3e)), 'the origin reads the second');
     const stated = (await agent.request('GET', '/v1/volumes/v1')).body;
     t.equal(stated.allocatedBytes, Math.round((8 * MiB * Number(lvs().get(lvOf('v1'))!.data_percent)) / 100), 'allocatedBytes from the LV\'s data%');
     t.ok(stated.allocatedBytes >= MiB, 'at least the MiB written');
@@ -197,13 +173,13 @@ if (!inVmGuest()) {
     t.equal((await agent.request('DELETE', '/v1/volumes/v1')).status, 204);
     t.equal(lvs().get(lvOf('v1')), undefined, 'the LV is removed');
     t.equal(await stat(nodeOf('v1')).catch(() => undefined), undefined, 'and its node');
-    t.ok((await readRange(nodeOf('v2'))).equals(first), 'the clone survives its origin');
+    t.ok((await readAt(nodeOf('v2'), MiB)).equals(first), 'the clone survives its origin');
 
     const resized = await agent.request('POST', '/v1/volumes/v2/resize', { sizeBytes: 16 * MiB });
     t.equal(resized.status, 200, resized.text);
     t.equal(await blockDeviceSize(nodeOf('v2')), 16 * MiB, 'the device grew (lvextend)');
     t.equal(lvs().get(lvOf('v2'))!.lv_size, String(16 * MiB));
-    t.ok((await readRange(nodeOf('v2'))).equals(first), 'and kept its data');
+    t.ok((await readAt(nodeOf('v2'), MiB)).equals(first), 'and kept its data');
 
     const snapshot = await agent.request('PUT', '/v1/volumes/v2/snapshots/s1');
     t.equal(snapshot.status, 201, snapshot.text);
@@ -214,7 +190,7 @@ if (!inVmGuest()) {
     t.equal(fromSnapshot.status, 201, fromSnapshot.text);
     t.equal(await blockDeviceSize(nodeOf('v3')), 32 * MiB, 'a clone grown past its source');
     t.match(lvs().get(lvOf('v3')), { lv_attr: /^Vwi-a-tz/, origin: lvOf('v2@s1') }, 'writable');
-    t.ok((await readRange(nodeOf('v3'))).equals(first), 'reads the snapshot');
+    t.ok((await readAt(nodeOf('v3'), MiB)).equals(first), 'reads the snapshot');
     t.same(readCatalog(catalogPath).volumes.map((v) => [v.id, v.state, v.size_bytes]), [['v2', 'available', 16 * MiB], ['v3', 'available', 32 * MiB]], 'catalog rows');
     await untouched(t, ['v2', 'v2@s1', 'v3']);
   });
@@ -261,7 +237,7 @@ if (!inVmGuest()) {
     const fromImage = await agent.request('PUT', '/v1/volumes/v4', { tenant: 't2', source: { image: 'img1' }, sizeBytes: 8 * MiB });
     t.equal(fromImage.status, 201, fromImage.text);
     t.match(fromImage.body, { cloneMethod: 'thin_snapshot', sizeBytes: 8 * MiB });
-    t.ok((await readRange(nodeOf('v4'), 4 * MiB)).equals(image), 'a volume made from the image reads it');
+    t.ok((await readAt(nodeOf('v4'), 4 * MiB)).equals(image), 'a volume made from the image reads it');
     await writePattern(nodeOf('v4'), 0x99, 64 * KiB);
     t.ok((await downloadOn(agent.socket, '/v1/images/img1/data')).body!.equals(image), 'writing the new volume leaves the image alone');
 
@@ -279,7 +255,7 @@ if (!inVmGuest()) {
     const copy = path.join(dir, 'v2-over-nbd.raw');
     const copied = spawnSync('nbdcopy', [nbd.body.uri, copy], { encoding: 'utf8' });
     t.equal(copied.status, 0, copied.stderr);
-    t.ok((await readRange(copy, 16 * MiB)).equals(await readRange(nodeOf('v2'), 16 * MiB)), 'nbdcopy reads what the LV holds');
+    t.ok((await readAt(copy, 16 * MiB)).equals(await readAt(nodeOf('v2'), 16 * MiB)), 'nbdcopy reads what the LV holds');
     const busy = await agent.request('DELETE', '/v1/volumes/v2');
     t.equal(busy.status, 409, 'an exported volume is not deleted');
     t.equal((await agent.request('DELETE', `/v1/exports/${nbd.body.id}`)).status, 204);
@@ -289,12 +265,12 @@ if (!inVmGuest()) {
   await t.test('restart: the pool reopens; LVs deactivated meanwhile (a reboot) are active again', async (t) => {
     const before = (await agent.request('GET', '/v1/volumes')).body;
     t.equal(await agent.stop(), 0, 'SIGTERM: clean exit');
-    for (const lv of agentLvs()) run('lvchange', ['-an', `${VG}/${lv}`]);
+    for (const lv of agentLvs()) lvmRun('lvchange', ['-an', `${VG}/${lv}`]);
     t.equal(await stat(nodeOf('v2')).catch(() => undefined), undefined, 'deactivated: no node');
     agent = await startAgent(top, spec());
     t.same((await agent.request('GET', '/v1/volumes')).body, before, 'the same volumes');
     t.ok(agentLvs().every((lv) => lvs().get(lv)!.lv_active === 'active'), 'every LV of the pool is active');
-    t.ok((await readRange(nodeOf('v4'), 64 * KiB)).equals(filled(0x99, 64 * KiB)), 'v4 reads its data');
+    t.ok((await readAt(nodeOf('v4'), 64 * KiB)).equals(filled(0x99, 64 * KiB)), 'v4 reads its data');
     t.match((await agent.request('GET', '/v1/check')).body, { clean: true });
     await untouched(t);
   });
@@ -330,7 +306,7 @@ if (!inVmGuest()) {
   await t.test('an LV removed behind the agent\'s back: check names it missing, repair marks its row error', async (t) => {
     const made = await agent.request('PUT', '/v1/volumes/gone', { tenant: 't1', sizeBytes: 4 * MiB });
     t.equal(made.status, 201, made.text);
-    run('lvremove', ['-q', '-y', `${VG}/${lvOf('gone')}`]);
+    lvmRun('lvremove', ['-q', '-y', `${VG}/${lvOf('gone')}`]);
     const check = (await agent.request('GET', '/v1/check')).body;
     t.match(check, { clean: false, differences: [{ kind: 'missing', pool: POOL, object: 'gone' }] });
     t.equal(check.differences.length, 1, 'only that');
@@ -343,7 +319,7 @@ if (!inVmGuest()) {
   });
 
   await t.test('an LV made behind the agent\'s back with its tags: check names an orphan; the other owner\'s LVs never are', async (t) => {
-    run('lvcreate', ['-q', '-V', '4m', '-T', `${VG}/${THIN_POOL}`, '-n', lvOf('stray'), '--addtag', 'volagent', '--addtag', `volagent.pool.${POOL}`]);
+    lvmRun('lvcreate', ['-q', '-V', '4m', '-T', `${VG}/${THIN_POOL}`, '-n', lvOf('stray'), '--addtag', 'volagent', '--addtag', `volagent.pool.${POOL}`]);
     const check = (await agent.request('GET', '/v1/check')).body;
     t.match(check, { clean: false, differences: [{ kind: 'orphan', pool: POOL, object: 'stray' }] });
     t.equal(check.differences.length, 1, 'only that');

@@ -5,60 +5,28 @@
 // snapshot, also with the agent killed between its LVM steps; clones from
 // the lvm pool into the file pool and back (through a temporary LV renamed
 // when complete); the image-volume cache's eviction removing LVs.
-import { randomBytes } from 'node:crypto';
 import { spawnSync } from 'node:child_process';
-import { mkdir, mkdtemp, open, stat } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { mkdir, mkdtemp, stat } from 'node:fs/promises';
 import path from 'node:path';
 
 import t from 'tap';
 
 import type { AgentProcess, PoolSpec } from '../../helpers/agent.js';
 import { readCatalog, startAgent, streamOn } from '../../helpers/agent.js';
+import { readAt, writeAt } from '../../helpers/files.js';
+import { agentLvName, agentLvs as lvsOfPool, lvmRun } from '../../helpers/lvm.js';
 import { inVmGuest } from '../../helpers/vm.js';
 
 const MiB = 1024 * 1024;
 const POOL = 'lvm0';
 const VG = 'vgx';
 
-function lvOf(name: string): string {
-  return `va.${POOL}.${name.replace(/@/g, '+a').replace(/_/g, '+u')}`;
-}
+const lvOf = (name: string): string => agentLvName(POOL, name);
+const agentLvs = (): string[] => lvsOfPool(VG, POOL);
 
 function nodeOf(name: string): string {
   return `/dev/${VG}/${lvOf(name)}`;
-}
-
-function run(command: string, args: string[]): string {
-  const result = spawnSync(command, args, { encoding: 'utf8', env: { ...process.env, LVM_SUPPRESS_FD_WARNINGS: '1' } });
-  if (result.status !== 0) throw new Error(`${command} ${args.join(' ')} exited ${result.status}: ${result.stderr}`);
-  return result.stdout;
-}
-
-/** Names of the LVs in the VG that carry this pool's tag. */
-function agentLvs(): string[] {
-  const report = JSON.parse(run('lvs', ['--reportformat', 'json', '-o', 'lv_name,lv_tags', VG])) as { report: Array<{ lv: Array<{ lv_name: string; lv_tags: string }> }> };
-  return report.report[0]!.lv.filter((row) => row.lv_tags.split(',').includes(`volagent.pool.${POOL}`)).map((row) => row.lv_name).sort();
-}
-
-async function writeAt(file: string, data: Buffer, offset: number): Promise<void> {
-  const handle = await open(file, 'r+');
-  try {
-    await handle.write(data, 0, data.length, offset);
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-}
-
-async function readAt(file: string, bytes: number, offset = 0): Promise<Buffer> {
-  const handle = await open(file, 'r');
-  try {
-    const buffer = Buffer.alloc(bytes);
-    await handle.read(buffer, 0, bytes, offset);
-    return buffer;
-  } finally {
-    await handle.close();
-  }
 }
 
 if (!inVmGuest()) {
@@ -78,9 +46,9 @@ if (!inVmGuest()) {
   t.teardown(() => {
     spawnSync('vgchange', ['-an', VG], { encoding: 'utf8' });
   });
-  run('pvcreate', ['-q', '/dev/vda']);
-  run('vgcreate', ['-q', VG, '/dev/vda']);
-  run('lvcreate', ['-q', '--type', 'thin-pool', '-L', '192m', '-n', 'tp', VG]);
+  lvmRun('pvcreate', ['-q', '/dev/vda']);
+  lvmRun('vgcreate', ['-q', VG, '/dev/vda']);
+  lvmRun('lvcreate', ['-q', '--type', 'thin-pool', '-L', '192m', '-n', 'tp', VG]);
 
   let agent: AgentProcess = await startAgent(top, spec());
 

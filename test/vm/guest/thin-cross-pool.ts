@@ -5,13 +5,14 @@
 // revert of a thin volume to its snapshot, also when the agent is killed
 // right after the revert's ledger commit.
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdir, mkdtemp, open, stat } from 'node:fs/promises';
+import { mkdir, mkdtemp, stat } from 'node:fs/promises';
 import path from 'node:path';
 
 import t from 'tap';
 
 import type { AgentProcess, ThinPoolSpec } from '../../helpers/agent.js';
 import { startAgent } from '../../helpers/agent.js';
+import { readAt, writeAt } from '../../helpers/files.js';
 import { activeThinIds, poolThinIds, readThinRows, removeAgentDevices } from '../../helpers/thin-state.js';
 import { inVmGuest } from '../../helpers/vm.js';
 
@@ -20,27 +21,6 @@ const POOL = 'thin0';
 const DEVICE_DIR = '/dev/volagent-test';
 
 const nodeOf = (name: string): string => path.join(DEVICE_DIR, POOL, name);
-
-async function writeAt(file: string, data: Buffer, offset: number): Promise<void> {
-  const handle = await open(file, 'r+');
-  try {
-    await handle.write(data, 0, data.length, offset);
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-}
-
-async function readAt(file: string, length: number, offset = 0): Promise<Buffer> {
-  const handle = await open(file, 'r');
-  try {
-    const buffer = Buffer.alloc(length);
-    await handle.read(buffer, 0, length, offset);
-    return buffer;
-  } finally {
-    await handle.close();
-  }
-}
 
 const sha = (data: Buffer): string => createHash('sha256').update(data).digest('hex');
 

@@ -40,6 +40,29 @@ export function latency(samples: number[]): Latency {
 
 
 /** Writes `runs` runs of random data spread over a file of `sizeBytes` (1 MiB aligned), then fsyncs. */
+/** Runs `one` n times with `concurrency` in flight: each call's figure, and calls per second overall. */
+export async function timedConcurrent(n: number, concurrency: number, one: (i: number) => Promise<number>): Promise<{ samples: number[]; perSecond: number }> {
+  const samples: number[] = [];
+  let next = 0;
+  const start = now();
+  await Promise.all(Array.from({ length: concurrency }, async () => {
+    while (next < n) samples.push(await one(next++));
+  }));
+  return { samples, perSecond: n / (msSince(start) / 1000) };
+}
+
+/** Writes the first `bytes` of a device or file with 0x5a, in MiB, and fsyncs it. */
+export async function writeHead(node: string, bytes: number): Promise<void> {
+  const handle = await open(node, 'r+');
+  try {
+    const chunk = Buffer.alloc(MiB, 0x5a);
+    for (let at = 0; at < bytes; at += MiB) await handle.write(chunk, 0, MiB, at);
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
 export async function writeRuns(file: string, sizeBytes: number, runs: number, runBytes: number): Promise<void> {
   const stride = Math.floor(sizeBytes / runs / MiB) * MiB;
   const handle = await open(file, 'r+');

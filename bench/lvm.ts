@@ -19,7 +19,7 @@
 // the result. Prints a table and one JSON line; exit 0 whether the goal is met or not.
 // `--quick`: N = 20 and levels 0,100.
 import { execFile } from 'node:child_process';
-import { mkdtemp, open, writeFile } from 'node:fs/promises';
+import { mkdtemp, writeFile } from 'node:fs/promises';
 import { Agent as HttpAgent } from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
@@ -28,7 +28,7 @@ import { promisify } from 'node:util';
 
 import { runInVm, scratchDisks, vmLaneAvailable } from '../test/helpers/vm.js';
 import type { Latency } from './lib.js';
-import { call, expectStatus, f1, GiB, latency, launchBenchAgent, MiB, msSince, now, runBench } from './lib.js';
+import { call, expectStatus, f1, GiB, latency, launchBenchAgent, MiB, msSince, now, runBench, timedConcurrent, writeHead } from './lib.js';
 
 const execFileAsync = promisify(execFile);
 const LVM_POOL = 'lvm0';
@@ -56,32 +56,11 @@ interface GuestResult {
   thin: Side;
 }
 
-async function timedConcurrent(n: number, concurrency: number, one: (i: number) => Promise<number>): Promise<{ samples: number[]; perSecond: number }> {
-  const samples: number[] = [];
-  let next = 0;
-  const start = now();
-  await Promise.all(Array.from({ length: concurrency }, async () => {
-    while (next < n) samples.push(await one(next++));
-  }));
-  return { samples, perSecond: n / (msSince(start) / 1000) };
-}
-
 async function sides(n: number, one: (id: string) => Promise<number>, label: string): Promise<Side> {
   const sequential: number[] = [];
   for (let i = 0; i < n; i++) sequential.push(await one(`${label}s${i}`));
   const concurrent = await timedConcurrent(n, CONCURRENCY, (i) => one(`${label}c${i}`));
   return { sequential: latency(sequential), concurrent: latency(concurrent.samples), concurrentPerSecond: concurrent.perSecond };
-}
-
-async function writeHead(node: string, bytes: number): Promise<void> {
-  const handle = await open(node, 'r+');
-  try {
-    const chunk = Buffer.alloc(MiB, 0x5a);
-    for (let at = 0; at < bytes; at += MiB) await handle.write(chunk, 0, MiB, at);
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
 }
 
 async function lvm(args: string[]): Promise<string> {

@@ -20,7 +20,7 @@
 // result. Prints a table and one JSON line; exit 0 whether goals are met or not.
 // `--quick`: N = 20 instead of 100.
 import { execFile } from 'node:child_process';
-import { mkdir, mkdtemp, open, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, writeFile } from 'node:fs/promises';
 import { Agent as HttpAgent } from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
@@ -34,7 +34,7 @@ import { ThinPool } from '../src/pools/thin/thin-pool.js';
 import { thinPoolMessage } from '../src/pools/thin/dm-thin.js';
 import { runInVm, scratchDisks, vmLaneAvailable } from '../test/helpers/vm.js';
 import type { Latency } from './lib.js';
-import { call, expectStatus, f1, GiB, latency, launchBenchAgent, MiB, msSince, now, runBench } from './lib.js';
+import { call, expectStatus, f1, GiB, latency, launchBenchAgent, MiB, msSince, now, runBench, timedConcurrent, writeHead } from './lib.js';
 
 const execFileAsync = promisify(execFile);
 const POOL = 'bench0';
@@ -71,27 +71,6 @@ function timeCalls(target: object, names: string[], totals: Record<string, numbe
     };
   }
   return () => { for (const [name, original] of originals) methods[name] = original; };
-}
-
-async function timedConcurrent(n: number, concurrency: number, one: (i: number) => Promise<number>): Promise<{ samples: number[]; perSecond: number }> {
-  const samples: number[] = [];
-  let next = 0;
-  const start = now();
-  await Promise.all(Array.from({ length: concurrency }, async () => {
-    while (next < n) samples.push(await one(next++));
-  }));
-  return { samples, perSecond: n / (msSince(start) / 1000) };
-}
-
-async function writeHead(node: string, bytes: number): Promise<void> {
-  const handle = await open(node, 'r+');
-  try {
-    const chunk = Buffer.alloc(MiB, 0x5a);
-    for (let at = 0; at < bytes; at += MiB) await handle.write(chunk, 0, MiB, at);
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
 }
 
 async function lvm(args: string[]): Promise<void> {

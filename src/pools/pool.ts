@@ -2,7 +2,8 @@
 // A backend stores named objects (volumes and snapshots) and knows nothing of
 // tenants, images or the catalog: the domain layer decides object names and
 // records intent in the catalog before calling a backend.
-import type { CloneMethod } from '../clone/clone-file.js';
+import type { CloneMethod, CloneProgress } from '../clone/clone-file.js';
+import { cloneFile } from '../clone/clone-file.js';
 import { native } from '../native/binding.js';
 import { systemError } from '../native/system-error.js';
 import { ZERO_BLOCK_BYTES } from './sparse-writer.js';
@@ -240,4 +241,21 @@ export function dataExtentsOf(allocation: readonly AllocationExtent[], sizeBytes
   }
   if (offset < sizeBytes) extents.push([offset, sizeBytes - offset]);
   return extents;
+}
+
+/**
+ * Copies `source` into `node`, a new block device that reads zeros (a new
+ * thin device or thin LV): only its data extents, then a flush, so the
+ * device's pool has committed what it mapped. The block backends' cloneFrom.
+ */
+export async function copyIntoZeroedDevice(source: ForeignObject, node: string, request: CloneRequest): Promise<CloneOutcome> {
+  const result = await cloneFile(source.path, node, {
+    fsync: true,
+    methods: ['copy_file_range', 'read_write'],
+    zeroedDestination: true,
+    ...(source.allocation ? { dataExtents: dataExtentsOf(source.allocation, source.sizeBytes) } : {}),
+    ...(request.signal ? { signal: request.signal } : {}),
+    ...(request.onProgress ? { onProgress: (p: CloneProgress) => request.onProgress!(p.doneBytes, p.totalBytes) } : {}),
+  });
+  return { method: result.method, bytesCopied: result.bytesCopied };
 }

@@ -23,8 +23,6 @@ import { constants as fsConstants } from 'node:fs';
 import { open } from 'node:fs/promises';
 
 import { throwIfAborted } from '../../common/abort.js';
-import type { CloneProgress } from '../../clone/clone-file.js';
-import { cloneFile } from '../../clone/clone-file.js';
 import { failpoint } from '../../common/failpoints.js';
 import { native } from '../../native/binding.js';
 import { isSystemError, systemError } from '../../native/system-error.js';
@@ -32,7 +30,7 @@ import type {
   CloneOutcome, CloneRequest, ForeignObject, ObjectInfo, ObjectSink, Pool, PoolCapabilities, PoolCapacity, PoolHealth,
   PopulateOutcome, PopulateRequest, ReceiveOutcome, ReceiveRequest,
 } from '../pool.js';
-import { dataExtentsOf, isObjectName, sinkOf, UnalignedSizeError } from '../pool.js';
+import { copyIntoZeroedDevice, isObjectName, sinkOf, UnalignedSizeError } from '../pool.js';
 import { writeSparse } from '../sparse-writer.js';
 import type { LvmPoolConfig } from './backend.js';
 import type { ReportRow } from './lvm-command.js';
@@ -198,16 +196,9 @@ export class LvmPool implements Pool {
     throwIfAborted(request.signal);
     this.refuseWhenFull(pool);
     return this.throughTemporary(targetLv, sizeBytes, request.readOnly ?? false, async (node) => {
-      const result = await cloneFile(source.path, node, {
-        fsync: true, // a flush: the thin pool commits its metadata, the data is on the data device
-        methods: ['copy_file_range', 'read_write'],
-        zeroedDestination: true,
-        ...(source.allocation ? { dataExtents: dataExtentsOf(source.allocation, source.sizeBytes) } : {}),
-        ...(request.signal ? { signal: request.signal } : {}),
-        ...(request.onProgress ? { onProgress: (p: CloneProgress) => request.onProgress!(p.doneBytes, p.totalBytes) } : {}),
-      });
+      const outcome = await copyIntoZeroedDevice(source, node, request);
       throwIfAborted(request.signal);
-      return { outcome: { method: result.method, bytesCopied: result.bytesCopied }, sizeBytes };
+      return { outcome, sizeBytes };
     });
   }
 

@@ -25,8 +25,6 @@ import { constants as fsConstants } from 'node:fs';
 import { open } from 'node:fs/promises';
 
 import { throwIfAborted } from '../../common/abort.js';
-import type { CloneProgress } from '../../clone/clone-file.js';
-import { cloneFile } from '../../clone/clone-file.js';
 import { native } from '../../native/binding.js';
 import type { DmDeviceInfo, DmTarget } from '../../native/addon-types.js';
 import { systemError } from '../../native/system-error.js';
@@ -34,7 +32,7 @@ import type {
   AllocationExtent, CloneOutcome, CloneRequest, ForeignObject, ObjectInfo, ObjectSink, Pool, PoolCapabilities, PoolCapacity, PoolHealth,
   PopulateOutcome, PopulateRequest, ReceiveOutcome, ReceiveRequest,
 } from '../pool.js';
-import { dataExtentsOf, sinkOf, UnalignedSizeError } from '../pool.js';
+import { copyIntoZeroedDevice, sinkOf, UnalignedSizeError } from '../pool.js';
 import type { ThinPoolConfig } from './backend.js';
 import { writeSparse } from '../sparse-writer.js';
 import { AllocationReader } from './allocation.js';
@@ -174,17 +172,10 @@ export class ThinPool implements Pool {
     await this.changes.makeDevice({ op: 'create', name: target, sizeBytes, readOnly: false });
     const node = this.objectPath(target);
     try {
-      const result = await cloneFile(source.path, node, {
-        fsync: true, // a flush: the pool commits its metadata, the data is on the data device
-        methods: ['copy_file_range', 'read_write'],
-        zeroedDestination: true,
-        ...(source.allocation ? { dataExtents: dataExtentsOf(source.allocation, source.sizeBytes) } : {}),
-        ...(request.signal ? { signal: request.signal } : {}),
-        ...(request.onProgress ? { onProgress: (p: CloneProgress) => request.onProgress!(p.doneBytes, p.totalBytes) } : {}),
-      });
+      const outcome = await copyIntoZeroedDevice(source, node, request);
       throwIfAborted(request.signal);
       if (request.readOnly) await this.changes.setTable(target, { readOnly: true });
-      return { method: result.method, bytesCopied: result.bytesCopied };
+      return outcome;
     } catch (error) {
       const cause = await this.healthWatch.writeFailureCause(error);
       await this.remove(target).catch(() => undefined);

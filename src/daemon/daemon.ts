@@ -8,7 +8,7 @@ import { chmod, mkdir, unlink } from 'node:fs/promises';
 import { Agent } from '../agent/agent.js';
 import { createApiServer } from '../api/server.js';
 import { Catalog } from '../catalog/catalog.js';
-import { CatalogThinLedger } from '../catalog/thin-ledger.js';
+import { CatalogPoolLedger } from '../catalog/pool-ledger.js';
 import { NbdServer } from '../exports/nbd/server.js';
 import { NbdTls } from '../exports/nbd/tls.js';
 import type { PoolContext } from '../pools/index.js';
@@ -93,10 +93,10 @@ export async function startDaemon(config: AgentConfig, logger: Logger, options: 
   } catch (error) {
     throw new StartupError(`nbd tls: ${(error as Error).message}`, { cause: error });
   }
-  // A backend that keeps state in the catalog (thin pools: their thin ids)
+  // A backend that keeps state in the catalog (PoolBackend.usesLedger)
   // needs it open first. Otherwise a pool that fails start-up leaves no catalog behind.
   const catalog = config.pools.some((pool) => backendOf(pool).usesLedger) ? Catalog.open(config.catalog.path, { keepFinishedOperations: config.keepFinishedOperations }) : undefined;
-  let ledger = catalog ? new CatalogThinLedger(catalog) : undefined;
+  let ledger = catalog ? new CatalogPoolLedger(catalog) : undefined;
   const warn = (fields: Record<string, unknown>, message: string): void => logger.warn(fields, message);
   let pools: Pool[];
   try {
@@ -187,7 +187,7 @@ export async function startDaemon(config: AgentConfig, logger: Logger, options: 
       const added: PoolConfig[] = [];
       for (const poolConfig of plan.added) {
         if (backendOf(poolConfig).usesLedger && !ledger) {
-          ledger = new CatalogThinLedger(agent.catalog);
+          ledger = new CatalogPoolLedger(agent.catalog);
           ledger.writeThrough(agent.writes);
         }
         const pool = createPool(poolConfig, { ...(ledger ? { ledger } : {}), warn });

@@ -6,14 +6,14 @@ import t from 'tap';
 import type { Test } from 'tap';
 
 import { Catalog, ThinLedgerError } from '../../src/catalog/catalog.js';
-import { CatalogThinLedger } from '../../src/catalog/thin-ledger.js';
+import { CatalogPoolLedger } from '../../src/catalog/pool-ledger.js';
 import { tempDir } from '../helpers/temp-dir.js';
 
-async function openLedger(t: Test): Promise<{ catalog: Catalog; ledger: CatalogThinLedger }> {
+async function openLedger(t: Test): Promise<{ catalog: Catalog; ledger: CatalogPoolLedger }> {
   const dir = await tempDir(t);
   const catalog = Catalog.open(path.join(dir, 'catalog.db'));
   t.teardown(() => catalog.close());
-  const ledger = new CatalogThinLedger(catalog);
+  const ledger = new CatalogPoolLedger(catalog);
   await ledger.recordPool({ pool: 'p', dataDevice: '/dev/vda', metadataDevice: '/dev/vdb', blockSectors: 128 });
   return { catalog, ledger };
 }

@@ -16,7 +16,7 @@
 // is undone, a delete done again); one more, the message ran and only the
 // commit is missing.
 //
-// The catalog implements this interface (src/catalog/thin-ledger.ts); reads
+// The catalog implements this interface (src/catalog/pool-ledger.ts); reads
 // are synchronous, writes resolve once durable.
 
 export type ThinPoolPhase = 'formatting' | 'ready';

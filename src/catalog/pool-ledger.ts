@@ -1,4 +1,5 @@
-// The catalog as a thin pool's ledger (src/pools/thin/ledger.ts). Reads go to
+// The catalog as the ledger of the backends that keep state in it
+// (PoolContext.ledger; today the thin backend: src/pools/thin/ledger.ts). Reads go to
 // the agent's connection; writes go through `writes`: inline while the
 // daemon starts (pools open before anything is served), then, once the agent
 // runs its catalog writer thread, through that thread (`writeThrough`).
@@ -7,7 +8,7 @@ import type { Catalog } from './catalog.js';
 import type { CatalogWrites } from './writes.js';
 import { inlineWrites } from './writes.js';
 
-export class CatalogThinLedger implements ThinLedger {
+export class CatalogPoolLedger implements ThinLedger {
   private writes: CatalogWrites;
 
   constructor(private readonly catalog: Catalog) {

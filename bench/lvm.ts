@@ -9,8 +9,8 @@
 // in the VG (--levels, default 0,500: filler thin snapshots are made by hand
 // until the VG holds at least that many LVs; the clones of earlier levels count):
 //  1. volagentd, lvm pool: PUT /v1/volumes/{id} {source: {volume: origin}}
-//     round trips (lvs of the thin pool, source and target; lvcreate -s -kn
-//     with the tags), N sequential, then N with 8 in flight;
+//     round trips (the source, target and thin pool read from device-mapper;
+//     lvcreate -s -kn with the tags), N sequential, then N with 8 in flight;
 //  2. `lvcreate -s -kn -n NAME vgbench/origin` by hand (a thin snapshot,
 //     activated like the agent's), N sequential, then N with 8 processes in flight;
 // and once, at the first level: 3. volagentd, thin pool, the same round trips.

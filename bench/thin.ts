@@ -28,10 +28,10 @@ import { pathToFileURL } from 'node:url';
 import { promisify } from 'node:util';
 
 import { Catalog } from '../src/catalog/catalog.js';
-import { CatalogThinLedger } from '../src/catalog/thin-ledger.js';
+import { CatalogPoolLedger } from '../src/catalog/pool-ledger.js';
 import { native } from '../src/native/binding.js';
 import { ThinPool } from '../src/pools/thin/thin-pool.js';
-import { thinPoolMessage } from '../src/pools/thin/dm-thin.js';
+import { thinPoolMessage } from '../src/devices/dm-thin.js';
 import { runInVm, scratchDisks, vmLaneAvailable } from '../test/helpers/vm.js';
 import type { Latency } from './lib.js';
 import { call, expectStatus, f1, GiB, latency, launchBenchAgent, MiB, msSince, now, runBench, timedConcurrent, writeHead } from './lib.js';
@@ -105,7 +105,7 @@ async function guest(quick: boolean): Promise<number> {
 
   // The pool layer in this process, on the agent's catalog (the agent stopped; its devices stay active).
   const catalog = Catalog.open(path.join(dir, 'catalog.db'));
-  const ledger = new CatalogThinLedger(catalog);
+  const ledger = new CatalogPoolLedger(catalog);
   const pool = new ThinPool({
     name: POOL, dataDevice: '/dev/vda', metadataDevice: '/dev/vdb', blockSizeBytes: 64 * 1024, lowWaterPercent: 10, minFreePercent: 0,
     errorIfNoSpace: true, deviceDir: DEVICE_DIR, ledger,

@@ -3,7 +3,7 @@
 // thin device, the pool's messages, and the status lines both report.
 // Sizes are in 512-byte sectors; devices are named by major:minor so no
 // device node lookup (and no udev) is involved.
-import type { DmTarget } from '../../native/addon-types.js';
+import type { DmTarget } from '../native/addon-types.js';
 
 export const SECTOR_BYTES = 512;
 

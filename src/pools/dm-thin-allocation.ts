@@ -1,6 +1,8 @@
 // Which blocks of a thin device hold data, for NBD block status and copies
 // that skip what reads as zeros: read from the pool's mapping tree in a held
-// metadata snapshot (thin-metadata.ts walks it).
+// metadata snapshot (src/devices/thin-metadata.ts walks it). Shared by the
+// backends whose objects are dm-thin devices: `thin` (its own pool device) and
+// `lvm` (the `-tpool` device lvm2 made).
 //
 // Kernel contract relied on (thin-provisioning.rst): `reserve_metadata_snap`
 // commits the pool's metadata and keeps a snapshot of it until
@@ -10,15 +12,30 @@ import { constants as fsConstants } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import { open } from 'node:fs/promises';
 
-import { native } from '../../native/binding.js';
-import { isSystemError } from '../../native/system-error.js';
-import type { AllocationExtent } from '../pool.js';
-import { thinPoolMessage } from './dm-thin.js';
-import { ThinPoolError } from './errors.js';
-import type { ThinDeviceRecord } from './ledger.js';
-import type { PoolTarget } from './pool-target.js';
-import type { MappedRun } from './thin-metadata.js';
-import { decodeSuperblock, mappedRuns, METADATA_BLOCK_BYTES, ThinMetadataError } from './thin-metadata.js';
+import type { ThinPoolStatus } from '../devices/dm-thin.js';
+import { thinPoolMessage } from '../devices/dm-thin.js';
+import type { MappedRun } from '../devices/thin-metadata.js';
+import { decodeSuperblock, mappedRuns, METADATA_BLOCK_BYTES, ThinMetadataError } from '../devices/thin-metadata.js';
+import { native } from '../native/binding.js';
+import { isSystemError } from '../native/system-error.js';
+import type { AllocationExtent } from './pool.js';
+
+/** The thin-pool device whose metadata is read. */
+export interface ThinPoolAccess {
+  readonly dmName: string;
+  /** A message to the pool target (sector 0). */
+  message(text: string): Promise<string>;
+  status(): Promise<ThinPoolStatus>;
+  /** A node of the pool's metadata device, opened O_RDONLY | O_DIRECT. */
+  metadataNode(): Promise<string>;
+}
+
+/** The thin device asked about. */
+export interface ThinDeviceRef {
+  name: string;
+  thinId: number;
+  sizeBytes: number;
+}
 
 export interface AllocationReaderOptions {
   name: string;
@@ -32,7 +49,7 @@ export class AllocationReader {
   /** The metadata device opened O_DIRECT, for reading held snapshots. */
   private metadataReader: FileHandle | undefined;
 
-  constructor(private readonly target: PoolTarget, private readonly options: AllocationReaderOptions) {}
+  constructor(private readonly target: ThinPoolAccess, private readonly options: AllocationReaderOptions) {}
 
   /** Waits for the query in progress and closes the metadata device. */
   async close(): Promise<void> {
@@ -51,7 +68,7 @@ export class AllocationReader {
    * reservation) or its metadata does not check out, the whole range is
    * answered allocated: true, only not sparse.
    */
-  async allocation(device: ThinDeviceRecord, offset: number, length: number): Promise<AllocationExtent[]> {
+  async allocation(device: ThinDeviceRef, offset: number, length: number): Promise<AllocationExtent[]> {
     const end = Math.min(offset + length, device.sizeBytes);
     if (end <= offset) return [{ length, allocated: true }];
     const firstBlock = Math.floor(offset / this.options.blockSizeBytes);
@@ -80,10 +97,11 @@ export class AllocationReader {
       try {
         const status = await this.target.status();
         const held = status.state === 'working' ? status.heldMetadataRoot : undefined;
-        if (held === undefined) throw new ThinPoolError(`thin-pool ${this.target.dmName} reports no held metadata root after reserve_metadata_snap`);
-        this.metadataReader ??= await open(this.target.metadata!.node, fsConstants.O_RDONLY | fsConstants.O_DIRECT);
+        if (held === undefined) throw new Error(`thin-pool ${this.target.dmName} reports no held metadata root after reserve_metadata_snap`);
+        const node = await this.target.metadataNode();
+        this.metadataReader ??= await open(node, fsConstants.O_RDONLY | fsConstants.O_DIRECT);
         const reader = this.metadataReader;
-        const read = async (block: number): Promise<Buffer> => native.preadAligned(reader.fd, block * METADATA_BLOCK_BYTES, METADATA_BLOCK_BYTES, this.target.metadata!.node);
+        const read = async (block: number): Promise<Buffer> => native.preadAligned(reader.fd, block * METADATA_BLOCK_BYTES, METADATA_BLOCK_BYTES, node);
         return await walk(read, decodeSuperblock(await read(held), held).dataMappingRoot);
       } finally {
         await this.target.message(thinPoolMessage.releaseMetadataSnap);

@@ -6,7 +6,7 @@ import { spawnSync } from 'node:child_process';
 import BetterSqlite3 from 'better-sqlite3';
 
 import { native } from '../../src/native/binding.js';
-import { parseThinPoolStatus } from '../../src/pools/thin/dm-thin.js';
+import { parseThinPoolStatus } from '../../src/devices/dm-thin.js';
 
 /** The pool's device-mapper name, as the agent makes it. */
 export function poolDmName(pool: string): string {

@@ -2,9 +2,9 @@
 // VM lane checks the same functions against a real kernel.
 import t from 'tap';
 
-import { allocationExtents } from '../../src/pools/thin/allocation.js';
+import { allocationExtents } from '../../src/pools/dm-thin-allocation.js';
 import { decodeDeviceNumber } from '../../src/pools/thin/block-device.js';
-import { parseThinPoolStatus, parseThinStatus, thinPoolMessage, thinPoolTarget, thinTarget } from '../../src/pools/thin/dm-thin.js';
+import { parseThinPoolStatus, parseThinStatus, thinPoolMessage, thinPoolTarget, thinTarget } from '../../src/devices/dm-thin.js';
 
 t.test('tables: devices by major:minor, features counted', async (t) => {
   t.same(thinPoolTarget('254:1', '254:0', 131072, { blockSectors: 128, lowWaterBlocks: 16, errorIfNoSpace: true, skipBlockZeroing: true }),

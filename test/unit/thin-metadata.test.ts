@@ -12,7 +12,7 @@ import path from 'node:path';
 import {
   decodeSuperblock, mappedRuns, METADATA_BLOCK_BYTES, ThinMetadataError,
   type MappedRun, type MetadataBlockReader, type ThinSuperblockInfo,
-} from '../../src/pools/thin/thin-metadata.js';
+} from '../../src/devices/thin-metadata.js';
 
 const THIN_RESTORE = ['/usr/sbin/thin_restore', '/sbin/thin_restore', '/usr/bin/thin_restore'].find((p) => existsSync(p));
 

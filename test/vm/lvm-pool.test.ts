@@ -15,6 +15,7 @@ const GUEST_SUBTESTS = [
   'volumes: create, clone keeps the first pattern',
   'bad input and foreign names',
   'images: upload, download, create-from-image',
+  'block status of an lvm export answers from the thin pool\'s mapping',
   'restart: the pool reopens',
   'kill -9 at lvm.object-made during a create',
   'kill -9 at lvm.object-made during a clone',

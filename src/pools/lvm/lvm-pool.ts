@@ -2,7 +2,10 @@
 // volume group, driven through lvm2's own commands (lvm-command.ts), so that
 // LVM's metadata stays the truth: `lvs`, `vgcfgbackup` and an operator's
 // tooling see every volume as an ordinary thin LV. The catalog keeps no
-// mapping of its own; each call reads the LVs it needs with `lvs`.
+// mapping of its own. What the kernel can answer (an active LV's size,
+// permission, open count and provisioned bytes; the thin pool's usage and
+// mode) is read from device-mapper (lvm-devices.ts); lvm2's `lvs` is asked the
+// rest: tags, inactive LVs, and the truth after a command failed.
 //
 // Contract relied on (lvmthin(7), lvcreate(8), lvrename(8)):
 // - `lvcreate -T vg/pool -V size -n lv` makes a thin LV and `lvcreate -s -n lv
@@ -26,6 +29,8 @@ import { throwIfAborted } from '../../common/abort.js';
 import { failpoint } from '../../common/failpoints.js';
 import { native } from '../../native/binding.js';
 import { isSystemError, systemError } from '../../native/system-error.js';
+import type { AllocationExtent } from '../pool.js';
+import { AllocationReader } from '../dm-thin-allocation.js';
 import type {
   CloneOutcome, CloneRequest, ForeignObject, ObjectInfo, ObjectSink, Pool, PoolCapabilities, PoolCapacity, PoolHealth,
   PopulateOutcome, PopulateRequest, ReceiveOutcome, ReceiveRequest,
@@ -36,6 +41,8 @@ import type { LvmPoolConfig } from './backend.js';
 import type { ReportRow } from './lvm-command.js';
 import { bytesOf, lvm, LvmCommandError, lvmReport } from './lvm-command.js';
 import type { LvRole } from './lvm-names.js';
+import type { ActiveThinLv, ActiveThinPool } from './lvm-devices.js';
+import { dmNodeOf, readActiveThinLv, readActiveThinPool } from './lvm-devices.js';
 import { AGENT_TAG, fitsLvm, lvNameOf, parseLvName, poolTag } from './lvm-names.js';
 
 /** Provisional size of a temporary receiving a stream of unknown length: virtual in a thin pool, it costs nothing. */
@@ -58,8 +65,8 @@ interface Lv {
   readOnly: boolean;
   active: boolean;
   open: boolean;
-  /** Provisioned share of the LV, from lvm2's data% (two decimals). */
-  dataPercent: number;
+  /** Provisioned bytes: the thin target's mapped sectors, or from lvm2's data% (two decimals) for an LV that is not active. */
+  allocatedBytes: number;
   /** Carries both of this pool's tags and lives in its thin pool. */
   ours: boolean;
 }
@@ -83,6 +90,17 @@ export class LvmPool implements Pool {
   /** Temporaries this process is writing: not leftovers, so not listed for the sweep. */
   private readonly live = new Set<string>();
   private lowWaterWarned = false;
+  /**
+   * The names of this pool's LVs (every role) as of its last listing, kept up
+   * to date by its own commands: a name outside it with no active device is
+   * absent without asking lvm2. An LV made behind the agent's back under one
+   * of its names, tagged as its own and left inactive, is seen at the next
+   * listing (start-up, the sweep, reconcile), and lvcreate refuses the name
+   * meanwhile.
+   */
+  private known = new Set<string>();
+  /** Made at the first block status query, once the thin pool's block size is read from its table. */
+  private allocationReader: AllocationReader | undefined;
 
   constructor(private readonly options: LvmPoolOptions) {
     this.name = options.name;
@@ -113,7 +131,9 @@ export class LvmPool implements Pool {
   }
 
   async close(): Promise<void> {
-    // Nothing held: LVs stay active for exports and guests while the agent restarts.
+    // LVs stay active for exports and guests while the agent restarts; a metadata snapshot in use is released.
+    await this.allocationReader?.close();
+    this.allocationReader = undefined;
   }
 
   // --- the pool ---
@@ -320,12 +340,39 @@ export class LvmPool implements Pool {
     return (await this.ownLv(this.lvName('object', name)))?.open ?? false;
   }
 
-  /** allocatedBytes from lvm2's data% of the LV (two decimals: exact to 0.01% of its size). */
+  /** allocatedBytes: the thin target's mapped sectors (an inactive LV's from lvm2's data%, exact to 0.01% of its size). */
   async stat(name: string): Promise<ObjectInfo | undefined> {
     const lv = await this.ownLv(this.lvName('object', name));
     if (!lv) return undefined;
-    const allocatedBytes = Number.isFinite(lv.dataPercent) ? Math.round((lv.sizeBytes * lv.dataPercent) / 100) : 0;
-    return { sizeBytes: lv.sizeBytes, allocatedBytes, readOnly: lv.readOnly };
+    return { sizeBytes: lv.sizeBytes, allocatedBytes: lv.allocatedBytes, readOnly: lv.readOnly };
+  }
+
+  /**
+   * Which parts of the LV hold data, from the thin pool's mapping tree in a
+   * held metadata snapshot (dm-thin-allocation.ts), as for the thin backend.
+   * An LV that is not active is answered allocated throughout: only not sparse.
+   */
+  async allocation(name: string, offset: number, length: number): Promise<AllocationExtent[]> {
+    const lvName = this.lvName('object', name);
+    const { vg, thinPool } = this.options;
+    const [device, pool] = await Promise.all([readActiveThinLv(vg, lvName), readActiveThinPool(vg, thinPool)]);
+    if (!device || !pool || device.pool !== pool.device || !this.known.has(lvName)) {
+      if (!(await this.ownLv(lvName))) throw systemError('ENOENT', 'allocation', this.objectPath(name));
+      return [{ length, allocated: true }];
+    }
+    // Resolved at each call: lvm2 may move the target (from `<pool>` to its `-tpool` layer) between queries.
+    const active = async (): Promise<ActiveThinPool> => {
+      const now = await readActiveThinPool(vg, thinPool);
+      if (!now) throw systemError('ENODEV', 'allocation', this.ref(thinPool));
+      return now;
+    };
+    this.allocationReader ??= new AllocationReader({
+      dmName: pool.dmName,
+      message: async (text) => native.dmMessage((await active()).dmName, 0, text),
+      status: async () => (await active()).status,
+      metadataNode: async () => dmNodeOf((await active()).metadataDevice),
+    }, { name: this.name, blockSizeBytes: pool.blockBytes, ...(this.options.warn ? { warn: this.options.warn } : {}) });
+    return this.allocationReader.allocation({ name, thinId: device.thinId, sizeBytes: device.sizeBytes }, offset, length);
   }
 
   async list(): Promise<string[]> {
@@ -424,15 +471,24 @@ export class LvmPool implements Pool {
       await lvm(command, args);
     } catch (error) {
       if (!(error instanceof LvmCommandError)) throw error;
-      const state = await this.lookup([lvName]).catch(() => undefined);
+      const state = await this.report([lvName]).catch(() => undefined);
       const lv = state?.lvs.get(lvName);
       let code: 'EEXIST' | 'ENOENT' | 'EBUSY' | 'ENOSPC' | 'EIO' = 'EIO';
       if (state && (command === 'lvcreate' || command === 'lvrename') && lv) code = 'EEXIST';
       else if (state && command === 'lvremove' && lv?.open) code = 'EBUSY';
-      else if (state && command === 'lvremove' && !lv) return; // gone: what was asked
+      else if (state && command === 'lvremove' && !lv) {
+        this.known.delete(lvName);
+        return; // gone: what was asked
+      }
       else if (state && command !== 'lvcreate' && command !== 'lvrename' && !lv) code = 'ENOENT';
       else if (state && (healthMode(state.pool) === 'out_of_data_space' || this.freePercent(state.pool) <= 0)) code = 'ENOSPC';
       throw Object.assign(systemError(code, command, this.ref(lvName)), { cause: error });
+    }
+    if (command === 'lvcreate') this.known.add(lvName);
+    else if (command === 'lvremove') this.known.delete(lvName);
+    else if (command === 'lvrename') {
+      this.known.delete(args[1]!);
+      this.known.add(lvName);
     }
   }
 
@@ -448,8 +504,32 @@ export class LvmPool implements Pool {
     return Object.assign(systemError('ENOSPC', (error as NodeJS.ErrnoException).syscall ?? 'write', this.ref(this.options.thinPool)), { cause: error });
   }
 
-  /** The thin pool's state and the LVs named (those present), in one `lvs`. */
+  /**
+   * The thin pool's state and the LVs named (those present). Active LVs of
+   * this pool and the active thin pool are read from device-mapper; one `lvs`
+   * is asked about the rest: a known name with no active device (inactive, or
+   * removed behind the agent's back), an active device under a name this pool
+   * does not know or in another thin pool, and a thin pool that is not active.
+   * A name neither known nor active is absent.
+   */
   private async lookup(lvNames: string[]): Promise<{ pool: ThinPoolState; lvs: Map<string, Lv> }> {
+    const { vg, thinPool } = this.options;
+    const kernelPool = await readActiveThinPool(vg, thinPool);
+    const lvs = new Map<string, Lv>();
+    const ask: string[] = [];
+    for (const lvName of lvNames) {
+      const active = await readActiveThinLv(vg, lvName);
+      if (active && kernelPool && active.pool === kernelPool.device && this.known.has(lvName)) lvs.set(lvName, lvOfDevice(lvName, active));
+      else if (active || this.known.has(lvName)) ask.push(lvName);
+    }
+    if (kernelPool && ask.length === 0) return { pool: thinPoolStateOfDevice(kernelPool), lvs };
+    const reported = await this.report(ask);
+    for (const [lvName, lv] of reported.lvs) lvs.set(lvName, lv);
+    return { pool: kernelPool ? thinPoolStateOfDevice(kernelPool) : reported.pool, lvs };
+  }
+
+  /** The thin pool's state and the LVs named (those present), in one `lvs`; the known names follow what it reports. */
+  private async report(lvNames: string[]): Promise<{ pool: ThinPoolState; lvs: Map<string, Lv> }> {
     const { vg, thinPool } = this.options;
     const fields = [...new Set([...LV_FIELDS, ...POOL_FIELDS])];
     const rows = await lvmReport('lvs', 'lv', fields, [this.ref(thinPool), ...lvNames.map((n) => this.ref(n))], true);
@@ -457,6 +537,10 @@ export class LvmPool implements Pool {
     if (!poolRow) throw systemError('ENODEV', 'lvs', `${vg}/${thinPool}`);
     const lvs = new Map<string, Lv>();
     for (const row of rows) if (row.lv_name !== thinPool && row.lv_name) lvs.set(row.lv_name, this.lvOf(row));
+    for (const lvName of lvNames) {
+      if (lvs.get(lvName)?.ours) this.known.add(lvName);
+      else this.known.delete(lvName);
+    }
     return { pool: thinPoolStateOf(poolRow), lvs };
   }
 
@@ -469,18 +553,22 @@ export class LvmPool implements Pool {
   /** Every LV of the VG that carries this pool's tags, lives in its thin pool and has a name of one of its roles. */
   private async ownLvs(): Promise<Lv[]> {
     const rows = await lvmReport('lvs', 'lv', LV_FIELDS, [this.options.vg]);
-    return rows.map((row) => this.lvOf(row)).filter((lv) => lv.ours && parseLvName(this.name, lv.lvName) !== undefined);
+    const own = rows.map((row) => this.lvOf(row)).filter((lv) => lv.ours && parseLvName(this.name, lv.lvName) !== undefined);
+    this.known = new Set(own.map((lv) => lv.lvName));
+    return own;
   }
 
   private lvOf(row: ReportRow): Lv {
     const tags = (row.lv_tags ?? '').split(',');
+    const sizeBytes = bytesOf(row.lv_size);
+    const dataPercent = bytesOf(row.data_percent);
     return {
       lvName: row.lv_name ?? '',
-      sizeBytes: bytesOf(row.lv_size),
+      sizeBytes,
       readOnly: (row.lv_attr ?? '')[1] === 'r',
       active: row.lv_active === 'active',
       open: row.lv_device_open === 'open',
-      dataPercent: bytesOf(row.data_percent),
+      allocatedBytes: Number.isFinite(dataPercent) ? Math.round((sizeBytes * dataPercent) / 100) : 0,
       ours: tags.includes(AGENT_TAG) && tags.includes(poolTag(this.name)) && row.pool_lv === this.options.thinPool,
     };
   }
@@ -547,6 +635,32 @@ export class LvmPool implements Pool {
       if (role === 'revert-old' || role === 'revert-new') await this.removeLv(lv.lvName);
     }
   }
+}
+
+/** An LV of this pool that device-mapper has active (its tags were seen when it became known). */
+function lvOfDevice(lvName: string, device: ActiveThinLv): Lv {
+  return {
+    lvName, sizeBytes: device.sizeBytes, readOnly: device.readOnly, active: true, open: device.open, allocatedBytes: device.mappedBytes, ours: true,
+  };
+}
+
+/** The thin-pool target's status in lvm2's terms (lv_health_status, lv_when_full, data% and metadata% unrounded). */
+function thinPoolStateOfDevice(pool: ActiveThinPool): ThinPoolState {
+  const { status } = pool;
+  if (status.state !== 'working') {
+    return { sizeBytes: pool.sizeBytes, dataPercent: 0, metadataPercent: 0, health: status.state === 'failed' ? 'failed' : 'error', whenFull: '', checkNeeded: false, transactionId: NaN, active: true };
+  }
+  const modeHealth = { rw: '', ro: 'metadata_read_only', out_of_data_space: 'out_of_data' } as const;
+  return {
+    sizeBytes: pool.sizeBytes,
+    dataPercent: (100 * status.data.used) / status.data.total,
+    metadataPercent: (100 * status.metadata.used) / status.metadata.total,
+    health: modeHealth[status.mode],
+    whenFull: status.noSpace,
+    checkNeeded: status.needsCheck,
+    transactionId: status.transactionId,
+    active: true,
+  };
 }
 
 function thinPoolStateOf(row: ReportRow): ThinPoolState {

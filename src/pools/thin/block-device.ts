@@ -6,7 +6,7 @@ import path from 'node:path';
 
 import { native } from '../../native/binding.js';
 import { isSystemError } from '../../native/system-error.js';
-import type { DeviceNumber } from './dm-thin.js';
+import type { DeviceNumber } from '../../devices/dm-thin.js';
 import { attachLoop, loopBoundTo } from '../../devices/loop-device.js';
 
 export interface PoolDevice {

@@ -16,7 +16,7 @@
 import { failpoint } from '../../common/failpoints.js';
 import { native } from '../../native/binding.js';
 import type { DmDeviceInfo } from '../../native/addon-types.js';
-import { SECTOR_BYTES, thinPoolMessage, thinTarget } from './dm-thin.js';
+import { SECTOR_BYTES, thinPoolMessage, thinTarget } from '../../devices/dm-thin.js';
 import { ignoring, ThinPoolError } from './errors.js';
 import type { PendingThinChange, ThinChange, ThinLedger, ThinPoolRecord } from './ledger.js';
 import { retiredThinName } from './ledger.js';

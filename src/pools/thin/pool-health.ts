@@ -4,7 +4,7 @@
 // new objects when the pool is full, read-only or failed.
 import { isSystemError, systemError } from '../../native/system-error.js';
 import type { PoolCapacity, PoolHealth } from '../pool.js';
-import type { ThinPoolStatus } from './dm-thin.js';
+import type { ThinPoolStatus } from '../../devices/dm-thin.js';
 import type { PoolTarget } from './pool-target.js';
 
 const HEALTH_CHECK_MS = 30_000;

@@ -18,8 +18,8 @@ import type { PoolDevice } from './block-device.js';
 import { resolvePoolDevice } from './block-device.js';
 import { createDevice, poolDmName, poolDmUuid } from './dm-devices.js';
 import { detachLoop } from '../../devices/loop-device.js';
-import type { DeviceNumber, ThinPoolStatus } from './dm-thin.js';
-import { parseThinPoolStatus, SECTOR_BYTES, thinPoolTarget } from './dm-thin.js';
+import type { DeviceNumber, ThinPoolStatus } from '../../devices/dm-thin.js';
+import { parseThinPoolStatus, SECTOR_BYTES, thinPoolTarget } from '../../devices/dm-thin.js';
 import { ignoring, ThinPoolError } from './errors.js';
 import type { ThinLedger, ThinPoolRecord } from './ledger.js';
 

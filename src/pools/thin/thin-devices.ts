@@ -18,7 +18,7 @@ import { systemError } from '../../native/system-error.js';
 import { isObjectName } from '../pool.js';
 import { ensureDeviceNode } from './block-device.js';
 import { createDevice, isThinDmName, thinDmName, thinDmUuid } from './dm-devices.js';
-import { SECTOR_BYTES, thinTarget } from './dm-thin.js';
+import { SECTOR_BYTES, thinTarget } from '../../devices/dm-thin.js';
 import { ignoring } from './errors.js';
 import type { ThinDeviceRecord, ThinLedger } from './ledger.js';
 import { isRetiredThinName } from './ledger.js';

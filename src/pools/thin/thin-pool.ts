@@ -16,7 +16,7 @@
 //                       order, and the settling of a pending change at open;
 //   pool-health.ts      capacity, health, the low-water warning, the refusal
 //                       of new objects when full;
-//   allocation.ts       which blocks hold data, from a held metadata snapshot.
+//   ../dm-thin-allocation.ts  which blocks hold data, from a held metadata snapshot.
 // Beneath them: dm-thin.ts (the kernel's tables, messages and status lines),
 // dm-devices.ts (the agent's device-mapper names), thin-metadata.ts (the
 // metadata's mapping tree), ledger.ts (what the catalog keeps) and
@@ -35,8 +35,8 @@ import type {
 import { copyIntoZeroedDevice, sinkOf, UnalignedSizeError } from '../pool.js';
 import type { ThinPoolConfig } from './backend.js';
 import { writeSparse } from '../sparse-writer.js';
-import { AllocationReader } from './allocation.js';
-import { parseThinStatus, SECTOR_BYTES } from './dm-thin.js';
+import { AllocationReader } from '../dm-thin-allocation.js';
+import { parseThinStatus, SECTOR_BYTES } from '../../devices/dm-thin.js';
 import { ignoring } from './errors.js';
 import type { ThinLedger } from './ledger.js';
 import { isRetiredThinName } from './ledger.js';
@@ -80,7 +80,11 @@ export class ThinPool implements Pool {
     this.healthWatch = new HealthWatch(this.target, options);
     this.devices = new ThinDevices(this.target, options);
     this.changes = new MappingChanges(this.target, this.devices, options);
-    this.allocationReader = new AllocationReader(this.target, options);
+    const target = this.target;
+    this.allocationReader = new AllocationReader({
+      dmName: target.dmName, message: (text) => target.message(text), status: () => target.status(),
+      metadataNode: async () => target.metadata!.node,
+    }, options);
   }
 
   // --- open and close ---

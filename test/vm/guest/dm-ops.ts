@@ -8,8 +8,8 @@ import { open, readFile, unlink } from 'node:fs/promises';
 import t from 'tap';
 
 import { native } from '../../../src/native/binding.js';
-import { parseThinPoolStatus, parseThinStatus, thinPoolMessage, thinPoolTarget, thinTarget } from '../../../src/pools/thin/dm-thin.js';
-import type { DeviceNumber } from '../../../src/pools/thin/dm-thin.js';
+import { parseThinPoolStatus, parseThinStatus, thinPoolMessage, thinPoolTarget, thinTarget } from '../../../src/devices/dm-thin.js';
+import type { DeviceNumber } from '../../../src/devices/dm-thin.js';
 import { inVmGuest } from '../../helpers/vm.js';
 
 const MiB = 1024 * 1024;

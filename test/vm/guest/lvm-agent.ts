@@ -44,6 +44,32 @@ function lvs(fields = 'lv_name,lv_attr,lv_size,lv_tags,origin,pool_lv,lv_active,
   return new Map(report.report[0]!.lv.map((row) => [row.lv_name!, row]));
 }
 
+/** `dmsetup status NAME`'s one target: its type and status words. */
+function dmStatus(dmName: string): { type: string; words: string[] } {
+  const outcome = spawnSync('dmsetup', ['status', dmName], { encoding: 'utf8' });
+  if (outcome.status !== 0) throw new Error(`dmsetup status ${dmName}: ${outcome.stderr}`);
+  const [, , type, ...words] = outcome.stdout.trim().split(/\s+/);
+  return { type: type!, words };
+}
+
+/** The thin pool's data and metadata use as device-mapper reports it (used/total blocks). */
+function thinPoolUse(): { dataPercent: number; metadataPercent: number } {
+  const { type, words } = dmStatus(`${VG}-${THIN_POOL}-tpool`);
+  if (type !== 'thin-pool') throw new Error(`${VG}-${THIN_POOL}-tpool is a ${type} target`);
+  const percent = (usage: string): number => {
+    const [used, total] = usage.split('/').map(Number);
+    return (100 * used!) / total!;
+  };
+  return { metadataPercent: percent(words[1]!), dataPercent: percent(words[2]!) };
+}
+
+/** The bytes a thin LV of the agent has provisioned: its thin target's mapped sectors. */
+function mappedBytes(name: string): number {
+  const { type, words } = dmStatus(`${VG}-${lvOf(name).replaceAll('-', '--')}`);
+  if (type !== 'thin') throw new Error(`${lvOf(name)} is a ${type} target`);
+  return Number(words[0]) * 512;
+}
+
 async function sha256Of(device: string): Promise<string> {
   const handle = await open(device, 'r');
   try {
@@ -99,7 +125,7 @@ if (!inVmGuest()) {
   // The VG as an operator has it before the agent comes.
   lvmRun('pvcreate', ['-q', '/dev/vda']);
   lvmRun('vgcreate', ['-q', VG, '/dev/vda']);
-  lvmRun('lvcreate', ['-q', '--type', 'thin-pool', '-L', '256m', '-n', THIN_POOL, VG]);
+  lvmRun('lvcreate', ['-q', '--type', 'thin-pool', '-L', '256m', '-c', '64k', '-n', THIN_POOL, VG]);
   lvmRun('lvcreate', ['-q', '-V', '16m', '-T', `${VG}/${THIN_POOL}`, '-n', 'other', '--addtag', 'owner.cinder']);
   await writePattern(`/dev/${VG}/other`, 0x0f, 2 * MiB);
   lvmRun('lvcreate', ['-q', '-s', '-kn', '-n', 'other-snap', `${VG}/other`]);
@@ -136,13 +162,17 @@ if (!inVmGuest()) {
     agent = await startAgent(top, spec());
     const [pool] = (await agent.request('GET', '/v1/pools')).body;
     const tp = lvs('lv_name,lv_size,data_percent,metadata_percent').get(THIN_POOL)!;
+    const use = thinPoolUse();
     t.match(pool, {
       name: POOL, backend: 'lvm',
       capabilities: { reflink: true, constantTimeClone: true, sizeAlignmentBytes: 4 * MiB },
-      capacity: { totalBytes: 256 * MiB, dataPercent: Number(tp.data_percent), metadataPercent: Number(tp.metadata_percent) },
+      capacity: { totalBytes: 256 * MiB, dataPercent: use.dataPercent, metadataPercent: use.metadataPercent },
       health: { mode: 'rw', needsCheck: false, lowWater: false },
     });
-    t.equal(pool.capacity.usedBytes, Math.round((256 * MiB * Number(tp.data_percent)) / 100), 'used bytes from data%');
+    t.ok(use.dataPercent > 0, `the other owner's data is counted (${use.dataPercent}%)`);
+    t.equal(Number(use.dataPercent.toFixed(2)), Number(tp.data_percent), "data%: the kernel's, which lvs rounds to two decimals");
+    t.equal(Number(use.metadataPercent.toFixed(2)), Number(tp.metadata_percent), 'and metadata%');
+    t.equal(pool.capacity.usedBytes, Math.round((256 * MiB * use.dataPercent) / 100), 'used bytes from the data blocks in use');
     t.same((await agent.request('GET', '/v1/volumes')).body, [], 'no volume');
     const check = await agent.request('GET', '/v1/check');
     t.match(check.body, { clean: true, differences: [] }, "check: clean (the other owner's LVs are no orphans)");
@@ -167,8 +197,16 @@ if (!inVmGuest()) {
     t.ok((await readAt(nodeOf('v2'), MiB)).equals(first), 'the clone reads the first pattern, bit for bit');
     t.ok((await readAt(nodeOf('v1'), MiB)).equals(filled(0x3e)), 'the origin reads the second');
     const stated = (await agent.request('GET', '/v1/volumes/v1')).body;
-    t.equal(stated.allocatedBytes, Math.round((8 * MiB * Number(lvs().get(lvOf('v1'))!.data_percent)) / 100), 'allocatedBytes from the LV\'s data%');
+    t.equal(stated.allocatedBytes, mappedBytes('v1'), "allocatedBytes: the thin target's mapped sectors");
+    t.equal(Number(((100 * stated.allocatedBytes) / (8 * MiB)).toFixed(2)), Number(lvs().get(lvOf('v1'))!.data_percent), 'which lvs reports as data%');
     t.ok(stated.allocatedBytes >= MiB, 'at least the MiB written');
+
+    // Deactivated behind the agent's back: no device to read, so lvm2 is asked; the volume is still there.
+    lvmRun('lvchange', ['-an', `${VG}/${lvOf('v2')}`]);
+    const inactive = await agent.request('GET', '/v1/volumes/v2');
+    t.equal(inactive.status, 200, inactive.text);
+    t.match(inactive.body, { id: 'v2', sizeBytes: 8 * MiB, readOnly: false }, 'an inactive LV is read from lvs');
+    lvmRun('lvchange', ['-ay', '-K', `${VG}/${lvOf('v2')}`]);
 
     t.equal((await agent.request('DELETE', '/v1/volumes/v1')).status, 204);
     t.equal(lvs().get(lvOf('v1')), undefined, 'the LV is removed');
@@ -260,6 +298,46 @@ if (!inVmGuest()) {
     t.equal(busy.status, 409, 'an exported volume is not deleted');
     t.equal((await agent.request('DELETE', `/v1/exports/${nbd.body.id}`)).status, 204);
     await untouched(t, ['v2', 'v2@s1', 'v3', 'v4', uploaded.body.volumeId]);
+  });
+
+  await t.test("block status of an lvm export answers from the thin pool's mapping: nbdinfo --map and qemu-img map see only the written chunks", async (t) => {
+    const made = await agent.request('PUT', '/v1/volumes/sparse', { tenant: 't1', sizeBytes: 8 * MiB });
+    t.equal(made.status, 201, made.text);
+    // 64 KiB chunks: one partial write provisions a whole chunk.
+    await writePattern(nodeOf('sparse'), 0x3c, 64 * KiB + 512, 0);
+    await writePattern(nodeOf('sparse'), 0x4d, 256 * KiB, 3 * MiB);
+    const exported = await agent.request('POST', '/v1/volumes/sparse/exports', { protocol: 'nbd', readOnly: true });
+    t.equal(exported.status, 201, exported.text);
+    const uri = exported.body.uri as string;
+    const written: Array<[number, number]> = [[0, 128 * KiB], [3 * MiB, 3 * MiB + 256 * KiB]];
+    const map = spawnSync('nbdinfo', ['--map', '--json', uri], { encoding: 'utf8' });
+    t.equal(map.status, 0, map.stderr);
+    const extents = JSON.parse(map.stdout) as Array<{ offset: number; length: number; type: number }>;
+    t.same(extents.filter((e) => (e.type & 1) === 0).map((e) => [e.offset, e.offset + e.length]), written, 'nbdinfo: data exactly where chunks are provisioned');
+    t.ok(extents.filter((e) => (e.type & 1) === 1).every((e) => e.type === 3), 'the rest is hole+zero');
+    t.equal(extents.reduce((sum, e) => sum + e.length, 0), 8 * MiB, 'the map covers the volume');
+    const qemuMap = spawnSync('qemu-img', ['map', '--output=json', '-f', 'raw', uri], { encoding: 'utf8' });
+    t.equal(qemuMap.status, 0, qemuMap.stderr);
+    t.same((JSON.parse(qemuMap.stdout) as Array<{ offset: number; length: number; data: boolean }>).filter((e) => e.data).map((e) => [e.offset, e.offset + e.length]), written, 'qemu-img map agrees');
+    const copy = path.join(dir, 'sparse-over-nbd.raw');
+    const copied = spawnSync('nbdcopy', [uri, copy], { encoding: 'utf8' });
+    t.equal(copied.status, 0, copied.stderr);
+    t.ok((await readAt(copy, 8 * MiB)).equals(await readAt(nodeOf('sparse'), 8 * MiB)), 'nbdcopy, skipping the holes, copies every byte');
+    t.ok((await stat(copy)).blocks * 512 <= 512 * KiB, 'and the copy is sparse');
+
+    // Someone else holds the pool's one metadata snapshot: the answer is "all data", never a guess.
+    const tpool = `${VG}-${THIN_POOL}-tpool`;
+    t.equal(spawnSync('dmsetup', ['message', tpool, '0', 'reserve_metadata_snap']).status, 0, 'an operator holds the metadata snapshot');
+    try {
+      const held = JSON.parse(spawnSync('nbdinfo', ['--map', '--json', uri], { encoding: 'utf8' }).stdout) as Array<{ type: number; length: number }>;
+      t.same(held.map((e) => [e.length, e.type & 1]), [[8 * MiB, 0]], 'with the snapshot held elsewhere: one data extent');
+    } finally {
+      spawnSync('dmsetup', ['message', tpool, '0', 'release_metadata_snap']);
+    }
+    t.equal(dmStatus(tpool).words[3], '-', 'the agent released its snapshots: no held metadata root');
+    t.equal((await agent.request('DELETE', `/v1/exports/${exported.body.id}`)).status, 204);
+    t.equal((await agent.request('DELETE', '/v1/volumes/sparse')).status, 204);
+    await untouched(t);
   });
 
   await t.test('restart: the pool reopens; LVs deactivated meanwhile (a reboot) are active again', async (t) => {

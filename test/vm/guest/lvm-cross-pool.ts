@@ -97,12 +97,14 @@ if (!inVmGuest()) {
     const data = randomBytes(MiB);
     await writeAt(nodeOf('l1'), data, 4 * MiB);
     const toFile = await agent.request('PUT', '/v1/volumes/f1?wait=true', { tenant: 'acme', pool: 'files', source: { volume: 'l1' } });
-    t.ok([200, 201].includes(toFile.status), toFile.text);
+    t.equal(toFile.status, 201, toFile.text);
+    t.match(toFile.body, { id: 'f1', pool: 'files', state: 'available', source: { volume: 'l1' }, sizeBytes: 16 * MiB });
     t.same(await readAt(fileOf('f1'), 16 * MiB), await readAt(nodeOf('l1'), 16 * MiB), 'the file holds the LV\'s bytes');
     t.equal((await stat(fileOf('f1'))).blocks * 512, MiB, 'the zeros read from the LV were not written: the file allocates the MiB of data only');
     await writeAt(fileOf('f1'), randomBytes(MiB), 8 * MiB);
     const toLvm = await agent.request('PUT', '/v1/volumes/l2?wait=true', { tenant: 'acme', pool: POOL, source: { volume: 'f1' } });
-    t.ok([200, 201].includes(toLvm.status), toLvm.text);
+    t.equal(toLvm.status, 201, toLvm.text);
+    t.match(toLvm.body, { id: 'l2', pool: POOL, state: 'available', source: { volume: 'f1' }, sizeBytes: 16 * MiB });
     t.same(await readAt(nodeOf('l2'), 16 * MiB), await readAt(fileOf('f1'), 16 * MiB), 'the LV holds the file\'s bytes');
     t.notOk(agentLvs().some((lv) => lv.startsWith('vt.')), 'no temporary LV left: it was renamed l2');
     t.match(readCatalog(agent.catalogPath).volumes.find((v) => v.id === 'l2'), { state: 'available', pool: POOL, size_bytes: 16 * MiB });

@@ -15,8 +15,8 @@ import type { Test } from 'tap';
 
 import { native } from '../../../src/native/binding.js';
 import { blockDeviceSize } from '../../../src/pools/thin/block-device.js';
-import { parseThinPoolStatus, thinPoolTarget } from '../../../src/pools/thin/dm-thin.js';
-import type { DeviceNumber } from '../../../src/pools/thin/dm-thin.js';
+import { parseThinPoolStatus, thinPoolTarget } from '../../../src/devices/dm-thin.js';
+import type { DeviceNumber } from '../../../src/devices/dm-thin.js';
 import type { AgentProcess, ThinPoolSpec } from '../../helpers/agent.js';
 import { downloadOn, outcomeOf, spawnAgent, startAgent, streamOn, writeAgentConfig } from '../../helpers/agent.js';
 import type { ThinRows } from '../../helpers/thin-state.js';

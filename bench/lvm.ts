@@ -77,7 +77,7 @@ async function guest(quick: boolean, levels: number[]): Promise<number> {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'lvm-bench-'));
   await lvm(['pvcreate', '-q', '/dev/vda']);
   await lvm(['vgcreate', '-q', VG, '/dev/vda']);
-  await lvm(['lvcreate', '-q', '--type', 'thin-pool', '-L', `${DATA_BYTES / MiB}m`, '--poolmetadatasize', '64m', '-c', '64k', '-Zn', '-n', 'pool', VG]);
+  await lvm(['lvcreate', '-q', '--type', 'thin-pool', '-L', `${DATA_BYTES / MiB}m`, '--poolmetadatasize', '64m', '-c', '64k', '-Zy', '-n', 'pool', VG]);
   await lvm(['lvcreate', '-q', '-V', `${ORIGIN_BYTES / MiB}m`, '-T', `${VG}/pool`, '-n', 'origin']);
   await writeHead(`/dev/${VG}/origin`, WRITTEN_BYTES);
   const agent = await launchBenchAgent(dir, [

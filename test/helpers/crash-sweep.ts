@@ -1,7 +1,8 @@
 // The crash-point sweep's harness (docs/reliability.md), shared by the file
-// pools' sweep (test/privileged/crash-sweep.test.ts) and the thin pool's
-// (test/vm/guest/thin-faults.ts). For one operation: a traced run learns the
-// failpoints it passes, in order and with repeats; then for each of them the
+// pools' sweep (test/privileged/crash-sweep.test.ts), the thin pool's
+// (test/vm/guest/thin-faults.ts) and the lvm pool's (lvm-faults.ts), with the
+// operations every block pool runs (volumeOperations). For one operation: a
+// traced run learns the failpoints it passes, in order and with repeats; then for each of them the
 // agent is started with that point armed to kill, the operation is sent,
 // the agent must die there, and a fresh agent must find the invariants hold
 // and the operation wholly done or wholly absent.
@@ -155,4 +156,81 @@ export async function sweepOperation<Context extends { agent: AgentProcess }>(t:
       if (acknowledged) figures.acknowledged += 1;
     }
   });
+}
+
+/** `reply`, when it is a 201; otherwise an error naming `what` (a sweep's preparation must succeed). */
+export async function expectCreated(reply: Promise<Reply>, what: string): Promise<Reply> {
+  const r = await reply;
+  if (r.status !== 201) throw new Error(`${what}: ${r.status} ${r.text}`);
+  return r;
+}
+
+export interface VolumeOperationsOptions<Context> {
+  pool: string;
+  /** The size of every volume made; a resize doubles it. */
+  volumeBytes: number;
+  /** How the pool clones, for the clone's name: `clone (a thin snapshot)`. */
+  cloneMethod: string;
+  /** Checks that a done clone or snapshot (its object name) holds the bytes of the volume `src`. */
+  holdsSource?(ctx: Context, object: string): Promise<void>;
+}
+
+/**
+ * The operations every block pool's sweep runs (thin-faults, lvm-faults),
+ * on a volume `src` the test made: create, clone, snapshot, resize, delete a
+ * volume, delete a snapshot.
+ */
+export function volumeOperations<Context extends { agent: AgentProcess }>(options: VolumeOperationsOptions<Context>): Array<SweptOperation<Context>> {
+  const { pool, volumeBytes } = options;
+  const create = (c: Context, id: string): Promise<Reply> => c.agent.request('PUT', `/v1/volumes/${id}`, { tenant: 't1', sizeBytes: volumeBytes });
+  const holdsSource = options.holdsSource;
+  return [
+    {
+      name: 'create',
+      prepare: async (_c, n) => ({ id: `c-${n}` }),
+      run: (c, { id }) => create(c, id!),
+      done: ({ id }) => ({ added: [volumeLine(id!, pool, 'volume', volumeBytes, false)], removed: [] }),
+    },
+    {
+      name: `clone (${options.cloneMethod})`,
+      prepare: async (_c, n) => ({ id: `k-${n}` }),
+      run: (c, { id }) => c.agent.request('PUT', `/v1/volumes/${id}`, { tenant: 't1', source: { volume: 'src' } }),
+      done: ({ id }) => ({ added: [volumeLine(id!, pool, 'volume', volumeBytes, false)], removed: [] }),
+      ...(holdsSource ? { verifyDone: (c: Context, { id }: Record<string, string>) => holdsSource(c, id!) } : {}),
+    },
+    {
+      name: 'snapshot',
+      prepare: async (_c, n) => ({ id: `s-${n}` }),
+      run: (c, { id }) => c.agent.request('PUT', `/v1/volumes/src/snapshots/${id}`),
+      done: ({ id }) => ({ added: [new RegExp(`^snapshot src@${literal(id!)}$`)], removed: [] }),
+      ...(holdsSource ? { verifyDone: (c: Context, { id }: Record<string, string>) => holdsSource(c, `src@${id!}`) } : {}),
+    },
+    {
+      name: 'resize',
+      prepare: async (c, n) => {
+        await expectCreated(create(c, `r-${n}`), `prepare r-${n}`);
+        return { id: `r-${n}` };
+      },
+      run: (c, { id }) => c.agent.request('POST', `/v1/volumes/${id}/resize`, { sizeBytes: 2 * volumeBytes }),
+      done: ({ id }) => ({ added: [volumeLine(id!, pool, 'volume', 2 * volumeBytes, false)], removed: [volumeLine(id!, pool, 'volume', volumeBytes, false)] }),
+    },
+    {
+      name: 'delete a volume',
+      prepare: async (c, n) => {
+        await expectCreated(create(c, `d-${n}`), `prepare d-${n}`);
+        return { id: `d-${n}` };
+      },
+      run: (c, { id }) => c.agent.request('DELETE', `/v1/volumes/${id}`),
+      done: ({ id }) => ({ added: [], removed: [volumeLine(id!, pool, 'volume', volumeBytes, false)] }),
+    },
+    {
+      name: 'delete a snapshot',
+      prepare: async (c, n) => {
+        await expectCreated(c.agent.request('PUT', `/v1/volumes/src/snapshots/ds-${n}`), `prepare snapshot ds-${n}`);
+        return { id: `ds-${n}` };
+      },
+      run: (c, { id }) => c.agent.request('DELETE', `/v1/volumes/src/snapshots/${id}`),
+      done: ({ id }) => ({ added: [], removed: [new RegExp(`^snapshot src@${literal(id!)}$`)] }),
+    },
+  ];
 }

@@ -5,6 +5,7 @@ import t from 'tap';
 import { poolsDropIn } from '../../src/cli/commands/install-service.js';
 import { parseConfig } from '../../src/daemon/config.js';
 import { bytesOf, parseReport } from '../../src/pools/lvm/lvm-command.js';
+import { lvDmName } from '../../src/pools/lvm/lvm-devices.js';
 import { decodeObjectName, encodeObjectName, fitsLvm, lvNameOf, parseLvName, poolTag } from '../../src/pools/lvm/lvm-names.js';
 
 const LVM = '[[pools]]\nname = "l0"\nbackend = "lvm"\nvg = "vg0"\nthin_pool = "tp"\n';
@@ -43,6 +44,14 @@ t.test("LV names: objects under va.<pool>., '@' and '_' encoded so no reserved w
   t.notOk(fitsLvm('vg', 'a'.repeat(128)), 'past 127 characters');
   t.ok(fitsLvm('vg', '-'.repeat(62)), "the device-mapper name doubles each '-': vg- and 62 of them are 127 characters");
   t.notOk(fitsLvm('vg', '-'.repeat(63)), 'and 63 are 129');
+});
+
+t.test("device-mapper names of LVs: vg-lv, each '-' within a name doubled, a layer after another '-'", async (t) => {
+  t.equal(lvDmName('vgtest', 'va.lvm0.v1'), 'vgtest-va.lvm0.v1');
+  t.equal(lvDmName('vg-a', 'va.p.volume-1+asnap'), 'vg--a-va.p.volume--1+asnap');
+  t.equal(lvDmName('vgtest', 'tp', 'tpool'), 'vgtest-tp-tpool');
+  t.equal(lvDmName('vg-a', 'thin-pool', 'tpool'), 'vg--a-thin--pool-tpool');
+  t.equal(lvDmName('vgtest', 'tp_tmeta'), 'vgtest-tp_tmeta', "hidden LVs keep their '_'");
 });
 
 t.test("lvm2's JSON reports: rows of the section, sizes as bytes, and not a report when stdout is not one", async (t) => {

@@ -109,8 +109,8 @@ export class LvmPool implements Pool {
   // --- open ---
 
   /**
-   * Checks that the VG and its thin pool exist (nothing is made or changed
-   * in them), settles a revert a crash cut off, and activates this pool's
+   * Checks that the VG and its thin pool exist and that the pool zeroes new
+   * blocks (nothing is made or changed in them), settles a revert a crash cut off, and activates this pool's
    * LVs that are not active (after a reboot without autoactivation).
    */
   async open(): Promise<void> {
@@ -123,6 +123,10 @@ export class LvmPool implements Pool {
     const pool = (await lvmReport('lvs', 'lv', ['lv_name', 'lv_attr'], [vg])).find((row) => row.lv_name === thinPool);
     if (!pool) throw new LvmPoolError(`volume group ${vg} has no LV named ${thinPool}`);
     if (!pool.lv_attr?.startsWith('t')) throw new LvmPoolError(`${vg}/${thinPool} is not a thin pool (lv_attr ${pool.lv_attr})`);
+    // lv_attr's 8th character: `z` when newly provisioned blocks are zeroed before use (lvcreate -Z y, lvm2's default).
+    if (pool.lv_attr[7] !== 'z') {
+      throw new LvmPoolError(`${vg}/${thinPool} does not zero newly provisioned blocks (lv_attr ${pool.lv_attr}): a new volume could read what a deleted one left in a block; run lvchange -Z y ${vg}/${thinPool}`);
+    }
     await this.settleReverts();
     for (const lv of await this.ownLvs()) {
       const parsed = parseLvName(this.name, lv.lvName)!;
@@ -317,6 +321,7 @@ export class LvmPool implements Pool {
     if (sizeBytes === lv.sizeBytes) return;
     if (lv.readOnly) throw systemError('EPERM', 'lvextend', this.objectPath(name));
     await this.command('lvextend', ['-L', `${sizeBytes}b`, this.ref(lvName)], lvName);
+    failpoint('lvm.object-resized');
   }
 
   async setReadOnly(name: string, readOnly: boolean): Promise<void> {
@@ -334,6 +339,7 @@ export class LvmPool implements Pool {
     if (!lv) return;
     if (lv.open) throw systemError('EBUSY', 'lvremove', this.objectPath(name));
     await this.removeLv(lvName);
+    failpoint('lvm.object-removed');
   }
 
   async inUse(name: string): Promise<boolean> {
@@ -442,8 +448,10 @@ export class LvmPool implements Pool {
         await this.command('lvrename', [this.options.vg, temporary, target], target);
         return outcome;
       } catch (error) {
+        // Judged before the temporary goes: removing it frees the space, and the pool leaves out-of-data-space mode.
+        const cause = await this.writeFailureCause(error);
         await this.removeLv(temporary).catch(() => undefined);
-        throw await this.writeFailureCause(error);
+        throw cause;
       }
     } finally {
       this.live.delete(temporary);

@@ -125,7 +125,7 @@ if (!inVmGuest()) {
   // The VG as an operator has it before the agent comes.
   lvmRun('pvcreate', ['-q', '/dev/vda']);
   lvmRun('vgcreate', ['-q', VG, '/dev/vda']);
-  lvmRun('lvcreate', ['-q', '--type', 'thin-pool', '-L', '256m', '-c', '64k', '-n', THIN_POOL, VG]);
+  lvmRun('lvcreate', ['-q', '--type', 'thin-pool', '-L', '256m', '-c', '64k', '-Zy', '-n', THIN_POOL, VG]);
   lvmRun('lvcreate', ['-q', '-V', '16m', '-T', `${VG}/${THIN_POOL}`, '-n', 'other', '--addtag', 'owner.cinder']);
   await writePattern(`/dev/${VG}/other`, 0x0f, 2 * MiB);
   lvmRun('lvcreate', ['-q', '-s', '-kn', '-n', 'other-snap', `${VG}/other`]);
@@ -145,7 +145,7 @@ if (!inVmGuest()) {
 
   let agent: AgentProcess;
 
-  await t.test('refused: a VG or thin pool that is not there, and an LV that is not a thin pool', async (t) => {
+  await t.test('refused: a VG or thin pool that is not there, an LV that is not a thin pool, a thin pool that does not zero new blocks', async (t) => {
     for (const [pool, pattern] of [
       [{ vg: 'novg' }, /volume group novg cannot be read/],
       [{ thinPool: 'nopool' }, /volume group vgtest has no LV named nopool/],
@@ -155,6 +155,17 @@ if (!inVmGuest()) {
       t.not(outcome.code, 0, `${JSON.stringify(pool)}: the agent does not start`);
       t.match(outcome.stderr + outcome.stdout, pattern, 'and says why');
     }
+    // Without zeroing, a block provisioned for a new volume keeps what a deleted volume wrote there, past the new one's first write.
+    lvmRun('lvchange', ['-q', '-Z', 'n', `${VG}/${THIN_POOL}`]);
+    try {
+      t.match(lvs('lv_name,lv_attr').get(THIN_POOL), { lv_attr: /^t.{6}[^z]/ }, 'the thin pool no longer zeroes');
+      const outcome = await outcomeOf(spawnAgent(['--config', await writeAgentConfig(spec())]));
+      t.not(outcome.code, 0, 'the agent does not start on it');
+      t.match(outcome.stderr + outcome.stdout, /vgtest\/tp does not zero newly provisioned blocks .*lvchange -Z y vgtest\/tp/, 'and says why and what to run');
+    } finally {
+      lvmRun('lvchange', ['-q', '-Z', 'y', `${VG}/${THIN_POOL}`]);
+    }
+    t.match(lvs('lv_name,lv_attr').get(THIN_POOL), { lv_attr: /^t.{6}z/ }, 'zeroing is back on');
     await untouched(t, []);
   });
 

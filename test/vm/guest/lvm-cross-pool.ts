@@ -48,7 +48,7 @@ if (!inVmGuest()) {
   });
   lvmRun('pvcreate', ['-q', '/dev/vda']);
   lvmRun('vgcreate', ['-q', VG, '/dev/vda']);
-  lvmRun('lvcreate', ['-q', '--type', 'thin-pool', '-L', '192m', '-n', 'tp', VG]);
+  lvmRun('lvcreate', ['-q', '--type', 'thin-pool', '-L', '192m', '-Zy', '-n', 'tp', VG]);
 
   let agent: AgentProcess = await startAgent(top, spec());
 

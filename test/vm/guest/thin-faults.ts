@@ -24,8 +24,7 @@ import t from 'tap';
 
 import type { AgentProcess, AgentSpec, Reply } from '../../helpers/agent.js';
 import { startAgent, streamOn } from '../../helpers/agent.js';
-import type { SweptOperation } from '../../helpers/crash-sweep.js';
-import { literal, newSweepFigures, sweepOperation, volumeLine } from '../../helpers/crash-sweep.js';
+import { expectCreated, newSweepFigures, sweepOperation, volumeOperations } from '../../helpers/crash-sweep.js';
 import { FlakeyDevice } from '../../helpers/flakey.js';
 import { catalogRows, checkInvariants, InvariantError } from '../../helpers/invariants.js';
 import { activeThinIds, poolStatus, poolThinIds, readThinRows, removeAgentDevices } from '../../helpers/thin-state.js';
@@ -57,12 +56,7 @@ if (!inVmGuest()) {
   });
   const nodeOf = (object: string): string => path.join(DEVICE_DIR, POOL, object);
   const request = (method: string, urlPath: string, body?: unknown): Promise<Reply> => ctx.agent.request(method, urlPath, body);
-  const expect201 = async (reply: Promise<Reply>, what: string): Promise<Reply> => {
-    const r = await reply;
-    if (r.status !== 201) throw new Error(`${what}: ${r.status} ${r.text}`);
-    return r;
-  };
-  await expect201(request('PUT', '/v1/volumes/src', { tenant: 't1', sizeBytes: VOLUME_BYTES }), 'create src');
+  await expectCreated(request('PUT', '/v1/volumes/src', { tenant: 't1', sizeBytes: VOLUME_BYTES }), 'create src');
   {
     const handle = await open(nodeOf('src'), 'r+');
     await handle.write(Buffer.alloc(VOLUME_BYTES, 0xa5), 0, VOLUME_BYTES, 0);
@@ -88,53 +82,7 @@ if (!inVmGuest()) {
   };
 
   const create = (c: Context, id: string): Promise<Reply> => c.agent.request('PUT', `/v1/volumes/${id}`, { tenant: 't1', sizeBytes: VOLUME_BYTES });
-  const OPERATIONS: Array<SweptOperation<Context>> = [
-    {
-      name: 'create',
-      prepare: async (_c, n) => ({ id: `c-${n}` }),
-      run: (c, { id }) => create(c, id!),
-      done: ({ id }) => ({ added: [volumeLine(id!, POOL, 'volume', VOLUME_BYTES, false)], removed: [] }),
-    },
-    {
-      name: 'clone (a thin snapshot)',
-      prepare: async (_c, n) => ({ id: `k-${n}` }),
-      run: (c, { id }) => c.agent.request('PUT', `/v1/volumes/${id}`, { tenant: 't1', source: { volume: 'src' } }),
-      done: ({ id }) => ({ added: [volumeLine(id!, POOL, 'volume', VOLUME_BYTES, false)], removed: [] }),
-    },
-    {
-      name: 'snapshot',
-      prepare: async (_c, n) => ({ id: `s-${n}` }),
-      run: (c, { id }) => c.agent.request('PUT', `/v1/volumes/src/snapshots/${id}`),
-      done: ({ id }) => ({ added: [new RegExp(`^snapshot src@${literal(id!)}$`)], removed: [] }),
-    },
-    {
-      name: 'resize',
-      prepare: async (c, n) => {
-        await expect201(create(c, `r-${n}`), `prepare r-${n}`);
-        return { id: `r-${n}` };
-      },
-      run: (c, { id }) => c.agent.request('POST', `/v1/volumes/${id}/resize`, { sizeBytes: 2 * VOLUME_BYTES }),
-      done: ({ id }) => ({ added: [volumeLine(id!, POOL, 'volume', 2 * VOLUME_BYTES, false)], removed: [volumeLine(id!, POOL, 'volume', VOLUME_BYTES, false)] }),
-    },
-    {
-      name: 'delete a volume',
-      prepare: async (c, n) => {
-        await expect201(create(c, `d-${n}`), `prepare d-${n}`);
-        return { id: `d-${n}` };
-      },
-      run: (c, { id }) => c.agent.request('DELETE', `/v1/volumes/${id}`),
-      done: ({ id }) => ({ added: [], removed: [volumeLine(id!, POOL, 'volume', VOLUME_BYTES, false)] }),
-    },
-    {
-      name: 'delete a snapshot',
-      prepare: async (c, n) => {
-        await expect201(c.agent.request('PUT', `/v1/volumes/src/snapshots/ds-${n}`), `prepare snapshot ds-${n}`);
-        return { id: `ds-${n}` };
-      },
-      run: (c, { id }) => c.agent.request('DELETE', `/v1/volumes/src/snapshots/${id}`),
-      done: ({ id }) => ({ added: [], removed: [new RegExp(`^snapshot src@${literal(id!)}$`)] }),
-    },
-  ];
+  const OPERATIONS = volumeOperations<Context>({ pool: POOL, volumeBytes: VOLUME_BYTES, cloneMethod: 'a thin snapshot' });
 
   const harness = {
     ctx,
@@ -174,7 +122,7 @@ if (!inVmGuest()) {
   });
 
   await t.test('I/O errors on the data device, then the metadata device: clear errors, the agent up, nothing kept that failed', async (t) => {
-    await expect201(create(ctx, 'victim'), 'create victim');
+    await expectCreated(create(ctx, 'victim'), 'create victim');
     const before = catalogRows(ctx.agent.catalogPath);
     await flakey.data.swap('error');
     const handle = await open(nodeOf('victim'), 'r+');

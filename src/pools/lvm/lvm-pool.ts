@@ -366,18 +366,7 @@ export class LvmPool implements Pool {
       if (!(await this.ownLv(lvName))) throw systemError('ENOENT', 'allocation', this.objectPath(name));
       return [{ length, allocated: true }];
     }
-    // Resolved at each call: lvm2 may move the target (from `<pool>` to its `-tpool` layer) between queries.
-    const active = async (): Promise<ActiveThinPool> => {
-      const now = await readActiveThinPool(vg, thinPool);
-      if (!now) throw systemError('ENODEV', 'allocation', this.ref(thinPool));
-      return now;
-    };
-    this.allocationReader ??= new AllocationReader({
-      dmName: pool.dmName,
-      message: async (text) => native.dmMessage((await active()).dmName, 0, text),
-      status: async () => (await active()).status,
-      metadataNode: async () => dmNodeOf((await active()).metadataDevice),
-    }, { name: this.name, blockSizeBytes: pool.blockBytes, ...(this.options.warn ? { warn: this.options.warn } : {}) });
+    this.allocationReader ??= this.allocationReaderFor(pool);
     return this.allocationReader.allocation({ name, thinId: device.thinId, sizeBytes: device.sizeBytes }, offset, length);
   }
 
@@ -408,6 +397,22 @@ export class LvmPool implements Pool {
   }
 
   // --- helpers ---
+
+  /** The metadata-snapshot reader of the thin pool `pool` is now; its device is looked up again at each call (lvm2 may move the target from `<pool>` to its `-tpool` layer). */
+  private allocationReaderFor(pool: ActiveThinPool): AllocationReader {
+    const { vg, thinPool } = this.options;
+    const active = async (): Promise<ActiveThinPool> => {
+      const now = await readActiveThinPool(vg, thinPool);
+      if (!now) throw systemError('ENODEV', 'allocation', this.ref(thinPool));
+      return now;
+    };
+    return new AllocationReader({
+      dmName: pool.dmName,
+      message: async (text) => native.dmMessage((await active()).dmName, 0, text),
+      status: async () => (await active()).status,
+      metadataNode: async () => dmNodeOf((await active()).metadataDevice),
+    }, { name: this.name, blockSizeBytes: pool.blockBytes, ...(this.options.warn ? { warn: this.options.warn } : {}) });
+  }
 
   private lvName(role: LvRole, name: string): string {
     if (typeof name !== 'string' || !isObjectName(name)) throw systemError('EINVAL', 'open', String(name));
@@ -522,11 +527,11 @@ export class LvmPool implements Pool {
    */
   private async lookup(lvNames: string[]): Promise<{ pool: ThinPoolState; lvs: Map<string, Lv> }> {
     const { vg, thinPool } = this.options;
-    const kernelPool = await readActiveThinPool(vg, thinPool);
+    const [kernelPool, devices] = await Promise.all([readActiveThinPool(vg, thinPool), Promise.all(lvNames.map((lvName) => readActiveThinLv(vg, lvName)))]);
     const lvs = new Map<string, Lv>();
     const ask: string[] = [];
-    for (const lvName of lvNames) {
-      const active = await readActiveThinLv(vg, lvName);
+    for (const [i, lvName] of lvNames.entries()) {
+      const active = devices[i];
       if (active && kernelPool && active.pool === kernelPool.device && this.known.has(lvName)) lvs.set(lvName, lvOfDevice(lvName, active));
       else if (active || this.known.has(lvName)) ask.push(lvName);
     }

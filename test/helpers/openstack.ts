@@ -273,6 +273,26 @@ export class OpenStack {
     return readFile(path.join(this.dir, 'glance', 'glance-api.log'), 'utf8');
   }
 
+  /**
+   * What the services logged as errors, for a failed run to explain itself:
+   * ERROR lines of Cinder's and Glance's logs, and the agents' records of
+   * level error and fatal, the first `limit` of each file.
+   */
+  async errorsLogged(limit = 60): Promise<string> {
+    const files = [
+      ...['cinder-api', 'cinder-scheduler', 'cinder-volume', 'cinder-volume-b'].map((name) => path.join(this.dir, 'cinder', 'log', `${name}.log`)),
+      path.join(this.dir, 'glance', 'glance-api.log'),
+      path.join(this.dir, 'volagentd.out'), path.join(this.dir, 'volagentd-b.out'),
+    ];
+    const parts: string[] = [];
+    for (const file of files) {
+      const lines = (await readFile(file, 'utf8').catch(() => '')).split('\n')
+        .filter((line) => /^\S+ \S+ \d+ ERROR /.test(line) || /"level":"(error|fatal)"/.test(line));
+      if (lines.length > 0) parts.push(`${path.basename(file)} (${lines.length} error lines):\n${lines.slice(0, limit).join('\n')}`);
+    }
+    return parts.join('\n\n') || 'no service logged an error';
+  }
+
   private etc(name: string): string {
     return path.join(this.dir, 'etc', name);
   }
@@ -479,8 +499,27 @@ export class OpenStack {
     return this.waitStatus(`snapshot ${id}`, () => this.cinder(project, ['snapshot-show', id]), states, (s) => s.startsWith('error'), timeoutMs);
   }
 
-  async waitImage(project: string, id: string, states: string[], timeoutMs = 120_000): Promise<Table> {
-    return this.waitStatus(`image ${id}`, () => this.glance(project, ['image-show', id]), states, (s) => s === 'killed', timeoutMs);
+  async waitImage(project: string, id: string, states: string[], timeoutMs = 120_000, why: () => Promise<string> = async () => ''): Promise<Table> {
+    return this.waitStatus(`image ${id}`, () => this.glance(project, ['image-show', id]), states, (s) => s === 'killed', timeoutMs, why);
+  }
+
+  /**
+   * `cinder upload-to-image` of `volume`, waited for until the image is
+   * active. Cinder deletes the image of a failed upload (its status was
+   * `queued`), so Glance's 404 alone says nothing: the error names Cinder's
+   * user messages for the volume and cinder-volume's errors for the image.
+   */
+  async uploadToImage(project: string, volume: string, args: string[], timeoutMs = 120_000): Promise<{ imageId: string; image: Table }> {
+    const imageId = propertyTable(await this.cinder(project, ['upload-to-image', ...args])).image_id!;
+    const image = await this.waitImage(project, imageId, ['active'], timeoutMs, async () => {
+      const logged = (await this.cinderLog('cinder-volume').catch(() => '')).split('\n').filter((line) => /^\S+ \S+ \d+ (ERROR|WARNING) /.test(line));
+      // A traceback is logged a line at a time under the request's id: all of the request's lines.
+      const requests = new Set(logged.filter((line) => line.includes(imageId)).map((line) => /\[(?:None )?(req-[0-9a-f-]+)/.exec(line)?.[1] ?? line));
+      const errors = logged.filter((line) => [...requests].some((request) => line.includes(request))).slice(0, 80);
+      return `(upload of volume ${volume}; Cinder's messages: ${await this.errorMessages(project, volume)}; cinder-volume: ${errors.join('\n') || 'no error logged'})`;
+    });
+    await this.waitVolume(project, volume, ['available']);
+    return { imageId, image };
   }
 
   /** Polls `show` (a CLI's property table) every 500 ms until its status is one of `states`; a `failed` status throws at once. */
@@ -488,7 +527,9 @@ export class OpenStack {
     why: () => Promise<string> = async () => ''): Promise<Table> {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
-      const shown = propertyTable(await show());
+      const shown = propertyTable(await show().catch(async (error: Error) => {
+        throw new Error(`${error.message} ${await why()}`);
+      }));
       const status = shown.status ?? '';
       if (states.includes(status)) return shown;
       if (failed(status)) throw new Error(`${what} is ${status} ${await why()}`);

@@ -25,7 +25,10 @@ if (missing) {
 } else {
   const stack = new OpenStack({ poolBytes: 8 * 1024 * MiB });
   t.before(() => stack.start());
-  t.teardown(() => stack.stop());
+  t.teardown(async () => {
+    if (!t.passing()) t.comment(await stack.errorsLogged());
+    await stack.stop();
+  });
 
   const agentId = (cinderId: string): string => `volume-${cinderId}`;
 
@@ -251,9 +254,7 @@ if (missing) {
     t.equal(await imageDataReads(image), 0, 'Glance never served the image\'s data');
 
     // upload-to-image: a clone into the internal tenant, registered as cinder://.
-    const uploaded = propertyTable(await stack.cinder(P1, ['upload-to-image', '--disk-format', 'raw', '--container-format', 'bare', source, 'uploaded']));
-    const uploadedImage = await stack.waitImage(P1, uploaded.image_id!, ['active']);
-    await stack.waitVolume(P1, source, ['available']);
+    const { imageId: uploadedId, image: uploadedImage } = await stack.uploadToImage(P1, source, ['--disk-format', 'raw', '--container-format', 'bare', source, 'uploaded']);
     const location = /cinder:\/\/([0-9a-f-]{36})/.exec(uploadedImage.locations!)?.[1];
     t.ok(location, `the image's location is cinder:// (${uploadedImage.locations})`);
     t.equal(uploadedImage.owner, P1, 'the image is the project\'s');
@@ -262,9 +263,9 @@ if (missing) {
     t.match(await stack.agent(`/v1/volumes/${agentId(location!)}`), { tenant: INTERNAL, source: { volume: agentId(source) } });
     t.ok(await sameBytes(sourceFile, stack.volumeFile('ext4', agentId(location!)), gib(1)), 'the Image-Volume holds the volume\'s bytes');
 
-    const again = await createVolume(P1, 'xfs', 1, ['--image', uploaded.image_id!]);
+    const again = await createVolume(P1, 'xfs', 1, ['--image', uploadedId]);
     t.match(await stack.agent(`/v1/volumes/${agentId(again)}`), { pool: 'xfs', source: { volume: agentId(location!) } }, 'a volume from the uploaded image clones its Image-Volume');
-    t.equal(await imageDataReads(uploaded.image_id!), 0);
+    t.equal(await imageDataReads(uploadedId), 0);
     await deleteVolume(P1, again);
 
     // A public image serves the second project; a private one does not.
@@ -274,21 +275,21 @@ if (missing) {
     t.ok(await sameBytes(sourceFile, stack.volumeFile('xfs', agentId(theirs)), gib(1)));
     await deleteVolume(P2, theirs);
     const volumesBefore = await stack.agent('/v1/volumes');
-    const refused = await stack.cinderRaw(P2, ['create', '--volume-type', 'xfs', '--image', uploaded.image_id!, '1']);
+    const refused = await stack.cinderRaw(P2, ['create', '--volume-type', 'xfs', '--image', uploadedId, '1']);
     t.not(refused.code, 0, 'the second project cannot make a volume of the first one\'s private image');
     t.match(refused.stderr, /Invalid image identifier or unable to access requested image/);
     t.same(await stack.agent('/v1/volumes'), volumesBefore, 'and the agent made nothing');
-    t.equal(await imageDataReads(uploaded.image_id!), 0, 'nor did Glance serve its bytes');
+    t.equal(await imageDataReads(uploadedId), 0, 'nor did Glance serve its bytes');
 
     // glance image-download of a cinder:// image: through the driver's read-only attach.
     const downloaded = path.join(stack.dir, 'downloaded.raw');
-    await stack.glance(P1, ['image-download', '--file', downloaded, uploaded.image_id!]);
+    await stack.glance(P1, ['image-download', '--file', downloaded, uploadedId]);
     t.ok(await sameBytes(downloaded, sourceFile, gib(1)), 'image-download of a cinder:// image gives the volume\'s bytes');
     t.equal((await stat(downloaded)).size, gib(1));
     await rm(downloaded);
     t.same(await stack.agent('/v1/exports'), [], 'no export is left');
 
-    await stack.glance(P1, ['image-delete', uploaded.image_id!]);
+    await stack.glance(P1, ['image-delete', uploadedId]);
     await stack.waitVolumeGone(ADMIN, location!);
     // A volume given to Glance with location-add is the image's data now: deleting the image deletes it.
     await stack.glance(ADMIN, ['image-delete', image]);
@@ -372,16 +373,14 @@ if (missing) {
       const source = await createVolume(P1, pool, 1);
       const data = randomBytes(MiB);
       await withAttached(P1, source, 'rw', (device) => writeAt(device, 0, data));
-      const uploaded = propertyTable(await stack.cinder(P1, ['upload-to-image', '--disk-format', 'raw', '--container-format', 'bare', source, `order-${index}`]));
-      const image = await stack.waitImage(P1, uploaded.image_id!, ['active']);
-      await stack.waitVolume(P1, source, ['available']);
+      const { imageId, image } = await stack.uploadToImage(P1, source, ['--disk-format', 'raw', '--container-format', 'bare', source, `order-${index}`]);
       const imageVolume = /cinder:\/\/([0-9a-f-]{36})/.exec(image.locations!)![1]!;
-      const clone = await createVolume(P1, pool, 1, ['--image', uploaded.image_id!]);
+      const clone = await createVolume(P1, pool, 1, ['--image', imageId]);
       t.match(await stack.agent(`/v1/volumes/${agentId(clone)}`), { source: { volume: agentId(imageVolume) } });
       for (const what of order) {
         if (what === 'source') await deleteVolume(P1, source);
         if (what === 'image') {
-          await stack.glance(P1, ['image-delete', uploaded.image_id!]);
+          await stack.glance(P1, ['image-delete', imageId]);
           await stack.waitVolumeGone(ADMIN, imageVolume);
         }
         if (what === 'clone') {
@@ -402,17 +401,15 @@ if (missing) {
     const id = await createVolume(P1, 'xfs', 1);
     const data = randomBytes(6 * MiB);
     await withAttached(P1, id, 'rw', (device) => writeAt(device, 200 * MiB, data));
-    const uploaded = propertyTable(await stack.cinder(P1, ['upload-to-image', '--disk-format', 'raw', '--container-format', 'ovf', id, 'as-ovf']));
-    const image = await stack.waitImage(P1, uploaded.image_id!, ['active'], 300_000);
-    await stack.waitVolume(P1, id, ['available']);
+    const { imageId, image } = await stack.uploadToImage(P1, id, ['--disk-format', 'raw', '--container-format', 'ovf', id, 'as-ovf'], 300_000);
     t.equal(image.container_format, 'ovf');
     t.notMatch(image.locations ?? '', /cinder:/, 'stored in Glance\'s file store, not registered as cinder://');
     const downloaded = path.join(stack.dir, 'as-ovf.raw');
-    await stack.glance(P1, ['image-download', '--file', downloaded, uploaded.image_id!]);
+    await stack.glance(P1, ['image-download', '--file', downloaded, imageId]);
     t.equal((await stat(downloaded)).size, gib(1));
     t.ok(await sameBytes(downloaded, stack.volumeFile('xfs', agentId(id)), gib(1)), 'the image holds the volume\'s bytes');
     t.same(await stack.agent('/v1/exports'), [], 'Cinder\'s attach for the upload left no export');
-    await stack.glance(P1, ['image-delete', uploaded.image_id!]);
+    await stack.glance(P1, ['image-delete', imageId]);
     await deleteVolume(P1, id);
     await rm(downloaded);
   });
@@ -462,14 +459,12 @@ if (missing) {
     const source = await createVolume(P1, 'xfs', 1);
     const data = randomBytes(6 * MiB);
     await withAttached(P1, source, 'rw', (device) => writeAt(device, 300 * MiB, data));
-    const uploaded = propertyTable(await stack.cinder(P1, ['upload-to-image', '--disk-format', 'raw', '--container-format', 'bare', source, 'on-host-a']));
-    const image = await stack.waitImage(P1, uploaded.image_id!, ['active']);
-    await stack.waitVolume(P1, source, ['available']);
+    const { imageId, image } = await stack.uploadToImage(P1, source, ['--disk-format', 'raw', '--container-format', 'bare', source, 'on-host-a']);
     const location = /cinder:\/\/([0-9a-f-]{36})/.exec(image.locations!)?.[1];
     t.ok(location, `the image's location is cinder:// (${image.locations})`);
     t.match(await hostOf(location!), new RegExp(`^${HOST}@volagent#`), 'its Image-Volume is on host A');
 
-    const id = await createVolume(P1, 'b-any', 1, ['--image', uploaded.image_id!]);
+    const id = await createVolume(P1, 'b-any', 1, ['--image', imageId]);
     t.equal(await hostOf(id), `${HOST_B}@${BACKEND_B}#xfs`, 'the new volume is on host B');
     const made = (await stack.agentB('GET', `/v1/volumes/${agentId(id)}`)).json;
     t.match(made, { pool: 'xfs', tenant: P1, cloneMethod: 'nbd_pull', source: { remote: { volume: agentId(location!), sizeBytes: gib(1) } } }, 'host B\'s agent pulled it from host A\'s Image-Volume');
@@ -477,7 +472,7 @@ if (missing) {
     t.ok(await sameBytes(stack.volumeFile('xfs', agentId(location!)), stack.volumeFileB(agentId(id)), gib(1)), 'the bytes are the Image-Volume\'s');
     const allocated = (await stat(stack.volumeFileB(agentId(id)))).blocks * 512;
     t.ok(allocated <= 16 * MiB, `sparse on host B: ${allocated / MiB} MiB allocated for 6 MiB of data`);
-    t.equal(await imageDataReads(uploaded.image_id!), 0, 'Glance never served the image\'s data');
+    t.equal(await imageDataReads(imageId), 0, 'Glance never served the image\'s data');
     t.same(await stack.agent('/v1/exports'), [], 'host A\'s export for the pull is gone');
     t.same((await stack.agentB('GET', '/v1/exports')).json, [], 'host B has no export');
 
@@ -487,20 +482,20 @@ if (missing) {
     t.equal(entries.length, 1, 'host B keeps one cache entry, cloned from the pulled volume');
     t.match(entries[0], { tenant: INTERNAL, pool: 'xfs', cloneMethod: 'reflink' }, 'in Cinder\'s internal tenant, a reflink (no second pull)');
     const entryId = (entries[0]!.id as string).replace(/^volume-/, '');
-    t.match(propertyTable(await stack.cinder(ADMIN, ['show', entryId])), { name: `image-${uploaded.image_id!}`, 'os-vol-host-attr:host': `${HOST_B}@${BACKEND_B}#xfs` }, 'Cinder knows it as the image\'s cache volume on host B');
-    const second = await createVolume(P1, 'b-any', 1, ['--image', uploaded.image_id!]);
+    t.match(propertyTable(await stack.cinder(ADMIN, ['show', entryId])), { name: `image-${imageId}`, 'os-vol-host-attr:host': `${HOST_B}@${BACKEND_B}#xfs` }, 'Cinder knows it as the image\'s cache volume on host B');
+    const second = await createVolume(P1, 'b-any', 1, ['--image', imageId]);
     t.match((await stack.agentB('GET', `/v1/volumes/${agentId(second)}`)).json, { cloneMethod: 'reflink', source: { volume: entries[0]!.id } }, 'the second volume on host B clones the cache entry');
     t.equal(((await stack.agentB('GET', '/v1/volumes')).json as Array<Record<string, any>>).filter((v) => v.source?.remote).length,
       onB.filter((v) => v.source?.remote).length, 'nothing was pulled again');
     t.ok(await sameBytes(stack.volumeFile('xfs', agentId(location!)), stack.volumeFileB(agentId(second)), gib(1)), 'its bytes are the Image-Volume\'s');
-    t.equal(await imageDataReads(uploaded.image_id!), 0, 'Glance still served no data');
+    t.equal(await imageDataReads(imageId), 0, 'Glance still served no data');
     await deleteVolume(P1, second);
     await deleteVolume(P1, id);
     t.equal((await stack.agentB('GET', `/v1/volumes/${agentId(id)}`)).status, 404, 'deleting it through Cinder deleted it on host B');
     // The entry is Cinder's to evict; it goes with its volume here, through Cinder.
     await stack.cinder(ADMIN, ['delete', entryId]);
     await stack.waitVolumeGone(ADMIN, entryId);
-    await stack.glance(P1, ['image-delete', uploaded.image_id!]);
+    await stack.glance(P1, ['image-delete', imageId]);
     await stack.waitVolumeGone(ADMIN, location!);
     await deleteVolume(P1, source);
   });

@@ -24,7 +24,7 @@ const LANES = [
   // Debian's Cinder and Glance, run as plain processes by the tests (test/helpers/openstack.ts):
   // installed with their recommended packages, as an operator's `apt install` does, and with
   // services kept from starting (policy-rc.d).
-  { name: 'openstack', dir: 'dist/test/openstack', timeout: 2400, jobs: 1, packages: ['cinder-api', 'cinder-scheduler', 'cinder-volume', 'glance-api', 'rabbitmq-server', 'python3-cinderclient', 'python3-glanceclient', 'dmidecode', 'xfsprogs', 'e2fsprogs', 'curl', 'util-linux', 'qemu-utils', 'sudo', 'libnbd-bin', 'iproute2', 'procps'], root: true, noServiceStart: true, recommends: true },
+  { name: 'openstack', dir: 'dist/test/openstack', timeout: 2400, jobs: 1, packages: ['cinder-api', 'cinder-scheduler', 'cinder-volume', 'glance-api', 'rabbitmq-server', 'python3-cinderclient', 'python3-glanceclient', 'dmidecode', 'xfsprogs', 'e2fsprogs', 'curl', 'util-linux', 'qemu-utils', 'sudo', 'libnbd-bin', 'iproute2', 'procps', 'mariadb-server', 'python3-pymysql'], root: true, noServiceStart: true, recommends: true },
 ];
 
 function missingPackages(packages) {

@@ -27,7 +27,6 @@ import { chown, mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/
 import net from 'node:net';
 import path from 'node:path';
 
-import BetterSqlite3 from 'better-sqlite3';
 import type { Test } from 'tap';
 
 import { REPO_ROOT, requestOn, VOLAGENTD } from './agent.js';
@@ -50,6 +49,8 @@ export const PROJECTS = {
   internal: '1f1f1f1f1f1f4f1f8f1f1f1f1f1f1f1f',
 } as const;
 const INTERNAL_USER = '2e2e2e2e2e2e4e2e8e2e2e2e2e2e2e2e';
+/** Cinder's and Glance's MariaDB user (and its password): the services run as other uids than the server's root. */
+const DATABASE_USER = 'stack';
 
 const GiB = 1024 ** 3;
 /** The second storage host's cinder-volume `host` and backend. */
@@ -110,7 +111,7 @@ export class OpenStack {
     // processes name its directory (TEST_ROOT/openstack-<pid>) in their command lines.
     await killProcessesNaming(path.join(TEST_ROOT, 'openstack-'));
     await rm(this.dir, { recursive: true, force: true });
-    for (const sub of ['agent', 'agent-b', 'etc', 'rabbit', 'glance/images', 'glance/lock', 'glance/mnt', 'cinder/state', 'cinder/lock', 'cinder/log', 'cinder/conversion', 'home']) {
+    for (const sub of ['agent', 'agent-b', 'etc', 'rabbit', 'mariadb/data', 'glance/images', 'glance/lock', 'glance/mnt', 'cinder/state', 'cinder/lock', 'cinder/log', 'cinder/conversion', 'home']) {
       await mkdir(path.join(this.dir, sub), { recursive: true });
     }
     this.pools.xfs = await makeLoopFs('xfs', this.options.poolBytes);
@@ -139,19 +140,9 @@ export class OpenStack {
       RABBITMQ_NODE_IP_ADDRESS: '127.0.0.1',
       RABBITMQ_PID_FILE: path.join(this.dir, 'rabbit', 'pid'),
     });
+    await this.startDatabase();
     await run('glance-manage', ['--config-file', this.etc('glance-api.conf'), 'db_sync'], { timeoutMs: 300_000 });
     await run('cinder-manage', ['--config-file', this.etc('cinder.conf'), 'db', 'sync'], { timeoutMs: 300_000 });
-    // Four Cinder processes share one SQLite file. In its rollback journal a reader blocks a
-    // writer's commit, and a busy writer past the timeout is a 500 ("database is locked") to a
-    // client; in WAL readers and the writer go on together. The mode stays with the file.
-    for (const database of [path.join(this.dir, 'cinder', 'cinder.sqlite'), path.join(this.dir, 'glance', 'glance.sqlite')]) {
-      const db = new BetterSqlite3(database);
-      try {
-        db.pragma('journal_mode = WAL');
-      } finally {
-        db.close();
-      }
-    }
     await this.until('volagentd', 30_000, async () => (await requestOn(this.agentSocket, 'GET', '/v1/version')).status === 200);
     await this.until('volagentd-b', 30_000, async () => (await requestOn(this.agentSocketB, 'GET', '/v1/version')).status === 200);
     // Cinder's services run as the cinder user, as Debian's units run them. The control socket's
@@ -192,6 +183,41 @@ export class OpenStack {
     for (const project of [PROJECTS.internal, PROJECTS.one, PROJECTS.two]) {
       await this.cinder(PROJECTS.admin, ['quota-update', '--volumes', '-1', '--gigabytes', '-1', '--snapshots', '-1', project]);
     }
+  }
+
+  /**
+   * MariaDB for Cinder's and Glance's databases, as deployments run them.
+   * Not SQLite: oslo.db begins every SQLite transaction with a deferred
+   * BEGIN, so a transaction that reads and then writes while another
+   * process (four Cinder services, each with its heartbeat) has written
+   * meanwhile fails at once with "database is locked", whatever the busy
+   * timeout: a 500 to a client now and then. The server listens on a unix
+   * socket in the stack's directory only.
+   */
+  private async startDatabase(): Promise<void> {
+    const data = path.join(this.dir, 'mariadb', 'data');
+    await run('/usr/bin/mariadb-install-db', ['--no-defaults', `--datadir=${data}`, '--user=root', '--auth-root-authentication-method=normal', '--skip-test-db'], { timeoutMs: 120_000 });
+    this.spawn('mariadb', '/usr/sbin/mariadbd', ['--no-defaults', `--datadir=${data}`, '--user=root', `--socket=${this.databaseSocket}`,
+      `--pid-file=${path.join(this.dir, 'mariadb', 'mariadbd.pid')}`, '--skip-networking', '--skip-log-bin',
+      '--innodb-buffer-pool-size=64M', '--innodb-flush-log-at-trx-commit=2', '--max-connections=500']);
+    await this.until('mariadb', 60_000, async () => (await this.sql('SELECT 1').catch(() => '')) === '1');
+    await this.sql(`CREATE DATABASE cinder CHARACTER SET utf8mb4; CREATE DATABASE glance CHARACTER SET utf8mb4;
+      CREATE USER '${DATABASE_USER}'@'localhost' IDENTIFIED BY '${DATABASE_USER}';
+      GRANT ALL ON cinder.* TO '${DATABASE_USER}'@'localhost'; GRANT ALL ON glance.* TO '${DATABASE_USER}'@'localhost';`);
+  }
+
+  private get databaseSocket(): string {
+    return path.join(this.dir, 'mariadb', 'mariadbd.sock');
+  }
+
+  /** oslo.db's URL of database `name` (PyMySQL over the server's socket). */
+  private databaseUrl(name: 'cinder' | 'glance'): string {
+    return `mysql+pymysql://${DATABASE_USER}:${DATABASE_USER}@localhost/${name}?unix_socket=${this.databaseSocket}&charset=utf8mb4`;
+  }
+
+  /** Runs SQL as MariaDB's root over its socket; the rows, tab-separated, without headers. */
+  async sql(statements: string): Promise<string> {
+    return (await run('/usr/bin/mariadb', ['--no-defaults', `--socket=${this.databaseSocket}`, '-u', 'root', '-N', '-B', '-e', statements])).trim();
   }
 
   /** Restarts glance-api with another default store (uploads go there). */
@@ -338,7 +364,7 @@ export class OpenStack {
       '[DEFAULT]', 'bind_host = 127.0.0.1', 'bind_port = 9292', 'workers = 1', 'debug = True',
       `log_file = ${path.join(this.dir, 'glance', 'glance-api.log')}`,
       'show_multiple_locations = True', 'show_image_direct_url = True', 'enabled_import_methods = []',
-      '[database]', `connection = sqlite:///${path.join(this.dir, 'glance', 'glance.sqlite')}?timeout=30`,
+      '[database]', `connection = ${this.databaseUrl('glance')}`,
       '[paste_deploy]', `config_file = ${this.etc('glance-api-paste.ini')}`, 'flavor =',
       '[glance_store]', 'stores = file, http, cinder', `default_store = ${this.glanceDefaultStore}`,
       `filesystem_store_datadir = ${path.join(this.dir, 'glance', 'images')}`,
@@ -364,8 +390,7 @@ export class OpenStack {
       // start(), before any volume. (glance_store's cinder_volume_type would need a service user
       // for the check it makes at start-up, and the per-project default types need Keystone.)
       'default_volume_type = a-any',
-      // pysqlite's busy timeout (5 s by default): how long a write waits for another process's.
-      '[database]', `connection = sqlite:///${path.join(cinderDir, 'cinder.sqlite')}?timeout=30`,
+      '[database]', `connection = ${this.databaseUrl('cinder')}`,
       '[oslo_concurrency]', `lock_path = ${path.join(cinderDir, 'lock')}`,
       '[oslo_messaging_notifications]', 'driver = noop',
       '[volagent]', 'volume_driver = volagent_cinder.driver.VolagentDriver', 'volume_backend_name = volagent',
@@ -627,7 +652,7 @@ function sleep(ms: number): Promise<void> {
 /** Whether this machine can run the stack (root, the packages); the reason when not. */
 export function stackMissing(): string | undefined {
   if (process.getuid?.() !== 0) return 'needs root';
-  for (const binary of ['/usr/bin/cinder-volume', '/usr/bin/glance-api', '/usr/lib/rabbitmq/bin/rabbitmq-server', '/usr/bin/cinder', '/usr/bin/glance']) {
+  for (const binary of ['/usr/bin/cinder-volume', '/usr/bin/glance-api', '/usr/lib/rabbitmq/bin/rabbitmq-server', '/usr/bin/cinder', '/usr/bin/glance', '/usr/sbin/mariadbd', '/usr/bin/mariadb-install-db']) {
     if (!existsSync(binary)) return `needs ${binary} (Debian's OpenStack packages)`;
   }
   return undefined;

@@ -119,9 +119,9 @@ if (missing) {
 
   /** Cinder's admin metadata of a volume, read from its database (no CLI shows it). */
   const adminMetadata = async (volumeId: string): Promise<Record<string, string>> => {
-    const db = path.join(stack.dir, 'cinder', 'cinder.sqlite');
-    const script = 'import json,sqlite3,sys; c=sqlite3.connect(sys.argv[1]); print(json.dumps(dict(c.execute("select key, value from volume_admin_metadata where volume_id=? and deleted=0", (sys.argv[2],)).fetchall())))';
-    return JSON.parse(await run(SYSTEM_PYTHON, ['-c', script, db, volumeId])) as Record<string, string>;
+    if (!/^[0-9a-f-]{36}$/.test(volumeId)) throw new Error(`not a volume id: ${volumeId}`);
+    const rows = await stack.sql(`SELECT \`key\`, value FROM cinder.volume_admin_metadata WHERE volume_id = '${volumeId}' AND deleted = 0`);
+    return Object.fromEntries(rows.split('\n').filter((row) => row !== '').map((row) => row.split('\t') as [string, string]));
   };
 
   const tenantOf = async (volumeId: string): Promise<string> =>

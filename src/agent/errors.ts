@@ -34,6 +34,8 @@ export const DOMAIN_ERROR_CODES = {
   REMOTE_MISMATCH: "A remote source's export is not the one the request names: it does not exist, or its size or the volume it serves differs; nothing was kept.",
   REMOTE_FAILED: "A remote source's export could not be read: the peer's address refused or did not answer, TLS failed (a key or certificate the peer does not accept), or the connection or a read failed mid-copy; nothing was kept.",
   UNSUPPORTED_FOR_POOL: "The pool's backend cannot do this.",
+  UNMANAGED_NOT_FOUND: "The pool's storage holds no object of that name that the agent did not make (lvm: no LV of that name in the VG, or one of the agent's own).",
+  UNMANAGED_REFUSED: 'The object named for adoption cannot be adopted, and was left as it was: not a thin LV of the pool\'s thin pool, held open, or read-only (the message says which).',
   INSUFFICIENT_SPACE: 'The pool is out of space; the partial result was removed and the source is intact.',
   IMAGE_CACHE_FULL: "The image does not fit in the pool's image cache: larger than max_bytes, or the entries in use leave no room.",
   POOL_UNAVAILABLE: "The pool's storage refuses changes: an I/O error (a failing device, a filesystem shut down after one), or a thin pool whose metadata went read-only or whose target failed (GET /v1/pools shows its health).",

@@ -110,7 +110,15 @@ export async function reconcile(catalog: Catalog, writes: CatalogWrites, pools: 
       differences.push({ ...base, detail: `volume left ${row.state} in pool ${row.pool}, which is not configured` });
       continue;
     }
-    if (row.state === 'creating') {
+    const adoptedFrom = row.unmanagedSource;
+    if (row.state === 'creating' && adoptedFrom !== undefined) {
+      // An adoption: the object is the operator's, never removed; the pool undoes what part of the adoption was done.
+      await settle({ ...base, detail: `adoption of ${adoptedFrom} left creating: given back` }, 'finished', async () => {
+        if (!pool.unmanaged) throw new Error(`pool ${row.pool} (${pool.backend}) adopts nothing: ${adoptedFrom} is left as it is`);
+        await pool.unmanaged.giveBack(adoptedFrom, row.id);
+        await writes.discardCreatingVolume(row.id);
+      });
+    } else if (row.state === 'creating') {
       await settle({ ...base, detail: 'volume left creating: rolled back' }, 'removed', async () => {
         await pool.remove(row.id);
         await writes.discardCreatingVolume(row.id);

@@ -9,8 +9,8 @@ import type { OperationView } from './operations.js';
 import type { RemoteSource } from './remote-sources.js';
 
 export type SourceRef = { volume: string } | { snapshot: string } | { image: string };
-/** A volume's source: an object of this host, or a peer agent's export (remote-sources.ts). */
-export type VolumeSource = SourceRef | { remote: RemoteSource };
+/** A volume's source: an object of this host, a peer agent's export (remote-sources.ts), or an object of a pool's storage the agent did not make, by the backend's own name (adopted). */
+export type VolumeSource = SourceRef | { remote: RemoteSource } | { unmanaged: string };
 
 export interface VolumeView {
   id: string;
@@ -61,6 +61,7 @@ export async function volumeView(row: VolumeRow, pools: ReadonlyMap<string, Pool
     state: row.state,
     ...(row.source ? { source: { [row.source.kind]: row.source.id } as SourceRef } : {}),
     ...(row.remoteSource ? { source: { remote: row.remoteSource } } : {}),
+    ...(row.unmanagedSource ? { source: { unmanaged: row.unmanagedSource } } : {}),
     cloneMethod: row.cloneMethod ?? null,
     readOnly: row.readOnly,
     createdAt: row.createdAt,

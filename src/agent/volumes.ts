@@ -1,6 +1,6 @@
 // Volumes: idempotent creation (empty, a clone of a volume, snapshot or
-// image of this host, a pull from a peer agent), resize, transfer, revert,
-// delete. Snapshots are in snapshots.ts, the Image-Volumes images.ts asks for
+// image of this host, a pull from a peer agent, the adoption of an object the
+// agent did not make), resize, transfer, revert, delete. Snapshots are in snapshots.ts, the Image-Volumes images.ts asks for
 // in image-volumes.ts, the creation runner in creations.ts, the checks they
 // share in volume-checks.ts and the views in volume-views.ts.
 //
@@ -94,6 +94,7 @@ export class Volumes {
     const owned = { ...request, tenant: access.owner(request.tenant) };
     if (request.source === undefined) return this.createEmpty(owned);
     if ('remote' in request.source) return this.createFromRemote(owned, request.source.remote);
+    if ('unmanaged' in request.source) return this.adopt(owned, request.source.unmanaged, access);
     return this.clone(owned, request.source, access);
   }
 
@@ -401,6 +402,57 @@ export class Volumes {
     };
     const started = this.creations.start(id, source.sizeBytes, operationId, work, () => undefined);
     if (started && !request.wait) return { status: 'started', view: await this.viewOf(id), operation: started };
+    await this.creations.settled(id);
+    return { status: 'created', view: await this.viewOf(id) };
+  }
+
+  /**
+   * An object of the pool's storage that the agent did not make becomes
+   * volume `id`, its data and size as they are (Cinder's manage_existing of
+   * an LV), the admin's alone. Recorded before the pool touches it: the
+   * pool's adoption takes more than one step, and a failure, or a crash
+   * (the start-up reconcile finds the row creating), gives the object back
+   * as it was; it is never removed.
+   */
+  private async adopt(request: PutVolumeRequest & { tenant: string }, foreign: string, access: Access): Promise<PutOutcome<VolumeView>> {
+    access.checkAdmin('PUT /v1/volumes/{id} with source.unmanaged');
+    const { id, tenant } = request;
+    const pool = this.checks.pool(request.pool ?? this.checks.defaultPoolName());
+    const unmanaged = pool.unmanaged;
+    if (!unmanaged) throw new DomainError('UNSUPPORTED_FOR_POOL', `pool ${pool.name} (${pool.backend}) adopts nothing`, { pool: pool.name, field: 'source.unmanaged' });
+    if (request.sizeBytes !== undefined) {
+      throw new DomainError('BAD_REQUEST', 'an adopted volume keeps the size it has: leave sizeBytes out, and resize it afterwards', { field: 'sizeBytes' });
+    }
+    const requestKey = canonicalKey({ pool: pool.name, tenant, sizeBytes: null, source: { unmanaged: foreign } });
+    const existing = this.catalog.getVolume(id);
+    if (existing) return this.repeat(existing, requestKey, request.wait);
+    this.checks.checkObjectName(pool, id, { volume: id });
+    const candidate = await unmanaged.get(foreign);
+    if (!candidate) throw new DomainError('UNMANAGED_NOT_FOUND', `pool ${pool.name} holds no ${foreign} that the agent did not make`, { pool: pool.name, unmanaged: foreign });
+    if (candidate.refusal !== undefined) {
+      throw new DomainError('UNMANAGED_REFUSED', `${foreign} in pool ${pool.name} cannot be adopted: ${candidate.refusal}`, { pool: pool.name, unmanaged: foreign, reason: candidate.refusal });
+    }
+    if (await pool.stat(id)) throw toDomainError(systemError('EEXIST', 'adopt', pool.objectPath(id)), { volume: id });
+    const inserted = await this.creations.recordIntent(id, this.writes.insertCreating(
+      { id, pool: pool.name, tenant, kind: 'volume', sizeBytes: candidate.sizeBytes, requestKey, unmanagedSource: foreign }));
+    if (!inserted.inserted) return this.repeat(inserted.row, requestKey, request.wait);
+    const work = async (): Promise<void> => {
+      try {
+        await unmanaged.adopt(foreign, id);
+        failpoint('adopt.adopted');
+        const info = await pool.stat(id);
+        await this.writes.transitionVolume(id, 'creating', 'available', { cloneMethod: 'adopt', sizeBytes: info?.sizeBytes ?? candidate.sizeBytes });
+      } catch (error) {
+        await unmanaged.giveBack(foreign, id).catch(() => undefined);
+        await this.writes.discardCreatingVolume(id);
+        const refusal = (error as { refusal?: string }).refusal;
+        if (refusal !== undefined) {
+          throw new DomainError('UNMANAGED_REFUSED', `${foreign} in pool ${pool.name} cannot be adopted: ${refusal}`, { pool: pool.name, unmanaged: foreign, reason: refusal });
+        }
+        throw toDomainError(error, { volume: id });
+      }
+    };
+    this.creations.start(id, candidate.sizeBytes, undefined, work, () => undefined);
     await this.creations.settled(id);
     return { status: 'created', view: await this.viewOf(id) };
   }

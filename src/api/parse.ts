@@ -39,10 +39,23 @@ export function parseSize(value: unknown, field = 'sizeBytes'): number {
 }
 
 /** A volume's source: an object of this host, or a peer agent's export `{remote: {uri, sizeBytes, volume?}}`. */
+/**
+ * The backend's own name of an object the agent did not make (an LV name:
+ * lvm(8)'s characters, not starting with '-', at most 127 characters).
+ */
+export function parseUnmanagedName(value: unknown, field: string): string {
+  if (typeof value !== 'string' || !/^[A-Za-z0-9+_.][A-Za-z0-9+_.-]{0,126}$/.test(value) || value === '.' || value === '..') {
+    throw new ApiError('BAD_REQUEST', `${field} must be an object's name in the pool's storage: 1 to 127 of [A-Za-z0-9+_.-], not starting with "-", not "." or ".."`, {
+      field, ...(typeof value === 'string' ? { value: value.slice(0, 200) } : { type: typeOf(value) }),
+    });
+  }
+  return value;
+}
+
 export function parseSource(value: unknown): VolumeSource {
-  const kinds = ['volume', 'snapshot', 'image', 'remote'];
+  const kinds = ['volume', 'snapshot', 'image', 'remote', 'unmanaged'];
   if (typeof value !== 'object' || value === null || Array.isArray(value)) {
-    throw new ApiError('BAD_REQUEST', 'source must be an object: {"volume": ID}, {"snapshot": ID}, {"image": ID} or {"remote": {"uri", "sizeBytes", "volume"?}}', { field: 'source' });
+    throw new ApiError('BAD_REQUEST', 'source must be an object: {"volume": ID}, {"snapshot": ID}, {"image": ID}, {"remote": {"uri", "sizeBytes", "volume"?}} or {"unmanaged": NAME}', { field: 'source' });
   }
   const entries = Object.entries(value);
   requireFields(value as Record<string, unknown>, kinds, 'source');
@@ -63,6 +76,7 @@ export function parseSource(value: unknown): VolumeSource {
     const volume = fields.volume === undefined ? undefined : parseId(fields.volume, 'source.remote.volume');
     return { remote: { uri: fields.uri, sizeBytes, ...(volume !== undefined ? { volume } : {}) } };
   }
+  if (kind === 'unmanaged') return { unmanaged: parseUnmanagedName(id, 'source.unmanaged') };
   const checked = parseId(id, `source.${kind}`);
   return kind === 'volume' ? { volume: checked } : kind === 'snapshot' ? { snapshot: checked } : { image: checked };
 }

@@ -9,7 +9,7 @@ import type { Agent } from '../agent/agent.js';
 import type { PutOutcome } from '../agent/volume-views.js';
 import { ApiError } from './errors.js';
 import { sendFileRange } from './file-body.js';
-import { parseBoolean, parseChoice, parseFlag, parseId, parseOptionalId, parseRange, parseSize, parseSource, requireFields, requireQuery } from './parse.js';
+import { parseBoolean, parseChoice, parseFlag, parseId, parseOptionalId, parseRange, parseSize, parseSource, parseUnmanagedName, requireFields, requireQuery } from './parse.js';
 
 export interface RouteInput {
   /** Who asks, from the peer's credentials (docs/api.md "Access"). */
@@ -96,6 +96,20 @@ export const ROUTES: readonly Route[] = [
     handle: async (agent, { query }) => {
       requireQuery(query, []);
       return { status: 200, body: await agent.listPools() };
+    },
+  },
+  {
+    method: 'GET', pattern: '/v1/pools/:pool/unmanaged', body: 'none',
+    handle: async (agent, { principal, params: [pool], query }) => {
+      requireQuery(query, []);
+      return { status: 200, body: await agent.unmanaged(parseId(pool, 'pool'), agent.access(principal)) };
+    },
+  },
+  {
+    method: 'GET', pattern: '/v1/pools/:pool/unmanaged/:name', body: 'none',
+    handle: async (agent, { principal, params: [pool, name], query }) => {
+      requireQuery(query, []);
+      return { status: 200, body: await agent.unmanaged(parseId(pool, 'pool'), agent.access(principal), parseUnmanagedName(name, 'name')) };
     },
   },
   {

@@ -36,6 +36,8 @@ export interface VolumeRow {
   source?: { kind: SourceKind; id: string };
   /** Pulled from another host: the peer's export it was read from. */
   remoteSource?: RemoteSourceRecord;
+  /** Adopted: the backend's own name of the object the agent took over (an LV it did not make). */
+  unmanagedSource?: string;
   cloneMethod?: string;
   readOnly: boolean;
   /** Canonical form of the creating request, to tell a repeat from a conflict. */
@@ -54,6 +56,7 @@ export interface NewVolume {
   sizeBytes: number;
   source?: { kind: SourceKind; id: string };
   remoteSource?: RemoteSourceRecord;
+  unmanagedSource?: string;
   readOnly?: boolean;
   requestKey: string;
   operationId?: string;
@@ -158,7 +161,7 @@ function toImage(r: ImageRecord): ImageRow {
 
 interface VolumeRecord {
   id: string; pool: string; tenant: string; kind: VolumeKind; size_bytes: number; state: ObjectState;
-  source_kind: SourceKind | null; source_id: string | null; source_remote: string | null; clone_method: string | null; read_only: number;
+  source_kind: SourceKind | null; source_id: string | null; source_remote: string | null; source_unmanaged: string | null; clone_method: string | null; read_only: number;
   request_key: string; operation_id: string | null; error: string | null; created_at: string; updated_at: string;
 }
 
@@ -177,6 +180,7 @@ function toVolume(r: VolumeRecord): VolumeRow {
     id: r.id, pool: r.pool, tenant: r.tenant, kind: r.kind, sizeBytes: r.size_bytes, state: r.state,
     ...(r.source_kind && r.source_id ? { source: { kind: r.source_kind, id: r.source_id } } : {}),
     ...(r.source_remote ? { remoteSource: JSON.parse(r.source_remote) as RemoteSourceRecord } : {}),
+    ...(r.source_unmanaged ? { unmanagedSource: r.source_unmanaged } : {}),
     ...(r.clone_method ? { cloneMethod: r.clone_method } : {}),
     readOnly: r.read_only === 1, requestKey: r.request_key,
     ...(r.operation_id ? { operationId: r.operation_id } : {}),
@@ -348,10 +352,10 @@ export class Catalog {
       if (existing) return { inserted: false as const, row: existing };
       if (operation) this.insertOperation(operation);
       const at = this.now();
-      this.sql(`INSERT INTO volumes (id, pool, tenant, kind, size_bytes, state, source_kind, source_id, source_remote, read_only,
-        request_key, operation_id, created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'creating', ?, ?, ?, ?, ?, ?, ?, ?)`).run(
+      this.sql(`INSERT INTO volumes (id, pool, tenant, kind, size_bytes, state, source_kind, source_id, source_remote, source_unmanaged, read_only,
+        request_key, operation_id, created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'creating', ?, ?, ?, ?, ?, ?, ?, ?, ?)`).run(
         v.id, v.pool, v.tenant, v.kind, v.sizeBytes, v.source?.kind ?? null, v.source?.id ?? null,
-        v.remoteSource ? JSON.stringify(v.remoteSource) : null, v.readOnly ? 1 : 0,
+        v.remoteSource ? JSON.stringify(v.remoteSource) : null, v.unmanagedSource ?? null, v.readOnly ? 1 : 0,
         v.requestKey, operation?.id ?? v.operationId ?? null, at, at);
       return { inserted: true as const, row: this.getVolume(v.id)! };
     });

@@ -151,6 +151,13 @@ export const MIGRATIONS: readonly string[] = [
   `
   ALTER TABLE volumes ADD COLUMN source_remote TEXT;
   `,
+  // 10: a volume adopted from an object the agent did not make (Cinder's
+  // manage_existing of an LV) records that object's own name: while the row
+  // is creating, the start-up reconcile gives the object back under it
+  // instead of removing it.
+  `
+  ALTER TABLE volumes ADD COLUMN source_unmanaged TEXT;
+  `,
 ];
 
 export function schemaVersion(db: Database): number {

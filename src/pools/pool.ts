@@ -190,6 +190,8 @@ export interface Pool {
    * files lack it: the file's own holes say the same (SEEK_DATA/SEEK_HOLE).
    */
   allocation?(name: string, offset: number, length: number): Promise<AllocationExtent[]>;
+  /** The objects of the pool's storage the agent did not make, and their adoption; backends that adopt nothing lack it. */
+  readonly unmanaged?: UnmanagedObjects;
   /** undefined when absent. */
   stat(name: string): Promise<ObjectInfo | undefined>;
   /** Names of complete objects. */
@@ -199,6 +201,33 @@ export interface Pool {
   removeTemporary(temporary: string): Promise<void>;
   /** A path the exports layer can open: a regular file or a block device node, as `objectKind` says. */
   objectPath(name: string): string;
+}
+
+/** An object in a pool's storage that the agent did not make: what Cinder's manage_existing can hand to the agent. */
+export interface UnmanagedObject {
+  /** The backend's own name for it (lvm: the LV's name). */
+  name: string;
+  sizeBytes: number;
+  /** Why it cannot be adopted (held open, read-only, ...); absent when it can. */
+  refusal?: string;
+}
+
+/**
+ * Adoption: an object the agent did not make becomes one of the pool's
+ * objects, its data untouched (lvm: the LV is tagged and renamed, as
+ * Cinder's LVM driver renames the LV it manages). It takes more than one
+ * step, so the caller records the adoption before it starts, and after a
+ * crash `giveBack` undoes whatever part of it was done.
+ */
+export interface UnmanagedObjects {
+  /** The candidates, adoptable or not (with why), sorted by name. */
+  list(): Promise<UnmanagedObject[]>;
+  /** One candidate; undefined when the storage holds none of that name that is not the agent's. */
+  get(foreign: string): Promise<UnmanagedObject | undefined>;
+  /** Makes `foreign` the object `name`: ENOENT when it is absent, EPERM when it has a refusal, EEXIST when `name` is taken. A failure leaves `foreign` as it was. */
+  adopt(foreign: string, name: string): Promise<void>;
+  /** Undoes a whole or partial `adopt(foreign, name)`: the object is `foreign` again, its data untouched. Done when neither name is there (the operator removed it). */
+  giveBack(foreign: string, name: string): Promise<void>;
 }
 
 export interface AllocationExtent {

@@ -220,6 +220,12 @@ if (missing) {
     t.match(await stack.agent('/v1/volumes/legacy-1'), { state: 'available', tenant: P1 }, 'unmanage keeps the agent volume');
     t.equal(sha(await readAt(stack.volumeFile('xfs', 'legacy-1'), 0, data.length)), sha(data), 'and its data');
     t.equal((await stack.agentRequest('DELETE', '/v1/volumes/legacy-1')).status, 204);
+    // What Cinder could manage besides agent volumes: objects of the pools' storage that the
+    // agent did not make. These are file pools, which adopt nothing (an lvm pool lists the
+    // thin LVs it did not make, and adopts one: test/vm/guest/lvm-agent.ts).
+    const manageable = await stack.cinder(ADMIN, ['manageable-list', `${HOST}@volagent`], '3.8');
+    t.match(manageable, /reference/, `cinder manageable-list answered its table (${manageable.trim()})`);
+    t.same(listTable(manageable), [], 'with no row: file pools adopt nothing');
   });
 
   await t.test('transfer a volume to another project: the agent record moves with it', async (t) => {

@@ -309,6 +309,13 @@ if (!skipUnlessRoot(t)) {
       ['source with two kinds', 'PUT', '/v1/volumes/ok1', { tenant: 'acme', source: { volume: 'vol-a', snapshot: 'x' } }, 400, 'BAD_REQUEST'],
       ['source with an unknown kind', 'PUT', '/v1/volumes/ok1', { tenant: 'acme', source: { disk: 'vol-a' } }, 400, 'UNKNOWN_FIELD'],
       ['clone smaller than its source', 'PUT', '/v1/volumes/ok1', { tenant: 'acme', source: { volume: 'vol-a' }, sizeBytes: 512 }, 400, 'SHRINK_NOT_SUPPORTED'],
+      // Adoption (docs/api.md "Adopting what the agent did not make") is the lvm backend's (test/vm/guest/lvm-agent.ts).
+      ['adopt into a file pool', 'PUT', '/v1/volumes/ok1', { tenant: 'acme', source: { unmanaged: 'some-lv' } }, 422, 'UNSUPPORTED_FOR_POOL'],
+      ['adopt a name starting with -', 'PUT', '/v1/volumes/ok1', { tenant: 'acme', source: { unmanaged: '-x' } }, 400, 'BAD_REQUEST'],
+      ['adopt a name with a slash', 'PUT', '/v1/volumes/ok1', { tenant: 'acme', source: { unmanaged: 'vg/lv' } }, 400, 'BAD_REQUEST'],
+      ['adopt a number', 'PUT', '/v1/volumes/ok1', { tenant: 'acme', source: { unmanaged: 7 } }, 400, 'BAD_REQUEST'],
+      ['unmanaged objects of a file pool', 'GET', '/v1/pools/fast/unmanaged', undefined, 422, 'UNSUPPORTED_FOR_POOL'],
+      ['unmanaged objects of an absent pool', 'GET', '/v1/pools/nope/unmanaged/x', undefined, 404, 'POOL_NOT_FOUND'],
       // An admin uses any tenant's source and names the owner; who else may do what is access.test.ts's.
       ['an admin names no owner', 'PUT', '/v1/volumes/ok1', { source: { volume: 'vol-a' } }, 400, 'BAD_REQUEST'],
       ['wait=maybe', 'PUT', '/v1/volumes/ok1?wait=maybe', { tenant: 'acme', sizeBytes: 512 }, 400, 'BAD_REQUEST'],

@@ -353,6 +353,19 @@ class VolagentDriverTest(base.DriverTestCase):
                 self.assertRaises(exception.ManageExistingInvalidReference,
                                   self.driver.manage_existing_get_size, volume, ref)
 
+    def test_manage_existing_of_a_name_no_agent_volume_has_asks_the_pool(self):
+        # A name the agent has no volume of may name an object of the pool's storage the
+        # agent did not make (an lvm pool's LV: test/vm/guest/lvm-agent.ts adopts one);
+        # a file pool adopts nothing, and says so.
+        volume = self.volume('xfs0')
+        refused = self.assertRaises(exception.ManageExistingInvalidReference,
+                                    self.driver.manage_existing, volume, {'source-name': 'volume-from-lvm'})
+        self.assertIn('pool xfs0 holds no volume-from-lvm it could adopt', str(refused))
+        self.assert_no_agent_volume(volume.name)
+
+    def test_get_manageable_volumes_of_file_pools_is_empty(self):
+        self.assertEqual([], self.driver.get_manageable_volumes([], None, 1000, 0, ['size'], ['asc']))
+
     # --- exports ---
 
     def _attach(self, volume, connector):

@@ -342,56 +342,104 @@ class VolagentDriver(driver.VolumeDriver):
     # --- manage ---
 
     def manage_existing_get_size(self, volume, existing_ref):
-        agent_volume = self._managed_volume(existing_ref)
-        return int(math.ceil(agent_volume['sizeBytes'] / GiB))
+        managed = self._managed(volume, existing_ref)
+        return int(math.ceil(managed['sizeBytes'] / GiB))
 
     def manage_existing(self, volume, existing_ref):
-        agent_volume = self._managed_volume(existing_ref)
-        pool = _pool_of(volume)
-        if pool is not None and agent_volume['pool'] != pool:
-            raise exception.ManageExistingInvalidReference(
-                existing_ref=existing_ref,
-                reason=_('volume %(id)s is in pool %(pool)s, not %(want)s') % {
-                    'id': agent_volume['id'], 'pool': agent_volume['pool'],
-                    'want': pool})
-        size = _bytes(int(math.ceil(agent_volume['sizeBytes'] / GiB)))
-        if size > agent_volume['sizeBytes']:
+        """An agent volume Cinder does not know, or an object of the pool's storage the agent did not make.
+
+        An agent volume keeps its agent name (``provider_id``). An object the
+        agent did not make (an LV of an ``lvm`` pool's thin pool: Cinder's LVM
+        driver's volumes, say) is adopted as agent volume ``volume.name``: the
+        agent tags and renames the LV, its data untouched (docs/api.md
+        "Adopting what the agent did not make").
+        """
+        managed = self._managed(volume, existing_ref)
+        action = 'manage volume %s' % volume.id
+        size = _bytes(int(math.ceil(managed['sizeBytes'] / GiB)))
+        if 'unmanaged' in managed:
+            self._put_volume(volume, {'pool': _pool_of(volume), 'tenant': volume.project_id,
+                                      'source': {'unmanaged': managed['name']}})
+            agent_id, update = volume.name, {'provider_id': None}
+        else:
+            agent_id, update = managed['id'], {'provider_id': managed['id']}
+            if managed['tenant'] != volume.project_id:
+                self._call('POST', '/v1/volumes/%s/transfer' % _quote(agent_id),
+                           body={'tenant': volume.project_id}, action=action)
+        if size > managed['sizeBytes']:
             # Cinder counts whole GiB: the volume grows to what Cinder records.
-            self._call('POST', '/v1/volumes/%s/resize' % _quote(agent_volume['id']),
-                       body={'sizeBytes': size}, action='manage volume %s' % volume.id)
-        if agent_volume['tenant'] != volume.project_id:
-            self._call('POST', '/v1/volumes/%s/transfer' % _quote(agent_volume['id']),
-                       body={'tenant': volume.project_id},
-                       action='manage volume %s' % volume.id)
-        return {'provider_id': agent_volume['id']}
+            self._call('POST', '/v1/volumes/%s/resize' % _quote(agent_id),
+                       body={'sizeBytes': size}, action=action)
+        return update
 
     def unmanage(self, volume):
         """Cinder forgets the volume; the agent keeps it (and its data) as it is."""
         LOG.info('Volume %(volume)s unmanaged: volagent keeps %(agent)s.',
                  {'volume': volume.id, 'agent': self._agent_id(volume)})
 
-    def _managed_volume(self, existing_ref):
+    def _managed(self, volume, existing_ref):
+        """What ``existing_ref`` names in ``volume``'s pool: an agent volume, or an object the agent did not make (with key ``unmanaged``)."""
         name = existing_ref.get('source-name') or existing_ref.get('source-id')
         if not name:
             raise exception.ManageExistingInvalidReference(
                 existing_ref=existing_ref,
-                reason=_('name the agent volume with source-name'))
+                reason=_('name the agent volume, or the LV, with source-name'))
+
+        def invalid(reason):
+            return exception.ManageExistingInvalidReference(existing_ref=existing_ref, reason=reason)
+
+        pool = _pool_of(volume)
         try:
             # Without an action _call raises the agent's own error.
             agent_volume = self._call('GET', '/v1/volumes/%s' % _quote(name))
         except agent_client.AgentError as e:
             if e.code not in ('VOLUME_NOT_FOUND', 'INVALID_ID'):
                 raise self._backend_error('manage %s' % name, e)
-            raise exception.ManageExistingInvalidReference(
-                existing_ref=existing_ref,
-                reason=_('volagent has no volume %s') % name)
-        if agent_volume['kind'] != 'volume' or agent_volume['state'] != 'available':
-            raise exception.ManageExistingInvalidReference(
-                existing_ref=existing_ref,
-                reason=_('agent volume %(id)s is a %(kind)s in state %(state)s') % {
-                    'id': name, 'kind': agent_volume['kind'],
-                    'state': agent_volume['state']})
-        return agent_volume
+            agent_volume = None
+        if agent_volume is not None:
+            if pool is not None and agent_volume['pool'] != pool:
+                raise invalid(_('volume %(id)s is in pool %(pool)s, not %(want)s') % {
+                    'id': agent_volume['id'], 'pool': agent_volume['pool'], 'want': pool})
+            if agent_volume['kind'] != 'volume' or agent_volume['state'] != 'available':
+                raise invalid(_('agent volume %(id)s is a %(kind)s in state %(state)s') % {
+                    'id': name, 'kind': agent_volume['kind'], 'state': agent_volume['state']})
+            return agent_volume
+        if pool is None:
+            raise invalid(_('volagent has no volume %s') % name)
+        try:
+            found = self._call('GET', '/v1/pools/%s/unmanaged/%s' % (_quote(pool), _quote(name)))
+        except agent_client.AgentError as e:
+            if e.code in ('UNMANAGED_NOT_FOUND', 'UNSUPPORTED_FOR_POOL', 'BAD_REQUEST'):
+                raise invalid(_('volagent has no volume %(name)s, and pool %(pool)s holds '
+                                'no %(name)s it could adopt') % {'name': name, 'pool': pool})
+            raise self._backend_error('manage %s' % name, e)
+        if found.get('refusal'):
+            raise invalid(_('%(name)s in pool %(pool)s cannot be adopted: %(why)s') % {
+                'name': name, 'pool': pool, 'why': found['refusal']})
+        return dict(found, unmanaged=True)
+
+    def get_manageable_volumes(self, cinder_volumes, marker, limit, offset,
+                               sort_keys, sort_dirs):
+        """The objects of this agent's pools that the agent did not make (``cinder manageable-list``)."""
+        entries = []
+        for pool in self._call('GET', '/v1/pools', action='list manageable volumes'):
+            try:
+                candidates = self._call('GET', '/v1/pools/%s/unmanaged' % _quote(pool['name']))
+            except agent_client.AgentError as e:
+                if e.code == 'UNSUPPORTED_FOR_POOL':
+                    continue
+                raise self._backend_error('list manageable volumes', e)
+            for candidate in candidates:
+                entries.append({
+                    'reference': {'source-name': candidate['name']},
+                    'size': int(math.ceil(candidate['sizeBytes'] / GiB)),
+                    'cinder_id': None,
+                    'safe_to_manage': not candidate.get('refusal'),
+                    'reason_not_safe': candidate.get('refusal'),
+                    'extra_info': 'pool %s' % pool['name'],
+                })
+        return volume_utils.paginate_entries_list(entries, marker, limit, offset,
+                                                  sort_keys, sort_dirs)
 
     # --- exports and connections ---
 

@@ -20,7 +20,8 @@
 // - `lvremove` of an LV held open fails and changes nothing;
 // - LV sizes are multiples of the VG's extent size (lvcreate rounds up, so
 //   the backend refuses other sizes itself).
-// Names and tags: lvm-names.ts. LVs without the agent's tags are never touched.
+// Names and tags: lvm-names.ts. LVs without the agent's tags are never touched,
+// unless adopted (lvm-unmanaged.ts).
 import { randomBytes } from 'node:crypto';
 import { constants as fsConstants } from 'node:fs';
 import { open } from 'node:fs/promises';
@@ -44,6 +45,7 @@ import type { LvRole } from './lvm-names.js';
 import type { ActiveThinLv, ActiveThinPool } from './lvm-devices.js';
 import { dmNodeOf, readActiveThinLv, readActiveThinPool } from './lvm-devices.js';
 import { AGENT_TAG, fitsLvm, lvNameOf, parseLvName, poolTag } from './lvm-names.js';
+import { LvmUnmanagedLvs } from './lvm-unmanaged.js';
 
 /** Provisional size of a temporary receiving a stream of unknown length: virtual in a thin pool, it costs nothing. */
 const RECEIVE_PROVISIONAL_BYTES = 16 * 2 ** 40;
@@ -102,8 +104,17 @@ export class LvmPool implements Pool {
   /** Made at the first block status query, once the thin pool's block size is read from its table. */
   private allocationReader: AllocationReader | undefined;
 
+  /** The thin LVs of the thin pool that the agent did not make, and their adoption (lvm-unmanaged.ts). */
+  readonly unmanaged: LvmUnmanagedLvs;
+
   constructor(private readonly options: LvmPoolOptions) {
     this.name = options.name;
+    this.unmanaged = new LvmUnmanagedLvs({
+      pool: options.name, vg: options.vg, thinPool: options.thinPool,
+      objectLvName: (name) => this.lvName('object', name),
+      command: (command, args, lvName) => this.command(command, args, lvName),
+      forget: (lvName) => this.known.delete(lvName),
+    });
   }
 
   // --- open ---

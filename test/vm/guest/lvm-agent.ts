@@ -6,7 +6,8 @@
 // pool, a thin LV carrying the agent's `volagent` tag but not its pool's, and
 // a thin LV named like one of the agent's objects (`va.lvm0.trap`) without
 // its tags. After every subtest those LVs are as they were: `lvs` reports
-// the same rows and their bytes hash the same.
+// the same rows and their bytes hash the same. LVs of that owner made for
+// the adoption subtests are adopted, or given back after a kill mid-way.
 // Each subtest builds on the previous one (one VG, one catalog), in order.
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -388,6 +389,93 @@ if (!inVmGuest()) {
       const after = readCatalog(catalogPath);
       t.same({ ...after, operations: [] }, { ...before, operations: [] }, 'the catalog rows are as before');
       t.match((await agent.request('GET', '/v1/check')).body, { clean: true, differences: [] }, 'volagent check: clean');
+      await untouched(t);
+    });
+  }
+
+  await t.test('adoption: the thin LVs the agent did not make are listed with their refusals; an adopted LV becomes a volume with its bytes; refusals change nothing', async (t) => {
+    lvmRun('lvcreate', ['-q', '-V', '8m', '-T', `${VG}/${THIN_POOL}`, '-n', 'legacy', '--addtag', 'owner.cinder']);
+    await writePattern(`/dev/${VG}/legacy`, 0x6b, 2 * MiB);
+    lvmRun('lvcreate', ['-q', '-V', '8m', '-T', `${VG}/${THIN_POOL}`, '-n', 'legacy-ro']);
+    lvmRun('lvchange', ['-q', '-p', 'r', `${VG}/legacy-ro`]);
+    const legacySha = await sha256Of(`/dev/${VG}/legacy`);
+    const listed = await agent.request('GET', `/v1/pools/${POOL}/unmanaged`);
+    t.equal(listed.status, 200, listed.text);
+    t.same(listed.body, [
+      { name: 'legacy', sizeBytes: 8 * MiB },
+      { name: 'legacy-ro', sizeBytes: 8 * MiB, refusal: 'read-only' },
+      { name: 'other', sizeBytes: 16 * MiB },
+      { name: 'other-snap', sizeBytes: 16 * MiB },
+      { name: 'va.lvm0.trap', sizeBytes: 8 * MiB },
+    ], 'the thin LVs of the thin pool without the tag volagent: not the linear LV, not the tagged one, none of the pool\'s own');
+    t.same((await agent.request('GET', `/v1/pools/${POOL}/unmanaged/linear`)).body, { name: 'linear', sizeBytes: 8 * MiB, refusal: `not a thin LV of ${VG}/${THIN_POOL}` });
+
+    const catalogBefore = readCatalog(catalogPath);
+    const lvsBefore = lvs();
+    const held = await open(`/dev/${VG}/legacy`, 'r');
+    const refused: Array<[string, string, number, string, RegExp]> = [
+      ['an LV held open', 'legacy', 409, 'UNMANAGED_REFUSED', /held open/],
+      ['a read-only LV', 'legacy-ro', 409, 'UNMANAGED_REFUSED', /read-only/],
+      ['an LV outside the thin pool', 'linear', 409, 'UNMANAGED_REFUSED', /not a thin LV of vgtest\/tp/],
+      ['an LV with the tag volagent', 'tagged', 404, 'UNMANAGED_NOT_FOUND', /no tagged/],
+      ['the thin pool', THIN_POOL, 404, 'UNMANAGED_NOT_FOUND', /no tp/],
+      ['an LV of the pool', lvOf('v2'), 404, 'UNMANAGED_NOT_FOUND', /that the agent did not make/],
+      ['no such LV', 'ghost', 404, 'UNMANAGED_NOT_FOUND', /no ghost/],
+    ];
+    try {
+      for (const [what, name, status, code, message] of refused) {
+        const reply = await agent.request('PUT', '/v1/volumes/a1', { tenant: 't1', pool: POOL, source: { unmanaged: name } });
+        t.equal(reply.status, status, `${what}: ${reply.text}`);
+        t.match(reply.body, { error: { code, message } }, what);
+      }
+      const sized = await agent.request('PUT', '/v1/volumes/a1', { tenant: 't1', pool: POOL, sizeBytes: 16 * MiB, source: { unmanaged: 'legacy' } });
+      t.match(sized.body, { error: { code: 'BAD_REQUEST', message: /keeps the size it has/ } }, `a size named: ${sized.status}`);
+    } finally {
+      await held.close();
+    }
+    t.same(readCatalog(catalogPath), catalogBefore, 'no refusal left a row');
+    t.same(lvs(), lvsBefore, 'no refusal changed an LV (lvs rows)');
+
+    const adopted = await agent.request('PUT', '/v1/volumes/a1', { tenant: 't1', pool: POOL, source: { unmanaged: 'legacy' } });
+    t.equal(adopted.status, 201, adopted.text);
+    t.match(adopted.body, { id: 'a1', pool: POOL, tenant: 't1', sizeBytes: 8 * MiB, state: 'available', cloneMethod: 'adopt', source: { unmanaged: 'legacy' }, readOnly: false });
+    t.equal(lvs().get('legacy'), undefined, 'the LV is no longer under its own name');
+    t.same(lvs().get(lvOf('a1'))!.lv_tags!.split(',').sort(), ['owner.cinder', 'volagent', `volagent.pool.${POOL}`], 'it is the object\'s LV, tagged as the pool\'s, the other tags kept');
+    t.equal(await sha256Of(nodeOf('a1')), legacySha, 'its bytes are the LV\'s');
+    t.equal((await agent.request('PUT', '/v1/volumes/a1', { tenant: 't1', pool: POOL, source: { unmanaged: 'legacy' } })).status, 200, 'the same PUT again: 200');
+    t.equal((await agent.request('GET', `/v1/pools/${POOL}/unmanaged/legacy`)).status, 404, 'no longer a candidate');
+    const clone = await agent.request('PUT', '/v1/volumes/a1c', { tenant: 't1', source: { volume: 'a1' } });
+    t.match(clone.body, { state: 'available', cloneMethod: 'thin_snapshot' }, 'a clone of it is a thin snapshot');
+    t.equal(await sha256Of(nodeOf('a1c')), legacySha);
+    for (const id of ['a1c', 'a1']) t.equal((await agent.request('DELETE', `/v1/volumes/${id}`)).status, 204, `delete ${id}`);
+    t.equal(lvs().get(lvOf('a1')), undefined, 'deleting the adopted volume removed its LV');
+    lvmRun('lvremove', ['-q', '-y', `${VG}/legacy-ro`]);
+    t.match((await agent.request('GET', '/v1/check')).body, { clean: true, differences: [] });
+    await untouched(t);
+  });
+
+  for (const failpoint of ['lvm.adopt-tagged', 'lvm.adopt-renamed', 'adopt.adopted']) {
+    await t.test(`kill -9 at ${failpoint} during an adoption: after restart the LV is back under its name, as it was; no row; check clean`, async (t) => {
+      t.equal(await agent.stop(), 0);
+      lvmRun('lvcreate', ['-q', '-V', '8m', '-T', `${VG}/${THIN_POOL}`, '-n', 'legacy2', '--addtag', 'owner.cinder']);
+      await writePattern(`/dev/${VG}/legacy2`, 0x2d, MiB);
+      const rowBefore = lvs().get('legacy2');
+      const shaBefore = await sha256Of(`/dev/${VG}/legacy2`);
+      const catalogBefore = readCatalog(catalogPath);
+      agent = await startAgent(top, spec({ env: { VOLAGENT_FAILPOINTS: `${failpoint}=kill` } }));
+      await t.rejects(agent.request('PUT', '/v1/volumes/a2', { tenant: 't1', pool: POOL, source: { unmanaged: 'legacy2' } }), 'the connection breaks: the agent died');
+      t.match(await agent.exited, { signal: 'SIGKILL' }, 'killed by the failpoint');
+      t.match(readCatalog(catalogPath).volumes.find((v) => v.id === 'a2'), { state: 'creating' }, 'the adoption was recorded before the LV was touched');
+      const left = lvs();
+      t.ok(failpoint === 'lvm.adopt-tagged' ? left.get('legacy2')!.lv_tags!.includes(`volagent.pool.${POOL}`) : left.has(lvOf('a2')), `the adoption got that far (${[...left.keys()].join(' ')})`);
+      agent = await startAgent(top, spec());
+      t.equal((await agent.request('GET', '/v1/volumes/a2')).status, 404, 'the unanswered adoption left no volume');
+      t.same(lvs().get('legacy2'), rowBefore, 'the LV is back under its name: the same lvs row (tags, size, attributes)');
+      t.equal(lvs().get(lvOf('a2')), undefined);
+      t.equal(await sha256Of(`/dev/${VG}/legacy2`), shaBefore, 'its bytes as they were');
+      t.same({ ...readCatalog(catalogPath), operations: [] }, { ...catalogBefore, operations: [] }, 'the catalog rows are as before');
+      t.match((await agent.request('GET', '/v1/check')).body, { clean: true, differences: [] }, 'volagent check: clean');
+      lvmRun('lvremove', ['-q', '-y', `${VG}/legacy2`]);
       await untouched(t);
     });
   }

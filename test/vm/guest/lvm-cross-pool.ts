@@ -10,8 +10,7 @@
 // agent: nothing of them is left in the VG, the thin pool or the catalog.
 import { spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { existsSync } from 'node:fs';
-import { mkdir, mkdtemp, open, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 
 import t from 'tap';
@@ -20,24 +19,15 @@ import type { AgentProcess, PoolSpec } from '../../helpers/agent.js';
 import { readCatalog, startAgent, streamOn, waitOperation } from '../../helpers/agent.js';
 import { readAt, writeAt } from '../../helpers/files.js';
 import { agentLvName, agentLvs as lvsOfPool, lvmRun } from '../../helpers/lvm.js';
+import { exportOverTls, PULL_BLOCK, PULL_DATA_BYTES, PULL_RUNS, PULL_SIZE, PULL_ZERO_RUN, untilPullHeld, writeRuns } from '../../helpers/pull-fixtures.js';
 import { inVmGuest } from '../../helpers/vm.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
 const POOL = 'lvm0';
 const VG = 'vgx';
-/** The thin pool's chunk (`lvcreate -c 64k`): the unit in which a pull into the pool provisions. */
-const CHUNK = 64 * KiB;
-const PULL_SIZE = 16 * MiB;
-/**
- * Twelve runs of 256 KiB, chunk-aligned, holes between them: twelve pieces
- * of a pull, more than its 8 reads in flight, so a pull held at its first
- * write still has reads to make.
- */
-const RUNS: Array<[number, number]> = Array.from({ length: 12 }, (_, i) => [i * MiB + (i % 4) * CHUNK, 256 * KiB]);
-const DATA_BYTES = RUNS.reduce((sum, [, length]) => sum + length, 0);
-/** Written as zeros in the file volume: data to SEEK_DATA, nothing a thin LV should provision. */
-const ZERO_RUN: [number, number] = [13 * MiB, MiB];
+/** The thin pool's chunk (`lvcreate -c 64k`): the pull runs' alignment. */
+const CHUNK = PULL_BLOCK;
 
 const lvOf = (name: string): string => agentLvName(POOL, name);
 const agentLvs = (): string[] => lvsOfPool(VG, POOL);
@@ -55,25 +45,8 @@ function usedChunks(): number {
   return Number(words[5]!.split('/')[0]);
 }
 
-async function writeRuns(file: string, runs: Array<[number, number]>, zeros?: [number, number]): Promise<void> {
-  const handle = await open(file, 'r+');
-  try {
-    for (const [offset, length] of runs) await handle.write(randomBytes(length), 0, length, offset);
-    if (zeros) await handle.write(Buffer.alloc(zeros[1]), 0, zeros[1], zeros[0]);
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-}
-
 async function sha(file: string): Promise<string> {
   return createHash('sha256').update(await readAt(file, PULL_SIZE)).digest('hex');
-}
-
-/** Waits for a failpoint's hold file: the agent reached the point and waits there. */
-async function until(file: string): Promise<void> {
-  for (let i = 0; i < 3000 && !existsSync(file); i++) await new Promise((resolve) => setTimeout(resolve, 20));
-  if (!existsSync(file)) throw new Error(`the pull never reached pull.copying (${file})`);
 }
 
 if (!inVmGuest()) {
@@ -193,15 +166,6 @@ if (!inVmGuest()) {
     t.equal(await agent.stop(), 0);
   });
 
-  /** A read-only export of `volume` and its nbds:// URI on the agent's TCP address. */
-  async function exportOf(on: AgentProcess, volume: string, port: number): Promise<{ id: string; uri: string }> {
-    const made = await on.request('POST', `/v1/volumes/${volume}/exports`, { protocol: 'nbd', readOnly: true });
-    if (made.status !== 201) throw new Error(`export of ${volume}: ${made.status} ${made.text}`);
-    const uri = (made.body.uris as string[]).find((u) => u.startsWith('nbds://'))!;
-    if (uri !== `nbds://127.0.0.1:${port}/${made.body.id}`) throw new Error(`export of ${volume}: ${uri}`);
-    return { id: made.body.id, uri };
-  }
-
   /** What a failed pull into the lvm pool must leave as it was: the pool's LVs, the catalog's rows, the chunks in use. */
   const lvmState = (): { lvs: string[]; rows: string[]; usedChunks: number } => ({
     lvs: agentLvs(), rows: readCatalog(agent.catalogPath).volumes.map((v) => v.id).sort(), usedChunks: usedChunks(),
@@ -211,15 +175,15 @@ if (!inVmGuest()) {
     // The agent holds its second pull (the first broken one); its restart after the kill holds its next.
     agent = await startAgent(top, pullSpec({ VOLAGENT_FAILPOINTS: `pull.copying@2=hold:${held}` }));
     t.equal((await agent.request('PUT', '/v1/volumes/p1', { tenant: 'acme', pool: POOL, sizeBytes: PULL_SIZE })).status, 201);
-    await writeRuns(nodeOf('p1'), RUNS);
-    t.equal((await agent.request('GET', '/v1/volumes/p1')).body.allocatedBytes, DATA_BYTES, 'the source provisions its runs only');
-    const exported = await exportOf(agent, 'p1', 10831);
+    await writeRuns(nodeOf('p1'), PULL_RUNS);
+    t.equal((await agent.request('GET', '/v1/volumes/p1')).body.allocatedBytes, PULL_DATA_BYTES, 'the source provisions its runs only');
+    const exported = await exportOverTls(agent, 'p1', 10831);
     const remote = { uri: exported.uri, sizeBytes: PULL_SIZE, volume: 'p1' };
     const pulled = await peer.request('PUT', '/v1/volumes/q1?wait=true', { tenant: 'acme', source: { remote } });
     t.equal(pulled.status, 201, pulled.text);
     t.match(pulled.body, { id: 'q1', pool: 'files', sizeBytes: PULL_SIZE, state: 'available', cloneMethod: 'nbd_pull', source: { remote } });
     t.equal(await sha(peerFileOf('q1')), await sha(nodeOf('p1')), 'bytes equal');
-    t.equal((await stat(peerFileOf('q1'))).blocks * 512, DATA_BYTES, 'the unprovisioned chunks are holes in the file');
+    t.equal((await stat(peerFileOf('q1'))).blocks * 512, PULL_DATA_BYTES, 'the unprovisioned chunks are holes in the file');
     t.equal((await agent.request('DELETE', `/v1/exports/${exported.id}`)).status, 204);
   });
 
@@ -227,16 +191,16 @@ if (!inVmGuest()) {
 
   await t.test('a file volume pulled into the lvm pool: bytes equal, the data chunks provisioned and no other', async (t) => {
     t.equal((await peer.request('PUT', '/v1/volumes/q2', { tenant: 'acme', sizeBytes: PULL_SIZE })).status, 201);
-    await writeRuns(peerFileOf('q2'), RUNS, ZERO_RUN);
-    t.equal((await stat(peerFileOf('q2'))).blocks * 512, DATA_BYTES + ZERO_RUN[1], 'the source file allocates its runs and its written zeros');
-    q2.uri = (await exportOf(peer, 'q2', 10832)).uri;
+    await writeRuns(peerFileOf('q2'), PULL_RUNS, PULL_ZERO_RUN);
+    t.equal((await stat(peerFileOf('q2'))).blocks * 512, PULL_DATA_BYTES + PULL_ZERO_RUN[1], 'the source file allocates its runs and its written zeros');
+    q2.uri = (await exportOverTls(peer, 'q2', 10832)).uri;
     const before = lvmState();
     const pulled = await agent.request('PUT', '/v1/volumes/p2?wait=true', { tenant: 'acme', pool: POOL, source: { remote: q2 } });
     t.equal(pulled.status, 201, pulled.text);
-    t.match(pulled.body, { id: 'p2', pool: POOL, sizeBytes: PULL_SIZE, state: 'available', cloneMethod: 'nbd_pull', source: { remote: q2 }, allocatedBytes: DATA_BYTES });
+    t.match(pulled.body, { id: 'p2', pool: POOL, sizeBytes: PULL_SIZE, state: 'available', cloneMethod: 'nbd_pull', source: { remote: q2 }, allocatedBytes: PULL_DATA_BYTES });
     t.equal(await sha(nodeOf('p2')), await sha(peerFileOf('q2')), 'bytes equal');
     t.same(agentLvs(), [...before.lvs, lvOf('p2')].sort(), 'one LV more, p2\'s: the temporary was renamed');
-    t.equal(usedChunks() - before.usedChunks, DATA_BYTES / CHUNK, 'the thin pool\'s chunks in use grew by the runs\' 48, none for the holes or the zeros');
+    t.equal(usedChunks() - before.usedChunks, PULL_DATA_BYTES / CHUNK, 'the thin pool\'s chunks in use grew by the runs\' 48, none for the holes or the zeros');
   });
 
   await t.test('the destination killed mid-pull: after its restart no LV, no row, the chunks in use as before', async (t) => {
@@ -244,7 +208,7 @@ if (!inVmGuest()) {
     const started = await agent.request('PUT', '/v1/volumes/p3', { tenant: 'acme', pool: POOL, source: { remote: q2 } });
     t.equal(started.status, 202, started.text);
     const operation = started.body.operation.id as string;
-    await until(held);
+    await untilPullHeld(held);
     t.ok(agentLvs().some((lv) => lv.startsWith('vt.')), `mid-pull: the temporary LV exists (${agentLvs().join(' ')})`);
     t.match(readCatalog(agent.catalogPath).volumes.find((v) => v.id === 'p3'), { state: 'creating' }, 'mid-pull: its row is creating');
     await agent.kill();
@@ -259,7 +223,7 @@ if (!inVmGuest()) {
     const before = lvmState();
     const started = await agent.request('PUT', '/v1/volumes/p4', { tenant: 'acme', pool: POOL, source: { remote: q2 } });
     t.equal(started.status, 202, started.text);
-    await until(held);
+    await untilPullHeld(held);
     t.ok(agentLvs().some((lv) => lv.startsWith('vt.')), `mid-pull: the temporary LV exists (${agentLvs().join(' ')})`);
     await peer.kill();
     await rm(held);

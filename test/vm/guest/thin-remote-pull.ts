@@ -9,7 +9,6 @@
 // metadata, the ledger or the catalog, and the pool's used blocks are as
 // before. Between hosts as network namespaces: test/privileged/remote-pull.test.ts.
 import { createHash, randomBytes } from 'node:crypto';
-import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, open, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 
@@ -17,37 +16,19 @@ import t from 'tap';
 
 import type { AgentProcess, AgentSpec, ThinPoolSpec } from '../../helpers/agent.js';
 import { readCatalog, startAgent, waitOperation } from '../../helpers/agent.js';
+import { exportOverTls, PULL_BLOCK, PULL_DATA_BYTES, PULL_RUNS, PULL_SIZE, PULL_ZERO_RUN, untilPullHeld, writeRuns } from '../../helpers/pull-fixtures.js';
 import { activeThinIds, poolMappings, poolStatus, poolThinIds, readThinRows, removeAgentDevices } from '../../helpers/thin-state.js';
 import { inVmGuest } from '../../helpers/vm.js';
 
-const KiB = 1024;
-const MiB = 1024 * KiB;
-const BLOCK = 64 * KiB;
 const POOL = 'thin0';
 const METADATA = '/dev/vdb';
 const DEVICE_DIR = '/dev/volagent-test';
-const SIZE = 16 * MiB;
-/**
- * Twelve runs of 256 KiB, block-aligned, holes between them: twelve pieces
- * of a pull, more than its 8 reads in flight, so a pull held at its first
- * write still has reads to make.
- */
-const RUNS: Array<[number, number]> = Array.from({ length: 12 }, (_, i) => [i * MiB + (i % 4) * BLOCK, 256 * KiB]);
-const DATA_BYTES = RUNS.reduce((sum, [, length]) => sum + length, 0);
-/** Written as zeros in the file volume: data to SEEK_DATA, nothing a thin device should provision. */
-const ZERO_RUN: [number, number] = [13 * MiB, MiB];
+const SIZE = PULL_SIZE;
+const BLOCK = PULL_BLOCK;
+const RUNS = PULL_RUNS;
+const DATA_BYTES = PULL_DATA_BYTES;
+const ZERO_RUN = PULL_ZERO_RUN;
 const DATA_BLOCKS = RUNS.flatMap(([offset, length]) => Array.from({ length: length / BLOCK }, (_, k) => offset / BLOCK + k));
-
-async function writeRuns(file: string, runs: Array<[number, number]>, zeros?: [number, number]): Promise<void> {
-  const handle = await open(file, 'r+');
-  try {
-    for (const [offset, length] of runs) await handle.write(randomBytes(length), 0, length, offset);
-    if (zeros) await handle.write(Buffer.alloc(zeros[1]), 0, zeros[1], zeros[0]);
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-}
 
 async function sha(file: string): Promise<string> {
   const handle = await open(file, 'r');
@@ -59,11 +40,6 @@ async function sha(file: string): Promise<string> {
   } finally {
     await handle.close();
   }
-}
-
-async function until(file: string): Promise<void> {
-  for (let i = 0; i < 3000 && !existsSync(file); i++) await new Promise((resolve) => setTimeout(resolve, 20));
-  if (!existsSync(file)) throw new Error(`the pull never reached pull.copying (${file})`);
 }
 
 if (!inVmGuest()) {
@@ -90,15 +66,6 @@ if (!inVmGuest()) {
   let thinAgent: AgentProcess = await startAgent(top, { ...thinSpec, env: { VOLAGENT_FAILPOINTS: `pull.copying@2=hold:${held}` } });
   const fileAgent: AgentProcess = await startAgent(top, fileSpec);
 
-  /** A read-only export of `volume` and its nbds:// URI on the agent's TCP address. */
-  async function exportOf(agent: AgentProcess, volume: string, port: number): Promise<{ id: string; uri: string }> {
-    const made = await agent.request('POST', `/v1/volumes/${volume}/exports`, { protocol: 'nbd', readOnly: true });
-    if (made.status !== 201) throw new Error(`export of ${volume}: ${made.status} ${made.text}`);
-    const uri = (made.body.uris as string[]).find((u) => u.startsWith('nbds://'))!;
-    if (uri !== `nbds://127.0.0.1:${port}/${made.body.id}`) throw new Error(`export of ${volume}: ${uri}`);
-    return { id: made.body.id, uri };
-  }
-
   /** What a failed pull into the thin pool must leave: the pool, its metadata and the catalog as `before`. */
   async function thinState(): Promise<{ active: number[]; inPool: number[]; devices: string[]; usedBlocks: number; pending: string | null | undefined }> {
     const status = await poolStatus(POOL);
@@ -114,7 +81,7 @@ if (!inVmGuest()) {
     t.equal((await thinAgent.request('PUT', '/v1/volumes/t1', { tenant: 'acme', pool: POOL, sizeBytes: SIZE })).status, 201);
     await writeRuns(nodeOf('t1'), RUNS);
     t.equal((await thinAgent.request('GET', '/v1/volumes/t1')).body.allocatedBytes, DATA_BYTES, 'the source provisions its runs only');
-    const exported = await exportOf(thinAgent, 't1', 10821);
+    const exported = await exportOverTls(thinAgent, 't1', 10821);
     const remote = { uri: exported.uri, sizeBytes: SIZE, volume: 't1' };
     const pulled = await fileAgent.request('PUT', '/v1/volumes/f1?wait=true', { tenant: 'acme', source: { remote } });
     t.equal(pulled.status, 201, pulled.text);
@@ -130,7 +97,7 @@ if (!inVmGuest()) {
     t.equal((await fileAgent.request('PUT', '/v1/volumes/f2', { tenant: 'acme', sizeBytes: SIZE })).status, 201);
     await writeRuns(fileOf('f2'), RUNS, ZERO_RUN);
     t.equal((await stat(fileOf('f2'))).blocks * 512, DATA_BYTES + ZERO_RUN[1], 'the source file allocates its runs and its written zeros');
-    f2.uri = (await exportOf(fileAgent, 'f2', 10822)).uri;
+    f2.uri = (await exportOverTls(fileAgent, 'f2', 10822)).uri;
     const before = await thinState();
     const pulled = await thinAgent.request('PUT', '/v1/volumes/t2?wait=true', { tenant: 'acme', pool: POOL, source: { remote: f2 } });
     t.equal(pulled.status, 201, pulled.text);
@@ -147,7 +114,7 @@ if (!inVmGuest()) {
     const started = await thinAgent.request('PUT', '/v1/volumes/t3', { tenant: 'acme', pool: POOL, source: { remote: f2 } });
     t.equal(started.status, 202, started.text);
     const operation = started.body.operation.id as string;
-    await until(held);
+    await untilPullHeld(held);
     t.ok(readThinRows(thinAgent.catalogPath, POOL).devices.some((d) => d.name === 't3'), 'mid-pull: the new thin device is recorded');
     t.match(readCatalog(thinAgent.catalogPath).volumes.find((v) => v.id === 't3'), { state: 'creating' }, 'mid-pull: its row is creating');
     await thinAgent.kill();
@@ -163,7 +130,7 @@ if (!inVmGuest()) {
     const before = await thinState();
     const started = await thinAgent.request('PUT', '/v1/volumes/t4', { tenant: 'acme', pool: POOL, source: { remote: f2 } });
     t.equal(started.status, 202, started.text);
-    await until(held);
+    await untilPullHeld(held);
     t.ok(readThinRows(thinAgent.catalogPath, POOL).devices.some((d) => d.name === 't4'), 'mid-pull: the new thin device is recorded');
     await fileAgent.kill();
     await rm(held);

@@ -18,7 +18,7 @@ import type { Catalog, SourceKind, VolumeKind, VolumeRow } from '../catalog/cata
 import type { CatalogWrites } from '../catalog/writes.js';
 import { failpoint, failpointAsync } from '../common/failpoints.js';
 import { systemError } from '../native/system-error.js';
-import type { CloneOutcome, Pool } from '../pools/pool.js';
+import type { CloneOutcome, Pool, UnmanagedObjects } from '../pools/pool.js';
 import type { Access } from './access.js';
 import type { Creations } from './creations.js';
 import { busyCreating, secondsSince, taskOptions } from './creations.js';
@@ -427,34 +427,45 @@ export class Volumes {
     const existing = this.catalog.getVolume(id);
     if (existing) return this.repeat(existing, requestKey, request.wait);
     this.checks.checkObjectName(pool, id, { volume: id });
-    const candidate = await unmanaged.get(foreign);
-    if (!candidate) throw new DomainError('UNMANAGED_NOT_FOUND', `pool ${pool.name} holds no ${foreign} that the agent did not make`, { pool: pool.name, unmanaged: foreign });
-    if (candidate.refusal !== undefined) {
-      throw new DomainError('UNMANAGED_REFUSED', `${foreign} in pool ${pool.name} cannot be adopted: ${candidate.refusal}`, { pool: pool.name, unmanaged: foreign, reason: candidate.refusal });
-    }
-    if (await pool.stat(id)) throw toDomainError(systemError('EEXIST', 'adopt', pool.objectPath(id)), { volume: id });
-    const inserted = await this.creations.recordIntent(id, this.writes.insertCreating(
-      { id, pool: pool.name, tenant, kind: 'volume', sizeBytes: candidate.sizeBytes, requestKey, unmanagedSource: foreign }));
-    if (!inserted.inserted) return this.repeat(inserted.row, requestKey, request.wait);
-    const work = async (): Promise<void> => {
-      try {
-        await unmanaged.adopt(foreign, id);
-        failpoint('adopt.adopted');
-        const info = await pool.stat(id);
-        await this.writes.transitionVolume(id, 'creating', 'available', { cloneMethod: 'adopt', sizeBytes: info?.sizeBytes ?? candidate.sizeBytes });
-      } catch (error) {
-        await unmanaged.giveBack(foreign, id).catch(() => undefined);
-        await this.writes.discardCreatingVolume(id);
-        const refusal = (error as { refusal?: string }).refusal;
-        if (refusal !== undefined) {
-          throw new DomainError('UNMANAGED_REFUSED', `${foreign} in pool ${pool.name} cannot be adopted: ${refusal}`, { pool: pool.name, unmanaged: foreign, reason: refusal });
-        }
-        throw toDomainError(error, { volume: id });
+    // One adoption of an object at a time: a second one's give-back must not take the tags off
+    // the object while the first is between its steps. '~' is in no object name.
+    const release = await this.checks.lock(`~unmanaged/${pool.name}/${foreign}`, 'exclusive', `adopt ${foreign} as ${id}`);
+    let handedOver = false;
+    try {
+      const candidate = await unmanaged.get(foreign);
+      if (!candidate) throw new DomainError('UNMANAGED_NOT_FOUND', `pool ${pool.name} holds no ${foreign} that the agent did not make`, { pool: pool.name, unmanaged: foreign });
+      if (candidate.refusal !== undefined) {
+        throw new DomainError('UNMANAGED_REFUSED', `${foreign} in pool ${pool.name} cannot be adopted: ${candidate.refusal}`, { pool: pool.name, unmanaged: foreign, reason: candidate.refusal });
       }
-    };
-    this.creations.start(id, candidate.sizeBytes, undefined, work, () => undefined);
+      if (await pool.stat(id)) throw toDomainError(systemError('EEXIST', 'adopt', pool.objectPath(id)), { volume: id });
+      const inserted = await this.creations.recordIntent(id, this.writes.insertCreating(
+        { id, pool: pool.name, tenant, kind: 'volume', sizeBytes: candidate.sizeBytes, requestKey, unmanagedSource: foreign }));
+      if (!inserted.inserted) return await this.repeat(inserted.row, requestKey, request.wait);
+      handedOver = true;
+      this.creations.start(id, candidate.sizeBytes, undefined, () => this.adoptNow(pool, unmanaged, foreign, id, candidate.sizeBytes), release);
+    } finally {
+      if (!handedOver) release();
+    }
     await this.creations.settled(id);
     return { status: 'created', view: await this.viewOf(id) };
+  }
+
+  /** The adoption itself, its row recorded: on any failure the object is given back and the row discarded. */
+  private async adoptNow(pool: Pool, unmanaged: UnmanagedObjects, foreign: string, id: string, sizeBytes: number): Promise<void> {
+    try {
+      await unmanaged.adopt(foreign, id);
+      failpoint('adopt.adopted');
+      const info = await pool.stat(id);
+      await this.writes.transitionVolume(id, 'creating', 'available', { cloneMethod: 'adopt', sizeBytes: info?.sizeBytes ?? sizeBytes });
+    } catch (error) {
+      await unmanaged.giveBack(foreign, id).catch(() => undefined);
+      await this.writes.discardCreatingVolume(id);
+      const refusal = (error as { refusal?: string }).refusal;
+      if (refusal !== undefined) {
+        throw new DomainError('UNMANAGED_REFUSED', `${foreign} in pool ${pool.name} cannot be adopted: ${refusal}`, { pool: pool.name, unmanaged: foreign, reason: refusal });
+      }
+      throw toDomainError(error, { volume: id });
+    }
   }
 
   /** The answer to a PUT whose id exists: the same definition is a repeat, another is a conflict. */

@@ -22,6 +22,7 @@ const GUEST_SUBTESTS = [
   'kill -9 at lvm.temporary-made during an upload',
   'kill -9 at lvm.temporary-written during an upload',
   'adoption: the thin LVs the agent did not make',
+  'two adoptions of one LV at once',
   'kill -9 at lvm.adopt-tagged during an adoption',
   'kill -9 at lvm.adopt-renamed during an adoption',
   'kill -9 at adopt.adopted during an adoption',

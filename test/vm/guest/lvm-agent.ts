@@ -454,6 +454,26 @@ if (!inVmGuest()) {
     await untouched(t);
   });
 
+  await t.test('two adoptions of one LV at once: one adopts it, the other finds it gone; the LV is whole and tagged', async (t) => {
+    // A lock wait longer than an adoption under TCG: the second waits for the first to end.
+    t.equal(await agent.stop(), 0);
+    agent = await startAgent(top, { ...spec(), lockWaitMs: 120_000 });
+    lvmRun('lvcreate', ['-q', '-V', '8m', '-T', `${VG}/${THIN_POOL}`, '-n', 'legacy3']);
+    await writePattern(`/dev/${VG}/legacy3`, 0x3e, MiB);
+    const shaBefore = await sha256Of(`/dev/${VG}/legacy3`);
+    const replies = await Promise.all(['a3', 'a4'].map((id) => agent.request('PUT', `/v1/volumes/${id}`, { tenant: 't1', pool: POOL, source: { unmanaged: 'legacy3' } })));
+    t.same(replies.map((reply) => reply.status).sort(), [201, 404], replies.map((reply) => reply.text).join(' '));
+    const winner = replies.find((reply) => reply.status === 201)!.body.id as string;
+    t.match(replies.find((reply) => reply.status === 404)!.body, { error: { code: 'UNMANAGED_NOT_FOUND' } });
+    t.same(agentLvs().filter((lv) => lv === lvOf('a3') || lv === lvOf('a4')), [lvOf(winner)], 'one LV, the winner\'s');
+    t.same(lvs().get(lvOf(winner))!.lv_tags!.split(',').sort(), ['volagent', `volagent.pool.${POOL}`], 'tagged as the pool\'s');
+    t.equal(await sha256Of(nodeOf(winner)), shaBefore);
+    t.same(readCatalog(catalogPath).volumes.filter((v) => v.id === 'a3' || v.id === 'a4').map((v) => v.id), [winner], 'one row');
+    t.equal((await agent.request('DELETE', `/v1/volumes/${winner}`)).status, 204);
+    t.match((await agent.request('GET', '/v1/check')).body, { clean: true, differences: [] });
+    await untouched(t);
+  });
+
   for (const failpoint of ['lvm.adopt-tagged', 'lvm.adopt-renamed', 'adopt.adopted']) {
     await t.test(`kill -9 at ${failpoint} during an adoption: after restart the LV is back under its name, as it was; no row; check clean`, async (t) => {
       t.equal(await agent.stop(), 0);

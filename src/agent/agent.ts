@@ -8,7 +8,7 @@ import { Catalog } from '../catalog/catalog.js';
 import { CatalogWriter } from '../catalog/writer.js';
 import type { CatalogWrites } from '../catalog/writes.js';
 import { inlineWrites } from '../catalog/writes.js';
-import type { Pool, PoolCapabilities, PoolCapacity, PoolHealth, UnmanagedObject } from '../pools/pool.js';
+import type { Pool, PoolCapabilities, PoolCapacity, PoolHealth } from '../pools/pool.js';
 import type { Principal } from './access.js';
 import { Access } from './access.js';
 import type { ImageCacheView } from './image-cache.js';
@@ -18,7 +18,6 @@ import { Images } from './images.js';
 import { LockTable } from './locks.js';
 import { AgentMetrics } from './metrics.js';
 import { Creations } from './creations.js';
-import { DomainError } from './errors.js';
 import { Operations } from './operations.js';
 import type { ListenAddress } from '../exports/nbd/listen-address.js';
 import { Exports } from './exports.js';
@@ -179,22 +178,6 @@ export class Agent {
         ...(imageCache ? { imageCache } : {}),
       };
     }));
-  }
-
-  /**
-   * The objects of pool `poolName`'s storage that the agent did not make
-   * (candidates for adoption: `PUT /v1/volumes/{id}` with
-   * `source.unmanaged`), or the one named `name`; not a tenant's to see.
-   */
-  async unmanaged(poolName: string, access: Access, name?: string): Promise<UnmanagedObject[] | UnmanagedObject> {
-    access.checkAgentWide(name === undefined ? 'GET /v1/pools/{pool}/unmanaged' : 'GET /v1/pools/{pool}/unmanaged/{name}');
-    const pool = this.pools.get(poolName);
-    if (!pool) throw new DomainError('POOL_NOT_FOUND', `pool ${poolName} is not configured`, { pool: poolName });
-    if (!pool.unmanaged) throw new DomainError('UNSUPPORTED_FOR_POOL', `pool ${pool.name} (${pool.backend}) adopts nothing`, { pool: pool.name });
-    if (name === undefined) return pool.unmanaged.list();
-    const found = await pool.unmanaged.get(name);
-    if (!found) throw new DomainError('UNMANAGED_NOT_FOUND', `pool ${pool.name} holds no ${name} that the agent did not make`, { pool: pool.name, unmanaged: name });
-    return found;
   }
 
   /** `volagent check`: what differs now; with `repair`, settled. Live work is left alone. */

@@ -18,7 +18,7 @@ import type { Catalog, SourceKind, VolumeKind, VolumeRow } from '../catalog/cata
 import type { CatalogWrites } from '../catalog/writes.js';
 import { failpoint, failpointAsync } from '../common/failpoints.js';
 import { systemError } from '../native/system-error.js';
-import type { CloneOutcome, Pool, UnmanagedObjects } from '../pools/pool.js';
+import type { CloneOutcome, Pool, UnmanagedObject, UnmanagedObjects } from '../pools/pool.js';
 import type { Access } from './access.js';
 import type { Creations } from './creations.js';
 import { busyCreating, secondsSince, taskOptions } from './creations.js';
@@ -418,8 +418,7 @@ export class Volumes {
     access.checkAdmin('PUT /v1/volumes/{id} with source.unmanaged');
     const { id, tenant } = request;
     const pool = this.checks.pool(request.pool ?? this.checks.defaultPoolName());
-    const unmanaged = pool.unmanaged;
-    if (!unmanaged) throw new DomainError('UNSUPPORTED_FOR_POOL', `pool ${pool.name} (${pool.backend}) adopts nothing`, { pool: pool.name, field: 'source.unmanaged' });
+    const unmanaged = unmanagedOf(pool);
     if (request.sizeBytes !== undefined) {
       throw new DomainError('BAD_REQUEST', 'an adopted volume keeps the size it has: leave sizeBytes out, and resize it afterwards', { field: 'sizeBytes' });
     }
@@ -432,11 +431,8 @@ export class Volumes {
     const release = await this.checks.lock(`~unmanaged/${pool.name}/${foreign}`, 'exclusive', `adopt ${foreign} as ${id}`);
     let handedOver = false;
     try {
-      const candidate = await unmanaged.get(foreign);
-      if (!candidate) throw new DomainError('UNMANAGED_NOT_FOUND', `pool ${pool.name} holds no ${foreign} that the agent did not make`, { pool: pool.name, unmanaged: foreign });
-      if (candidate.refusal !== undefined) {
-        throw new DomainError('UNMANAGED_REFUSED', `${foreign} in pool ${pool.name} cannot be adopted: ${candidate.refusal}`, { pool: pool.name, unmanaged: foreign, reason: candidate.refusal });
-      }
+      const candidate = await candidateOf(pool, unmanaged, foreign);
+      if (candidate.refusal !== undefined) throw refused(pool, foreign, candidate.refusal);
       if (await pool.stat(id)) throw toDomainError(systemError('EEXIST', 'adopt', pool.objectPath(id)), { volume: id });
       const inserted = await this.creations.recordIntent(id, this.writes.insertCreating(
         { id, pool: pool.name, tenant, kind: 'volume', sizeBytes: candidate.sizeBytes, requestKey, unmanagedSource: foreign }));
@@ -461,11 +457,19 @@ export class Volumes {
       await unmanaged.giveBack(foreign, id).catch(() => undefined);
       await this.writes.discardCreatingVolume(id);
       const refusal = (error as { refusal?: string }).refusal;
-      if (refusal !== undefined) {
-        throw new DomainError('UNMANAGED_REFUSED', `${foreign} in pool ${pool.name} cannot be adopted: ${refusal}`, { pool: pool.name, unmanaged: foreign, reason: refusal });
-      }
-      throw toDomainError(error, { volume: id });
+      throw refusal !== undefined ? refused(pool, foreign, refusal) : toDomainError(error, { volume: id });
     }
+  }
+
+  /**
+   * The objects of pool `poolName`'s storage that the agent did not make
+   * (candidates for `adopt`), or the one named `name`; not a tenant's to see.
+   */
+  async unmanaged(poolName: string, access: Access, name?: string): Promise<UnmanagedObject[] | UnmanagedObject> {
+    access.checkAgentWide(name === undefined ? 'GET /v1/pools/{pool}/unmanaged' : 'GET /v1/pools/{pool}/unmanaged/{name}');
+    const pool = this.checks.pool(poolName);
+    const unmanaged = unmanagedOf(pool);
+    return name === undefined ? unmanaged.list() : candidateOf(pool, unmanaged, name);
   }
 
   /** The answer to a PUT whose id exists: the same definition is a repeat, another is a conflict. */
@@ -513,4 +517,21 @@ export class Volumes {
   private async viewOf(id: string): Promise<VolumeView> {
     return volumeView(this.checks.volumeRow(id), this.pools);
   }
+}
+
+/** The pool's adoption, or UNSUPPORTED_FOR_POOL. */
+function unmanagedOf(pool: Pool): UnmanagedObjects {
+  if (!pool.unmanaged) throw new DomainError('UNSUPPORTED_FOR_POOL', `pool ${pool.name} (${pool.backend}) adopts nothing`, { pool: pool.name, field: 'source.unmanaged' });
+  return pool.unmanaged;
+}
+
+/** The candidate `name`, adoptable or not, or UNMANAGED_NOT_FOUND. */
+async function candidateOf(pool: Pool, unmanaged: UnmanagedObjects, name: string): Promise<UnmanagedObject> {
+  const candidate = await unmanaged.get(name);
+  if (!candidate) throw new DomainError('UNMANAGED_NOT_FOUND', `pool ${pool.name} holds no ${name} that the agent did not make`, { pool: pool.name, unmanaged: name });
+  return candidate;
+}
+
+function refused(pool: Pool, name: string, reason: string): DomainError {
+  return new DomainError('UNMANAGED_REFUSED', `${name} in pool ${pool.name} cannot be adopted: ${reason}`, { pool: pool.name, unmanaged: name, reason });
 }

@@ -102,14 +102,14 @@ export const ROUTES: readonly Route[] = [
     method: 'GET', pattern: '/v1/pools/:pool/unmanaged', body: 'none',
     handle: async (agent, { principal, params: [pool], query }) => {
       requireQuery(query, []);
-      return { status: 200, body: await agent.unmanaged(parseId(pool, 'pool'), agent.access(principal)) };
+      return { status: 200, body: await agent.volumes.unmanaged(parseId(pool, 'pool'), agent.access(principal)) };
     },
   },
   {
     method: 'GET', pattern: '/v1/pools/:pool/unmanaged/:name', body: 'none',
     handle: async (agent, { principal, params: [pool, name], query }) => {
       requireQuery(query, []);
-      return { status: 200, body: await agent.unmanaged(parseId(pool, 'pool'), agent.access(principal), parseUnmanagedName(name, 'name')) };
+      return { status: 200, body: await agent.volumes.unmanaged(parseId(pool, 'pool'), agent.access(principal), parseUnmanagedName(name, 'name')) };
     },
   },
   {

@@ -20,11 +20,12 @@ const isRoot = process.getuid?.() === 0;
 const LANES = [
   { name: 'unit', dir: 'dist/test/unit', timeout: 120, jobs: 2, packages: ['thin-provisioning-tools'] },
   { name: 'privileged', dir: 'dist/test/privileged', timeout: 600, jobs: 1, packages: ['xfsprogs', 'btrfs-progs', 'e2fsprogs', 'util-linux', 'libnbd-bin', 'qemu-utils', 'openssl', 'socat', 'systemd', 'python3-prometheus-client', 'curl', 'tmux', 'iproute2', 'procps'], root: true },
-  { name: 'vm', dir: 'dist/test/vm', timeout: 900, jobs: 1, packages: ['qemu-system-x86', 'linux-image-amd64', 'busybox-static', 'util-linux', 'thin-provisioning-tools', 'libnbd-bin', 'qemu-utils', 'systemd', 'xfsprogs', 'dmsetup', 'lvm2'], root: true },
-  // Debian's Cinder and Glance, run as plain processes by the tests (test/helpers/openstack.ts):
-  // installed with their recommended packages, as an operator's `apt install` does, and with
-  // services kept from starting (policy-rc.d).
-  { name: 'openstack', dir: 'dist/test/openstack', timeout: 2400, jobs: 1, packages: ['cinder-api', 'cinder-scheduler', 'cinder-volume', 'glance-api', 'rabbitmq-server', 'python3-cinderclient', 'python3-glanceclient', 'dmidecode', 'xfsprogs', 'e2fsprogs', 'curl', 'util-linux', 'qemu-utils', 'sudo', 'libnbd-bin', 'iproute2', 'procps', 'mariadb-server', 'python3-pymysql'], root: true, noServiceStart: true, recommends: true },
+  // Debian's Cinder (and in the openstack lane its Glance), run as plain processes by the tests
+  // (test/helpers/openstack.ts), or imported by the driver's Python tests in a VM guest
+  // (test/vm/lvm-driver.test.ts): installed with their recommended packages, as an operator's
+  // `apt install` does, and with services kept from starting (policy-rc.d).
+  { name: 'vm', dir: 'dist/test/vm', timeout: 900, jobs: 1, packages: ['qemu-system-x86', 'linux-image-amd64', 'busybox-static', 'util-linux', 'thin-provisioning-tools', 'libnbd-bin', 'qemu-utils', 'systemd', 'xfsprogs', 'dmsetup', 'lvm2'], root: true, stackPackages: ['python3-cinder'] },
+  { name: 'openstack', dir: 'dist/test/openstack', timeout: 2400, jobs: 1, packages: [], root: true, stackPackages: ['cinder-api', 'cinder-scheduler', 'cinder-volume', 'glance-api', 'rabbitmq-server', 'python3-cinderclient', 'python3-glanceclient', 'dmidecode', 'xfsprogs', 'e2fsprogs', 'curl', 'util-linux', 'qemu-utils', 'sudo', 'libnbd-bin', 'iproute2', 'procps', 'mariadb-server', 'python3-pymysql'] },
 ];
 
 function missingPackages(packages) {
@@ -59,9 +60,14 @@ function installPackages(packages, { noServiceStart = false, recommends = false 
 function prepare(lane) {
   if (lane.root && !isRoot) return 'needs root (loop devices, mounts, qemu with host devices)';
   const missing = missingPackages(lane.packages);
+  const missingStack = missingPackages(lane.stackPackages ?? []);
+  if (missing.length + missingStack.length > 0 && !isRoot) return `needs Debian packages: ${[...missing, ...missingStack].join(' ')}`;
   if (missing.length > 0) {
-    if (!isRoot) return `needs Debian packages: ${missing.join(' ')}`;
-    const failure = installPackages(missing, { noServiceStart: lane.noServiceStart, recommends: lane.recommends });
+    const failure = installPackages(missing);
+    if (failure) return failure;
+  }
+  if (missingStack.length > 0) {
+    const failure = installPackages(missingStack, { noServiceStart: true, recommends: true });
     if (failure) return failure;
   }
   return undefined;

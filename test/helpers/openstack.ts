@@ -30,14 +30,13 @@ import path from 'node:path';
 import type { Test } from 'tap';
 
 import { REPO_ROOT, requestOn, VOLAGENTD } from './agent.js';
+import { DRIVER_PATH, SYSTEM_PYTHON } from './driver-unittest.js';
 import type { LoopFs } from './loop-fs.js';
 import { makeLoopFs, TEST_ROOT } from './loop-fs.js';
 import type { Host } from './netns.js';
 import { makeHosts } from './netns.js';
 import { run } from './run.js';
 
-export const SYSTEM_PYTHON = '/usr/bin/python3';
-export const DRIVER_PATH = path.join(REPO_ROOT, 'integrations', 'cinder');
 const GLANCE_FILTER_PATH = path.join(REPO_ROOT, 'test', 'openstack', 'glance');
 
 /** Project ids are hex (Cinder's project_id_regex). */

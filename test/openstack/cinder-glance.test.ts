@@ -11,7 +11,8 @@ import t from 'tap';
 
 import { fiemapExtents } from '../../src/clone/extents.js';
 import { run } from '../helpers/run.js';
-import { BACKEND_B, gib, HOST_B, listTable, OpenStack, PROJECTS, propertyTable, stackMissing, SYSTEM_PYTHON } from '../helpers/openstack.js';
+import { SYSTEM_PYTHON } from '../helpers/driver-unittest.js';
+import { BACKEND_B, gib, HOST_B, listTable, OpenStack, PROJECTS, propertyTable, stackMissing } from '../helpers/openstack.js';
 
 const MiB = 1024 * 1024;
 const HOST = os.hostname();

@@ -37,8 +37,10 @@ class Agent(object):
     """One volagentd with pools ``{name: kind}`` (in order).
 
     A kind is ``dir`` (a directory in the agent's /tmp directory), ``xfs`` or
-    ``ext4`` (a loop filesystem of its own), or ``xfs@POOL`` (a directory on
-    the filesystem of the earlier pool POOL).
+    ``ext4`` (a loop filesystem of its own), ``xfs@POOL`` (a directory on
+    the filesystem of the earlier pool POOL), or ``lvm:VG/THIN_POOL`` (an
+    ``lvm`` pool in an existing VG's thin pool, which the caller made: a
+    kernel with device-mapper, as in the VM lane's test/vm/lvm-driver.test.ts).
 
     ``env`` is added to the agent's environment; ``lock_wait_ms`` is its
     ``[agent] lock_wait_ms``. With ``tls_tcp`` the agent also serves NBD on
@@ -92,6 +94,11 @@ class Agent(object):
         if self.lock_wait_ms is not None:
             lines += ['[agent]', 'lock_wait_ms = %d' % self.lock_wait_ms, '']
         for name, kind in self.pools.items():
+            if kind.startswith('lvm:'):
+                vg, _, thin_pool = kind[len('lvm:'):].partition('/')
+                lines += ['[[pools]]', 'name = %s' % json.dumps(name), 'backend = "lvm"',
+                          'vg = %s' % json.dumps(vg), 'thin_pool = %s' % json.dumps(thin_pool), '']
+                continue
             path = self._pool_directory(name, kind)
             self.pool_paths[name] = path
             lines += ['[[pools]]', 'name = %s' % json.dumps(name), 'backend = "file"',
@@ -160,7 +167,17 @@ class Agent(object):
         return agent_client.AgentClient(self.socket, timeout=60)
 
     def object_path(self, pool, name):
-        """The file of a volume (``name``) or snapshot (``volume@snapshot``) in a pool."""
+        """The file of a volume (``name``) or snapshot (``volume@snapshot``) in a pool.
+
+        In an ``lvm`` pool: the device node of its LV, ``va.<pool>.<name>``
+        with ``@`` written ``+a`` and ``_`` written ``+u`` (written out here,
+        not taken from the agent, so the tests check that naming).
+        """
+        kind = self.pools[pool]
+        if kind.startswith('lvm:'):
+            vg = kind[len('lvm:'):].partition('/')[0]
+            encoded = name.replace('@', '+a').replace('_', '+u')
+            return '/dev/%s/va.%s.%s' % (vg, pool, encoded)
         return os.path.join(self.pool_paths[pool], 'objects', name + '.raw')
 
     def stop(self):

@@ -1,7 +1,9 @@
 // Guest-only tap file, run by test/vm/lvm-faults.test.ts: volagentd with an
-// `lvm` pool in a volume group `vgf` on vda (128 MiB) whose thin pool `tp`
-// has 64 MiB of data and errors when full (`--errorwhenfull y`), beside a
-// thin LV of another owner, on the guest's kernel.
+// `lvm` pool in a volume group `vgf` whose thin pool `tp` has 64 MiB of data
+// and errors when full (`--errorwhenfull y`), beside a thin LV of another
+// owner, on the guest's kernel. The VG's two PVs are dm-flakey devices: one
+// over vda (128 MiB) holds the thin pool's data, the other over vdb (16 MiB)
+// its metadata and the VG's metadata (the data PV keeps none).
 //
 //   crash sweep: create, clone, snapshot, resize, delete a volume, delete a
 //     snapshot and upload an image, each killed at every point of the pool it
@@ -17,8 +19,14 @@
 //   no stale data: a deleted volume's chunks, provisioned again for a new
 //     volume written 4 KiB per 64 KiB chunk, read as zeros past the pieces
 //     (the pool zeroes new blocks; the agent refuses a pool that does not).
+//   I/O errors: the data PV fails every write. A guest's write to a volume
+//     fails with EIO, and an upload answers 503 and leaves no LV; the agent
+//     stays up. Then the metadata PV fails instead: the pool's next metadata
+//     commit fails, the pool goes read-only, GET /v1/pools says so, every
+//     change is refused with 503 POOL_UNAVAILABLE and leaves no row and no
+//     LV, and reads are still served.
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdtemp, open } from 'node:fs/promises';
+import { mkdtemp, open, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 
 import t from 'tap';
@@ -28,6 +36,7 @@ import { startAgent, streamOn } from '../../helpers/agent.js';
 import type { SweptOperation } from '../../helpers/crash-sweep.js';
 import { expectCreated, literal, newSweepFigures, sweepOperation, volumeOperations } from '../../helpers/crash-sweep.js';
 import { readAt, sha256 } from '../../helpers/files.js';
+import { FlakeyDevice } from '../../helpers/flakey.js';
 import type { CatalogRows } from '../../helpers/invariants.js';
 import { catalogRows, checkInvariants, InvariantError } from '../../helpers/invariants.js';
 import { agentLvName, agentLvs, lvmRun } from '../../helpers/lvm.js';
@@ -55,9 +64,20 @@ if (!inVmGuest()) {
   t.plan(0, 'guest-only file: runs inside the VM through runGuestTests() from test/vm/lvm-faults.test.ts');
 } else {
   t.setTimeout(1_140_000);
-  lvmRun('pvcreate', ['-q', '/dev/vda']);
-  lvmRun('vgcreate', ['-q', '-s', '4m', VG, '/dev/vda']);
-  lvmRun('lvcreate', ['-q', '--type', 'thin-pool', '-L', '64m', '-c', '64k', '-Zy', '-n', THIN_POOL, VG]);
+  // The VG's PVs are dm-flakey devices over the disks; lvm2 (the test's and the
+  // agent's, which inherits this environment) sees only those, not the disks
+  // under them with the same PV labels.
+  const lvmDir = await mkdtemp('/tmp/lvm-faults-conf-');
+  await writeFile(path.join(lvmDir, 'lvm.conf'), 'devices {\n  global_filter = [ "a|^/dev/mapper/lf-|", "r|^/dev/vd|" ]\n}\n');
+  process.env.LVM_SYSTEM_DIR = lvmDir;
+  const flakey = { data: await FlakeyDevice.create('lf-data', '/dev/vda'), meta: await FlakeyDevice.create('lf-meta', '/dev/vdb') };
+  // The thin pool's data on one, its metadata and the VG's metadata on the other.
+  lvmRun('pvcreate', ['-q', '--metadatacopies', '0', flakey.data.path]);
+  lvmRun('pvcreate', ['-q', flakey.meta.path]);
+  lvmRun('vgcreate', ['-q', '-s', '4m', VG, flakey.data.path, flakey.meta.path]);
+  lvmRun('lvcreate', ['-q', '-L', '64m', '-n', THIN_POOL, VG, flakey.data.path]);
+  lvmRun('lvcreate', ['-q', '-L', '4m', '-n', `${THIN_POOL}meta`, VG, flakey.meta.path]);
+  lvmRun('lvconvert', ['-q', '-y', '--type', 'thin-pool', '--poolmetadata', `${VG}/${THIN_POOL}meta`, '--poolmetadataspare', 'n', '-c', '64k', '-Zy', `${VG}/${THIN_POOL}`]);
   lvmRun('lvchange', ['-q', '--errorwhenfull', 'y', `${VG}/${THIN_POOL}`]);
   lvmRun('lvcreate', ['-q', '-V', '4m', '-T', `${VG}/${THIN_POOL}`, '-n', 'theirs', '--addtag', 'owner.cinder']);
   {
@@ -75,6 +95,8 @@ if (!inVmGuest()) {
   });
   const ctx: Context = { agent: await startAgent(t, spec()) };
   t.teardown(async () => {
+    // The I/O-error subtest leaves both devices failing writes: they pass again before the agent is killed.
+    for (const device of Object.values(flakey)) await device.swap('pass').catch(() => undefined);
     if (ctx.agent.child.exitCode === null && ctx.agent.child.signalCode === null) await ctx.agent.kill();
   });
   const request = (method: string, urlPath: string, body?: unknown): Promise<Reply> => ctx.agent.request(method, urlPath, body);
@@ -199,5 +221,57 @@ if (!inVmGuest()) {
     t.equal(wrong, 0, 'every chunk reads its 4 KiB piece, then zeros: nothing of the deleted volume');
     t.equal((await request('DELETE', '/v1/volumes/fresh')).status, 204);
     await verifyUntouched();
+  });
+  await t.test("I/O errors on the thin pool's data PV, then its metadata PV: clear errors, the agent up, nothing kept that failed", async (t) => {
+    await expectCreated(create(ctx, 'victim'), 'create victim');
+    const before = catalogRows(ctx.agent.catalogPath);
+    const lvsBefore = agentLvs(VG, POOL);
+    await flakey.data.swap('error');
+    /** A 64 KiB write at `offset`, where the volume has no chunk yet, and an fsync: 'written' or the error's code. */
+    const write = async (object: string, offset: number): Promise<string> => {
+      const handle = await open(nodeOf(object), 'r+');
+      try {
+        await handle.write(Buffer.alloc(64 * KiB, 0x5a), 0, 64 * KiB, offset);
+        await handle.sync();
+        return 'written';
+      } catch (e) {
+        return (e as NodeJS.ErrnoException).code ?? String(e);
+      } finally {
+        await handle.close().catch(() => undefined);
+      }
+    };
+    t.equal(await write('victim', 0), 'EIO', "a guest's write to a volume fails with EIO");
+    const upload = await streamOn(ctx.agent.socket, 'PUT', '/v1/images/eio-img/data?tenant=t1', Buffer.alloc(VOLUME_BYTES, 0x33), { headers: { 'content-length': VOLUME_BYTES } });
+    t.equal(upload.status, 503, `an upload answers 503 (${upload.text.slice(0, 300)})`);
+    t.equal(upload.body?.error?.code, 'POOL_UNAVAILABLE', 'POOL_UNAVAILABLE');
+    t.same(agentLvs(VG, POOL), lvsBefore, "the upload's temporary LV is removed");
+    t.equal((await request('GET', '/v1/version')).status, 200, 'the agent keeps answering');
+
+    // The data PV passes again, the metadata PV fails: the next commit of the
+    // pool's metadata (a guest's write provisioning a chunk, flushed) fails.
+    await flakey.data.swap('pass');
+    await flakey.meta.swap('error');
+    t.equal(await write('victim', MiB), 'EIO', "a guest's write and fsync once the metadata fails: EIO");
+    const [pool] = (await request('GET', '/v1/pools')).body;
+    // A failed metadata write aborts the transaction and switches the pool to read-only with needs_check (dm-thin's metadata_operation_failed).
+    t.match(pool.health, { mode: 'ro', needsCheck: true }, `GET /v1/pools reports the pool read-only, needing a check: ${JSON.stringify(pool.health)}`);
+    for (const [label, send] of [
+      ['create', () => request('PUT', '/v1/volumes/eio-vol', { tenant: 't1', sizeBytes: VOLUME_BYTES })],
+      ['snapshot', () => request('PUT', '/v1/volumes/victim/snapshots/eio-snap')],
+      ['clone', () => request('PUT', '/v1/volumes/eio-clone', { tenant: 't1', source: { volume: 'victim' } })],
+      ['resize', () => request('POST', '/v1/volumes/victim/resize', { sizeBytes: 2 * VOLUME_BYTES })],
+    ] as Array<[string, () => Promise<Reply>]>) {
+      const reply = await send();
+      t.equal(reply.status, 503, `${label} is refused: 503 (${reply.text.slice(0, 200)})`);
+      t.equal(reply.body?.error?.code, 'POOL_UNAVAILABLE', `${label}: POOL_UNAVAILABLE`);
+    }
+    t.equal((await request('GET', '/v1/volumes')).status, 200, 'reads are still served');
+    t.ok((await readAt(nodeOf('src'), VOLUME_BYTES)).equals(srcBytes), "the source volume's bytes still read back");
+    const after = catalogRows(ctx.agent.catalogPath);
+    t.same(after.volumes.map((v) => `${v.id} ${v.state} ${v.sizeBytes}`), before.volumes.map((v) => `${v.id} ${v.state} ${v.sizeBytes}`), 'no refused change left a row, and no row changed');
+    t.same(after.snapshots, before.snapshots, 'nor a snapshot');
+    t.same(after.images, before.images, 'nor an image');
+    t.same(agentLvs(VG, POOL), lvsBefore, "the pool's LVs are the same");
+    t.equal((await request('GET', '/v1/version')).status, 200, 'the agent is up');
   });
 }

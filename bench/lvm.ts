@@ -13,6 +13,8 @@
 //     lvcreate -s -kn with the tags), N sequential, then N with 8 in flight;
 //  2. `lvcreate -s -kn -n NAME vgbench/origin` by hand (a thin snapshot,
 //     activated like the agent's), N sequential, then N with 8 processes in flight;
+//  1 and 2 in turns (one clone each, sequential; rounds of 16, in flight), so
+//  that both meet as many LVs in the VG, which lvm2's work grows with;
 // and once, at the first level: 3. volagentd, thin pool, the same round trips.
 // Goal: the lvm backend's p50 within 1.5x of lvcreate -s by hand's (sequential
 // and at 8 in flight). Under TCG absolute times mean little: the ratios are
@@ -63,6 +65,34 @@ async function sides(n: number, one: (id: string) => Promise<number>, label: str
   return { sequential: latency(sequential), concurrent: latency(concurrent.samples), concurrentPerSecond: concurrent.perSecond };
 }
 
+/**
+ * Two sides measured in turns, since every clone adds an LV and lvm2's work
+ * grows with the LVs in the VG: sequential clones alternate one by one, and
+ * the clones in flight go in rounds of 2 x CONCURRENCY per side, alternating.
+ * Either side then meets the same numbers of LVs, on average.
+ */
+async function pairedSides(n: number, a: (id: string) => Promise<number>, b: (id: string) => Promise<number>, label: string): Promise<[Side, Side]> {
+  const sequential: [number[], number[]] = [[], []];
+  for (let i = 0; i < n; i++) {
+    sequential[0].push(await a(`${label}as${i}`));
+    sequential[1].push(await b(`${label}bs${i}`));
+  }
+  const concurrent: [number[], number[]] = [[], []];
+  const elapsedMs = [0, 0];
+  const round = 2 * CONCURRENCY;
+  for (let done = 0; done < n; done += round) {
+    const count = Math.min(round, n - done);
+    for (const [side, one] of [a, b].entries()) {
+      const tag = side === 0 ? 'a' : 'b';
+      const timed = await timedConcurrent(count, CONCURRENCY, (i) => one(`${label}${tag}c${done + i}`));
+      concurrent[side]!.push(...timed.samples);
+      elapsedMs[side]! += (count / timed.perSecond) * 1000;
+    }
+  }
+  const side = (i: 0 | 1): Side => ({ sequential: latency(sequential[i]), concurrent: latency(concurrent[i]), concurrentPerSecond: n / (elapsedMs[i]! / 1000) });
+  return [side(0), side(1)];
+}
+
 async function lvm(args: string[]): Promise<string> {
   return (await execFileAsync('lvm', args, { env: LVM_ENV, maxBuffer: 64 * MiB })).stdout;
 }
@@ -105,12 +135,11 @@ async function guest(quick: boolean, levels: number[]): Promise<number> {
         await lvm(['lvcreate', '-q', '-s', '-n', `filler${filler++}`, `${VG}/origin`]);
       }
       const lvsBefore = await lvCount();
-      const agentSide = await sides(n, cloneIn(LVM_POOL, 'lorigin'), `l${index}`);
-      const byHand = await sides(n, async (name) => {
+      const [agentSide, byHand] = await pairedSides(n, cloneIn(LVM_POOL, 'lorigin'), async (name) => {
         const start = now();
-        await lvm(['lvcreate', '-q', '-s', '-kn', '-n', `h${index}${name}`, `${VG}/origin`]);
+        await lvm(['lvcreate', '-q', '-s', '-kn', '-n', `h${name}`, `${VG}/origin`]);
         return msSince(start);
-      }, '');
+      }, `l${index}`);
       result.levels.push({ lvsBefore, agent: agentSide, lvcreate: byHand });
     }
   } finally {

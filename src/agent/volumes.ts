@@ -418,7 +418,7 @@ export class Volumes {
     access.checkAdmin('PUT /v1/volumes/{id} with source.unmanaged');
     const { id, tenant } = request;
     const pool = this.checks.pool(request.pool ?? this.checks.defaultPoolName());
-    const unmanaged = unmanagedOf(pool);
+    const unmanaged = unmanagedOf(pool, 'source.unmanaged');
     if (request.sizeBytes !== undefined) {
       throw new DomainError('BAD_REQUEST', 'an adopted volume keeps the size it has: leave sizeBytes out, and resize it afterwards', { field: 'sizeBytes' });
     }
@@ -519,9 +519,9 @@ export class Volumes {
   }
 }
 
-/** The pool's adoption, or UNSUPPORTED_FOR_POOL. */
-function unmanagedOf(pool: Pool): UnmanagedObjects {
-  if (!pool.unmanaged) throw new DomainError('UNSUPPORTED_FOR_POOL', `pool ${pool.name} (${pool.backend}) adopts nothing`, { pool: pool.name, field: 'source.unmanaged' });
+/** The pool's adoption, or UNSUPPORTED_FOR_POOL (naming `field` of the request when one asked for it). */
+function unmanagedOf(pool: Pool, field?: string): UnmanagedObjects {
+  if (!pool.unmanaged) throw new DomainError('UNSUPPORTED_FOR_POOL', `pool ${pool.name} (${pool.backend}) adopts nothing`, { pool: pool.name, ...(field ? { field } : {}) });
   return pool.unmanaged;
 }
 

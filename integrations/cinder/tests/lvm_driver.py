@@ -26,8 +26,9 @@ from tests import volagent_fixture
 
 MiB = 1024 ** 2
 POOL = 'lvm0'
-VG, _, THIN_POOL = (os.environ.get('VOLAGENT_TEST_LVM') or '/').partition('/')
-AGENT = volagent_fixture.Agent({POOL: 'lvm:%s/%s' % (VG, THIN_POOL)}, label='lvm-driver')
+KIND = 'lvm:%s' % os.environ.get('VOLAGENT_TEST_LVM', '')
+VG, THIN_POOL = volagent_fixture.lvm_pool(KIND)
+AGENT = volagent_fixture.Agent({POOL: KIND}, label='lvm-driver')
 
 
 def setUpModule():

@@ -33,6 +33,14 @@ def _run(*argv):
                           stderr=subprocess.PIPE, text=True).stdout.strip()
 
 
+def lvm_pool(kind):
+    """``(VG, THIN_POOL)`` of a pool kind ``lvm:VG/THIN_POOL``; None for other kinds."""
+    if not kind.startswith('lvm:'):
+        return None
+    vg, _, thin_pool = kind[len('lvm:'):].partition('/')
+    return vg, thin_pool
+
+
 class Agent(object):
     """One volagentd with pools ``{name: kind}`` (in order).
 
@@ -94,8 +102,8 @@ class Agent(object):
         if self.lock_wait_ms is not None:
             lines += ['[agent]', 'lock_wait_ms = %d' % self.lock_wait_ms, '']
         for name, kind in self.pools.items():
-            if kind.startswith('lvm:'):
-                vg, _, thin_pool = kind[len('lvm:'):].partition('/')
+            if lvm_pool(kind):
+                vg, thin_pool = lvm_pool(kind)
                 lines += ['[[pools]]', 'name = %s' % json.dumps(name), 'backend = "lvm"',
                           'vg = %s' % json.dumps(vg), 'thin_pool = %s' % json.dumps(thin_pool), '']
                 continue
@@ -173,9 +181,8 @@ class Agent(object):
         with ``@`` written ``+a`` and ``_`` written ``+u`` (written out here,
         not taken from the agent, so the tests check that naming).
         """
-        kind = self.pools[pool]
-        if kind.startswith('lvm:'):
-            vg = kind[len('lvm:'):].partition('/')[0]
+        if lvm_pool(self.pools[pool]):
+            vg = lvm_pool(self.pools[pool])[0]
             encoded = name.replace('@', '+a').replace('_', '+u')
             return '/dev/%s/va.%s.%s' % (vg, pool, encoded)
         return os.path.join(self.pool_paths[pool], 'objects', name + '.raw')

@@ -92,8 +92,9 @@ export class VolumeChecks {
    * refuse it mid-way).
    */
   async checkPoolObjects(sourcePool: Pool, source: string, targetPool: Pool, target: string, details: Record<string, unknown>): Promise<void> {
-    if (!(await sourcePool.stat(source))) throw toDomainError(systemError('ENOENT', 'stat', sourcePool.objectPath(source)), details);
-    if (await targetPool.stat(target)) throw toDomainError(systemError('EEXIST', 'stat', targetPool.objectPath(target)), details);
+    const [sourceInfo, targetInfo] = await Promise.all([sourcePool.stat(source), targetPool.stat(target)]);
+    if (!sourceInfo) throw toDomainError(systemError('ENOENT', 'stat', sourcePool.objectPath(source)), details);
+    if (targetInfo) throw toDomainError(systemError('EEXIST', 'stat', targetPool.objectPath(target)), details);
   }
 
   /** The backend's own limits on names (a file name within NAME_MAX), before any intent is written. */

@@ -103,7 +103,7 @@ export class Agent {
     };
     const checks = new VolumeChecks(catalog, this.pools, this.locks, this.operations, this.exports, options.lockWaitMs);
     this.creations = new Creations(this.operations);
-    this.volumes = new Volumes(catalog, this.writes, this.pools, checks, this.creations, events, new RemoteSources(options.remote ?? { plaintextTcp: false }));
+    this.volumes = new Volumes(catalog, this.writes, writer.deferredWrites, this.pools, checks, this.creations, events, new RemoteSources(options.remote ?? { plaintextTcp: false }));
     this.snapshots = new Snapshots(catalog, this.writes, this.pools, checks, this.creations, events);
     const imageVolumes = new ImageVolumes(this.writes, this.volumes, checks, this.creations);
     this.images = new Images(catalog, this.writes, imageVolumes, checks, this.operations, this.locks, {

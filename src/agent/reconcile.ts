@@ -3,7 +3,10 @@
 //
 //   startup: before the socket listens. Operations left running are marked
 //            failed, rows left `creating` are rolled back (their object, if
-//            any, removed: the request was never answered as done), rows left
+//            any, removed: the request was never answered as done), but a
+//            volume made at once (no operation) whose pool publishes objects
+//            only whole is completed when its object is there (its answer
+//            did not wait for the fsync of its result: writes.ts Durability), rows left
 //            `deleting` are finished, temporaries removed, a writable volume
 //            grown past its row's size (a resize cut off) recorded. Orphans, missing
 //            objects and size differences are reported and logged but kept:
@@ -13,7 +16,7 @@
 //            missing objects marked `error`, row sizes set to the object's.
 // Objects that the running agent is making or reading right now (`isLive`)
 // are never touched.
-import type { Catalog } from '../catalog/catalog.js';
+import type { Catalog, VolumeRow } from '../catalog/catalog.js';
 import type { CatalogWrites } from '../catalog/writes.js';
 import type { Pool } from '../pools/pool.js';
 import { snapshotObject } from './ids.js';
@@ -58,6 +61,15 @@ export interface ReconcileOptions {
   mode: ReconcileMode;
   isLive?: (object: string) => boolean;
   isOperationLive?: (id: string) => boolean;
+}
+
+/**
+ * A volume row left creating that its object alone can finish: a volume (not
+ * an Image-Volume, whose image row is settled with it), made at once (no
+ * operation, no peer), in a pool whose objects are named only once whole.
+ */
+function isCompletable(row: VolumeRow, pool: Pool): boolean {
+  return row.kind === 'volume' && row.operationId === undefined && row.remoteSource === undefined && row.unmanagedSource === undefined && pool.publishesWhole;
 }
 
 /** Label of a temporary `.tmp-<label>-<12 hex>.raw` (the object it was for, maybe truncated). */
@@ -118,6 +130,9 @@ export async function reconcile(catalog: Catalog, writes: CatalogWrites, pools: 
         await pool.unmanaged.giveBack(adoptedFrom, row.id);
         await writes.discardCreatingVolume(row.id);
       });
+    } else if (row.state === 'creating' && isCompletable(row, pool) && objects.get(row.pool)!.includes(row.id)) {
+      await settle({ ...base, detail: 'volume left creating, its object published whole: completed' }, 'finished',
+        () => writes.transitionVolume(row.id, 'creating', 'available'));
     } else if (row.state === 'creating') {
       await settle({ ...base, detail: 'volume left creating: rolled back' }, 'removed', async () => {
         await pool.remove(row.id);

@@ -69,6 +69,8 @@ export class Volumes {
     /** Reads; every write goes through `writes`. */
     private readonly catalog: Catalog,
     private readonly writes: CatalogWrites,
+    /** The same writes, resolving before their fsync (Durability): only for what the start-up reconcile can redo. */
+    private readonly deferredWrites: CatalogWrites,
     private readonly pools: ReadonlyMap<string, Pool>,
     private readonly checks: VolumeChecks,
     private readonly creations: Creations,
@@ -296,6 +298,10 @@ export class Volumes {
       if (!inserted.inserted) return await this.repeat(inserted.row, requestKey, request.wait);
       handedOver = true;
       const resolved = source;
+      // A volume made at once into a pool that publishes whole: a crash before
+      // its result is durable leaves the row creating beside the whole object,
+      // and the start-up reconcile completes it. Its answer need not wait for an fsync.
+      const resultWrites = shape.kind === 'volume' && operationId === undefined && pool.publishesWhole ? this.deferredWrites : this.writes;
       const work = async (context?: TaskContext): Promise<void> => {
         let outcome: CloneOutcome | undefined;
         try {
@@ -312,7 +318,7 @@ export class Volumes {
             return pool.cloneFrom({ path: sourcePool.objectPath(resolved.object), sizeBytes: resolved.sizeBytes, ...(allocation ? { allocation } : {}) }, id, options);
           });
           this.events.cloned(outcome.method, secondsSince(started), outcome.bytesCopied);
-          await this.writes.transitionVolume(id, 'creating', 'available', { cloneMethod: outcome.method, sizeBytes: Math.max(sizeBytes, resolved.sizeBytes) });
+          await resultWrites.transitionVolume(id, 'creating', 'available', { cloneMethod: outcome.method, sizeBytes: Math.max(sizeBytes, resolved.sizeBytes) });
           if (resolved.kind === 'image') this.events.imageCloned(resolved.id);
         } catch (error) {
           if (outcome) await pool.remove(id).catch(() => undefined); // published but not recorded: withdraw it

@@ -1,7 +1,9 @@
 // Group commit: several write calls in one transaction, each inside its own
 // SAVEPOINT so that a call that throws is rolled back alone and answered with
 // its error while the others commit. A reply is only made after the COMMIT
-// that made its change durable; when the COMMIT itself fails (disk full, I/O
+// that made its change durable, or, for a group of `deferred` calls only,
+// committed without the fsync (synchronous=NORMAL: the next durable commit's
+// fsync of the WAL covers it). When the COMMIT itself fails (disk full, I/O
 // error), nothing of the group is kept and every call gets that error.
 import type { Catalog } from './catalog.js';
 import { IllegalTransitionError } from './catalog.js';
@@ -36,7 +38,9 @@ function runCall(catalog: Catalog, call: WriteCall): WriteReply {
 
 /** Runs `calls` in order in one IMMEDIATE transaction; one reply per call, in order. */
 export function commitGroup(catalog: Catalog, calls: readonly WriteCall[]): WriteReply[] {
+  const deferred = calls.every((call) => call.durability === 'deferred');
   try {
+    if (deferred) catalog.db.exec('PRAGMA synchronous = NORMAL');
     catalog.db.exec('BEGIN IMMEDIATE');
     const replies = calls.map((call) => runCall(catalog, call));
     catalog.db.exec('COMMIT');
@@ -45,5 +49,7 @@ export function commitGroup(catalog: Catalog, calls: readonly WriteCall[]): Writ
     if (catalog.db.inTransaction) catalog.db.exec('ROLLBACK');
     const wire = toWire(error);
     return calls.map((call) => ({ id: call.id, error: wire }));
+  } finally {
+    if (deferred) catalog.db.exec('PRAGMA synchronous = FULL');
   }
 }

@@ -1,6 +1,6 @@
 // Messages between the agent's thread and the catalog writer thread.
 import type { ObjectState } from './volume-state.js';
-import type { WriteMethod } from './writes.js';
+import type { Durability, WriteMethod } from './writes.js';
 
 /** The writer thread's workerData: the catalog file and how Catalog.open opens it there. */
 export interface WriterData {
@@ -13,6 +13,7 @@ export interface WriteCall {
   id: number;
   method: WriteMethod;
   args: unknown[];
+  durability: Durability;
 }
 
 export type ToWriter = WriteCall | { type: 'close' };

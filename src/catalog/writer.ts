@@ -7,7 +7,7 @@ import { Worker } from 'node:worker_threads';
 
 import { IllegalTransitionError } from './catalog.js';
 import type { FromWriter, ToWriter, WireError, WriteReply, WriterData } from './writer-wire.js';
-import type { CatalogWrites, WriteMethod } from './writes.js';
+import type { CatalogWrites, Durability, WriteMethod } from './writes.js';
 import { writesThrough } from './writes.js';
 
 const THREAD_URL = new URL('./writer-thread.js', import.meta.url);
@@ -32,7 +32,10 @@ interface Waiting {
 }
 
 export class CatalogWriter {
+  /** Each resolves once its commit is durable. */
   readonly writes: CatalogWrites;
+  /** Each resolves once committed and visible, durable with the next durable commit (Durability). */
+  readonly deferredWrites: CatalogWrites;
   private readonly waiting = new Map<number, Waiting>();
   private nextCallId = 1;
   /** Calls answered, and the commits (groups) that answered them. */
@@ -42,7 +45,8 @@ export class CatalogWriter {
   private closed: Promise<void> | undefined;
 
   private constructor(private readonly worker: Worker) {
-    this.writes = writesThrough((method, args) => this.call(method, args));
+    this.writes = writesThrough((method, args) => this.call(method, args, 'durable'));
+    this.deferredWrites = writesThrough((method, args) => this.call(method, args, 'deferred'));
     worker.on('message', (message: FromWriter) => {
       if (message.type === 'replies') this.settle(message.replies);
     });
@@ -94,14 +98,14 @@ export class CatalogWriter {
     return this.closed;
   }
 
-  private call(method: WriteMethod, args: unknown[]): Promise<unknown> {
+  private call(method: WriteMethod, args: unknown[], durability: Durability): Promise<unknown> {
     if (this.closed) return Promise.reject(new CatalogWriterError('the catalog writer is closed'));
     if (this.gone) return Promise.reject(this.gone);
     const id = this.nextCallId++;
     return new Promise((resolve, reject) => {
       if (this.waiting.size === 0) this.worker.ref();
       this.waiting.set(id, { resolve, reject });
-      this.post({ type: 'call', id, method, args });
+      this.post({ type: 'call', id, method, args, durability });
     });
   }
 

@@ -16,7 +16,17 @@ export const WRITE_METHODS = [
 
 export type WriteMethod = (typeof WRITE_METHODS)[number];
 
-/** Each write method of Catalog, resolving once its transaction is durable. */
+/**
+ * When a write's promise resolves. `durable`: once its commit is fsync'd
+ * (synchronous=FULL). `deferred`: once it is committed and seen by every
+ * later read; it survives a kill of the agent (the WAL is in the page cache)
+ * but a power loss only once a later durable commit (which fsyncs the whole
+ * WAL, earlier frames too) or a checkpoint has followed. Only for a change
+ * that the start-up reconcile can make again from the pools.
+ */
+export type Durability = 'durable' | 'deferred';
+
+/** Each write method of Catalog, resolving when its Durability says. */
 export type CatalogWrites = {
   [M in WriteMethod]: (...args: Parameters<Catalog[M]>) => Promise<ReturnType<Catalog[M]>>;
 };
@@ -52,7 +62,7 @@ export function writesThrough(call: (method: WriteMethod, args: unknown[]) => Pr
   })) as unknown as CatalogWrites;
 }
 
-/** The writes of `catalog` on the calling thread, each its own commit. */
+/** The writes of `catalog` on the calling thread, each its own durable commit. */
 export function inlineWrites(catalog: Catalog): CatalogWrites {
   return writesThrough((method, args) => new Promise((resolve) => resolve(applyWrite(catalog, method, args))));
 }

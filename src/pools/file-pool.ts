@@ -64,6 +64,7 @@ export class FilePool implements Pool {
   readonly name: string;
   readonly backend = 'file';
   readonly objectKind = 'file' as const;
+  readonly publishesWhole = true;
   readonly path: string;
   private readonly objectsDir: string;
   private probed: PoolCapabilities | undefined;
@@ -106,6 +107,10 @@ export class FilePool implements Pool {
     await this.objectsDirHandle?.close();
     this.objectsDirHandle = objectsDir;
     this.filesystemDevice = (await objectsDir.stat()).dev;
+    // A publish cut off between its rename and the directory's fsync left an
+    // entry that a power loss could still take: every object listed from
+    // now on is durable (publishesWhole).
+    await this.syncDirectory(this.objectsDir);
   }
 
   async close(): Promise<void> {

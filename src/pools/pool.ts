@@ -132,6 +132,14 @@ export interface Pool {
   /** The backend's name, as configured (`backend = "..."`): for views and logs, never for decisions. */
   readonly backend: string;
   readonly objectKind: ObjectKind;
+  /**
+   * An object is under its name only once its content is whole and durable
+   * (made under a temporary name, fsync'd, renamed in), and every name that
+   * list() shows after open() is durable too: a creation cut off after its
+   * object was named can be completed instead of undone. False where an
+   * object is named while its content is still being made.
+   */
+  readonly publishesWhole: boolean;
   /** Checks the backing store (fails fast: missing, not writable) and probes capabilities once. */
   open(): Promise<void>;
   /** Releases what open() holds (descriptors); objects are untouched. Safe to call twice. */

@@ -54,6 +54,12 @@ export interface SweptOperation<Context> {
   verifyDone?(ctx: Context, args: Record<string, string>, rows: CatalogRows): Promise<void>;
   /** Checks what an operation that left nothing left (throws when it is wrong). */
   verifyAbsent?(ctx: Context, args: Record<string, string>): Promise<void>;
+  /**
+   * A point of the operation's path from which a kill must leave it done,
+   * answered or not (its object is whole there, and the start-up reconcile
+   * completes its row).
+   */
+  doneOnceReached?: string;
 }
 
 export interface SweepHarness<Context extends { agent: AgentProcess }> {
@@ -127,6 +133,8 @@ export async function sweepOperation<Context extends { agent: AgentProcess }>(t:
       return { name, pass, afterStartup: i >= startupLines };
     }).filter((p) => p.afterStartup);
     const points = passed.filter((p) => h.sweeps?.(p.name) ?? true);
+    const doneFrom = op.doneOnceReached === undefined ? -1 : passed.findIndex((p) => p.name === op.doneOnceReached);
+    if (op.doneOnceReached !== undefined) t.ok(doneFrom >= 0, `the traced ${op.name} passes ${op.doneOnceReached}`);
     t.ok(points.length >= 2, `${op.name} passes ${passed.length} failpoints, ${points.length} swept: ${points.map((p) => `${p.name}@${p.pass}`).join(' ')}`);
     figures.operations += 1;
 
@@ -150,6 +158,7 @@ export async function sweepOperation<Context extends { agent: AgentProcess }>(t:
       await restart(h);
       const done = await judge(h, op, args, before);
       if (acknowledged && !done) throw new Error(`${op.name}: answered ${(answer as Reply).status} before the kill at ${armed}, but is not done`);
+      if (doneFrom >= 0 && passed.indexOf(point) >= doneFrom && !done) throw new Error(`${op.name}: killed at ${armed}, at or after ${op.doneOnceReached}, but is not done`);
       t.pass(`killed at ${armed}${acknowledged ? ' after the answer' : ''}: ${done ? 'done' : 'absent'}, invariants hold`);
       figures.kills += 1;
       figures[done ? 'done' : 'absent'] += 1;

@@ -107,6 +107,7 @@ if (!skipUnlessRoot(t)) {
       prepare: async (_c, n) => ({ id: `c-${n}` }),
       run: (c, { id }) => c.agent.request('PUT', `/v1/volumes/${id}`, { tenant: TENANT, pool: 'fast', sizeBytes: VOLUME_BYTES }),
       done: ({ id }) => ({ added: [volumeLine(id!, 'fast', 'volume', VOLUME_BYTES, false)], removed: [] }),
+      doneOnceReached: 'file.published', // the file pool publishes whole: reconcile completes the row
       verifyDone: async (c, { id }) => {
         if ((await stat(c.objectFile('fast', id!))).size !== VOLUME_BYTES) throw new Error(`${id} has the wrong size`);
       },
@@ -116,6 +117,7 @@ if (!skipUnlessRoot(t)) {
       prepare: async (_c, n) => ({ id: `k-${n}` }),
       run: (c, { id }) => c.agent.request('PUT', `/v1/volumes/${id}`, { tenant: TENANT, source: { volume: 'src-fast' } }),
       done: ({ id }) => ({ added: [volumeLine(id!, 'fast', 'volume', VOLUME_BYTES, false)], removed: [] }),
+      doneOnceReached: 'file.published', // its result is not waited for durably (writes.ts Durability): reconcile completes it
       verifyDone: (c, { id }) => sameAsSource(id!, 'src-fast')(c),
     },
     {

@@ -86,12 +86,12 @@ t.test('group commit: a failing call is rolled back alone, the others commit', a
   t.teardown(() => catalog.close());
   await inlineWrites(catalog).insertCreating(volume('v0'));
   const calls: WriteCall[] = [
-    { type: 'call', id: 1, method: 'insertCreating', args: [volume('v1')] },
+    { type: 'call', id: 1, method: 'insertCreating', args: [volume('v1')], durability: 'durable' },
     // Its operation id is taken (inserted below): it fails and leaves no volume row.
-    { type: 'call', id: 2, method: 'insertCreating', args: [volume('v1-dup'), { id: 'op-x', kind: 'clone', targetId: 'v1', totalBytes: 1, tenant: 't' }] },
-    { type: 'call', id: 3, method: 'transitionVolume', args: ['v0', 'creating', 'deleting'] },
-    { type: 'call', id: 4, method: 'transitionVolume', args: ['v0', 'creating', 'available', { cloneMethod: 'create' }] },
-    { type: 'call', id: 5, method: 'notAWrite' as WriteCall['method'], args: [] },
+    { type: 'call', id: 2, method: 'insertCreating', args: [volume('v1-dup'), { id: 'op-x', kind: 'clone', targetId: 'v1', totalBytes: 1, tenant: 't' }], durability: 'durable' },
+    { type: 'call', id: 3, method: 'transitionVolume', args: ['v0', 'creating', 'deleting'], durability: 'durable' },
+    { type: 'call', id: 4, method: 'transitionVolume', args: ['v0', 'creating', 'available', { cloneMethod: 'create' }], durability: 'durable' },
+    { type: 'call', id: 5, method: 'notAWrite' as WriteCall['method'], args: [], durability: 'durable' },
   ];
   const before = catalog.db.prepare('SELECT count(*) AS n FROM volumes').get() as { n: number };
   await inlineWrites(catalog).insertOperation({ id: 'op-x', kind: 'clone', targetId: 'v0', totalBytes: 1, tenant: 't' });
@@ -107,6 +107,47 @@ t.test('group commit: a failing call is rolled back alone, the others commit', a
   t.equal(catalog.getVolume('v1-dup'), undefined, 'the failed call left nothing');
   t.equal(catalog.getVolume('v0')?.state, 'available');
   t.equal((catalog.db.prepare('SELECT count(*) AS n FROM volumes').get() as { n: number }).n, before.n + 1);
+});
+
+t.test('a group of deferred calls only commits without its fsync; one durable call makes the group durable', async (t) => {
+  const catalog = Catalog.open(path.join(await tempDir(t), 'catalog.db'));
+  t.teardown(() => catalog.close());
+  const statements: string[] = [];
+  const exec = catalog.db.exec.bind(catalog.db);
+  catalog.db.exec = (sql: string) => {
+    statements.push(sql);
+    return exec(sql);
+  };
+  const call = (id: number, durability: WriteCall['durability']): WriteCall => ({ type: 'call', id, method: 'insertCreating', args: [volume(`v${id}`)], durability });
+  const synchronous = (): unknown => catalog.db.pragma('synchronous', { simple: true });
+
+  t.match(commitGroup(catalog, [call(1, 'deferred'), call(2, 'deferred')]), [{ value: { inserted: true } }, { value: { inserted: true } }]);
+  t.same(statements.filter((s) => s.startsWith('PRAGMA') || s === 'BEGIN IMMEDIATE' || s === 'COMMIT'),
+    ['PRAGMA synchronous = NORMAL', 'BEGIN IMMEDIATE', 'COMMIT', 'PRAGMA synchronous = FULL'], 'committed at NORMAL (no fsync of the WAL), then FULL again');
+  t.equal(synchronous(), 2, 'the connection is back at FULL');
+  t.equal(catalog.getVolume('v2')?.state, 'creating', 'and the rows are committed');
+
+  statements.length = 0;
+  t.match(commitGroup(catalog, [call(3, 'deferred'), call(4, 'durable')]), [{ value: { inserted: true } }, { value: { inserted: true } }]);
+  t.notOk(statements.some((s) => s.startsWith('PRAGMA')), 'a group with a durable call commits at FULL: its fsync covers the deferred one');
+
+  statements.length = 0;
+  catalog.db.exec('BEGIN'); // a group whose BEGIN fails: FULL is restored all the same
+  t.match(commitGroup(catalog, [call(5, 'deferred')]), [{ error: { message: /transaction/ } }]);
+  t.equal(statements.at(-1), 'PRAGMA synchronous = FULL');
+  t.equal(synchronous(), 2);
+});
+
+t.test('a deferred write resolves committed and visible, and a later close keeps it', async (t) => {
+  const { file, reader, writer } = await openPair(t);
+  await writer.writes.insertCreating(volume('v1'));
+  t.equal(await writer.deferredWrites.transitionVolume('v1', 'creating', 'available', { cloneMethod: 'reflink' }), true);
+  t.equal(reader.getVolume('v1')?.state, 'available', 'another connection sees it at once');
+  await t.rejects(writer.deferredWrites.transitionVolume('v1', 'creating', 'deleting'), IllegalTransitionError, 'its errors cross the thread as durable ones do');
+  await writer.close();
+  const fresh = Catalog.open(file);
+  t.teardown(() => fresh.close());
+  t.match(fresh.getVolume('v1'), { state: 'available', cloneMethod: 'reflink' });
 });
 
 t.test('the writer thread prunes ended operations with its keepFinishedOperations', async (t) => {

@@ -1,7 +1,8 @@
 // Power loss and I/O errors under a file pool on a real kernel:
 // test/vm/guest/power-loss.js runs volagentd on XFS over dm-flakey (vda,
 // 512 MiB) inside one VM boot: several power cuts at random moments (writes
-// dropped), then every write failing (EIO).
+// dropped), a cut right after a clone's answer (its result row not yet
+// durable), then every write failing (EIO).
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -12,6 +13,7 @@ import { expectGuestSubtests, repoRoot, runGuestTests, scratchDisks, skipUnlessV
 const ROUNDS = 4;
 const GUEST_SUBTESTS = [
   ...Array.from({ length: ROUNDS }, (_, i) => `power loss ${i + 1}`),
+  'a clone answered just before the cut',
   'I/O errors',
 ];
 

@@ -88,6 +88,8 @@ export class LvmPool implements Pool {
   readonly name: string;
   readonly backend = 'lvm';
   readonly objectKind = 'block' as const;
+  /** An LV is named from its lvcreate on; a copy into it is made after. */
+  readonly publishesWhole = false;
   private extentBytes = 0;
   /** Temporaries this process is writing: not leftovers, so not listed for the sweep. */
   private readonly live = new Set<string>();

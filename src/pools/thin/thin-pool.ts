@@ -62,6 +62,8 @@ export class ThinPool implements Pool {
   readonly name: string;
   readonly backend = 'thin';
   readonly objectKind = 'block' as const;
+  /** A thin device is named from its create on; a copy into it is made after. */
+  readonly publishesWhole = false;
   readonly poolDmName: string;
   private readonly ledger: ThinLedger;
   private readonly blockBytes: number;

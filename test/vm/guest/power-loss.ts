@@ -10,6 +10,10 @@
 //     integrity_check must say ok, and a fresh agent must find the
 //     invariants (test/helpers/invariants.ts) hold. Several rounds, each
 //     building on the last.
+//   a clone's result not yet durable: the cut right after a reflink clone's
+//     201, before any later commit. Its row is still `creating` on the disk
+//     (the answer did not wait for that row's fsync), its object is whole,
+//     and start-up completes the row: the clone is there with its bytes.
 //   I/O errors: the table is swapped for one that fails every write (EIO).
 //     Requests fail with 503 POOL_UNAVAILABLE, the agent keeps answering,
 //     nothing is answered done that is not; after the device is healthy
@@ -205,6 +209,49 @@ if (!inVmGuest()) {
       figures.rounds += 1;
     });
   }
+
+  await t.test('a clone answered just before the cut, its result row not yet durable: start-up completes it', async (t) => {
+    // A catalog of its own (a fresh, short WAL: no checkpoint fsyncs it in between) on the flakey filesystem.
+    const ownPool = path.join(MOUNT, 'pool-deferred');
+    const ownDir = path.join(MOUNT, 'agent-deferred');
+    await mkdir(ownPool);
+    await mkdir(ownDir);
+    const ownSpec: AgentSpec = { dir: ownDir, pools: [{ name: 'fast', path: ownPool }], startTimeoutMs: 120_000 };
+    const ownFile = (object: string): string => path.join(ownPool, 'objects', `${object}.raw`);
+    const data = randomBytes(256 * KiB);
+    const dataSha = createHash('sha256').update(data).digest('hex');
+    const agent = await startAgent(t, ownSpec);
+    t.equal((await streamOn(agent.socket, 'PUT', '/v1/images/img-d/data?tenant=t1', data, { headers: { 'content-length': data.length } })).status, 201, 'an image uploaded');
+    t.equal((await agent.request('PUT', '/v1/volumes/vol-a', { tenant: 't1', source: { image: 'img-d' } })).status, 201, 'a volume cloned from it');
+    // A clone of a volume: nothing else (no image cache record) commits after its result.
+    const answer = await agent.request('PUT', '/v1/volumes/vol-b', { tenant: 't1', source: { volume: 'vol-a' } });
+    t.equal(answer.status, 201, 'a clone of that volume answered 201');
+    t.equal(answer.body.cloneMethod, 'reflink');
+    await flakey.swap('drop');
+    await agent.kill();
+    await remountDirect();
+
+    const db = new BetterSqlite3(path.join(ownDir, 'catalog.db'), { fileMustExist: true });
+    try {
+      t.same(db.pragma('integrity_check', { simple: true }), 'ok', 'SQLite integrity_check: ok');
+      t.same(db.prepare('SELECT id, state FROM volumes WHERE id IN (?, ?) ORDER BY id').all('vol-a', 'vol-b'),
+        [{ id: 'vol-a', state: 'available' }, { id: 'vol-b', state: 'creating' }],
+        'on the disk: the earlier clone available (a later durable commit covered it), the last one still creating');
+    } finally {
+      db.close();
+    }
+    t.equal(await sha256(ownFile('vol-b')), dataSha, 'its object was whole before the answer');
+
+    const restarted = await startAgent(t, ownSpec);
+    const rows = await checkInvariants(restarted, new Map([['fast', ownPool]]));
+    t.match(rows.volumes.find((v) => v.id === 'vol-b'), { state: 'available' }, 'start-up completed the row');
+    const view = await restarted.request('GET', '/v1/volumes/vol-b');
+    t.match(view.body, { state: 'available', source: { volume: 'vol-a' } });
+    t.equal(await sha256(ownFile('vol-b')), dataSha, 'and the clone holds its bytes');
+    await restarted.stop();
+    await run('umount', [MOUNT]);
+    flakey = await mountFlakey();
+  });
 
   await t.test('I/O errors: requests fail with 503 POOL_UNAVAILABLE, the agent stays up, nothing failed is kept', async (t) => {
     // A pool of its own on the flakey filesystem; its catalog on healthy storage (the guest's /tmp), so only the pool fails.

@@ -38,8 +38,6 @@ export function latency(samples: number[]): Latency {
   return { n: sorted.length, p50: percentile(sorted, 0.5), p99: percentile(sorted, 0.99), max: sorted[sorted.length - 1] ?? NaN, mean: sum / Math.max(1, sorted.length) };
 }
 
-
-/** Writes `runs` runs of random data spread over a file of `sizeBytes` (1 MiB aligned), then fsyncs. */
 /** Runs `one` n times with `concurrency` in flight: each call's figure, and calls per second overall. */
 export async function timedConcurrent(n: number, concurrency: number, one: (i: number) => Promise<number>): Promise<{ samples: number[]; perSecond: number }> {
   const samples: number[] = [];
@@ -63,6 +61,7 @@ export async function writeHead(node: string, bytes: number): Promise<void> {
   }
 }
 
+/** Writes `runs` runs of random data spread over a file of `sizeBytes` (1 MiB aligned), then fsyncs. */
 export async function writeRuns(file: string, sizeBytes: number, runs: number, runBytes: number): Promise<void> {
   const stride = Math.floor(sizeBytes / runs / MiB) * MiB;
   const handle = await open(file, 'r+');

@@ -143,7 +143,7 @@ export function report(outcomes: Outcome[]): string {
     }
   }
   const count = (status: Outcome['status']): number => outcomes.filter((o) => o.status === status).length;
-  const summary = `${met} of ${rows.length} goals met; ${count('ran')} benches ran, ${count('not run')} not run, ${count('failed')} failed\n`;
+  const summary = `${met} of ${rows.length} goals met; benches: ${count('ran')} ran, ${count('not run')} not run, ${count('failed')} failed\n`;
   return formatTable(['bench', 'measure', { header: 'figure', align: 'right' }, 'goal', 'result'], rows) + lines.join('') + summary;
 }
 

@@ -86,7 +86,7 @@ t.test('the report: one table of every verdict, then the benches not run and fai
     'api    loop delay p99                -  < 20 ms    NOT met',
     'NOT RUN  nbd: not installed: nbdkit (Debian package nbdkit)',
     'FAILED   images: exit 1, no JSON line; log /out/images.log',
-    '1 of 3 goals met; 2 benches ran, 1 not run, 1 failed',
+    '1 of 3 goals met; benches: 2 ran, 1 not run, 1 failed',
     '',
   ].join('\n'));
 });

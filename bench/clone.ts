@@ -20,10 +20,9 @@ import { native } from '../src/native/binding.js';
 import { extentCount, makeSparseFile, spreadLayout } from '../test/helpers/files.js';
 import type { LoopFs } from '../test/helpers/loop-fs.js';
 import { makeLoopFs, sweepLeftovers } from '../test/helpers/loop-fs.js';
+import { atLeast, atMost, below, GiB, goalNote, metText, MiB } from './lib.js';
 
 const execFileAsync = promisify(execFile);
-const MiB = 1024 * 1024;
-const GiB = 1024 * MiB;
 
 interface Stats { median: number; p90: number; min: number; runs: number }
 
@@ -173,21 +172,26 @@ export async function main(args: string[]): Promise<number> {
     const ext4 = await makeLoopFs('ext4', 8 * GiB);
     made.push(ext4);
     const copy = await copyCase(ext4, quick ? 2 : 5);
+    const reflinkVerdicts = reflinks.map((r) => atMost(`reflink engine/floor, ${r.name}`, r.ratio, 'x', 1.3));
+    const throughput = atLeast('ext4 copy throughput engine/cp', copy.throughputRatio, 'x', 1);
+    const written = atMost('ext4 copy bytes written/data', copy.writeAmplification, 'x', 1.05);
+    const rss = below('peak RSS while the engine copied', peakRss / MiB, 'MiB', 150);
 
     console.log('\nreflink (median ms; floor = raw FICLONE ioctl: open dst, ioctl, close)');
-    console.log('case                          extents   engine    floor  cp --reflink  engine/floor  goal <= 1.3');
-    for (const r of reflinks) {
+    console.log(`case                          extents   engine    floor  cp --reflink  engine/floor  goal ${reflinkVerdicts[0]!.goal}`);
+    reflinks.forEach((r, i) => {
       console.log(`${r.name.padEnd(28)} ${String(r.extents).padStart(8)} ${fmt(r.engine.median).padStart(8)} ${fmt(r.floor.median).padStart(8)} `
-        + `${fmt(r.cp.median).padStart(13)} ${r.ratio.toFixed(2).padStart(13)}  ${r.ratio <= 1.3 ? 'met' : 'NOT met'}`);
-    }
+        + `${fmt(r.cp.median).padStart(13)} ${r.ratio.toFixed(2).padStart(13)}  ${metText(reflinkVerdicts[i]!.met)}`);
+    });
     console.log('\next4 copy of a 4 GiB file holding 1 GiB of data, timed until synced to the device (median of runs)');
     console.log(`engine (${copy.method}): ${fmt(copy.engineMs.median)} ms, ${copy.engineMiBs.toFixed(0)} MiB/s logical; `
       + `cp --reflink=never --sparse=always: ${fmt(copy.cpMs.median)} ms, ${copy.cpMiBs.toFixed(0)} MiB/s`);
-    console.log(`throughput engine/cp: ${copy.throughputRatio.toFixed(2)} (goal >= 1.0: ${copy.throughputRatio >= 1 ? 'met' : 'NOT met'})`);
+    console.log(`throughput engine/cp: ${copy.throughputRatio.toFixed(2)} (${goalNote(throughput)})`);
     console.log(`bytes written to the device: engine ${(copy.engineWritten / MiB).toFixed(1)} MiB, cp ${(copy.cpWritten / MiB).toFixed(1)} MiB, `
-      + `data ${(copy.dataBytes / MiB).toFixed(0)} MiB; engine/data ${copy.writeAmplification.toFixed(3)} (goal <= 1.05: ${copy.writeAmplification <= 1.05 ? 'met' : 'NOT met'})`);
-    console.log(`peak RSS while the engine copied: ${(peakRss / MiB).toFixed(1)} MiB (goal < 150: ${peakRss < 150 * MiB ? 'met' : 'NOT met'})`);
-    console.log(JSON.stringify({ bench: 'clone', quick, reflinks, copy, peakRssBytes: peakRss }));
+      + `data ${(copy.dataBytes / MiB).toFixed(0)} MiB; engine/data ${copy.writeAmplification.toFixed(3)} (${goalNote(written)})`);
+    console.log(`peak RSS while the engine copied: ${(peakRss / MiB).toFixed(1)} MiB (${goalNote(rss)})`);
+    const verdicts = [...reflinkVerdicts, throughput, written, rss];
+    console.log(JSON.stringify({ bench: 'clone', quick, reflinks, copy, peakRssBytes: peakRss, verdicts }));
     return 0;
   } finally {
     for (const fs of made.reverse()) await fs.cleanup();

@@ -38,8 +38,6 @@ export function latency(samples: number[]): Latency {
   return { n: sorted.length, p50: percentile(sorted, 0.5), p99: percentile(sorted, 0.99), max: sorted[sorted.length - 1] ?? NaN, mean: sum / Math.max(1, sorted.length) };
 }
 
-
-/** Writes `runs` runs of random data spread over a file of `sizeBytes` (1 MiB aligned), then fsyncs. */
 /** Runs `one` n times with `concurrency` in flight: each call's figure, and calls per second overall. */
 export async function timedConcurrent(n: number, concurrency: number, one: (i: number) => Promise<number>): Promise<{ samples: number[]; perSecond: number }> {
   const samples: number[] = [];
@@ -63,6 +61,7 @@ export async function writeHead(node: string, bytes: number): Promise<void> {
   }
 }
 
+/** Writes `runs` runs of random data spread over a file of `sizeBytes` (1 MiB aligned), then fsyncs. */
 export async function writeRuns(file: string, sizeBytes: number, runs: number, runBytes: number): Promise<void> {
   const stride = Math.floor(sizeBytes / runs / MiB) * MiB;
   const handle = await open(file, 'r+');
@@ -245,6 +244,44 @@ async function rerunWithThreadpool(moduleUrl: string, args: string[]): Promise<n
 }
 
 export const f1 = (x: number): string => (Number.isFinite(x) ? (x < 10 ? x.toFixed(2) : x.toFixed(1)) : '-');
+
+/**
+ * One goal a benchmark checks, as its JSON line's `verdicts` carry it and
+ * `npm run bench -- all` tabulates it.
+ */
+export interface Verdict {
+  measure: string;
+  /** NaN when the run could not measure it (null in the JSON line); such a figure meets no goal. */
+  figure: number;
+  /** 'x' for a ratio, else the figure's unit ('ms', 'MiB'). */
+  unit: string;
+  /** The bound as text, e.g. '<= 2x', '< 120 MiB'. */
+  goal: string;
+  met: boolean;
+}
+
+/** A figure with its unit: '1.78x', '95.3 MiB'; '-' when not measured. */
+export function withUnit(figure: number | null, unit: string): string {
+  if (figure === null || !Number.isFinite(figure)) return '-';
+  const digits = f1(figure);
+  return unit === 'x' ? `${digits}x` : `${digits} ${unit}`;
+}
+
+function verdictOf(measure: string, figure: number, unit: string, relation: '<=' | '<' | '>=', bound: number, met: boolean): Verdict {
+  return { measure, figure, unit, goal: `${relation} ${bound}${unit === 'x' ? 'x' : ` ${unit}`}`, met };
+}
+
+/** Met when `figure` <= `bound`. */
+export const atMost = (measure: string, figure: number, unit: string, bound: number): Verdict => verdictOf(measure, figure, unit, '<=', bound, figure <= bound);
+/** Met when `figure` < `bound`. */
+export const below = (measure: string, figure: number, unit: string, bound: number): Verdict => verdictOf(measure, figure, unit, '<', bound, figure < bound);
+/** Met when `figure` >= `bound`. */
+export const atLeast = (measure: string, figure: number, unit: string, bound: number): Verdict => verdictOf(measure, figure, unit, '>=', bound, figure >= bound);
+
+export const metText = (met: boolean): string => (met ? 'met' : 'NOT met');
+
+/** A verdict's goal and outcome for a bench's own lines: 'goal <= 2x: met'. */
+export const goalNote = (verdict: Verdict): string => `goal ${verdict.goal}: ${metText(verdict.met)}`;
 
 /** Milliseconds of each step of a floor clone. */
 export interface FloorSteps {

@@ -409,7 +409,8 @@ function findKernel(): { version: string; vmlinuz: string } | { reason: string }
   return { reason: `no usable kernel: ${problems.join('; ')}` };
 }
 
-function which(name: string): string | undefined {
+/** The path of an executable `name` on PATH or in the usual bin and sbin directories, or undefined. */
+export function which(name: string): string | undefined {
   const dirs = (process.env.PATH ?? '').split(':').concat(['/usr/local/sbin', '/usr/local/bin', '/usr/sbin', '/usr/bin', '/sbin', '/bin']);
   for (const d of dirs) {
     if (!d) continue;

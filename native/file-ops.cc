@@ -2,6 +2,9 @@
 // (copy_file_range, pread/pwrite), extent listing (SEEK_DATA/SEEK_HOLE, FIEMAP),
 // fallocate, fsync/fdatasync, statfs and rename without replace. Each export is one kernel operation
 // (or one bounded loop of it) on the libuv pool; callers own the descriptors.
+// One export is a fixed sequence instead (reflinkNewFile: a new file sharing
+// every block of another, in one pool job rather than eight), and owns the
+// descriptors it opens.
 #include "exports.h"
 
 #include <errno.h>
@@ -12,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/stat.h>
 #include <sys/statfs.h>
 #include <unistd.h>
 
@@ -39,6 +43,55 @@ Napi::Value Ficlone(const Napi::CallbackInfo& info) {
         return err.set(errno, "ficlone", srcPath, dstPath);
       },
       Undefined);
+}
+
+Napi::Value ReflinkNewFile(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string srcPath = ArgString(info, 0, "srcPath");
+  std::string dstPath = ArgString(info, 1, "dstPath");
+  int64_t mode = ArgInteger(info, 2, "mode");
+  int64_t growTo = ArgInteger(info, 3, "growTo");
+  const bool sync = info.Length() > 4 && info[4].ToBoolean().Value();
+  if (!env.IsExceptionPending() && mode > 07777) {
+    MakeTypeError(env, "The \"mode\" argument is out of range").ThrowAsJavaScriptException();
+  }
+  if (env.IsExceptionPending()) return env.Undefined();
+  // open(src), open(dst, O_CREAT|O_EXCL, mode), fchmod(dst, mode) (exact
+  // bits: the umask does not apply), ioctl(dst, FICLONE, src), then, when
+  // growTo > 0, ftruncate(dst, growTo) (EINVAL if src is larger), and fsync
+  // when asked. A failure after dst was created unlinks it: the caller finds
+  // dst as it was (absent) and the errno of the step that failed.
+  return PromiseWorker<int64_t>::Start(
+      env, "volagent.reflink_new_file",
+      [=](int64_t& size, SysError& err) {
+        int src = open(srcPath.c_str(), O_RDONLY | O_CLOEXEC);
+        if (src < 0) return err.set(errno, "open", srcPath);
+        int dst = open(dstPath.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, static_cast<mode_t>(mode));
+        if (dst < 0) {
+          err.set(errno, "open", dstPath);
+          close(src);
+          return false;
+        }
+        struct stat st {};
+        bool ok = (fchmod(dst, static_cast<mode_t>(mode)) == 0 || err.set(errno, "fchmod", dstPath)) &&
+                  (ioctl(dst, FICLONE, src) == 0 || err.set(errno, "ficlone", srcPath, dstPath)) &&
+                  (fstat(dst, &st) == 0 || err.set(errno, "fstat", dstPath));
+        if (ok && growTo > 0) {
+          if (st.st_size > growTo) {
+            ok = err.set(EINVAL, "ftruncate", dstPath);
+          } else if (st.st_size < growTo) {
+            ok = ftruncate(dst, static_cast<off_t>(growTo)) == 0 || err.set(errno, "ftruncate", dstPath);
+            st.st_size = growTo;
+          }
+        }
+        if (ok && sync) ok = fsync(dst) == 0 || err.set(errno, "fsync", dstPath);
+        close(src);
+        if (close(dst) != 0 && ok) ok = err.set(errno, "close", dstPath);
+        if (!ok) unlink(dstPath.c_str());
+        size = st.st_size;
+        return ok;
+      },
+      [](Napi::Env e, int64_t& size) { return Napi::Number::New(e, static_cast<double>(size)); });
 }
 
 Napi::Value FicloneRange(const Napi::CallbackInfo& info) {
@@ -392,6 +445,7 @@ Napi::Value RenameNoReplace(const Napi::CallbackInfo& info) {
 
 void InitFileOps(Napi::Env env, Napi::Object exports) {
   exports.Set("ficlone", Napi::Function::New(env, Ficlone, "ficlone"));
+  exports.Set("reflinkNewFile", Napi::Function::New(env, ReflinkNewFile, "reflinkNewFile"));
   exports.Set("ficloneRange", Napi::Function::New(env, FicloneRange, "ficloneRange"));
   exports.Set("copyFileRange", Napi::Function::New(env, CopyFileRange, "copyFileRange"));
   exports.Set("copyByReadWrite", Napi::Function::New(env, CopyByReadWrite, "copyByReadWrite"));

@@ -233,6 +233,28 @@ async function tryReflink(source: Endpoint, dest: Endpoint): Promise<boolean> {
 }
 
 /**
+ * The common case in one pool job (native.reflinkNewFile): a new file
+ * destination, an exact mode, FICLONE. Undefined where it does not apply
+ * (no reflink here, a block device on either side, an existing destination,
+ * a source larger than growTo): the general path then decides, and makes
+ * the same refusals before it creates anything.
+ */
+async function reflinkNewFile(sourcePath: string, destinationPath: string, allowed: readonly CloneMethod[], options: CloneOptions): Promise<CloneResult | undefined> {
+  if (!allowed.includes('reflink') || options.mode === undefined || options.dataExtents !== undefined) return undefined;
+  let size: number;
+  try {
+    size = await native.reflinkNewFile(sourcePath, destinationPath, options.mode, options.growTo ?? 0, options.fsync ?? false);
+  } catch (error) {
+    if (isSystemError(error, ...REFLINK_UNSUPPORTED, 'EEXIST', 'EISDIR')) return undefined;
+    throw error;
+  }
+  // The source's size: FICLONE gave the destination exactly it, before any growTo.
+  const sourceSize = options.growTo === undefined ? size : (await stat(sourcePath)).size;
+  options.onProgress?.({ method: 'reflink', doneBytes: sourceSize, totalBytes: sourceSize, bytesCopied: 0 });
+  return { method: 'reflink', bytesCopied: 0, bytesTotal: sourceSize };
+}
+
+/**
  * Copies `sourcePath` to `destinationPath` (a new file, or an existing block
  * device at least as large as the source). On any failure or abort a created
  * destination file is removed; the source is only ever read.
@@ -241,6 +263,8 @@ export async function cloneFile(sourcePath: string, destinationPath: string, opt
   throwIfAborted(options.signal);
   const allowed = options.methods ?? CLONE_METHODS;
   if (allowed.length === 0) throw new TypeError('cloneFile: options.methods must name at least one method');
+  const shared = await reflinkNewFile(sourcePath, destinationPath, allowed, options);
+  if (shared) return shared;
   const source = await openSource(sourcePath);
   let dest: (Endpoint & { created: boolean }) | undefined;
   try {

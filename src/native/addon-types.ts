@@ -112,6 +112,14 @@ export interface FileConstants {
 export interface NativeAddon {
   /** ioctl(dst, FICLONE, src): dst shares every block of src. */
   ficlone(dstFd: number, srcFd: number, srcPath?: string, dstPath?: string): Promise<void>;
+  /**
+   * A new file `dstPath` sharing every block of `srcPath`, in one pool job:
+   * open both (dst O_CREAT|O_EXCL), fchmod(dst, mode) exactly, FICLONE, then
+   * ftruncate to `growTo` when it is > 0 (EINVAL when src is larger), and
+   * fsync when `sync`. On any failure dst is unlinked and the error is that
+   * step's (EEXIST: dst existed and is untouched). Resolves dst's size.
+   */
+  reflinkNewFile(srcPath: string, dstPath: string, mode: number, growTo: number, sync: boolean): Promise<number>;
   /** ioctl(dst, FICLONERANGE): block-aligned ranges; length 0 = to src EOF. */
   ficloneRange(
     dstFd: number, srcFd: number, srcOffset: number, length: number, dstOffset: number,

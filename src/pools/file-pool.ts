@@ -21,7 +21,8 @@ import path from 'node:path';
 
 import { throwIfAborted } from '../common/abort.js';
 import { failpoint } from '../common/failpoints.js';
-import { cloneFile, REFLINK_UNSUPPORTED } from '../clone/clone-file.js';
+import type { CloneMethod } from '../clone/clone-file.js';
+import { CLONE_METHODS, cloneFile, REFLINK_UNSUPPORTED } from '../clone/clone-file.js';
 import { native } from '../native/binding.js';
 import { isSystemError, systemError } from '../native/system-error.js';
 import type {
@@ -187,6 +188,7 @@ export class FilePool implements Pool {
       // grows the file, sets the exact mode and fsyncs data, size and mode at once.
       const result = await cloneFile(sourcePath, temp, {
         fsync: true,
+        methods: this.cloneMethods(),
         mode: readOnly ? MODE_READ_ONLY : MODE_WRITABLE,
         ...(sizeBytes !== undefined ? { growTo: sizeBytes } : {}),
         ...(extents ? { dataExtents: extents } : {}),
@@ -272,7 +274,7 @@ export class FilePool implements Pool {
     const temp = this.temporaryPath(name);
     try {
       // The engine refuses a source larger than growTo (EINVAL) before creating anything.
-      const result = await cloneFile(sourcePath, temp, { fsync: true, mode: MODE_WRITABLE, growTo: current.size });
+      const result = await cloneFile(sourcePath, temp, { fsync: true, methods: this.cloneMethods(), mode: MODE_WRITABLE, growTo: current.size });
       failpoint('file.revert-synced');
       await rename(temp, targetPath);
       failpoint('file.revert-renamed');
@@ -372,6 +374,11 @@ export class FilePool implements Pool {
 
   private temporaryPath(label: string): string {
     return path.join(this.objectsDir, `${TEMP_PREFIX}${label.slice(0, TEMP_LABEL_MAX)}-${randomBytes(6).toString('hex')}${OBJECT_SUFFIX}`);
+  }
+
+  /** The engine's methods here: FICLONE is not tried (it would create a file to unlink) where the filesystem has no reflink. */
+  private cloneMethods(): readonly CloneMethod[] {
+    return this.capabilities().reflink ? CLONE_METHODS : CLONE_METHODS.filter((m) => m !== 'reflink');
   }
 
   /** Cheap early EEXIST so a long copy is not made for nothing; publish is the real guard. */

@@ -50,6 +50,42 @@ if (!skipUnlessRoot(t)) {
       { code: 'EINVAL', syscall: 'ficlonerange', path: src, dest: dst });
   });
 
+  t.test('reflinkNewFile: a new file sharing every block, exact mode, grown, fsync; a failure leaves no file', async (t) => {
+    const dir = fs('xfs').mountPoint;
+    const src = path.join(dir, 'rn-src');
+    const bytes = randomBytes(3 * MiB);
+    await writeFile(src, bytes);
+    const dst = path.join(dir, 'rn-dst');
+    const umask = process.umask(0o077); // the mode is exact whatever the umask
+    t.teardown(() => { process.umask(umask); });
+    t.equal(await native.reflinkNewFile(src, dst, 0o644, 0, true), 3 * MiB, 'resolves its size');
+    t.ok((await readFile(dst)).equals(bytes), 'it holds the source bytes');
+    t.equal((await stat(dst)).mode & 0o7777, 0o644, 'with the exact mode');
+    const d = await open(dst, 'r');
+    const extents = await native.fiemap(d.fd, 0, 3 * MiB, 64, true, dst);
+    await d.close();
+    t.ok(extents.length > 0 && extents.every((e) => (e.flags & native.fileConstants.FIEMAP_EXTENT_SHARED) !== 0), 'every extent shared');
+
+    const grown = path.join(dir, 'rn-grown');
+    t.equal(await native.reflinkNewFile(src, grown, 0o444, 8 * MiB, false), 8 * MiB, 'grown to growTo');
+    const grownBytes = await readFile(grown);
+    t.ok(grownBytes.subarray(0, 3 * MiB).equals(bytes) && grownBytes.subarray(3 * MiB).every((b) => b === 0), 'the source, then zeros');
+    t.equal((await stat(grown)).mode & 0o7777, 0o444);
+
+    const before = await readFile(dst);
+    await t.rejects(native.reflinkNewFile(src, dst, 0o644, 0, true), { code: 'EEXIST', syscall: 'open', path: dst }, 'an existing destination');
+    t.ok((await readFile(dst)).equals(before), 'is left as it was');
+    const small = path.join(dir, 'rn-small');
+    await t.rejects(native.reflinkNewFile(src, small, 0o644, MiB, true), { code: 'EINVAL', syscall: 'ftruncate', path: small }, 'growTo below the source');
+    await t.rejects(stat(small), { code: 'ENOENT' }, 'leaves no file');
+    const ext4Dst = path.join(fs('ext4').mountPoint, 'rn-across');
+    await t.rejects(native.reflinkNewFile(src, ext4Dst, 0o644, 0, true), { code: 'EXDEV', syscall: 'ficlone', path: src, dest: ext4Dst }, 'another filesystem');
+    await t.rejects(stat(ext4Dst), { code: 'ENOENT' }, 'leaves no file');
+    await t.rejects(native.reflinkNewFile(path.join(dir, 'absent'), path.join(dir, 'rn-x'), 0o644, 0, true), { code: 'ENOENT', syscall: 'open' });
+    await t.rejects(stat(path.join(dir, 'rn-x')), { code: 'ENOENT' }, 'an absent source creates nothing');
+    await t.rejects(native.reflinkNewFile(src, path.join(dir, 'rn-y'), 0o10000, 0, true), { name: 'TypeError', message: /mode/ }, 'a mode outside 07777');
+  });
+
   // libuv, and so Node, name errno 95 (EOPNOTSUPP) ENOTSUP.
   t.test('FICLONE answers ENOTSUP on ext4 and EXDEV across filesystems', async (t) => {
     const ext4Src = path.join(fs('ext4').mountPoint, 'f');

@@ -30,6 +30,7 @@ import type {
   ReceiveOutcome, ReceiveRequest,
 } from './pool.js';
 import { dataExtentsOf, isObjectName, sinkOf } from './pool.js';
+import { SharedFsync } from './shared-fsync.js';
 import { writeSparse } from './sparse-writer.js';
 
 /** Objects live in the `objects/` subdirectory of the pool's `path`. */
@@ -75,6 +76,8 @@ export class FilePool implements Pool {
   private filesystemDevice: number | undefined;
   /** `objects/`, open from open() to close(): every publish fsyncs it. */
   private objectsDirHandle: FileHandle | undefined;
+  /** The fsyncs of objects/, shared by the publishes and removes that ask at once. */
+  private objectsDirSync: SharedFsync | undefined;
 
   constructor(config: FilePoolOptions) {
     this.name = config.name;
@@ -107,6 +110,7 @@ export class FilePool implements Pool {
     }
     await this.objectsDirHandle?.close();
     this.objectsDirHandle = objectsDir;
+    this.objectsDirSync = new SharedFsync(() => native.fsync(objectsDir.fd, this.objectsDir));
     this.filesystemDevice = (await objectsDir.stat()).dev;
     // A publish cut off between its rename and the directory's fsync left an
     // entry that a power loss could still take: every object listed from
@@ -117,6 +121,7 @@ export class FilePool implements Pool {
   async close(): Promise<void> {
     const handle = this.objectsDirHandle;
     this.objectsDirHandle = undefined;
+    this.objectsDirSync = undefined;
     await handle?.close();
   }
 
@@ -427,8 +432,8 @@ export class FilePool implements Pool {
 
   /** fsync(2) on a directory fd makes its entries (creates, links, unlinks) durable. */
   private async syncDirectory(dir: string): Promise<void> {
-    if (dir === this.objectsDir && this.objectsDirHandle) {
-      await native.fsync(this.objectsDirHandle.fd, dir);
+    if (dir === this.objectsDir && this.objectsDirSync) {
+      await this.objectsDirSync.request();
       return;
     }
     const handle = await this.openDirectory(dir);

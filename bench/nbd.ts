@@ -35,6 +35,8 @@ interface Server {
   /** URI of the read-side export (the dense file) and of the write-side one (empty). */
   readUri: string;
   writeUri: string;
+  /** The file behind writeUri: emptied (all holes) before each write, so every server writes into unallocated blocks. */
+  writeTarget: string;
   stop(): Promise<void>;
 }
 
@@ -78,7 +80,7 @@ async function peers(dir: string, dense: string, empty: string): Promise<Server[
     const slug = label.replace(/\W+/g, '-');
     const read = await startPeer(dir, `${slug}-r`, dense, args(dense));
     const write = await startPeer(dir, `${slug}-w`, empty, args(empty));
-    servers.push({ label, readUri: read.uri, writeUri: write.uri, stop: async () => { await stopChild(read.child); await stopChild(write.child); } });
+    servers.push({ label, readUri: read.uri, writeUri: write.uri, writeTarget: empty, stop: async () => { await stopChild(read.child); await stopChild(write.child); } });
   }
   return servers;
 }
@@ -122,8 +124,9 @@ export function main(args: string[]): Promise<number> {
         expectStatus(reply, 201, `export ${id}`);
         return reply.body.uri as string;
       };
-      servers.push({ label: 'volagentd', readUri: await exportOf('dense'), writeUri: await exportOf('empty'), stop: async () => undefined });
-      servers.push({ label: 'volagentd directIo', readUri: await exportOf('dense', true), writeUri: await exportOf('empty', true), stop: async () => undefined });
+      const agentEmpty = path.join(objects, 'empty.raw');
+      servers.push({ label: 'volagentd', readUri: await exportOf('dense'), writeUri: await exportOf('empty'), writeTarget: agentEmpty, stop: async () => undefined });
+      servers.push({ label: 'volagentd directIo', readUri: await exportOf('dense', true), writeUri: await exportOf('empty', true), writeTarget: agentEmpty, stop: async () => undefined });
       const peerDense = path.join(peerDir, 'dense.raw');
       const peerEmpty = path.join(peerDir, 'empty.raw');
       await execFileAsync('cp', ['--reflink=never', path.join(objects, 'dense.raw'), peerDense]);
@@ -144,6 +147,9 @@ export function main(args: string[]): Promise<number> {
           const read = await timedCopy([server.readUri, 'null:'], size);
           if (ours) rss.stop();
           reads.set(server.label, [...(reads.get(server.label) ?? []), read]);
+          // Every server shares its write target with others: each writes into a file of holes, not into blocks the last one allocated.
+          await truncate(server.writeTarget, 0);
+          await truncate(server.writeTarget, size);
           const write = await timedCopy([source, server.writeUri], size);
           writes.set(server.label, [...(writes.get(server.label) ?? []), write]);
         }

@@ -66,9 +66,11 @@ export interface ReconcileOptions {
 /**
  * A volume row left creating that its object alone can finish: a volume (not
  * an Image-Volume, whose image row is settled with it), made at once (no
- * operation, no peer), in a pool whose objects are named only once whole.
+ * operation, no peer, no adoption), in a pool whose objects are named only
+ * once whole. The domain writes such a row's result deferred (writes.ts
+ * Durability), and only such a row's.
  */
-function isCompletable(row: VolumeRow, pool: Pool): boolean {
+export function isCompletable(row: VolumeRow, pool: Pool): boolean {
   return row.kind === 'volume' && row.operationId === undefined && row.remoteSource === undefined && row.unmanagedSource === undefined && pool.publishesWhole;
 }
 

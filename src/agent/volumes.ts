@@ -28,6 +28,7 @@ import { snapshotObject } from './ids.js';
 import type { Release } from './locks.js';
 import type { TaskContext } from './operations.js';
 import { newOperationId } from './operations.js';
+import { isCompletable } from './reconcile.js';
 import type { RemoteSource, RemoteSources } from './remote-sources.js';
 import type { CloneEvents, VolumeChecks } from './volume-checks.js';
 import type { PutOutcome, SourceRef, VolumeSource, VolumeView } from './volume-views.js';
@@ -298,10 +299,10 @@ export class Volumes {
       if (!inserted.inserted) return await this.repeat(inserted.row, requestKey, request.wait);
       handedOver = true;
       const resolved = source;
-      // A volume made at once into a pool that publishes whole: a crash before
-      // its result is durable leaves the row creating beside the whole object,
-      // and the start-up reconcile completes it. Its answer need not wait for an fsync.
-      const resultWrites = shape.kind === 'volume' && operationId === undefined && pool.publishesWhole ? this.deferredWrites : this.writes;
+      // A crash before a completable row's result is durable leaves it creating
+      // beside its whole object, and the start-up reconcile completes it: its
+      // answer need not wait for an fsync.
+      const resultWrites = isCompletable(inserted.row, pool) ? this.deferredWrites : this.writes;
       const work = async (context?: TaskContext): Promise<void> => {
         let outcome: CloneOutcome | undefined;
         try {
